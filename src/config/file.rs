@@ -1,0 +1,172 @@
+//! The serde mirror of `config/*.toml`. Every key is documented here with its unit and default;
+//! `deny_unknown_fields` turns a typo into a startup error that names the key.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// Default caller-facing listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
+/// Default admin listen address.
+pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
+/// Default time a client has to send its request head.
+pub const DEFAULT_REQUEST_HEADER_TIMEOUT: &str = "10s";
+/// Default drain deadline on shutdown.
+pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// Default fraction of a token's lifetime after which it is refreshed.
+pub const DEFAULT_REFRESH_AT: f64 = 0.93;
+/// Default per-interface limit Fxiaoke documents (100 calls / 20 s).
+pub const DEFAULT_UPSTREAM_REQUESTS_PER_20S: u32 = 100;
+/// Default deadline for Fxiaoke's answer once the request is sent.
+pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "60s";
+/// Default TCP+TLS connect deadline towards Fxiaoke.
+pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
+/// Default message-material limit (Fxiaoke: images ≤ 5 MB).
+pub const DEFAULT_MESSAGE_MAX_BYTES: &str = "5MiB";
+/// Default CRM document limit (Fxiaoke: ≤ 20 MB).
+pub const DEFAULT_DOCUMENT_MAX_BYTES: &str = "20MiB";
+
+/// The whole file.
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// Listeners, TLS, timeouts.
+    #[serde(default)]
+    pub server: ServerFile,
+    /// Log format.
+    #[serde(default)]
+    pub log: LogFile,
+    /// One table per Fxiaoke tenant/app.
+    #[serde(default)]
+    pub corps: BTreeMap<String, CorpFile>,
+    /// Per-route upload limits.
+    #[serde(default)]
+    pub upload: UploadFile,
+    /// Dedupe index.
+    #[serde(default)]
+    pub dedupe: DedupeFile,
+    /// Where shared state lives.
+    #[serde(default)]
+    pub store: StoreFile,
+    /// The callers.
+    #[serde(default)]
+    pub clients: Vec<ClientFile>,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Caller-facing address, default `127.0.0.1:8080`.
+    pub listen: Option<String>,
+    /// Admin address (`/metrics`, `/healthz`, `/readyz`), default `127.0.0.1:9090`.
+    pub admin_listen: Option<String>,
+    /// PEM certificate chain; with `tls_key`, `listen` speaks HTTPS.
+    pub tls_cert: Option<String>,
+    /// PEM private key.
+    pub tls_key: Option<String>,
+    /// PEM CA bundle; callers may then present client certificates.
+    pub client_ca: Option<String>,
+    /// Time to receive a request head, default `10s`.
+    pub request_header_timeout: Option<String>,
+    /// Drain deadline on SIGTERM/SIGINT, default `30s`.
+    pub shutdown_grace: Option<String>,
+    /// SHA-256 (hex) of the admin key; required for `/admin/*` off loopback.
+    pub admin_key_sha256: Option<String>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogFile {
+    /// `"pretty"` (default) or `"json"`.
+    pub format: Option<String>,
+}
+
+/// `[corps.NAME]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpFile {
+    /// `"sandbox"` (in-process imitation) or `https://open.fxiaoke.com` (or another cloud).
+    pub base_url: Option<String>,
+    /// The app id.
+    pub app_id: Option<String>,
+    /// The app secret (prefer `app_secret_file`).
+    pub app_secret: Option<String>,
+    /// File holding the app secret.
+    pub app_secret_file: Option<String>,
+    /// The corp's permanent code.
+    pub permanent_code: Option<String>,
+    /// File holding the permanent code.
+    pub permanent_code_file: Option<String>,
+    /// Fraction of a token's lifetime after which it is refreshed, default 0.93.
+    pub refresh_at: Option<f64>,
+    /// Upstream calls allowed per 20 s per interface, default 100.
+    pub upstream_requests_per_20s: Option<u32>,
+    /// Upstream calls allowed per day; unlimited when absent.
+    pub daily_call_budget: Option<u64>,
+    /// Deadline for Fxiaoke's answer once a request is fully sent, default `60s`.
+    pub upstream_timeout: Option<String>,
+    /// Connect deadline towards Fxiaoke, default `5s`.
+    pub connect_timeout: Option<String>,
+}
+
+/// `[upload]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct UploadFile {
+    /// Limit on `/media/upload/message` and `type=image`, default `5MiB`.
+    pub message_max_bytes: Option<String>,
+    /// Allowed image types (checked on the file's first bytes).
+    pub message_types: Option<Vec<String>>,
+    /// Limit on `type=document`, default `20MiB`.
+    pub document_max_bytes: Option<String>,
+}
+
+/// `[dedupe]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct DedupeFile {
+    /// How long a mediaId is trusted for reuse, default `72h`.
+    pub ttl: Option<String>,
+    /// Bound on index entries, default 1 000 000.
+    pub max_entries: Option<u64>,
+    /// `"client"` (default) or `"corp"`.
+    pub claim_scope: Option<String>,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreFile {
+    /// `"memory"` (default) or `"redis"`.
+    pub backend: Option<String>,
+    /// Redis URL when `backend = "redis"`.
+    pub redis_url: Option<String>,
+    /// With Redis down: `"open"` (default) or `"closed"`.
+    pub quota_fail_mode: Option<String>,
+}
+
+/// `[[clients]]`
+#[derive(Debug, Default, Deserialize, Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// Name used in logs, metrics and `/admin/clients`.
+    pub name: Option<String>,
+    /// SHA-256 (hex) of the caller's key, from `fxgate hash-key`.
+    pub key_sha256: Option<String>,
+    /// Certificate subject, for mTLS callers.
+    pub cert_subject: Option<String>,
+    /// Which `[corps.*]` table this caller uploads to, default `"default"`.
+    pub corp: Option<String>,
+    /// Request-rate quota.
+    pub requests_per_minute: Option<u32>,
+    /// Daily byte quota, e.g. `"20GiB"`.
+    pub bytes_per_day: Option<String>,
+    /// Concurrent upload quota.
+    pub max_concurrent_uploads: Option<u32>,
+    /// Per-file limit below the route's.
+    pub max_file_bytes: Option<String>,
+    /// Route allow-list; all routes when absent.
+    pub routes: Option<Vec<String>>,
+}

@@ -1,0 +1,290 @@
+//! `GatewayError`: every failure fxgate itself raises, classified by fault, and the one place
+//! where such an error becomes an HTTP response in Fxiaoke's envelope.
+//!
+//! Codes are six digits: `9`, then the HTTP status, then a serial (design §3). The README's
+//! error table is generated from the same list of variants, so keep them in step.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{header, HeaderValue, Response, StatusCode};
+
+use crate::body::{full, Body};
+
+/// Who is at fault, which decides the log level and whether a retry can help.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ErrorSource {
+    /// The caller sent something we refuse; retrying the same request fails again.
+    Client,
+    /// Fxiaoke (or the network to it) failed; a later retry may succeed.
+    Upstream,
+    /// A bug or a local resource problem.
+    Internal,
+}
+
+/// Every error fxgate raises on its own account (upstream answers pass through instead).
+#[derive(Debug, thiserror::Error)]
+pub enum GatewayError {
+    /// The multipart framing or the request form is unusable.
+    #[error("malformed request body")]
+    MalformedBody {
+        /// What exactly is wrong, safe to show the caller.
+        detail: String,
+    },
+    /// A query parameter or header is missing or invalid.
+    #[error("bad request")]
+    BadRequest {
+        /// What exactly is wrong, safe to show the caller.
+        detail: String,
+    },
+    /// The caller's claimed digest does not match the bytes it sent.
+    #[error("digest mismatch")]
+    DigestMismatch {
+        /// The digest fxgate computed, base64.
+        computed: String,
+    },
+    /// No caller key, or one that matches no configured caller.
+    #[error("unknown or missing caller key")]
+    Unauthenticated,
+    /// The caller may not use this route.
+    #[error("route not allowed for caller")]
+    RouteForbidden {
+        /// The caller's configured name.
+        client: String,
+    },
+    /// No such route.
+    #[error("no such route")]
+    NotFound,
+    /// The route exists but not for this method.
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body (or the file inside it) is larger than the route allows.
+    #[error("file too large")]
+    PayloadTooLarge {
+        /// How much was seen (or announced) when the limit was crossed.
+        seen: u64,
+        /// The limit in force.
+        limit: u64,
+        /// The route whose limit it is.
+        route: &'static str,
+    },
+    /// The file's first bytes are not one of the allowed types.
+    #[error("file type not allowed")]
+    UnsupportedType {
+        /// What the first bytes look like.
+        detected: &'static str,
+    },
+    /// The caller exceeded one of its quotas.
+    #[error("caller quota exceeded")]
+    QuotaExceeded {
+        /// Which quota.
+        kind: &'static str,
+        /// When a retry may pass.
+        retry_after: Duration,
+    },
+    /// The corp's upstream budget is spent (or Fxiaoke said so).
+    #[error("corp upstream budget exhausted")]
+    UpstreamBudget {
+        /// When a retry may pass.
+        retry_after: Duration,
+    },
+    /// Fxiaoke could not be reached.
+    #[error("upstream unreachable")]
+    UpstreamUnreachable {
+        /// The transport error, already free of URLs that could hold a token.
+        #[source]
+        source: crate::BoxError,
+    },
+    /// Fxiaoke answered something that is not its envelope.
+    #[error("upstream answered an unreadable response")]
+    UpstreamInvalid {
+        /// What was wrong with it.
+        detail: String,
+    },
+    /// No valid corp access token could be obtained.
+    #[error("no valid corp access token")]
+    NoToken {
+        /// The corp whose token is missing.
+        corp: String,
+    },
+    /// Fxiaoke rejected the token (20016); it was invalidated and a refresh started.
+    #[error("upstream rejected the corp token; refreshed, retry")]
+    TokenRejected,
+    /// Fxiaoke did not answer in time.
+    #[error("upstream timeout")]
+    UpstreamTimeout {
+        /// The deadline that passed.
+        after: Duration,
+    },
+    /// The caller stopped sending (or hung up) mid-body.
+    #[error("request body interrupted")]
+    BodyInterrupted,
+    /// A bug: logged with detail, answered generically.
+    #[error("internal error")]
+    Internal {
+        /// Logged, never shown to the caller.
+        detail: String,
+    },
+}
+
+impl GatewayError {
+    /// The HTTP status and fxgate error code of this error.
+    pub fn status_and_code(&self) -> (StatusCode, u32) {
+        use GatewayError::*;
+        match self {
+            MalformedBody { .. } => (StatusCode::BAD_REQUEST, 940001),
+            DigestMismatch { .. } => (StatusCode::BAD_REQUEST, 940002),
+            BadRequest { .. } => (StatusCode::BAD_REQUEST, 940003),
+            BodyInterrupted => (StatusCode::BAD_REQUEST, 940004),
+            Unauthenticated => (StatusCode::UNAUTHORIZED, 940101),
+            RouteForbidden { .. } => (StatusCode::FORBIDDEN, 940301),
+            NotFound => (StatusCode::NOT_FOUND, 940401),
+            MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 940501),
+            PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 941301),
+            UnsupportedType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 941501),
+            QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, 942901),
+            UpstreamBudget { .. } => (StatusCode::TOO_MANY_REQUESTS, 942902),
+            Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, 950001),
+            UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, 950201),
+            UpstreamInvalid { .. } => (StatusCode::BAD_GATEWAY, 950202),
+            NoToken { .. } => (StatusCode::SERVICE_UNAVAILABLE, 950301),
+            TokenRejected => (StatusCode::SERVICE_UNAVAILABLE, 950302),
+            UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, 950401),
+        }
+    }
+
+    /// Who is at fault.
+    pub fn source_kind(&self) -> ErrorSource {
+        use GatewayError::*;
+        match self {
+            MalformedBody { .. }
+            | DigestMismatch { .. }
+            | BadRequest { .. }
+            | BodyInterrupted
+            | Unauthenticated
+            | RouteForbidden { .. }
+            | NotFound
+            | MethodNotAllowed
+            | PayloadTooLarge { .. }
+            | UnsupportedType { .. }
+            | QuotaExceeded { .. } => ErrorSource::Client,
+            UpstreamBudget { .. }
+            | UpstreamUnreachable { .. }
+            | UpstreamInvalid { .. }
+            | NoToken { .. }
+            | TokenRejected
+            | UpstreamTimeout { .. } => ErrorSource::Upstream,
+            Internal { .. } => ErrorSource::Internal,
+        }
+    }
+
+    /// How long a caller should wait before retrying, when a retry can help.
+    pub fn retry_after(&self) -> Option<Duration> {
+        use GatewayError::*;
+        match self {
+            QuotaExceeded { retry_after, .. } | UpstreamBudget { retry_after } => {
+                Some(*retry_after)
+            }
+            TokenRejected | NoToken { .. } => Some(Duration::from_secs(1)),
+            _ => None,
+        }
+    }
+
+    /// The `errorDescription`: specific, but never internal detail or a secret.
+    pub fn description(&self) -> String {
+        use GatewayError::*;
+        match self {
+            MalformedBody { detail } | BadRequest { detail } => detail.clone(),
+            DigestMismatch { computed } => {
+                format!("the claimed digest does not match the file; computed sha-256=:{computed}:")
+            }
+            Unauthenticated => {
+                "send a gateway key as `Authorization: Bearer <key>` or `X-Api-Key: <key>`".into()
+            }
+            RouteForbidden { client } => format!("caller `{client}` may not use this route"),
+            NotFound => "no such route; see the README for the routes fxgate serves".into(),
+            MethodNotAllowed => "this route accepts POST only".into(),
+            PayloadTooLarge { seen, limit, route } => {
+                format!("media part is {seen} bytes; limit for {route} is {limit}")
+            }
+            UnsupportedType { detected } => format!(
+                "the file's first bytes look like {detected}, which this route does not accept"
+            ),
+            QuotaExceeded { kind, retry_after } => {
+                format!("{kind} quota exceeded; retry after {}s", retry_after.as_secs().max(1))
+            }
+            UpstreamBudget { retry_after } => format!(
+                "the corp's Fxiaoke call budget is spent; retry after {}s",
+                retry_after.as_secs().max(1)
+            ),
+            UpstreamUnreachable { .. } => "Fxiaoke could not be reached".into(),
+            UpstreamInvalid { detail } => format!("Fxiaoke answered an unreadable response: {detail}"),
+            NoToken { corp } => format!("no valid access token for corp `{corp}` could be obtained"),
+            TokenRejected => {
+                "Fxiaoke rejected the corp token (20016); a new one is being fetched, retry the upload"
+                    .into()
+            }
+            UpstreamTimeout { after } => {
+                format!("Fxiaoke did not answer within {}", humantime::format_duration(*after))
+            }
+            BodyInterrupted => "the request body ended early or could not be read".into(),
+            Internal { .. } => "internal error".into(),
+        }
+    }
+
+    /// The envelope response for this error, tagged with the request id.
+    pub fn into_response(self, request_id: &str) -> Response<Body> {
+        let (status, code) = self.status_and_code();
+        let envelope = serde_json::json!({
+            "traceId": request_id,
+            "errorCode": code,
+            "errorMessage": self.to_string(),
+            "errorDescription": self.description(),
+        });
+        let mut resp = Response::new(full(Bytes::from(envelope.to_string())));
+        *resp.status_mut() = status;
+        let headers = resp.headers_mut();
+        headers.insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if let Some(after) = self.retry_after() {
+            headers.insert(
+                header::RETRY_AFTER,
+                HeaderValue::from(after.as_secs().max(1)),
+            );
+        }
+        resp.extensions_mut().insert(ErrorCode(code));
+        resp
+    }
+}
+
+/// Marks a response that fxgate synthesized from a `GatewayError`, for the access log.
+#[derive(Debug, Clone, Copy)]
+pub struct ErrorCode(pub u32);
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_embed_their_status() {
+        let samples = [
+            GatewayError::Unauthenticated,
+            GatewayError::NotFound,
+            GatewayError::TokenRejected,
+            GatewayError::UpstreamTimeout {
+                after: Duration::from_secs(3),
+            },
+            GatewayError::PayloadTooLarge {
+                seen: 2,
+                limit: 1,
+                route: "/media/upload",
+            },
+        ];
+        for err in samples {
+            let (status, code) = err.status_and_code();
+            assert_eq!((code / 100) % 1000, u32::from(status.as_u16()), "{err:?}");
+        }
+    }
+}

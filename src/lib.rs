@@ -1,0 +1,26 @@
+//! fxgate: an authenticating, streaming media gateway in front of the Fxiaoke OpenAPI.
+//!
+//! The binary (`src/main.rs`) is a thin CLI over this library; the tests and benches use the
+//! library and the binary directly. Start at `app` for how the pieces fit.
+
+#![warn(missing_docs)]
+
+pub mod admin;
+pub mod app;
+pub mod body;
+pub mod config;
+pub mod error;
+pub mod metrics;
+pub mod middleware;
+pub mod routes;
+pub mod sandbox;
+pub mod server;
+pub mod telemetry;
+pub mod upload;
+pub mod upstream;
+
+pub use config::Config;
+pub use error::GatewayError;
+
+/// The boxed error type used where causes are heterogeneous.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;

@@ -1,0 +1,166 @@
+//! The `fxgate` command line (design §1): `serve`, `check-config`, `sandbox`, `hash-key`.
+
+use std::io::Read;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand};
+use fxgate::config::{self, Config, LogFormat};
+use fxgate::sandbox::{self, SandboxOptions};
+
+#[derive(Parser)]
+#[command(
+    name = "fxgate",
+    version,
+    about = "Authenticating streaming media gateway for the Fxiaoke OpenAPI"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the gateway.
+    Serve {
+        /// Config file.
+        #[arg(long, default_value = "config/fxgate.toml")]
+        config: PathBuf,
+    },
+    /// Validate a config and print the effective settings, secrets masked.
+    CheckConfig {
+        /// Config file.
+        #[arg(long, default_value = "config/fxgate.toml")]
+        config: PathBuf,
+    },
+    /// Run the built-in imitation of the Fxiaoke endpoints.
+    Sandbox {
+        /// Address to listen on (port 0 picks a free one; the address is printed).
+        #[arg(long, default_value = "127.0.0.1:8090")]
+        listen: SocketAddr,
+        /// Token lifetime (Fxiaoke: 7200s).
+        #[arg(long, default_value = "7200s", value_parser = humantime::parse_duration)]
+        token_ttl: Duration,
+        /// Accept this app id.
+        #[arg(long, default_value = "sandbox-app")]
+        app_id: String,
+        /// Accept this app secret.
+        #[arg(long, default_value = "sandbox-secret")]
+        app_secret: String,
+        /// Accept this permanent code.
+        #[arg(long, default_value = "sandbox-permanent-code")]
+        permanent_code: String,
+        /// Hash uploads but keep no bytes (benchmarks).
+        #[arg(long)]
+        discard: bool,
+    },
+    /// Read a caller key on stdin and print its key_sha256.
+    HashKey,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::HashKey => {
+            let mut key = String::new();
+            if let Err(e) = std::io::stdin().read_to_string(&mut key) {
+                eprintln!("fxgate: reading stdin: {e}");
+                return ExitCode::FAILURE;
+            }
+            let key = key.trim_end_matches(['\r', '\n']);
+            if key.is_empty() {
+                eprintln!("fxgate: no key on stdin");
+                return ExitCode::FAILURE;
+            }
+            println!("{}", hex::encode(config::hash_key(key)));
+            ExitCode::SUCCESS
+        }
+        Command::CheckConfig { config: path } => match Config::load(&path, None) {
+            Ok(cfg) => {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&cfg.effective()).unwrap_or_default()
+                );
+                eprintln!("fxgate: {}: configuration is valid", path.display());
+                ExitCode::SUCCESS
+            }
+            Err(e) => {
+                eprintln!("fxgate: {}: {e}", path.display());
+                ExitCode::from(2)
+            }
+        },
+        Command::Sandbox {
+            listen,
+            token_ttl,
+            app_id,
+            app_secret,
+            permanent_code,
+            discard,
+        } => {
+            fxgate::telemetry::init(LogFormat::Pretty);
+            let opts = SandboxOptions {
+                token_ttl,
+                app_id,
+                app_secret,
+                permanent_code,
+                discard,
+                ..SandboxOptions::default()
+            };
+            run(async move {
+                sandbox::run_standalone(listen, opts)
+                    .await
+                    .map_err(Into::into)
+            })
+        }
+        Command::Serve { config: path } => {
+            let cfg = match Config::load(&path, None) {
+                Ok(c) => c,
+                Err(e) => {
+                    eprintln!("fxgate: {}: {e}", path.display());
+                    return ExitCode::from(2);
+                }
+            };
+            fxgate::telemetry::init(cfg.log_format);
+            run(serve(cfg))
+        }
+    }
+}
+
+fn run(fut: impl std::future::Future<Output = Result<(), fxgate::BoxError>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("fxgate: cannot start the runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(fut) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fxgate: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve(cfg: Config) -> Result<(), fxgate::BoxError> {
+    let running = fxgate::app::spawn(cfg).await?;
+    tracing::info!(listen = %running.addr, admin = %running.admin_addr, version = env!("CARGO_PKG_VERSION"), "fxgate serving");
+    // One machine-readable line on stdout: tests and scripts learn the bound ports from it.
+    println!(
+        "{}",
+        serde_json::json!({"event": "listening", "listen": running.addr.to_string(), "admin": running.admin_addr.to_string()})
+    );
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
+        _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
+    }
+    running.shutdown().await;
+    Ok(())
+}

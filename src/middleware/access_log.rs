@@ -1,0 +1,151 @@
+//! `AccessLogLayer`: one log line and the RED metrics for every request, whatever its outcome
+//! (it sits outside `ErrorResponseLayer`, so it sees synthesised errors as responses). Inner
+//! layers and handlers fill in what only they know (caller, bytes, dedupe result, trace ids)
+//! through the `LogContext` this layer puts into the request extensions.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use parking_lot::Mutex;
+use tower::{Layer, Service};
+
+use super::request_id::RequestId;
+use super::{BoxFuture, Req, Resp};
+use crate::error::ErrorCode;
+use crate::metrics::Metrics;
+
+/// What inner layers add to the access-log line.
+#[derive(Debug, Default)]
+struct LogFields {
+    client: Option<String>,
+    bytes: u64,
+    dedupe: Option<&'static str>,
+    third_trace_id: Option<String>,
+    upstream_trace_id: Option<String>,
+}
+
+/// Shared, per-request access-log fields; in the request extensions.
+#[derive(Debug, Clone, Default)]
+pub struct LogContext(Arc<Mutex<LogFields>>);
+
+impl LogContext {
+    /// The authenticated caller's name.
+    pub fn set_client(&self, name: &str) {
+        self.0.lock().client = Some(name.to_string());
+    }
+    /// File bytes received.
+    pub fn add_bytes(&self, n: u64) {
+        self.0.lock().bytes += n;
+    }
+    /// `miss`, `hit_claim` or `hit_stream`.
+    pub fn set_dedupe(&self, result: &'static str) {
+        self.0.lock().dedupe = Some(result);
+    }
+    /// Our `thirdTraceId` of the last upstream attempt.
+    pub fn set_third_trace_id(&self, id: &str) {
+        self.0.lock().third_trace_id = Some(id.to_string());
+    }
+    /// Fxiaoke's `traceId`.
+    pub fn set_upstream_trace_id(&self, id: Option<String>) {
+        self.0.lock().upstream_trace_id = id;
+    }
+}
+
+/// The route label: one of the known routes, or `other` (keeps label values bounded).
+pub fn route_label(path: &str) -> &'static str {
+    match path {
+        "/media/upload/message" => "/media/upload/message",
+        "/media/upload" => "/media/upload",
+        "/media/download" => "/media/download",
+        "/media/delete" => "/media/delete",
+        _ => "other",
+    }
+}
+
+/// Logs and counts every request.
+#[derive(Debug, Clone)]
+pub struct AccessLogLayer {
+    metrics: Metrics,
+}
+
+impl AccessLogLayer {
+    /// Counts into `metrics`.
+    pub fn new(metrics: Metrics) -> Self {
+        Self { metrics }
+    }
+}
+
+impl<S> Layer<S> for AccessLogLayer {
+    type Service = AccessLog<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        AccessLog {
+            inner,
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`AccessLogLayer`].
+#[derive(Debug, Clone)]
+pub struct AccessLog<S> {
+    inner: S,
+    metrics: Metrics,
+}
+
+impl<S> Service<Req> for AccessLog<S>
+where
+    S: Service<Req, Response = Resp> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Resp;
+    type Error = S::Error;
+    type Future = BoxFuture<Result<Resp, S::Error>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let started = Instant::now();
+        let ctx = LogContext::default();
+        req.extensions_mut().insert(ctx.clone());
+        let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
+        let method = req.method().clone();
+        let route = route_label(req.uri().path());
+        let version = req.version();
+        let metrics = self.metrics.clone();
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            let elapsed = started.elapsed();
+            if let Ok(resp) = &result {
+                let f = ctx.0.lock();
+                let client = f.client.as_deref().unwrap_or("unknown");
+                let status = resp.status().as_u16();
+                let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
+                metrics
+                    .requests
+                    .with_label_values(&[route, client, resp.status().as_str()])
+                    .inc();
+                metrics.request_timer(route).observe(elapsed.as_secs_f64());
+                tracing::info!(
+                    request_id = id.as_deref().unwrap_or("-"),
+                    %method,
+                    route,
+                    ?version,
+                    client,
+                    status,
+                    error_code = code,
+                    bytes = f.bytes,
+                    duration_ms = elapsed.as_millis() as u64,
+                    dedupe = f.dedupe,
+                    third_trace_id = f.third_trace_id.as_deref(),
+                    upstream_trace_id = f.upstream_trace_id.as_deref(),
+                    "request"
+                );
+            }
+            result
+        })
+    }
+}

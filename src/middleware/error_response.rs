@@ -1,0 +1,83 @@
+//! `ErrorResponseLayer`: the single place where a `GatewayError` becomes an HTTP response (the
+//! Fxiaoke-style envelope with fxgate's code) and is logged, exactly once. Inside it, handlers
+//! and layers return `Err(GatewayError)` with `?`; outside it, the error type is `Infallible`.
+
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
+use tower::{Layer, Service};
+
+use super::request_id::RequestId;
+use super::{BoxFuture, Req, Resp};
+use crate::error::{ErrorSource, GatewayError};
+
+/// Converts errors to envelopes.
+#[derive(Debug, Clone, Default)]
+pub struct ErrorResponseLayer;
+
+impl<S> Layer<S> for ErrorResponseLayer {
+    type Service = ErrorResponse<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        ErrorResponse { inner }
+    }
+}
+
+/// See [`ErrorResponseLayer`].
+#[derive(Debug, Clone)]
+pub struct ErrorResponse<S> {
+    inner: S,
+}
+
+impl<S> Service<Req> for ErrorResponse<S>
+where
+    S: Service<Req, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Resp;
+    type Error = Infallible;
+    type Future = BoxFuture<Result<Resp, Infallible>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        match self.inner.poll_ready(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Ok(())) => Poll::Ready(Ok(())),
+            Poll::Ready(Err(e)) => {
+                // The inner layers are always ready; an error here is a bug worth a log line.
+                tracing::error!(error = %e, "service not ready");
+                Poll::Ready(Ok(()))
+            }
+        }
+    }
+
+    fn call(&mut self, req: Req) -> Self::Future {
+        let id = req
+            .extensions()
+            .get::<RequestId>()
+            .map(|r| r.0.clone())
+            .unwrap_or_else(|| "-".into());
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            match fut.await {
+                Ok(resp) => Ok(resp),
+                Err(err) => {
+                    let (status, code) = err.status_and_code();
+                    match (err.source_kind(), &err) {
+                        (ErrorSource::Internal, GatewayError::Internal { detail }) => {
+                            tracing::error!(request_id = %id, code, %detail, "internal error")
+                        }
+                        (ErrorSource::Upstream, GatewayError::UpstreamUnreachable { source }) => {
+                            tracing::warn!(request_id = %id, code, cause = %source, "{err}")
+                        }
+                        (ErrorSource::Upstream, _) | (ErrorSource::Internal, _) => {
+                            tracing::warn!(request_id = %id, code, status = status.as_u16(), "{err}")
+                        }
+                        (ErrorSource::Client, _) => {
+                            tracing::debug!(request_id = %id, code, status = status.as_u16(), "{err}")
+                        }
+                    }
+                    Ok(err.into_response(&id))
+                }
+            }
+        })
+    }
+}

@@ -1,0 +1,58 @@
+//! Inbound TLS: a rustls `ServerConfig` from PEM files, ALPN `h2` and `http/1.1`, and, with
+//! `client_ca`, optional client certificates (callers may still authenticate by key).
+
+use std::fs::File;
+use std::io::BufReader;
+use std::path::Path;
+use std::sync::Arc;
+
+use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::WebPkiClientVerifier;
+use tokio_rustls::TlsAcceptor;
+
+use crate::config::TlsConfig;
+
+fn open(path: &Path, what: &str) -> Result<BufReader<File>, crate::BoxError> {
+    File::open(path)
+        .map(BufReader::new)
+        .map_err(|e| format!("{what} {}: {e}", path.display()).into())
+}
+
+fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, crate::BoxError> {
+    let certs = rustls_pemfile::certs(&mut open(path, what)?).collect::<Result<Vec<_>, _>>()?;
+    if certs.is_empty() {
+        return Err(format!("{what} {}: no PEM certificate in it", path.display()).into());
+    }
+    Ok(certs)
+}
+
+/// Builds the acceptor.
+pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, crate::BoxError> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let chain = certs(&cfg.cert, "server.tls_cert")?;
+    let key: PrivateKeyDer<'static> =
+        rustls_pemfile::private_key(&mut open(&cfg.key, "server.tls_key")?)?.ok_or_else(|| {
+            format!(
+                "server.tls_key {}: no PEM private key in it",
+                cfg.key.display()
+            )
+        })?;
+    let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?;
+    let builder = match &cfg.client_ca {
+        None => builder.with_no_client_auth(),
+        Some(ca) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in certs(ca, "server.client_ca")? {
+                roots.add(c)?;
+            }
+            let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider)
+                .allow_unauthenticated()
+                .build()?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_single_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+    Ok(TlsAcceptor::from(Arc::new(config)))
+}

@@ -1,0 +1,457 @@
+//! The upload lifecycle (design §4): size check on the announced length, type check on the
+//! file's first bytes, then one streamed pass that forwards each chunk to Fxiaoke while
+//! hashing it, holding back only the closing multipart delimiter until the SHA-256 is final.
+//! Memory per upload is the channel's few chunks plus multer's parse buffer, whatever the size.
+
+pub mod source;
+
+use base64::Engine as _;
+use bytes::Bytes;
+use http::{header, HeaderMap, HeaderValue, Request, Response};
+use hyper::body::Incoming;
+use sha2::{Digest, Sha256};
+
+use crate::app::AppState;
+use crate::body::{full, Body};
+use crate::config::{ImageType, UploadConfig};
+use crate::error::GatewayError;
+use crate::middleware::access_log::LogContext;
+use crate::middleware::auth::Principal;
+use crate::upstream::body::{channel, BodySender};
+use crate::upstream::envelope::{Envelope, TOKEN_EXPIRED};
+use crate::upstream::Corp;
+pub use source::FileSource;
+
+/// Multipart framing a caller may add around the file before a `Content-Length` above the
+/// file limit is refused outright; the file itself is still held to the exact limit.
+pub const MULTIPART_FRAMING_ALLOWANCE: u64 = 16 * 1024;
+
+/// The upload routes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UploadKind {
+    /// `POST /media/upload/message`
+    Message,
+    /// `POST /media/upload?type=image`
+    Image,
+    /// `POST /media/upload?type=document`
+    Document,
+}
+
+impl UploadKind {
+    /// The upstream (and caller-facing) path.
+    pub fn path(self) -> &'static str {
+        match self {
+            Self::Message => "/media/upload/message",
+            Self::Image | Self::Document => "/media/upload",
+        }
+    }
+
+    /// The `type` query parameter Fxiaoke expects, if any.
+    pub fn type_param(self) -> Option<&'static str> {
+        match self {
+            Self::Message => None,
+            Self::Image => Some("image"),
+            Self::Document => Some("document"),
+        }
+    }
+
+    /// The route's file limit.
+    pub fn limit(self, cfg: &UploadConfig) -> u64 {
+        match self {
+            Self::Message | Self::Image => cfg.message_max_bytes,
+            Self::Document => cfg.document_max_bytes,
+        }
+    }
+}
+
+/// `Repr-Digest` / `Content-Digest` value of a SHA-256 (RFC 9530).
+pub fn repr_digest(sha256: &[u8; 32]) -> String {
+    format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(sha256)
+    )
+}
+
+fn content_length(headers: &HeaderMap) -> Option<u64> {
+    headers
+        .get(header::CONTENT_LENGTH)?
+        .to_str()
+        .ok()?
+        .parse()
+        .ok()
+}
+
+fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
+    let q = req.uri().query()?;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
+/// A filename safe inside `filename="..."`: no quotes, no line breaks, no path.
+fn sanitize_filename(name: &str) -> String {
+    let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
+    let clean: String = base
+        .chars()
+        .filter(|c| !c.is_control())
+        .map(|c| if c == '"' { '\'' } else { c })
+        .collect();
+    clean.chars().take(200).collect()
+}
+
+/// Handles one upload request for `kind`.
+pub async fn handle(
+    state: &AppState,
+    req: Request<Incoming>,
+    kind: UploadKind,
+    principal: &Principal,
+    log: &LogContext,
+) -> Result<Response<Body>, GatewayError> {
+    let corp = state.corp(&principal.client.corp)?;
+    let limit = match principal.client.max_file_bytes {
+        Some(own) => own.min(kind.limit(&state.cfg.upload)),
+        None => kind.limit(&state.cfg.upload),
+    };
+    let announced = content_length(req.headers());
+    let too_large = |seen: u64| GatewayError::PayloadTooLarge {
+        seen,
+        limit,
+        route: kind.path(),
+    };
+    let content_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let boundary = content_type
+        .as_deref()
+        .filter(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        })
+        .map(|ct| {
+            multer::parse_boundary(ct).map_err(|_| GatewayError::MalformedBody {
+                detail: "multipart Content-Type without a boundary".into(),
+            })
+        })
+        .transpose()?;
+    let filename_param = query_param(&req, "filename");
+
+    // Refuse before the body is touched: with `Expect: 100-continue` the caller never sends it.
+    if let Some(n) = announced {
+        let allowance = if boundary.is_some() {
+            MULTIPART_FRAMING_ALLOWANCE
+        } else {
+            0
+        };
+        if n > limit.saturating_add(allowance) {
+            return Err(too_large(n));
+        }
+    }
+    let body = req.into_body();
+    let mut file = match boundary {
+        Some(b) => FileSource::multipart(body, b).await?,
+        None => {
+            if announced == Some(0) {
+                return Err(GatewayError::BadRequest {
+                    detail: "empty body; send the file as the body or as part `media`".into(),
+                });
+            }
+            FileSource::raw(body, filename_param.clone(), content_type, announced)
+        }
+    };
+
+    // Type check on the first bytes, before any upstream request exists.
+    let mut head: Vec<Bytes> = Vec::new();
+    let mut head_len = 0usize;
+    while head_len < 16 {
+        match file.next_chunk().await? {
+            Some(chunk) => {
+                head_len += chunk.len();
+                head.push(chunk);
+            }
+            None => break,
+        }
+    }
+    if head_len == 0 {
+        return Err(GatewayError::BadRequest {
+            detail: "the file is empty".into(),
+        });
+    }
+    let first: Vec<u8> = head
+        .iter()
+        .flat_map(|c| c.iter().copied())
+        .take(16)
+        .collect();
+    let sniffed = ImageType::sniff(&first);
+    if kind != UploadKind::Document {
+        match sniffed {
+            Some(t) if state.cfg.upload.message_types.contains(&t) => {}
+            Some(t) => return Err(GatewayError::UnsupportedType { detected: t.mime() }),
+            None => {
+                return Err(GatewayError::UnsupportedType {
+                    detected: describe_unknown(&first),
+                })
+            }
+        }
+    }
+    let filename = file
+        .filename
+        .clone()
+        .or(filename_param)
+        .map(|f| sanitize_filename(&f))
+        .filter(|f| !f.is_empty())
+        .unwrap_or_else(|| default_filename(sniffed));
+    let part_type = match (&file.content_type, sniffed) {
+        (Some(ct), _) if !ct.is_empty() => ct.clone(),
+        (_, Some(t)) => t.mime().to_string(),
+        _ => "application/octet-stream".to_string(),
+    };
+
+    let token = corp.tokens.get().await?;
+    let mut extra = Vec::new();
+    if let Some(t) = kind.type_param() {
+        extra.push(("type", t));
+    }
+    let target = corp.target(kind.path(), Some(&token), &extra)?;
+    log.set_third_trace_id(&target.third_trace_id);
+
+    // Fxiaoke gets its own clean framing: one part `media`, our boundary.
+    let boundary = format!("fxgate-{}", uuid::Uuid::new_v4().simple());
+    let prefix = Bytes::from(format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\nContent-Type: {part_type}\r\n\r\n"
+    ));
+    let suffix = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+    let upstream_len = file
+        .exact_len
+        .map(|n| prefix.len() as u64 + n + suffix.len() as u64);
+    let (tx, upstream_body) = channel(upstream_len);
+    let mut builder = Request::post(target.uri).header(
+        header::CONTENT_TYPE,
+        format!("multipart/form-data; boundary={boundary}"),
+    );
+    if let Some(n) = upstream_len {
+        builder = builder.header(header::CONTENT_LENGTH, n);
+    }
+    let upstream_req =
+        builder
+            .body(Body::new(upstream_body))
+            .map_err(|e| GatewayError::Internal {
+                detail: format!("building upstream request: {e}"),
+            })?;
+
+    let _inflight = state.metrics.inflight_uploads.clone();
+    state.metrics.inflight_uploads.inc();
+    let _inflight_guard = scopeguard(move || _inflight.dec());
+
+    // The request future runs beside the body pump; it resolves once Fxiaoke answers.
+    let request = corp.client().request(upstream_req);
+    let pending = AbortOnDrop(tokio::spawn(async move {
+        request.await.map_err(crate::upstream::client::classify)
+    }));
+
+    let sent = stream_file(&corp, &tx, prefix, head, &mut file, limit, kind.path()).await;
+    let (size, digest) = match sent {
+        Ok(Streamed::Complete { size, digest }) => {
+            // The hash is final: only now does the closing delimiter go out (dedupe hooks here).
+            if tx.send(suffix).await.is_ok() {
+                let _ = tx.finish().await;
+            }
+            (size, Some(digest))
+        }
+        Ok(Streamed::UpstreamGone { size }) => (size, None),
+        Err(e) => {
+            drop(tx); // aborts the upstream request: it never completes, Fxiaoke stores nothing
+            return Err(e);
+        }
+    };
+    state
+        .metrics
+        .upload_bytes
+        .with_label_values(&[&principal.client.name, kind.path()])
+        .inc_by(size);
+    log.add_bytes(size);
+
+    // Fxiaoke's deadline runs from the last byte sent: the upload itself may take long.
+    let started = std::time::Instant::now();
+    let answer = tokio::time::timeout(corp.cfg.upstream_timeout, pending.wait()).await;
+    state
+        .metrics
+        .upstream_duration
+        .with_label_values(&[kind.path()])
+        .observe(started.elapsed().as_secs_f64());
+    let resp = match answer {
+        Err(_) => {
+            return Err(GatewayError::UpstreamTimeout {
+                after: corp.cfg.upstream_timeout,
+            })
+        }
+        Ok(r) => r?,
+    };
+    let status = resp.status();
+    let env = Envelope::read(resp.into_body()).await?;
+    log.set_upstream_trace_id(env.trace_id());
+    let code = env.error_code();
+    corp.count(kind.path(), &code.map_or("none".into(), |c| c.to_string()));
+    if code == Some(TOKEN_EXPIRED) {
+        // The body is gone and is never replayed: the caller retries with the fresh token.
+        corp.tokens.invalidate(&token);
+        return Err(GatewayError::TokenRejected);
+    }
+    let Some(digest) = digest else {
+        // Fxiaoke answered before taking the whole file: pass its answer on unchanged.
+        return Ok(passthrough(status, env, None));
+    };
+    log.set_dedupe("miss");
+    Ok(passthrough(status, env, Some((digest, false))))
+}
+
+/// Forwards Fxiaoke's answer, adding `deduplicated` and `Repr-Digest` when the file was whole.
+fn passthrough(
+    status: http::StatusCode,
+    env: Envelope,
+    digest: Option<([u8; 32], bool)>,
+) -> Response<Body> {
+    let body = match (&env.json, digest) {
+        (Some(map), Some((_, dedup))) => {
+            let mut map = map.clone();
+            map.insert("deduplicated".into(), serde_json::Value::Bool(dedup));
+            Bytes::from(serde_json::Value::Object(map).to_string())
+        }
+        _ => env.raw.clone(),
+    };
+    let mut resp = Response::new(full(body));
+    *resp.status_mut() = status;
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Some((d, _)) = digest {
+        if let Ok(v) = HeaderValue::from_str(&repr_digest(&d)) {
+            headers.insert("repr-digest", v);
+        }
+    }
+    resp
+}
+
+enum Streamed {
+    Complete {
+        size: u64,
+        digest: [u8; 32],
+    },
+    /// Fxiaoke stopped reading (it answered early or the connection dropped).
+    UpstreamGone {
+        size: u64,
+    },
+}
+
+async fn stream_file(
+    corp: &Corp,
+    tx: &BodySender,
+    prefix: Bytes,
+    head: Vec<Bytes>,
+    file: &mut FileSource,
+    limit: u64,
+    route: &'static str,
+) -> Result<Streamed, GatewayError> {
+    let send_timeout = corp.cfg.upstream_timeout;
+    let send = |chunk: Bytes| async move {
+        match tokio::time::timeout(send_timeout, tx.send(chunk)).await {
+            Err(_) => Err(GatewayError::UpstreamTimeout {
+                after: send_timeout,
+            }),
+            Ok(r) => Ok(r.is_ok()),
+        }
+    };
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    if !send(prefix).await? {
+        return Ok(Streamed::UpstreamGone { size });
+    }
+    let mut pending = head.into_iter();
+    loop {
+        let chunk = match pending.next() {
+            Some(c) => c,
+            None => match file.next_chunk().await? {
+                Some(c) => c,
+                None => break,
+            },
+        };
+        size += chunk.len() as u64;
+        if size > limit {
+            return Err(GatewayError::PayloadTooLarge {
+                seen: size,
+                limit,
+                route,
+            });
+        }
+        hasher.update(&chunk);
+        if !send(chunk).await? {
+            return Ok(Streamed::UpstreamGone { size });
+        }
+    }
+    Ok(Streamed::Complete {
+        size,
+        digest: hasher.finalize().into(),
+    })
+}
+
+fn describe_unknown(head: &[u8]) -> &'static str {
+    if head.starts_with(b"%PDF") {
+        "application/pdf"
+    } else if head.starts_with(b"PK\x03\x04") {
+        "application/zip"
+    } else if head
+        .iter()
+        .all(|b| b.is_ascii_graphic() || b.is_ascii_whitespace())
+    {
+        "text"
+    } else {
+        "an unrecognised binary format"
+    }
+}
+
+fn default_filename(sniffed: Option<ImageType>) -> String {
+    match sniffed {
+        Some(ImageType::Jpeg) => "media.jpg",
+        Some(ImageType::Png) => "media.png",
+        Some(ImageType::Gif) => "media.gif",
+        Some(ImageType::Bmp) => "media.bmp",
+        None => "media.bin",
+    }
+    .to_string()
+}
+
+/// Aborts the spawned upstream request when the upload handler is dropped (caller gone).
+struct AbortOnDrop(tokio::task::JoinHandle<Result<Response<Incoming>, GatewayError>>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) -> Result<Response<Incoming>, GatewayError> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(e) => Err(GatewayError::Internal {
+                detail: format!("upstream task failed: {e}"),
+            }),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+struct Guard<F: FnOnce()>(Option<F>);
+impl<F: FnOnce()> Drop for Guard<F> {
+    fn drop(&mut self) {
+        if let Some(f) = self.0.take() {
+            f();
+        }
+    }
+}
+fn scopeguard<F: FnOnce()>(f: F) -> Guard<F> {
+    Guard(Some(f))
+}

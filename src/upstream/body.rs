@@ -1,0 +1,123 @@
+//! `ChannelBody`: the upstream request body of a streamed upload. The upload task pushes
+//! chunks through a small bounded channel (back-pressure keeps memory at a few chunks); the
+//! body ends cleanly only after an explicit `finish()`. If the sender is dropped first (the
+//! caller hung up, a limit was crossed, a dedupe hit) the body yields an error, so hyper
+//! aborts the upstream request instead of completing a truncated upload.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use http_body::{Frame, SizeHint};
+use tokio::sync::mpsc;
+
+use crate::BoxError;
+
+/// Chunks in flight between the upload task and hyper; with 64 KiB reads that is ≤ 256 KiB.
+const CHANNEL_CHUNKS: usize = 4;
+
+enum Msg {
+    Data(Bytes),
+    End,
+}
+
+/// The sending half.
+#[derive(Debug)]
+pub struct BodySender {
+    tx: mpsc::Sender<Msg>,
+}
+
+/// The body hyper reads.
+#[derive(Debug)]
+pub struct ChannelBody {
+    rx: mpsc::Receiver<Msg>,
+    len: Option<u64>,
+    done: bool,
+}
+
+impl std::fmt::Debug for Msg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Msg::Data(b) => write!(f, "Data({})", b.len()),
+            Msg::End => f.write_str("End"),
+        }
+    }
+}
+
+/// The receiver went away: the upstream request already ended.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream stopped reading the request body")]
+pub struct UpstreamGone;
+
+/// The sender went away without `finish()`.
+#[derive(Debug, thiserror::Error)]
+#[error("upload aborted by fxgate")]
+pub struct Aborted;
+
+/// A body of `len` bytes when known (sent as `Content-Length`), chunked otherwise.
+pub fn channel(len: Option<u64>) -> (BodySender, ChannelBody) {
+    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    (
+        BodySender { tx },
+        ChannelBody {
+            rx,
+            len,
+            done: false,
+        },
+    )
+}
+
+impl BodySender {
+    /// Queues a chunk, waiting while the channel is full.
+    pub async fn send(&self, chunk: Bytes) -> Result<(), UpstreamGone> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(Msg::Data(chunk))
+            .await
+            .map_err(|_| UpstreamGone)
+    }
+
+    /// Ends the body cleanly.
+    pub async fn finish(self) -> Result<(), UpstreamGone> {
+        self.tx.send(Msg::End).await.map_err(|_| UpstreamGone)
+    }
+}
+
+impl http_body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.done {
+            return Poll::Ready(None);
+        }
+        match self.rx.poll_recv(cx) {
+            Poll::Ready(Some(Msg::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Msg::End)) => {
+                self.done = true;
+                Poll::Ready(None)
+            }
+            Poll::Ready(None) => {
+                self.done = true;
+                Poll::Ready(Some(Err(Box::new(Aborted))))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.len {
+            Some(n) => SizeHint::with_exact(n),
+            None => SizeHint::default(),
+        }
+    }
+}
