@@ -52,6 +52,15 @@ enum Command {
         /// Accept this permanent code.
         #[arg(long, default_value = "sandbox-permanent-code")]
         permanent_code: String,
+        /// Time the token endpoint takes to answer.
+        #[arg(long, default_value = "20ms", value_parser = humantime::parse_duration)]
+        token_latency: Duration,
+        /// Message-material limit in bytes (Fxiaoke: 5 MB).
+        #[arg(long, default_value_t = 5 * 1024 * 1024)]
+        message_max_bytes: u64,
+        /// CRM document limit in bytes (Fxiaoke: 20 MB).
+        #[arg(long, default_value_t = 20 * 1024 * 1024)]
+        document_max_bytes: u64,
         /// Hash uploads but keep no bytes (benchmarks).
         #[arg(long)]
         discard: bool,
@@ -97,6 +106,9 @@ fn main() -> ExitCode {
             app_id,
             app_secret,
             permanent_code,
+            token_latency,
+            message_max_bytes,
+            document_max_bytes,
             discard,
         } => {
             fxgate::telemetry::init(LogFormat::Pretty);
@@ -105,8 +117,10 @@ fn main() -> ExitCode {
                 app_id,
                 app_secret,
                 permanent_code,
+                token_latency,
+                message_max_bytes,
+                document_max_bytes,
                 discard,
-                ..SandboxOptions::default()
             };
             run(async move {
                 sandbox::run_standalone(listen, opts)

@@ -15,7 +15,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use futures_util::StreamExt;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -183,6 +182,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/media/delete") => delete(&state, req).await,
         (&Method::GET, "/_sandbox/stats") => stats(&state, req).await,
         (&Method::POST, "/_sandbox/faults") => faults(&state, req).await,
+        // Lets tests check that no issued token ever reaches a log line.
+        (&Method::GET, "/_sandbox/tokens") => json(serde_json::json!(state.issued_tokens())),
         (&Method::GET, p) if p.starts_with("/_sandbox/media/") => {
             let id = &p["/_sandbox/media/".len()..];
             match state.media.lock().get(id) {
@@ -506,14 +507,4 @@ pub async fn run_standalone(addr: SocketAddr, opts: SandboxOptions) -> std::io::
     let _ = tokio::signal::ctrl_c().await;
     drop(handle);
     Ok(())
-}
-
-/// Drains a byte stream, for callers that must read a body to the end.
-pub async fn drain(body: Incoming) -> u64 {
-    let mut stream = body.into_data_stream();
-    let mut n = 0;
-    while let Some(Ok(chunk)) = stream.next().await {
-        n += chunk.len() as u64;
-    }
-    n
 }

@@ -210,6 +210,8 @@ struct TokenBook {
     current: Option<(String, Instant)>,
     /// Every token still accepted, by issue time.
     valid: HashMap<String, Instant>,
+    /// Every token ever issued.
+    issued: Vec<String>,
     /// Token calls of the last minute.
     recent_calls: VecDeque<Instant>,
     in_flight: bool,
@@ -286,6 +288,7 @@ impl State {
         let token = format!("sbx{}", uuid::Uuid::new_v4().simple());
         book.current = Some((token.clone(), now));
         book.valid.insert(token.clone(), now);
+        book.issued.push(token.clone());
         self.stats.bump(|s| &s.tokens_issued);
         (token, ttl.as_secs())
     }
@@ -295,6 +298,10 @@ impl State {
         book.valid
             .get(token)
             .is_some_and(|issued| issued.elapsed() < self.opts.token_ttl)
+    }
+
+    pub(super) fn issued_tokens(&self) -> Vec<String> {
+        self.tokens.lock().issued.clone()
     }
 
     pub(super) fn revoke_tokens(&self) {

@@ -30,7 +30,8 @@ const MAX_CALLS_PER_MINUTE: usize = 9;
 /// First retry delay after a failed fetch; doubles up to `MAX_BACKOFF`.
 const MIN_BACKOFF: Duration = Duration::from_secs(1);
 const MAX_BACKOFF: Duration = Duration::from_secs(60);
-/// A token this close to its expiry is not handed out: the request could outlive it.
+/// A token this close to its expiry is not handed out: the request could outlive it. Capped
+/// at 2% of the lifetime so that it never reaches past `refresh_at` for short-lived tokens.
 const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
 /// How long a request waits for a token before answering 950301.
 const READER_WAIT: Duration = Duration::from_secs(15);
@@ -64,7 +65,8 @@ struct TokenState {
 impl TokenState {
     fn usable(&self) -> Option<Arc<CorpToken>> {
         let t = self.token.as_ref()?;
-        (!self.invalidated && Instant::now() + EXPIRY_MARGIN < t.expires_at).then(|| t.clone())
+        let margin = EXPIRY_MARGIN.min((t.expires_at - t.fetched_at) / 50);
+        (!self.invalidated && Instant::now() + margin < t.expires_at).then(|| t.clone())
     }
 }
 
@@ -372,5 +374,31 @@ fn rate_slot(calls: &mut VecDeque<Instant>) -> Instant {
         now
     } else {
         calls.front().map_or(now, |t| *t + Duration::from_secs(60))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rate_slot_keeps_calls_under_the_minute_limit() {
+        let now = Instant::now();
+        let mut calls: VecDeque<Instant> = (0..MAX_CALLS_PER_MINUTE as u64)
+            .map(|i| now - Duration::from_secs(50) + Duration::from_secs(i))
+            .collect();
+        // The window is full: the next call waits for the oldest to age out of the minute.
+        let slot = rate_slot(&mut calls);
+        assert!(slot >= now + Duration::from_secs(9), "{:?}", slot - now);
+        calls.pop_front();
+        assert!(rate_slot(&mut calls) <= Instant::now());
+    }
+
+    #[test]
+    fn old_calls_leave_the_window() {
+        let now = Instant::now();
+        let mut calls: VecDeque<Instant> = (0..20).map(|_| now - Duration::from_secs(61)).collect();
+        assert!(rate_slot(&mut calls) <= Instant::now());
+        assert!(calls.is_empty());
     }
 }

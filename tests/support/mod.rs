@@ -1,0 +1,341 @@
+//! Black-box test support: spawns the real `fxgate` binary (gateway and sandbox) as child
+//! processes on loopback port 0, learns their ports from the one JSON line each prints on
+//! stdout, and talks to them over real sockets. Logs go to a file per gateway so tests can
+//! check them (for secrets, say). Children are killed on drop.
+
+#![allow(dead_code, unreachable_pub)]
+
+use std::io::{BufRead, BufReader};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+
+pub const ALPHA_KEY: &str = "alpha-key-7d1f0c2e9b";
+pub const BETA_KEY: &str = "beta-key-4a8e2b6f13";
+pub const APP_SECRET: &str = "sandbox-secret";
+
+/// A tiny valid-looking JPEG head followed by `len` bytes of a pattern seeded by `seed`.
+pub fn jpeg(len: usize, seed: u8) -> Vec<u8> {
+    let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0];
+    v.extend((0..len.saturating_sub(4)).map(|i| (i as u8).wrapping_mul(31).wrapping_add(seed)));
+    v
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+fn key_hash(key: &str) -> String {
+    hex::encode(Sha256::digest(key.as_bytes()))
+}
+
+fn read_listening(child: &mut Child) -> serde_json::Value {
+    let stdout = child.stdout.take().expect("stdout piped");
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines() {
+            let Ok(line) = line else { return };
+            if let Ok(v) = serde_json::from_str::<serde_json::Value>(&line) {
+                if v["event"] == "listening" {
+                    let _ = tx.send(v);
+                }
+            }
+        }
+    });
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("child printed its listening line")
+}
+
+/// A sandbox process.
+pub struct Sandbox {
+    child: Child,
+    pub url: String,
+    http: reqwest::Client,
+}
+
+impl Sandbox {
+    pub fn spawn(args: &[&str]) -> Self {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fxgate"))
+            .args(["sandbox", "--listen", "127.0.0.1:0"])
+            .args(args)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn sandbox");
+        let line = read_listening(&mut child);
+        let url = format!("http://{}", line["sandbox"].as_str().expect("sandbox addr"));
+        Self {
+            child,
+            url,
+            http: reqwest::Client::new(),
+        }
+    }
+
+    pub async fn stats(&self) -> serde_json::Value {
+        self.http
+            .get(format!("{}/_sandbox/stats", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// Waits (server-side, no polling) until `counter` reaches `value`, then returns the stats.
+    pub async fn wait(&self, counter: &str, value: u64) -> serde_json::Value {
+        let stats: serde_json::Value = self
+            .http
+            .get(format!(
+                "{}/_sandbox/stats?until={counter}:{value}&timeout_ms=20000",
+                self.url
+            ))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert!(
+            stats[counter].as_u64().unwrap() >= value,
+            "{counter} never reached {value}: {stats}"
+        );
+        stats
+    }
+
+    pub async fn faults(&self, faults: serde_json::Value) {
+        let r: serde_json::Value = self
+            .http
+            .post(format!("{}/_sandbox/faults", self.url))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["errorCode"], 0, "{r}");
+    }
+
+    pub async fn media(&self, id: &str) -> serde_json::Value {
+        self.http
+            .get(format!("{}/_sandbox/media/{id}", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub async fn tokens(&self) -> Vec<String> {
+        self.http
+            .get(format!("{}/_sandbox/tokens", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Sandbox {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The standard test config: two callers (alpha, beta) on one corp at `base_url`, loopback
+/// port 0 everywhere; `extra` is appended (later tables win over nothing, so it adds sections).
+pub fn config(base_url: &str, corp_extra: &str, extra: &str) -> String {
+    format!(
+        r#"
+[server]
+listen = "127.0.0.1:0"
+admin_listen = "127.0.0.1:0"
+request_header_timeout = "2s"
+shutdown_grace = "10s"
+
+[corps.default]
+base_url = "{base_url}"
+app_id = "sandbox-app"
+app_secret = "{APP_SECRET}"
+permanent_code = "sandbox-permanent-code"
+{corp_extra}
+
+{extra}
+
+[[clients]]
+name = "alpha"
+key_sha256 = "{alpha}"
+
+[[clients]]
+name = "beta"
+key_sha256 = "{beta}"
+"#,
+        alpha = key_hash(ALPHA_KEY),
+        beta = key_hash(BETA_KEY),
+    )
+}
+
+/// A gateway process.
+pub struct Gateway {
+    child: Child,
+    pub url: String,
+    pub admin: String,
+    pub dir: tempfile::TempDir,
+    log: PathBuf,
+}
+
+impl Gateway {
+    pub fn spawn(toml: &str) -> Self {
+        Self::spawn_in(tempfile::tempdir().unwrap(), toml)
+    }
+
+    /// Spawns with the config written into `dir` (which may hold certificates).
+    pub fn spawn_in(dir: tempfile::TempDir, toml: &str) -> Self {
+        let cfg = dir.path().join("fxgate.toml");
+        std::fs::write(&cfg, toml).unwrap();
+        let log = dir.path().join("fxgate.log");
+        let mut child = Command::new(env!("CARGO_BIN_EXE_fxgate"))
+            .arg("serve")
+            .arg("--config")
+            .arg(&cfg)
+            .env("RUST_LOG", "debug")
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .spawn()
+            .expect("spawn fxgate");
+        let line = read_listening(&mut child);
+        let scheme = if toml.contains("tls_cert") {
+            "https"
+        } else {
+            "http"
+        };
+        Self {
+            url: format!("{scheme}://{}", line["listen"].as_str().unwrap()),
+            admin: format!("http://{}", line["admin"].as_str().unwrap()),
+            child,
+            dir,
+            log,
+        }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Peak resident memory of the gateway process so far, in KiB (Linux `VmHWM`).
+    pub fn peak_rss_kib(&self) -> u64 {
+        let status = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .expect("VmHWM in /proc status")
+    }
+
+    pub async fn ready(&self) -> bool {
+        reqwest::get(format!("{}/readyz", self.admin))
+            .await
+            .map(|r| r.status() == 200)
+            .unwrap_or(false)
+    }
+
+    pub async fn metrics(&self) -> String {
+        reqwest::get(format!("{}/metrics", self.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap()
+    }
+
+    /// Sends SIGTERM.
+    pub fn terminate(&self) {
+        let ok = Command::new("kill")
+            .args(["-TERM", &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub fn wait_exit(&mut self, within: Duration) -> std::process::ExitStatus {
+        let deadline = std::time::Instant::now() + within;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return status;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "gateway did not exit within {within:?}"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn upload_url(&self) -> String {
+        format!("{}/media/upload/message", self.url)
+    }
+}
+
+impl Drop for Gateway {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A sandbox plus a gateway in front of it, with the standard config.
+pub fn pair(sandbox_args: &[&str], corp_extra: &str, extra: &str) -> (Sandbox, Gateway) {
+    let sandbox = Sandbox::spawn(sandbox_args);
+    let gateway = Gateway::spawn(&config(&sandbox.url, corp_extra, extra));
+    (sandbox, gateway)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .pool_max_idle_per_host(1024)
+        .build()
+        .unwrap()
+}
+
+/// Uploads `bytes` as Fxiaoke's own `curl -F media=@name` form and returns (status, headers, JSON).
+pub async fn upload_multipart(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    bytes: Vec<u8>,
+    name: &str,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let part = reqwest::multipart::Part::bytes(bytes)
+        .file_name(name.to_string())
+        .mime_str("image/jpeg")
+        .unwrap();
+    let form = reqwest::multipart::Form::new().part("media", part);
+    let resp = http
+        .post(url)
+        .bearer_auth(key)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let json = resp.json().await.unwrap_or(serde_json::Value::Null);
+    (status, headers, json)
+}

@@ -1,0 +1,306 @@
+//! Uploads through a running gateway to a running sandbox: the happy paths (multipart and
+//! raw), the refusals that must happen before Fxiaoke sees anything, download and delete.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn multipart_upload_reaches_the_sandbox_byte_for_byte() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let http = client();
+    let file = jpeg(300_000, 7);
+    let (status, headers, body) = upload_multipart(
+        &http,
+        &gw.upload_url(),
+        ALPHA_KEY,
+        file.clone(),
+        "photo.jpg",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errorCode"], 0, "{body}");
+    assert_eq!(body["deduplicated"], false);
+    assert!(headers.contains_key("x-request-id"));
+    let digest = headers["repr-digest"].to_str().unwrap();
+    let expected = base64_sha256(&file);
+    assert_eq!(digest, format!("sha-256=:{expected}:"));
+    let media = sandbox.media(body["mediaId"].as_str().unwrap()).await;
+    assert_eq!(media["sha256"], sha256_hex(&file));
+    assert_eq!(media["size"], file.len());
+    assert_eq!(media["filename"], "photo.jpg");
+    assert_eq!(media["contentType"], "image/jpeg");
+    assert_eq!(media["route"], "message");
+}
+
+fn base64_sha256(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    use sha2::Digest as _;
+    base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
+}
+
+#[tokio::test]
+async fn raw_upload_with_filename_and_x_api_key() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let file = jpeg(70_000, 3);
+    let resp = client()
+        .post(format!(
+            "{}/media/upload?type=image&filename=scan.jpg",
+            gw.url
+        ))
+        .header("x-api-key", BETA_KEY)
+        .header("content-type", "image/jpeg")
+        .body(file.clone())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errorCode"], 0, "{body}");
+    let media = sandbox.media(body["mediaId"].as_str().unwrap()).await;
+    assert_eq!(media["sha256"], sha256_hex(&file));
+    assert_eq!(media["filename"], "scan.jpg");
+    assert_eq!(media["route"], "image");
+}
+
+#[tokio::test]
+async fn document_route_accepts_any_type_and_keeps_the_extension() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let file = b"%PDF-1.7 a small document".repeat(1000);
+    let part = reqwest::multipart::Part::bytes(file.clone())
+        .file_name("合同.pdf")
+        .mime_str("application/pdf")
+        .unwrap();
+    let form = reqwest::multipart::Form::new()
+        .text("note", "ignored")
+        .part("media", part);
+    let resp = client()
+        .post(format!("{}/media/upload?type=document", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errorCode"], 0, "{body}");
+    let media = sandbox.media(body["mediaId"].as_str().unwrap()).await;
+    assert_eq!(media["sha256"], sha256_hex(&file));
+    assert_eq!(media["filename"], "合同.pdf");
+    assert_eq!(media["contentType"], "application/pdf");
+}
+
+#[tokio::test]
+async fn missing_or_unknown_key_is_401_and_reaches_nothing() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let http = client();
+    for key in [None, Some("not-a-key"), Some("")] {
+        let mut req = http
+            .post(gw.upload_url())
+            .header("content-type", "image/jpeg")
+            .body(jpeg(1000, 1));
+        if let Some(k) = key {
+            req = req.bearer_auth(k);
+        }
+        let resp = req.send().await.unwrap();
+        assert_eq!(resp.status(), 401);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["errorCode"], 940101);
+        assert!(body["traceId"].as_str().is_some_and(|t| !t.is_empty()));
+    }
+    assert_eq!(sandbox.stats().await["upload_requests"], 0);
+}
+
+#[tokio::test]
+async fn wrong_magic_bytes_is_415_and_fxiaoke_sees_nothing() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let pdf = b"%PDF-1.4 pretending to be a jpeg".repeat(100);
+    let (status, _, body) =
+        upload_multipart(&client(), &gw.upload_url(), ALPHA_KEY, pdf, "x.jpg").await;
+    assert_eq!(status, 415, "{body}");
+    assert_eq!(body["errorCode"], 941501);
+    assert!(body["errorDescription"]
+        .as_str()
+        .unwrap()
+        .contains("application/pdf"));
+    assert_eq!(sandbox.stats().await["upload_requests"], 0);
+}
+
+#[tokio::test]
+async fn oversize_content_length_is_refused_before_the_body_is_sent() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /media/upload/message HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
+         Content-Type: image/jpeg\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        6 * 1024 * 1024
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]);
+    // Straight to 413: no `100 Continue`, so a well-behaved client never sends a body byte.
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("941301"), "{answer}");
+    assert!(
+        answer.contains("limit for /media/upload/message is 5242880"),
+        "{answer}"
+    );
+    assert_eq!(sandbox.stats().await["upload_requests"], 0);
+}
+
+#[tokio::test]
+async fn oversize_chunked_body_is_cut_off_and_the_upstream_upload_aborted() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..96)
+        .map(|i| {
+            Ok(if i == 0 {
+                jpeg(64 * 1024, 1)
+            } else {
+                vec![i as u8; 64 * 1024]
+            })
+        })
+        .collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let resp = client()
+        .post(gw.upload_url())
+        .bearer_auth(ALPHA_KEY)
+        .header("content-type", "image/jpeg")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errorCode"], 941301);
+    // The upstream request was opened (the type check passed) and then aborted.
+    let stats = sandbox.wait("uploads_aborted", 1).await;
+    assert_eq!(stats["uploads_completed"], 0, "{stats}");
+}
+
+#[tokio::test]
+async fn bad_requests_get_clear_envelopes() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let http = client();
+    // No `type` on the CRM route.
+    let r = http
+        .post(format!("{}/media/upload", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .body(jpeg(100, 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["errorCode"],
+        940003
+    );
+    // Multipart without a `media` part.
+    let form = reqwest::multipart::Form::new().text("file", "x");
+    let r = http
+        .post(gw.upload_url())
+        .bearer_auth(ALPHA_KEY)
+        .multipart(form)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["errorCode"],
+        940001
+    );
+    // Broken multipart framing.
+    let r = http
+        .post(gw.upload_url())
+        .bearer_auth(ALPHA_KEY)
+        .header("content-type", "multipart/form-data; boundary=XYZ")
+        .body("--XYZ\r\nContent-Disposition: form-data; name=\"media\"; filename=\"a.jpg\"\r\n\r\n\u{ff}\u{d8}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Unknown route, wrong method.
+    let r = http
+        .post(format!("{}/cgi/crm/v2/data/query", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["errorCode"],
+        940401
+    );
+    let r = http
+        .get(gw.upload_url())
+        .bearer_auth(ALPHA_KEY)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 405);
+    assert_eq!(sandbox.stats().await["uploads_completed"], 0);
+}
+
+#[tokio::test]
+async fn download_streams_the_file_and_delete_passes_through() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let http = client();
+    let file = jpeg(200_000, 9);
+    let (_, _, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, file.clone(), "d.jpg").await;
+    let id = body["mediaId"].as_str().unwrap().to_string();
+
+    // The caller's own credentials in the body are dropped; fxgate's token is used instead.
+    let req = serde_json::json!({"mediaId": id, "mediaTypeDesc": "IMAGE", "corpAccessToken": "stolen", "corpId": "FSCID_X"});
+    let resp = http
+        .post(format!("{}/media/download", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(resp.headers()["content-type"], "image/jpeg");
+    assert_eq!(resp.bytes().await.unwrap().as_ref(), file.as_slice());
+
+    let resp = http
+        .post(format!("{}/media/delete", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .json(&serde_json::json!({"mediaId": id}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        resp.json::<serde_json::Value>().await.unwrap()["errorCode"],
+        0
+    );
+    assert_eq!(sandbox.media(&id).await["error"], "no such media");
+
+    // Fxiaoke's own error envelope passes through unchanged (HTTP 200, errorCode ≠ 0).
+    let resp = http
+        .post(format!("{}/media/download", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errorCode"], 10002, "{body}");
+
+    // Not JSON at all.
+    let resp = http
+        .post(format!("{}/media/delete", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .body("mediaId=1")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 400);
+}
