@@ -18,7 +18,8 @@ async fn cold_start_with_500_concurrent_uploads_makes_one_token_call() {
         let http = http.clone();
         let url = url.clone();
         tokio::spawn(async move {
-            let (status, _, body) = upload_multipart(&http, &url, ALPHA_KEY, jpeg(2000, i as u8), "c.jpg").await;
+            let (status, _, body) =
+                upload_multipart(&http, &url, ALPHA_KEY, jpeg(2000, i as u8), "c.jpg").await;
             (status, body)
         })
     });
@@ -43,26 +44,46 @@ async fn short_lived_tokens_are_refreshed_in_the_background() {
     let mut n = 0u32;
     // Bounded in time and count: about 14 s, at most 2000 uploads.
     while Instant::now() < deadline && n < 2000 {
-        let (status, _, body) = upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(500, n as u8), "r.jpg").await;
-        assert_eq!((status, &body["errorCode"]), (200, &serde_json::json!(0)), "upload {n}: {body}");
+        let (status, _, body) = upload_multipart(
+            &http,
+            &gw.upload_url(),
+            ALPHA_KEY,
+            jpeg(500, n as u8),
+            "r.jpg",
+        )
+        .await;
+        assert_eq!(
+            (status, &body["errorCode"]),
+            (200, &serde_json::json!(0)),
+            "upload {n}: {body}"
+        );
         n += 1;
         tokio::time::sleep(Duration::from_millis(20)).await; // pacing of the load, not synchronisation
     }
     let stats = sandbox.stats().await;
-    assert_eq!(stats["token_rejected"], 0, "a caller's upload met an expired token: {stats}");
+    assert_eq!(
+        stats["token_rejected"], 0,
+        "a caller's upload met an expired token: {stats}"
+    );
     assert!(stats["tokens_issued"].as_u64().unwrap() >= 3, "{stats}");
     assert_eq!(stats["token_rejected_concurrent"], 0);
     assert_eq!(stats["token_rejected_rate"], 0);
-    assert!(gw.metrics().await.contains("fxgate_token_refresh_total{corp=\"default\",result=\"ok\"}"));
+    assert!(gw
+        .metrics()
+        .await
+        .contains("fxgate_token_refresh_total{corp=\"default\",result=\"ok\"}"));
 }
 
 #[tokio::test]
 async fn revoked_token_gives_one_950302_then_success() {
     let (sandbox, gw) = pair(&[], "", "");
     let http = client();
-    let (status, _, body) = upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 1), "a.jpg").await;
+    let (status, _, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 1), "a.jpg").await;
     assert_eq!((status, body["errorCode"].as_i64()), (200, Some(0)));
-    sandbox.faults(serde_json::json!({"revoke_tokens": true})).await;
+    sandbox
+        .faults(serde_json::json!({"revoke_tokens": true}))
+        .await;
 
     let file = jpeg(1000, 2);
     let part = reqwest::multipart::Part::bytes(file.clone()).file_name("b.jpg");
@@ -79,8 +100,13 @@ async fn revoked_token_gives_one_950302_then_success() {
     assert_eq!(body["errorCode"], 950302, "{body}");
 
     // The caller retries, as told; the gateway has fetched a new token meanwhile.
-    let (status, _, body) = upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, file, "b.jpg").await;
-    assert_eq!((status, body["errorCode"].as_i64()), (200, Some(0)), "{body}");
+    let (status, _, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, file, "b.jpg").await;
+    assert_eq!(
+        (status, body["errorCode"].as_i64()),
+        (200, Some(0)),
+        "{body}"
+    );
     let stats = sandbox.stats().await;
     assert_eq!(stats["token_calls"], 2, "{stats}");
     assert_eq!(stats["token_rejected"], 1);
@@ -89,7 +115,10 @@ async fn revoked_token_gives_one_950302_then_success() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_token_endpoint_backs_off_and_readyz_says_so() {
     let sandbox = Sandbox::spawn(&[]);
-    let toml = config(&sandbox.url, "", "").replace(&format!("app_secret = \"{APP_SECRET}\""), "app_secret = \"wrong-secret\"");
+    let toml = config(&sandbox.url, "", "").replace(
+        &format!("app_secret = \"{APP_SECRET}\""),
+        "app_secret = \"wrong-secret\"",
+    );
     let gw = Gateway::spawn(&toml);
     let http = client();
     sandbox.wait("token_failures", 1).await;
@@ -97,7 +126,8 @@ async fn failing_token_endpoint_backs_off_and_readyz_says_so() {
     let started = Instant::now();
     // Callers during the outage get 950301 at once, and do not cause extra token calls.
     for i in 0..50u8 {
-        let (status, headers, body) = upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(100, i), "x.jpg").await;
+        let (status, headers, body) =
+            upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(100, i), "x.jpg").await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["errorCode"], 950301);
         assert!(headers.contains_key("retry-after"));
@@ -118,7 +148,14 @@ async fn readyz_is_ok_once_a_token_is_held() {
     let (sandbox, gw) = pair(&[], "", "");
     sandbox.wait("tokens_issued", 1).await;
     // The token is published right after the sandbox answers; a request awaits it.
-    let (status, _, _) = upload_multipart(&client(), &gw.upload_url(), ALPHA_KEY, jpeg(100, 1), "x.jpg").await;
+    let (status, _, _) = upload_multipart(
+        &client(),
+        &gw.upload_url(),
+        ALPHA_KEY,
+        jpeg(100, 1),
+        "x.jpg",
+    )
+    .await;
     assert_eq!(status, 200);
     assert!(gw.ready().await);
     let health = reqwest::get(format!("{}/healthz", gw.admin)).await.unwrap();

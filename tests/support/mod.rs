@@ -163,7 +163,7 @@ pub fn config(base_url: &str, corp_extra: &str, extra: &str) -> String {
 [server]
 listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
-request_header_timeout = "2s"
+request_header_timeout = "10s"
 shutdown_grace = "10s"
 
 [corps.default]

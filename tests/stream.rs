@@ -1,0 +1,197 @@
+//! Streaming without buffering: a caller that hangs up aborts the upstream upload, a 100 MB
+//! file passes with bounded gateway memory, many concurrent uploads stay small, and upstream
+//! trouble (unreachable, slow) becomes 502 / 504.
+
+mod support;
+
+use support::*;
+use tokio::io::AsyncWriteExt;
+
+#[tokio::test]
+async fn caller_hang_up_aborts_the_upstream_upload() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let len = 1024 * 1024;
+    let head = format!(
+        "POST /media/upload/message?filename=h.jpg HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
+         Content-Type: image/jpeg\r\nContent-Length: {len}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&jpeg(200 * 1024, 5)).await.unwrap();
+    // The upstream upload is under way...
+    sandbox.wait("uploads_active", 1).await;
+    // ...when the caller disappears.
+    drop(tcp);
+    let stats = sandbox.wait("uploads_aborted", 1).await;
+    assert_eq!(stats["uploads_completed"], 0, "{stats}");
+    // And the gateway carries on.
+    let (status, _, _) = upload_multipart(
+        &client(),
+        &gw.upload_url(),
+        ALPHA_KEY,
+        jpeg(1000, 1),
+        "ok.jpg",
+    )
+    .await;
+    assert_eq!(status, 200);
+}
+
+fn pattern_stream(
+    total: usize,
+    chunk: usize,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    let mut sent = 0usize;
+    futures_util::stream::iter(std::iter::from_fn(move || {
+        if sent >= total {
+            return None;
+        }
+        let n = chunk.min(total - sent);
+        let mut v: Vec<u8> = (0..n).map(|i| ((sent + i) % 251) as u8).collect();
+        if sent == 0 {
+            v[..4].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+        }
+        sent += n;
+        Some(Ok(v))
+    }))
+}
+
+fn pattern_sha256(total: usize) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < total {
+        let n = buf.len().min(total - done);
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = ((done + i) % 251) as u8;
+        }
+        if done == 0 {
+            buf[..4].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+        }
+        h.update(&buf[..n]);
+        done += n;
+    }
+    hex::encode(h.finalize())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mb_document_streams_with_bounded_memory() {
+    let total = 100 * 1024 * 1024;
+    let (sandbox, gw) = pair(
+        &["--document-max-bytes", "209715200"],
+        "",
+        "[upload]\ndocument_max_bytes = \"200MiB\"",
+    );
+    let baseline = gw.peak_rss_kib();
+    let resp = client()
+        .post(format!(
+            "{}/media/upload?type=document&filename=big.bin",
+            gw.url
+        ))
+        .bearer_auth(ALPHA_KEY)
+        .header("content-type", "application/octet-stream")
+        .header("content-length", total.to_string())
+        .body(reqwest::Body::wrap_stream(pattern_stream(
+            total,
+            256 * 1024,
+        )))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errorCode"], 0, "{body}");
+    let media = sandbox.media(body["mediaId"].as_str().unwrap()).await;
+    assert_eq!(media["size"], total);
+    assert_eq!(media["sha256"], pattern_sha256(total));
+    let peak = gw.peak_rss_kib();
+    eprintln!("100 MiB upload: gateway peak RSS {peak} KiB (at start {baseline} KiB)");
+    assert!(
+        peak < 64 * 1024,
+        "peak RSS {peak} KiB for a 100 MiB upload: the body is being buffered"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn one_hundred_concurrent_5_mb_uploads_stay_small() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let http = client();
+    let size = 5 * 1000 * 1000;
+    let tasks = (0..100).map(|_| {
+        let http = http.clone();
+        let url = gw.upload_url();
+        tokio::spawn(async move {
+            let resp = http
+                .post(url)
+                .bearer_auth(ALPHA_KEY)
+                .header("content-type", "image/jpeg")
+                .body(reqwest::Body::wrap_stream(pattern_stream(size, 64 * 1024)))
+                .send()
+                .await
+                .map_err(|e| e.to_string())?;
+            resp.json::<serde_json::Value>()
+                .await
+                .map_err(|e| e.to_string())
+        })
+    });
+    for r in futures_util::future::join_all(tasks).await {
+        let body = r.unwrap();
+        let logs = gw.logs();
+        let body = body.unwrap_or_else(|e| {
+            panic!(
+                "{e}: {}",
+                logs.lines()
+                    .filter(|l| l.contains("WARN")
+                        || l.contains("connection ended")
+                        || l.contains("status=4")
+                        || l.contains("status=5")
+                        || l.contains("ERROR"))
+                    .take(20)
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            )
+        });
+        assert_eq!(body["errorCode"], 0, "{body}");
+    }
+    assert_eq!(sandbox.stats().await["uploads_completed"], 100);
+    let peak = gw.peak_rss_kib();
+    eprintln!("100 concurrent 5 MB uploads: gateway peak RSS {peak} KiB");
+    // 500 MB went through; a buffering gateway would hold hundreds of MiB.
+    assert!(peak < 160 * 1024, "peak RSS {peak} KiB");
+}
+
+#[tokio::test]
+async fn unreachable_upstream_is_502() {
+    let (mut sandbox, gw) = pair(&[], "", "");
+    let http = client();
+    let (status, _, _) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 1), "a.jpg").await;
+    assert_eq!(status, 200);
+    // The token stays cached; Fxiaoke itself goes away.
+    sandbox.kill();
+    let (status, _, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 2), "b.jpg").await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["errorCode"], 950201);
+}
+
+#[tokio::test]
+async fn slow_upstream_is_504() {
+    let (sandbox, gw) = pair(&[], "upstream_timeout = \"1s\"", "");
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 4000}))
+        .await;
+    let (status, _, body) = upload_multipart(
+        &client(),
+        &gw.upload_url(),
+        ALPHA_KEY,
+        jpeg(1000, 1),
+        "a.jpg",
+    )
+    .await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["errorCode"], 950401);
+    assert!(body["errorDescription"].as_str().unwrap().contains("1s"));
+}
