@@ -1,0 +1,283 @@
+//! The server around the handlers: TLS with HTTP/2, graceful shutdown with an upload in
+//! flight, the header-read timeout, secrets kept out of the logs, and the CLI's config checks.
+
+mod support;
+
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+#[tokio::test]
+async fn tls_listener_speaks_http2_and_http1() {
+    let sandbox = Sandbox::spawn(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let cert =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_string(), "127.0.0.1".to_string()])
+            .unwrap();
+    std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
+    std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
+    let toml = config(&sandbox.url, "", "").replace(
+        "[server]\n",
+        &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            dir.path().join("cert.pem").display(),
+            dir.path().join("key.pem").display()
+        ),
+    );
+    let gw = Gateway::spawn_in(dir, &toml);
+    assert!(gw.url.starts_with("https://"));
+    let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
+    for http2 in [true, false] {
+        let mut builder = reqwest::Client::builder()
+            .use_rustls_tls()
+            .add_root_certificate(root.clone());
+        if !http2 {
+            builder = builder.http1_only();
+        }
+        let http = builder.build().unwrap();
+        let file = jpeg(50_000, 4);
+        let part = reqwest::multipart::Part::bytes(file.clone()).file_name("t.jpg");
+        let resp = http
+            .post(gw.upload_url())
+            .bearer_auth(ALPHA_KEY)
+            .multipart(reqwest::multipart::Form::new().part("media", part))
+            .send()
+            .await
+            .unwrap();
+        let expected = if http2 {
+            reqwest::Version::HTTP_2
+        } else {
+            reqwest::Version::HTTP_11
+        };
+        assert_eq!(resp.version(), expected);
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["errorCode"], 0, "{body}");
+        assert_eq!(
+            sandbox.media(body["mediaId"].as_str().unwrap()).await["sha256"],
+            sha256_hex(&file)
+        );
+    }
+    // Plain HTTP on the TLS port gets nowhere.
+    let plain = reqwest::get(gw.url.replace("https://", "http://") + "/media/upload/message").await;
+    assert!(plain.is_err() || plain.unwrap().status() != 200);
+}
+
+#[tokio::test]
+async fn sigterm_lets_the_in_flight_upload_finish_and_stops_accepting() {
+    let (sandbox, mut gw) = pair(&[], "", "");
+    // Fxiaoke takes 1.5 s to answer this upload.
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 1500}))
+        .await;
+    let http = client();
+    let url = gw.upload_url();
+    let in_flight = tokio::spawn(async move {
+        upload_multipart(&http, &url, ALPHA_KEY, jpeg(100_000, 1), "s.jpg").await
+    });
+    sandbox.wait("uploads_active", 1).await;
+    gw.terminate();
+    let (status, _, body) = in_flight.await.unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["errorCode"], 0, "{body}");
+    // The listener closed before the drain began.
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    assert!(
+        tokio::net::TcpStream::connect(&addr).await.is_err(),
+        "still accepting after SIGTERM"
+    );
+    let status = gw.wait_exit(Duration::from_secs(15));
+    assert!(status.success(), "{status:?}");
+    assert!(gw.logs().contains("SIGTERM"));
+}
+
+#[tokio::test]
+async fn a_client_that_never_finishes_its_headers_is_disconnected() {
+    let sandbox = Sandbox::spawn(&[]);
+    let toml = config(&sandbox.url, "", "").replace(
+        "request_header_timeout = \"10s\"",
+        "request_header_timeout = \"1s\"",
+    );
+    let gw = Gateway::spawn(&toml);
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    tcp.write_all(b"POST /media/upload/message HTTP/1.1\r\nHost: x\r\n")
+        .await
+        .unwrap();
+    let mut buf = [0u8; 1024];
+    // The server ends the connection (EOF or a 408) well before this generous bound.
+    let read = tokio::time::timeout(Duration::from_secs(8), tcp.read(&mut buf)).await;
+    let n = read
+        .expect("connection still open after the header timeout")
+        .unwrap_or(0);
+    let text = String::from_utf8_lossy(&buf[..n]);
+    assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+}
+
+#[tokio::test]
+async fn secrets_never_reach_the_logs() {
+    let (sandbox, gw) = pair(&[], "", "[log]\nformat = \"json\"");
+    let http = client();
+    // Success, failures, a revocation and a download: every code path that touches a token.
+    let (_, _, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(10_000, 1), "a.jpg").await;
+    let id = body["mediaId"].as_str().unwrap().to_string();
+    upload_multipart(&http, &gw.upload_url(), "wrong-key", jpeg(100, 1), "a.jpg").await;
+    upload_multipart(
+        &http,
+        &gw.upload_url(),
+        BETA_KEY,
+        b"not an image".to_vec(),
+        "a.jpg",
+    )
+    .await;
+    sandbox
+        .faults(serde_json::json!({"revoke_tokens": true}))
+        .await;
+    upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(10_000, 2), "b.jpg").await;
+    let req = serde_json::json!({"mediaId": id, "mediaTypeDesc": "IMAGE"});
+    let r = http
+        .post(format!("{}/media/download", gw.url))
+        .bearer_auth(BETA_KEY)
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let metrics = gw.metrics().await;
+
+    let tokens = sandbox.tokens().await;
+    assert!(tokens.len() >= 2, "{tokens:?}");
+    let logs = gw.logs();
+    assert!(
+        logs.contains("\"message\":\"request\""),
+        "JSON access log lines expected"
+    );
+    for secret in tokens.iter().map(String::as_str).chain([
+        APP_SECRET,
+        ALPHA_KEY,
+        BETA_KEY,
+        "sandbox-permanent-code",
+    ]) {
+        assert!(!logs.contains(secret), "a secret reached the logs");
+        assert!(!metrics.contains(secret), "a secret reached the metrics");
+    }
+    assert!(
+        !logs.contains("corpAccessToken="),
+        "a URL holding the token was logged"
+    );
+}
+
+fn fxgate(args: &[&str], stdin: Option<&str>, env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_fxgate"));
+    cmd.args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let mut child = cmd.spawn().unwrap();
+    if let Some(input) = stdin {
+        use std::io::Write;
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+    }
+    drop(child.stdin.take());
+    let out = child.wait_with_output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+#[test]
+fn hash_key_prints_the_sha256() {
+    let (code, out, _) = fxgate(&["hash-key"], Some("fxgate-demo-key\n"), &[]);
+    assert_eq!(code, 0);
+    assert_eq!(out.trim(), sha256_hex(b"fxgate-demo-key"));
+    let (code, _, err) = fxgate(&["hash-key"], Some(""), &[]);
+    assert_ne!(code, 0);
+    assert!(err.contains("no key"));
+}
+
+#[test]
+fn check_config_masks_secrets_and_names_bad_keys() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("c.toml");
+    let path_s = path.to_str().unwrap();
+    std::fs::write(dir.path().join("secret"), "file-held-secret\n").unwrap();
+    let mk = |corp_extra: &str, extra: &str| {
+        config("sandbox", corp_extra, extra).replace(
+            &format!("app_secret = \"{APP_SECRET}\""),
+            &format!(
+                "app_secret_file = \"{}\"",
+                dir.path().join("secret").display()
+            ),
+        )
+    };
+    let good = mk("", "");
+    std::fs::write(&path, &good).unwrap();
+    let (code, out, err) = fxgate(&["check-config", "--config", path_s], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    let effective: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(effective["corps"]["default"]["app_secret"], "****");
+    assert_eq!(effective["upload"]["message_max_bytes"], 5 * 1024 * 1024);
+    assert!(!out.contains("file-held-secret") && !out.contains("sandbox-permanent-code"));
+
+    // Environment overrides win, and a bad one is named.
+    let (code, out, _) = fxgate(
+        &["check-config", "--config", path_s],
+        None,
+        &[("FXGATE__UPLOAD__MESSAGE_MAX_BYTES", "2MiB")],
+    );
+    assert_eq!(code, 0);
+    assert!(out.contains(&(2 * 1024 * 1024).to_string()));
+    let (code, _, err) = fxgate(
+        &["check-config", "--config", path_s],
+        None,
+        &[("FXGATE__SERVER__LISTEN", "nowhere")],
+    );
+    assert_eq!(code, 2);
+    assert!(err.contains("server.listen"), "{err}");
+
+    for (bad, key) in [
+        (mk("", "[dedupe]\nttl = \"forever\""), "dedupe.ttl"),
+        (
+            mk("", "[upload]\nmessage_max_bytes = \"5 parsecs\""),
+            "upload.message_max_bytes",
+        ),
+        (mk("refresh_at = 1.5", ""), "corps.default.refresh_at"),
+        (mk("", "[store]\nbackend = \"etcd\""), "store.backend"),
+        (
+            good.replace("[server]", "[server]\nlisten_port = 1"),
+            "listen_port",
+        ),
+        (
+            good.replace("name = \"beta\"", "name = \"alpha\""),
+            "clients[1].name",
+        ),
+        (
+            good.replace(
+                &format!("key_sha256 = \"{}\"", sha256_hex(BETA_KEY.as_bytes())),
+                "key_sha256 = \"abc\"",
+            ),
+            "clients[1].key_sha256",
+        ),
+        (
+            good.replace("base_url = \"sandbox\"", "base_url = \"ftp://x\""),
+            "corps.default.base_url",
+        ),
+    ] {
+        std::fs::write(&path, &bad).unwrap();
+        let (code, _, err) = fxgate(&["check-config", "--config", path_s], None, &[]);
+        assert_eq!(code, 2, "{bad}");
+        assert!(err.contains(key), "expected {key} in: {err}");
+    }
+}
