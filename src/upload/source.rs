@@ -30,10 +30,12 @@ pub struct FileSource {
 
 enum Inner {
     Raw(http_body_util::BodyDataStream<Incoming>),
-    Multipart {
-        multipart: multer::Multipart<'static>,
-        field: Option<multer::Field<'static>>,
-    },
+    Multipart(Box<MultipartState>),
+}
+
+struct MultipartState {
+    multipart: multer::Multipart<'static>,
+    field: Option<multer::Field<'static>>,
 }
 
 impl std::fmt::Debug for FileSource {
@@ -92,10 +94,10 @@ impl FileSource {
                     filename: field.file_name().map(str::to_owned),
                     content_type: field.content_type().map(|m| m.to_string()),
                     exact_len: None,
-                    inner: Inner::Multipart {
+                    inner: Inner::Multipart(Box::new(MultipartState {
                         multipart,
                         field: Some(field),
-                    },
+                    })),
                 });
             }
             drain_part(&mut field).await?;
@@ -111,7 +113,8 @@ impl FileSource {
                 Some(Err(_)) => Err(GatewayError::BodyInterrupted),
                 None => Ok(None),
             },
-            Inner::Multipart { multipart, field } => {
+            Inner::Multipart(state) => {
+                let MultipartState { multipart, field } = state.as_mut();
                 if let Some(f) = field {
                     match idle(f.chunk()).await?.map_err(multer_error)? {
                         Some(chunk) => return Ok(Some(chunk)),

@@ -1,0 +1,59 @@
+//! Micro-benchmarks of the per-byte and per-request hot paths: SHA-256 of upload bytes,
+//! multipart framing (multer), type sniffing and the error envelope. `cargo bench`.
+
+use bytes::Bytes;
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use fxgate::config::ImageType;
+use fxgate::GatewayError;
+use sha2::{Digest, Sha256};
+
+fn hashing(c: &mut Criterion) {
+    let mut g = c.benchmark_group("sha256");
+    for size in [64 * 1024, 1024 * 1024] {
+        let data = vec![0x5au8; size];
+        g.throughput(Throughput::Bytes(size as u64));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| b.iter(|| Sha256::digest(d)));
+    }
+    g.finish();
+}
+
+fn multipart(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let file = vec![0x42u8; 1024 * 1024];
+    let mut body = b"--B\r\nContent-Disposition: form-data; name=\"media\"; filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".to_vec();
+    body.extend_from_slice(&file);
+    body.extend_from_slice(b"\r\n--B--\r\n");
+    let chunks: Vec<Bytes> = body.chunks(64 * 1024).map(Bytes::copy_from_slice).collect();
+    let mut g = c.benchmark_group("multipart");
+    g.throughput(Throughput::Bytes(body.len() as u64));
+    g.bench_function("parse_1MiB_in_64KiB_chunks", |b| {
+        b.iter(|| {
+            rt.block_on(async {
+                let stream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok::<_, std::io::Error>));
+                let mut mp = multer::Multipart::new(stream, "B");
+                let mut n = 0;
+                while let Ok(Some(mut field)) = mp.next_field().await {
+                    while let Ok(Some(chunk)) = field.chunk().await {
+                        n += chunk.len();
+                    }
+                }
+                assert_eq!(n, file.len());
+            })
+        })
+    });
+    g.finish();
+}
+
+fn per_request(c: &mut Criterion) {
+    let head = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n', 0, 0, 0, 13];
+    c.bench_function("sniff_png", |b| b.iter(|| ImageType::sniff(std::hint::black_box(&head))));
+    c.bench_function("error_envelope", |b| {
+        b.iter(|| {
+            GatewayError::PayloadTooLarge { seen: 6_291_456, limit: 5_242_880, route: "/media/upload/message" }
+                .into_response("0b672c61-5f95-455e-bd45-f5baac029988")
+        })
+    });
+}
+
+criterion_group!(benches, hashing, multipart, per_request);
+criterion_main!(benches);
