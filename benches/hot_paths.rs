@@ -12,13 +12,17 @@ fn hashing(c: &mut Criterion) {
     for size in [64 * 1024, 1024 * 1024] {
         let data = vec![0x5au8; size];
         g.throughput(Throughput::Bytes(size as u64));
-        g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| b.iter(|| Sha256::digest(d)));
+        g.bench_with_input(BenchmarkId::from_parameter(size), &data, |b, d| {
+            b.iter(|| Sha256::digest(d))
+        });
     }
     g.finish();
 }
 
 fn multipart(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_current_thread().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
     let file = vec![0x42u8; 1024 * 1024];
     let mut body = b"--B\r\nContent-Disposition: form-data; name=\"media\"; filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".to_vec();
     body.extend_from_slice(&file);
@@ -29,7 +33,9 @@ fn multipart(c: &mut Criterion) {
     g.bench_function("parse_1MiB_in_64KiB_chunks", |b| {
         b.iter(|| {
             rt.block_on(async {
-                let stream = futures_util::stream::iter(chunks.clone().into_iter().map(Ok::<_, std::io::Error>));
+                let stream = futures_util::stream::iter(
+                    chunks.clone().into_iter().map(Ok::<_, std::io::Error>),
+                );
                 let mut mp = multer::Multipart::new(stream, "B");
                 let mut n = 0;
                 while let Ok(Some(mut field)) = mp.next_field().await {
@@ -45,12 +51,20 @@ fn multipart(c: &mut Criterion) {
 }
 
 fn per_request(c: &mut Criterion) {
-    let head = [0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n', 0, 0, 0, 13];
-    c.bench_function("sniff_png", |b| b.iter(|| ImageType::sniff(std::hint::black_box(&head))));
+    let head = [
+        0x89, b'P', b'N', b'G', b'\r', b'\n', 0x1a, b'\n', 0, 0, 0, 13,
+    ];
+    c.bench_function("sniff_png", |b| {
+        b.iter(|| ImageType::sniff(std::hint::black_box(&head)))
+    });
     c.bench_function("error_envelope", |b| {
         b.iter(|| {
-            GatewayError::PayloadTooLarge { seen: 6_291_456, limit: 5_242_880, route: "/media/upload/message" }
-                .into_response("0b672c61-5f95-455e-bd45-f5baac029988")
+            GatewayError::PayloadTooLarge {
+                seen: 6_291_456,
+                limit: 5_242_880,
+                route: "/media/upload/message",
+            }
+            .into_response("0b672c61-5f95-455e-bd45-f5baac029988")
         })
     });
 }

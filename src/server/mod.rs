@@ -63,6 +63,9 @@ impl Listener {
             .http1()
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.request_header_timeout)
+            // hyper's read buffer may grow to ~400 KiB per connection; 64 KiB is plenty for
+            // request heads and keeps an upload's footprint at a few chunks.
+            .max_buf_size(64 * 1024)
             .keep_alive(true);
         builder
             .http2()
