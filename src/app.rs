@@ -11,6 +11,7 @@ use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
 use crate::config::{BaseUrl, Config};
+use crate::dedupe::Dedupe;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::middleware::access_log::AccessLogLayer;
@@ -35,6 +36,8 @@ pub struct AppState {
     pub registry: Registry,
     /// Callers.
     pub clients: Arc<ClientRegistry>,
+    /// The dedupe index.
+    pub dedupe: Dedupe,
     /// The in-process sandbox, kept alive while the app runs.
     _sandboxes: Vec<SandboxHandle>,
 }
@@ -50,8 +53,10 @@ impl AppState {
             })
     }
 
-    /// Forgets a deleted mediaId wherever fxgate remembers it (the dedupe index, later).
-    pub async fn forget_media(&self, _corp: &str, _media_id: &str) {}
+    /// Forgets a deleted mediaId wherever fxgate remembers it (the dedupe index).
+    pub async fn forget_media(&self, corp: &str, media_id: &str) {
+        self.dedupe.store.forget_media(corp, media_id).await;
+    }
 
     /// Whether every corp holds a usable token.
     pub fn ready(&self) -> bool {
@@ -133,6 +138,7 @@ pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
     }
     let state = Arc::new(AppState {
         clients: Arc::new(ClientRegistry::new(&cfg.clients)),
+        dedupe: Dedupe::memory(&cfg.dedupe),
         cfg: cfg.clone(),
         corps,
         metrics,

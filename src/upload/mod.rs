@@ -3,6 +3,7 @@
 //! hashing it, holding back only the closing multipart delimiter until the SHA-256 is final.
 //! Memory per upload is the channel's few chunks plus multer's parse buffer, whatever the size.
 
+pub mod digest;
 pub mod source;
 
 use base64::Engine as _;
@@ -13,10 +14,12 @@ use sha2::{Digest, Sha256};
 
 use crate::app::AppState;
 use crate::body::{full, Body};
-use crate::config::{ImageType, UploadConfig};
+use crate::config::{ClaimScope, ImageType, UploadConfig};
+use crate::dedupe::{follow, DedupeKey, LeaderGuard, MediaRef, Outcome, Role};
 use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
+use crate::middleware::request_id::RequestId;
 use crate::upstream::body::{channel, BodySender};
 use crate::upstream::envelope::{Envelope, TOKEN_EXPIRED};
 use crate::upstream::Corp;
@@ -43,6 +46,15 @@ impl UploadKind {
         match self {
             Self::Message => "/media/upload/message",
             Self::Image | Self::Document => "/media/upload",
+        }
+    }
+
+    /// The route's name in dedupe keys.
+    pub fn label(self) -> &'static str {
+        match self {
+            Self::Message => "message",
+            Self::Image => "image",
+            Self::Document => "document",
         }
     }
 
@@ -108,16 +120,12 @@ pub async fn handle(
     log: &LogContext,
 ) -> Result<Response<Body>, GatewayError> {
     let corp = state.corp(&principal.client.corp)?;
+    let caller = principal.client.name.as_str();
     let limit = match principal.client.max_file_bytes {
         Some(own) => own.min(kind.limit(&state.cfg.upload)),
         None => kind.limit(&state.cfg.upload),
     };
     let announced = content_length(req.headers());
-    let too_large = |seen: u64| GatewayError::PayloadTooLarge {
-        seen,
-        limit,
-        route: kind.path(),
-    };
     let content_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -136,7 +144,15 @@ pub async fn handle(
             })
         })
         .transpose()?;
-    let filename_param = query_param(&req, "filename");
+    let filename_param = query_param(&req, "filename")
+        .map(|f| sanitize_filename(&f))
+        .filter(|f| !f.is_empty());
+    let claim = digest::claimed(req.headers())?;
+    let request_id = req
+        .extensions()
+        .get::<RequestId>()
+        .map(|r| r.0.to_string())
+        .unwrap_or_default();
 
     // Refuse before the body is touched: with `Expect: 100-continue` the caller never sends it.
     if let Some(n) = announced {
@@ -146,9 +162,43 @@ pub async fn handle(
             0
         };
         if n > limit.saturating_add(allowance) {
-            return Err(too_large(n));
+            return Err(GatewayError::PayloadTooLarge {
+                seen: n,
+                limit,
+                route: kind.path(),
+            });
         }
     }
+
+    // Digest-first: a claimed digest is looked up before any body byte is read.
+    let mut leader = None;
+    if let Some(sha256) = claim {
+        // A document's key includes its filename, known up front only from `?filename=`.
+        let filename = match kind {
+            UploadKind::Document => filename_param.clone(),
+            _ => None,
+        };
+        if kind != UploadKind::Document || filename.is_some() {
+            let key = DedupeKey {
+                corp: corp.cfg.name.clone(),
+                route: kind.label(),
+                sha256,
+                filename,
+            };
+            match claim_lookup(state, &corp, &key, caller).await {
+                Claim::Hit(media) => {
+                    state.metrics.dedupe.with_label_values(&["hit_claim"]).inc();
+                    state.metrics.dedupe_bytes_saved.inc_by(media.size);
+                    log.set_dedupe("hit_claim");
+                    finish_unread_body(req, limit).await;
+                    return Ok(hit_response(&media, &sha256, &request_id));
+                }
+                Claim::Lead(guard) => leader = Some(guard),
+                Claim::Alone => {}
+            }
+        }
+    }
+
     let body = req.into_body();
     let mut file = match boundary {
         Some(b) => FileSource::multipart(body, b).await?,
@@ -198,10 +248,10 @@ pub async fn handle(
     }
     let filename = file
         .filename
-        .clone()
-        .or(filename_param)
-        .map(|f| sanitize_filename(&f))
+        .as_deref()
+        .map(sanitize_filename)
         .filter(|f| !f.is_empty())
+        .or(filename_param)
         .unwrap_or_else(|| default_filename(sniffed));
     let part_type = match (&file.content_type, sniffed) {
         (Some(ct), _) if !ct.is_empty() => ct.clone(),
@@ -241,9 +291,9 @@ pub async fn handle(
                 detail: format!("building upstream request: {e}"),
             })?;
 
-    let _inflight = state.metrics.inflight_uploads.clone();
-    state.metrics.inflight_uploads.inc();
-    let _inflight_guard = scopeguard(move || _inflight.dec());
+    let inflight = state.metrics.inflight_uploads.clone();
+    inflight.inc();
+    let _inflight = Guard(Some(move || inflight.dec()));
 
     // The request future runs beside the body pump; it resolves once Fxiaoke answers.
     let request = corp.client().request(upstream_req);
@@ -252,26 +302,54 @@ pub async fn handle(
     }));
 
     let sent = stream_file(&corp, &tx, prefix, head, &mut file, limit, kind.path()).await;
-    let (size, digest) = match sent {
-        Ok(Streamed::Complete { size, digest }) => {
-            // The hash is final: only now does the closing delimiter go out (dedupe hooks here).
-            if tx.send(suffix).await.is_ok() {
-                let _ = tx.finish().await;
-            }
-            (size, Some(digest))
-        }
-        Ok(Streamed::UpstreamGone { size }) => (size, None),
-        Err(e) => {
-            drop(tx); // aborts the upstream request: it never completes, Fxiaoke stores nothing
-            return Err(e);
-        }
+    // Every early return below drops `tx` unfinished, which aborts the upstream request: it
+    // never completes, so Fxiaoke stores nothing.
+    let (size, digest) = match sent? {
+        Streamed::Complete { size, digest } => (size, Some(digest)),
+        Streamed::UpstreamGone { size } => (size, None),
     };
     state
         .metrics
         .upload_bytes
-        .with_label_values(&[&principal.client.name, kind.path()])
+        .with_label_values(&[caller, kind.path()])
         .inc_by(size);
     log.add_bytes(size);
+
+    let mut key = None;
+    if let Some(digest) = digest {
+        if claim.is_some_and(|c| c != digest) {
+            return Err(GatewayError::DigestMismatch {
+                computed: base64::engine::general_purpose::STANDARD.encode(digest),
+            });
+        }
+        let k = DedupeKey {
+            corp: corp.cfg.name.clone(),
+            route: kind.label(),
+            sha256: digest,
+            filename: (kind == UploadKind::Document).then(|| filename.clone()),
+        };
+        // The caller sent every byte, which proves it holds the file: any caller's entry counts.
+        if let Some(media) = state.dedupe.store.get(&k).await {
+            drop(tx);
+            state
+                .metrics
+                .dedupe
+                .with_label_values(&["hit_stream"])
+                .inc();
+            state.metrics.dedupe_bytes_saved.inc_by(size);
+            log.set_dedupe("hit_stream");
+            state.dedupe.add_holder(&k, media.clone(), caller).await;
+            if let Some(g) = leader {
+                g.complete(media.clone());
+            }
+            return Ok(hit_response(&media, &digest, &request_id));
+        }
+        // The hash is final and new: only now does the closing delimiter go out.
+        if tx.send(suffix).await.is_ok() {
+            let _ = tx.finish().await;
+        }
+        key = Some(k);
+    }
 
     // Fxiaoke's deadline runs from the last byte sent: the upload itself may take long.
     let started = std::time::Instant::now();
@@ -299,12 +377,107 @@ pub async fn handle(
         corp.tokens.invalidate(&token);
         return Err(GatewayError::TokenRejected);
     }
-    let Some(digest) = digest else {
+    let (Some(digest), Some(key)) = (digest, key) else {
         // Fxiaoke answered before taking the whole file: pass its answer on unchanged.
         return Ok(passthrough(status, env, None));
     };
+    state.metrics.dedupe.with_label_values(&["miss"]).inc();
     log.set_dedupe("miss");
+    if let (Some(0), Some(media_id)) = (code, env.str_field("mediaId")) {
+        let media = MediaRef {
+            media_id: media_id.to_string(),
+            size,
+            content_type: part_type,
+            created_at: std::time::SystemTime::now(),
+            caller: caller.to_string(),
+            holders: vec![caller.to_string()],
+        };
+        state.dedupe.store.put(key, media.clone()).await;
+        if let Some(g) = leader {
+            g.complete(media);
+        }
+    }
     Ok(passthrough(status, env, Some((digest, false))))
+}
+
+/// What a claimed digest led to.
+enum Claim {
+    /// Answer with this mediaId; no body needed.
+    Hit(MediaRef),
+    /// Upload, and hand the result to the requests waiting on the same digest.
+    Lead(LeaderGuard),
+    /// Upload without coalescing (waiting for a leader took too long).
+    Alone,
+}
+
+async fn claim_lookup(state: &AppState, corp: &Corp, key: &DedupeKey, caller: &str) -> Claim {
+    let per_caller = state.dedupe.claim_scope == ClaimScope::Client;
+    // A digest alone proves nothing: by default it only finds the caller's own files.
+    let visible = |m: &MediaRef| !per_caller || m.held_by(caller);
+    let bound = corp.cfg.upstream_timeout * 2;
+    loop {
+        if let Some(media) = state.dedupe.store.get(key).await.filter(|m| visible(m)) {
+            return Claim::Hit(media);
+        }
+        let scope = per_caller.then(|| caller.to_string());
+        match state.dedupe.coalescer.join(key.clone(), scope) {
+            Role::Leader(guard) => return Claim::Lead(guard),
+            Role::Follower(slot) => match follow(slot, bound).await {
+                Some(Outcome::Done(media)) => return Claim::Hit(media),
+                // The leader failed: look again, and one of the waiters takes the lead.
+                Some(Outcome::Failed) => continue,
+                None => return Claim::Alone,
+            },
+        }
+    }
+}
+
+/// On HTTP/1.1 a body the caller is already sending must be read before answering, or closing
+/// the connection with unread data resets it and the caller may lose the answer. With
+/// `Expect: 100-continue` nothing was sent; on HTTP/2 hyper resets just the stream.
+async fn finish_unread_body(req: Request<Incoming>, limit: u64) {
+    let expects_continue = req
+        .headers()
+        .get(header::EXPECT)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
+    if req.version() >= http::Version::HTTP_2 || expects_continue {
+        return;
+    }
+    use http_body_util::BodyExt as _;
+    let mut body = req.into_body();
+    let mut seen = 0u64;
+    let bound = limit.saturating_add(MULTIPART_FRAMING_ALLOWANCE);
+    while let Ok(Some(Ok(frame))) =
+        tokio::time::timeout(source::BODY_IDLE_TIMEOUT, body.frame()).await
+    {
+        seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+        if seen > bound {
+            return;
+        }
+    }
+}
+
+/// The answer for a dedupe hit, shaped like Fxiaoke's.
+fn hit_response(media: &MediaRef, sha256: &[u8; 32], request_id: &str) -> Response<Body> {
+    let body = serde_json::json!({
+        "errorCode": 0,
+        "errorMessage": "success",
+        "errorDescription": "success",
+        "mediaId": media.media_id,
+        "traceId": request_id,
+        "deduplicated": true,
+    });
+    let mut resp = Response::new(full(body.to_string()));
+    let headers = resp.headers_mut();
+    headers.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    if let Ok(v) = HeaderValue::from_str(&repr_digest(sha256)) {
+        headers.insert("repr-digest", v);
+    }
+    resp
 }
 
 /// Forwards Fxiaoke's answer, adding `deduplicated` and `Repr-Digest` when the file was whole.
@@ -451,7 +624,4 @@ impl<F: FnOnce()> Drop for Guard<F> {
             f();
         }
     }
-}
-fn scopeguard<F: FnOnce()>(f: F) -> Guard<F> {
-    Guard(Some(f))
 }
