@@ -1,6 +1,8 @@
 //! The admin listener (plain HTTP/1.1, separate port): `/metrics` (Prometheus text from the
 //! injected registry), `/healthz` (the process answers), `/readyz` (every corp holds a usable
-//! token). Kept off the caller-facing stack so scrapes and probes never compete with uploads.
+//! token), `POST /admin/reload` and `GET /admin/clients`. `/admin/*` needs
+//! `Authorization: Bearer <admin key>` (`server.admin_key_sha256`) unless the admin listener is
+//! bound to loopback. Kept off the caller-facing stack so scrapes and probes never compete with uploads.
 
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -66,9 +68,87 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
             }
             r
         }
+        (_, path) if path.starts_with("/admin/") => admin(state, req).await,
         _ => text(
             StatusCode::NOT_FOUND,
-            "not found; try /metrics /healthz /readyz\n",
+            "not found; try /metrics /healthz /readyz /admin/clients\n",
+        ),
+    }
+}
+
+fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
+    let mut r = Response::new(full(value.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    r
+}
+
+/// Loopback admin listeners are trusted (only this host reaches them); others need the key.
+// The error is the finished answer.
+#[allow(clippy::result_large_err)]
+fn admin_allowed(state: &AppState, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+    if state.cfg.server.admin_listen.ip().is_loopback() {
+        return Ok(());
+    }
+    let Some(expected) = state.cfg.server.admin_key_sha256 else {
+        return Err(json(
+            StatusCode::FORBIDDEN,
+            serde_json::json!({"error": "set server.admin_key_sha256 to use /admin/* on a non-loopback admin_listen"}),
+        ));
+    };
+    let presented = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .map(|k| crate::config::hash_key(k.trim()));
+    match presented {
+        Some(h) if bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &expected[..])) => Ok(()),
+        _ => Err(json(
+            StatusCode::UNAUTHORIZED,
+            serde_json::json!({"error": "admin key required: Authorization: Bearer <key>"}),
+        )),
+    }
+}
+
+async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
+    if let Err(denied) = admin_allowed(&state, &req) {
+        return denied;
+    }
+    match (req.method(), req.uri().path()) {
+        (&Method::POST, "/admin/reload") => match state.reload_logged("POST /admin/reload") {
+            Ok(n) => json(
+                StatusCode::OK,
+                serde_json::json!({"reloaded": true, "clients": n}),
+            ),
+            Err(e) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({"reloaded": false, "error": e}),
+            ),
+        },
+        (&Method::GET, "/admin/clients") => {
+            let registry = state.clients.load();
+            let clients: Vec<_> = registry
+                .all()
+                .iter()
+                .map(|q| q.usage(state.clock.as_ref()))
+                .collect();
+            let corps: serde_json::Map<_, _> = state
+                .corps
+                .iter()
+                .map(|(name, c)| (name.clone(), serde_json::json!({"daily_calls_left": c.budget.remaining_today(), "token_ok": c.tokens.ready()})))
+                .collect();
+            json(
+                StatusCode::OK,
+                serde_json::json!({"clients": clients, "corps": corps}),
+            )
+        }
+        _ => json(
+            StatusCode::NOT_FOUND,
+            serde_json::json!({"error": "admin routes: POST /admin/reload, GET /admin/clients"}),
         ),
     }
 }

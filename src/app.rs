@@ -10,6 +10,8 @@ use prometheus::Registry;
 use tokio_util::sync::CancellationToken;
 use tower::ServiceBuilder;
 
+use arc_swap::ArcSwap;
+
 use crate::config::{BaseUrl, Config};
 use crate::dedupe::Dedupe;
 use crate::error::GatewayError;
@@ -17,7 +19,9 @@ use crate::metrics::Metrics;
 use crate::middleware::access_log::AccessLogLayer;
 use crate::middleware::auth::{AuthLayer, ClientRegistry};
 use crate::middleware::error_response::ErrorResponseLayer;
+use crate::middleware::quota::QuotaLayer;
 use crate::middleware::request_id::RequestIdLayer;
+use crate::quota::{Clock, SystemClock};
 use crate::routes::Router;
 use crate::sandbox::{SandboxHandle, SandboxOptions};
 use crate::upstream::Corp;
@@ -34,8 +38,10 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The registry `/metrics` encodes.
     pub registry: Registry,
-    /// Callers.
-    pub clients: Arc<ClientRegistry>,
+    /// Callers and their quota state; swapped whole by a reload.
+    pub clients: Arc<ArcSwap<ClientRegistry>>,
+    /// Time, for quotas (injectable).
+    pub clock: Arc<dyn Clock>,
     /// The dedupe index.
     pub dedupe: Dedupe,
     /// The in-process sandbox, kept alive while the app runs.
@@ -58,6 +64,50 @@ impl AppState {
         self.dedupe.store.forget_media(corp, media_id).await;
     }
 
+    /// Re-reads the config file and applies its `[[clients]]` (callers, keys, quotas). Quota
+    /// state of unchanged callers survives; requests in flight finish under the rules they
+    /// started with. A config that does not load, or names a corp this process does not
+    /// run, is rejected and the old one stays.
+    pub fn reload(&self) -> Result<usize, String> {
+        let path = self
+            .cfg
+            .source
+            .clone()
+            .ok_or("this process was not started from a config file")?;
+        let new = Config::load(&path, None).map_err(|e| format!("{}: {e}", path.display()))?;
+        for c in &new.clients {
+            if !self.corps.contains_key(&c.corp) {
+                return Err(format!(
+                    "client `{}` names corp `{}`, which needs a restart to add",
+                    c.name, c.corp
+                ));
+            }
+        }
+        let old = self.clients.load();
+        let registry = ClientRegistry::new(&new.clients, Some(&old));
+        let n = registry.all().len();
+        self.clients.store(Arc::new(registry));
+        Ok(n)
+    }
+
+    /// Logs and applies a reload (SIGHUP, `POST /admin/reload`).
+    pub fn reload_logged(&self, trigger: &str) -> Result<usize, String> {
+        match self.reload() {
+            Ok(n) => {
+                tracing::info!(
+                    trigger,
+                    clients = n,
+                    "configuration reloaded: clients and quotas applied"
+                );
+                Ok(n)
+            }
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "configuration reload rejected; the previous configuration stays in force");
+                Err(e)
+            }
+        }
+    }
+
     /// Whether every corp holds a usable token.
     pub fn ready(&self) -> bool {
         self.corps.values().all(|c| c.tokens.ready())
@@ -76,8 +126,8 @@ pub fn service(state: Arc<AppState>) -> crate::server::AppService {
         .layer(ErrorResponseLayer)
         // Before any body byte is read: who is calling.
         .layer(AuthLayer::new(state.clients.clone()))
-        // Quota layers (request rate, concurrency, bytes) go here: they need the Principal
-        // and must run before the body is read.
+        // Needs the Principal; decides rate, concurrency and bytes before the body is read.
+        .layer(QuotaLayer::new(state.clock.clone(), state.metrics.clone()))
         .service(Router::new(state));
     tower::util::BoxCloneService::new(stack)
 }
@@ -107,6 +157,7 @@ impl Running {
 
 /// Builds the app from `cfg` and starts its listeners.
 pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
+    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let registry = Registry::new();
     let metrics = Metrics::register(&registry)?;
     let cfg = Arc::new(cfg);
@@ -133,11 +184,15 @@ pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
         };
         corps.insert(
             name.clone(),
-            Corp::spawn(corp_cfg.clone(), base, metrics.clone()),
+            Corp::spawn(corp_cfg.clone(), base, metrics.clone(), clock.clone()),
         );
     }
     let state = Arc::new(AppState {
-        clients: Arc::new(ClientRegistry::new(&cfg.clients)),
+        clients: Arc::new(ArcSwap::from_pointee(ClientRegistry::new(
+            &cfg.clients,
+            None,
+        ))),
+        clock,
         dedupe: Dedupe::memory(&cfg.dedupe),
         cfg: cfg.clone(),
         corps,

@@ -82,11 +82,15 @@ pub enum GatewayError {
         /// When a retry may pass.
         retry_after: Duration,
     },
-    /// The corp's upstream budget is spent (or Fxiaoke said so).
+    /// The corp's upstream budget is spent, or Fxiaoke itself rate-limited the corp.
     #[error("corp upstream budget exhausted")]
     UpstreamBudget {
         /// When a retry may pass.
         retry_after: Duration,
+        /// The daily call budget (rather than the 20 s window) is spent.
+        daily: bool,
+        /// Fxiaoke's own rate-limit code (14001, 30004), when it said so.
+        upstream_code: Option<i64>,
     },
     /// Fxiaoke could not be reached.
     #[error("upstream unreachable")]
@@ -182,7 +186,7 @@ impl GatewayError {
     pub fn retry_after(&self) -> Option<Duration> {
         use GatewayError::*;
         match self {
-            QuotaExceeded { retry_after, .. } | UpstreamBudget { retry_after } => {
+            QuotaExceeded { retry_after, .. } | UpstreamBudget { retry_after, .. } => {
                 Some(*retry_after)
             }
             TokenRejected | NoToken { .. } => Some(Duration::from_secs(1)),
@@ -213,10 +217,14 @@ impl GatewayError {
             QuotaExceeded { kind, retry_after } => {
                 format!("{kind} quota exceeded; retry after {}s", retry_after.as_secs().max(1))
             }
-            UpstreamBudget { retry_after } => format!(
-                "the corp's Fxiaoke call budget is spent; retry after {}s",
-                retry_after.as_secs().max(1)
-            ),
+            UpstreamBudget { retry_after, daily, upstream_code } => {
+                let what = match (upstream_code, daily) {
+                    (Some(code), _) => format!("Fxiaoke rate-limited the corp (errorCode {code})"),
+                    (None, true) => "the corp's daily Fxiaoke call budget is spent".to_string(),
+                    (None, false) => "the corp's Fxiaoke calls per 20 s are used up".to_string(),
+                };
+                format!("{what}; retry after {}s", retry_after.as_secs().max(1))
+            }
             UpstreamUnreachable { .. } => "Fxiaoke could not be reached".into(),
             UpstreamInvalid { detail } => format!("Fxiaoke answered an unreadable response: {detail}"),
             NoToken { corp } => format!("no valid access token for corp `{corp}` could be obtained"),

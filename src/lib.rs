@@ -13,6 +13,7 @@ pub mod dedupe;
 pub mod error;
 pub mod metrics;
 pub mod middleware;
+pub mod quota;
 pub mod routes;
 pub mod sandbox;
 pub mod server;

@@ -171,6 +171,14 @@ async fn serve(cfg: Config) -> Result<(), fxgate::BoxError> {
         serde_json::json!({"event": "listening", "listen": running.addr.to_string(), "admin": running.admin_addr.to_string()})
     );
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+    let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+    let state = running.state.clone();
+    // SIGHUP re-reads clients and quotas; a bad file is logged and the old config stays.
+    tokio::spawn(async move {
+        while hup.recv().await.is_some() {
+            let _ = state.reload_logged("SIGHUP");
+        }
+    });
     tokio::select! {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),

@@ -67,8 +67,10 @@ async fn same_bytes_twice_without_digest_reuse_the_media_id() {
     assert_eq!(second["deduplicated"], true, "{second}");
     assert_eq!(second["mediaId"], first["mediaId"]);
     assert_eq!(second["_digest"], repr_digest(&file));
-    // The second upload reached Fxiaoke but was aborted before its closing delimiter.
-    let stats = sandbox.wait("uploads_aborted", 1).await;
+    // The second upload was aborted before its closing delimiter (whether its first bytes
+    // reached the sandbox at all depends on timing); the gateway answered only after dropping
+    // the body, so it can no longer complete.
+    let stats = sandbox.stats().await;
     assert_eq!(stats["uploads_completed"], 1, "{stats}");
     let m = gw.metrics().await;
     assert_eq!(
@@ -225,10 +227,8 @@ async fn digest_mismatch_is_400_records_nothing_and_an_honest_retry_works() {
         .as_str()
         .unwrap()
         .contains(&repr_digest(&file)[..20]));
-    assert_eq!(
-        sandbox.wait("uploads_aborted", 1).await["uploads_completed"],
-        0
-    );
+    // Aborted before completion: nothing stored upstream either.
+    assert_eq!(sandbox.stats().await["uploads_completed"], 0);
     // The lie recorded nothing: the same claim still misses (and mismatches again).
     let r = upload(&http, &gw, ALPHA_KEY, &file, Some(lie)).await;
     assert_eq!(r["errorCode"], 940002);
@@ -314,12 +314,8 @@ async fn another_callers_claim_misses_by_default() {
     let b = upload(&http, &gw, BETA_KEY, &file, Some(repr_digest(&file))).await;
     assert_eq!(b["mediaId"], a["mediaId"]);
     assert_eq!(b["deduplicated"], true);
-    let stats = sandbox.stats().await;
-    assert_eq!(
-        stats["upload_requests"], 2,
-        "beta's claim must not hit: {stats}"
-    );
-    assert_eq!(stats["uploads_completed"], 1);
+    assert_eq!(sandbox.stats().await["uploads_completed"], 1);
+    // Beta's claim did not hit; its streamed bytes did.
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "fxgate_dedupe_total{result=\"hit_claim\"}"), 0.0);
     assert_eq!(
@@ -327,8 +323,11 @@ async fn another_callers_claim_misses_by_default() {
         1.0
     );
     // Beta has now proven it holds the file: its next claim hits.
-    upload(&http, &gw, BETA_KEY, &file, Some(repr_digest(&file))).await;
-    assert_eq!(sandbox.stats().await["upload_requests"], 2);
+    let again = upload(&http, &gw, BETA_KEY, &file, Some(repr_digest(&file))).await;
+    assert_eq!(again["mediaId"], a["mediaId"]);
+    let m = gw.metrics().await;
+    assert_eq!(metric(&m, "fxgate_dedupe_total{result=\"hit_claim\"}"), 1.0);
+    assert_eq!(sandbox.stats().await["uploads_completed"], 1);
 }
 
 #[tokio::test]

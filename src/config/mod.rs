@@ -221,7 +221,7 @@ pub struct StoreConfig {
 }
 
 /// One `[[clients]]` entry, validated.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Name.
     pub name: String,
@@ -260,6 +260,8 @@ pub struct Config {
     pub store: StoreConfig,
     /// `[[clients]]`
     pub clients: Vec<ClientConfig>,
+    /// The file it was loaded from (re-read on reload).
+    pub source: Option<PathBuf>,
 }
 
 /// The routes a caller may be allowed, as written in `routes = [...]`.
@@ -274,7 +276,9 @@ impl Config {
     /// Loads `path`, then `local.toml` beside it when present, then the environment
     /// (`env = None` reads the process environment; tests pass a map instead of `set_var`).
     pub fn load(path: &Path, env: Option<HashMap<String, String>>) -> Result<Self, ConfigError> {
-        Self::try_from(Self::load_file(path, env)?)
+        let mut cfg = Self::try_from(Self::load_file(path, env)?)?;
+        cfg.source = Some(path.to_path_buf());
+        Ok(cfg)
     }
 
     /// The layered sources, deserialized but not yet validated (for `check-config` output).
@@ -720,6 +724,7 @@ impl TryFrom<FileConfig> for Config {
             dedupe,
             store,
             clients,
+            source: None,
         })
     }
 }

@@ -1,12 +1,15 @@
 //! `AuthLayer`: identifies the caller by its gateway key (`Authorization: Bearer <key>` or
-//! `X-Api-Key: <key>`), compared in constant time against every configured `key_sha256`, and
-//! inserts a `Principal`. Unknown or missing key: `Unauthenticated` (401, 940101). The key
-//! headers are removed from the request, so nothing below (logs included) can see them.
-//! Sits inside `ErrorResponseLayer` and outside the quota slot, which is keyed by `Principal`.
+//! `X-Api-Key: <key>`), compared in constant time against every configured `key_sha256`, or,
+//! without a key, by the subject of its verified TLS client certificate (`PeerIdentity`, put
+//! into the extensions by the server), and inserts a `Principal`. Unknown or missing
+//! credentials: `Unauthenticated` (401, 940101). The key headers are removed from the request,
+//! so nothing below (logs included) can see them. Sits inside `ErrorResponseLayer` and outside
+//! `QuotaLayer`, which is keyed by `Principal`. The registry is swapped whole on reload.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use http::header;
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
@@ -15,70 +18,136 @@ use super::access_log::LogContext;
 use super::{BoxFuture, Req, Resp};
 use crate::config::{hash_key, ClientConfig};
 use crate::error::GatewayError;
+use crate::quota::ClientQuota;
 
 /// The authenticated caller, in request extensions.
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// Its configuration (name, corp, limits).
     pub client: Arc<ClientConfig>,
+    /// Its quota state.
+    pub quota: Arc<ClientQuota>,
 }
 
-/// The configured callers.
+/// The verified client certificate of the connection, when the caller presented one.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// The subject, RFC 4514 style (`CN=billing, O=Example`).
+    pub subject: String,
+    /// Its common name, if any.
+    pub common_name: Option<String>,
+}
+
+impl PeerIdentity {
+    /// Whether a configured `cert_subject` names this certificate: the whole subject, or
+    /// `CN=<name>` for its common name.
+    pub fn matches(&self, wanted: &str) -> bool {
+        let wanted = wanted.trim();
+        wanted == self.subject
+            || self
+                .common_name
+                .as_deref()
+                .is_some_and(|cn| wanted.strip_prefix("CN=").is_some_and(|w| w == cn))
+    }
+}
+
+/// The configured callers and their quota state.
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
-    clients: Vec<Arc<ClientConfig>>,
+    clients: Vec<Arc<ClientQuota>>,
 }
 
 impl ClientRegistry {
-    /// From the `[[clients]]` entries.
-    pub fn new(clients: &[ClientConfig]) -> Self {
-        Self {
-            clients: clients.iter().cloned().map(Arc::new).collect(),
-        }
+    /// From the `[[clients]]` entries; `previous` hands on the quota state of callers whose
+    /// configuration did not change (and today's bytes of those whose limits did).
+    pub fn new(clients: &[ClientConfig], previous: Option<&ClientRegistry>) -> Self {
+        let clients = clients
+            .iter()
+            .map(|c| {
+                let old = previous.and_then(|p| p.clients.iter().find(|q| q.cfg.name == c.name));
+                match old {
+                    Some(q) if *q.cfg == *c => q.clone(),
+                    _ => Arc::new(ClientQuota::new(
+                        Arc::new(c.clone()),
+                        old.map(|q| q.as_ref()),
+                    )),
+                }
+            })
+            .collect();
+        Self { clients }
+    }
+
+    /// Every caller.
+    pub fn all(&self) -> &[Arc<ClientQuota>] {
+        &self.clients
     }
 
     /// The caller holding `key`. Every entry is compared, in constant time, so the time taken
     /// says nothing about which (or whether a) key matched.
-    pub fn by_key(&self, key: &str) -> Option<Arc<ClientConfig>> {
+    pub fn by_key(&self, key: &str) -> Option<Arc<ClientQuota>> {
         let presented = hash_key(key);
         let mut found = None;
-        for c in &self.clients {
-            if let Some(expected) = &c.key_sha256 {
+        for q in &self.clients {
+            if let Some(expected) = &q.cfg.key_sha256 {
                 if bool::from(presented.ct_eq(expected)) {
-                    found = Some(c.clone());
+                    found = Some(q.clone());
                 }
             }
         }
         found
     }
+
+    /// The caller configured for this client certificate.
+    pub fn by_certificate(&self, peer: &PeerIdentity) -> Option<Arc<ClientQuota>> {
+        self.clients
+            .iter()
+            .find(|q| {
+                q.cfg
+                    .cert_subject
+                    .as_deref()
+                    .is_some_and(|s| peer.matches(s))
+            })
+            .cloned()
+    }
 }
 
-/// Extracts the gateway key from the request headers.
-fn presented_key(req: &Req) -> Option<String> {
-    if let Some(v) = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-    {
-        let (scheme, rest) = v.trim().split_once(' ')?;
-        if scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty() {
-            return Some(rest.trim().to_string());
-        }
-        return None;
+/// What the caller presented as its key.
+enum Presented {
+    Nothing,
+    Key(String),
+    /// A header was sent but holds no usable key (wrong scheme, empty, not ASCII).
+    Unusable,
+}
+
+fn presented_key(req: &Req) -> Presented {
+    if let Some(v) = req.headers().get(header::AUTHORIZATION) {
+        let key = v.to_str().ok().and_then(|v| {
+            let (scheme, rest) = v.trim().split_once(' ')?;
+            (scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty())
+                .then(|| rest.trim().to_string())
+        });
+        return key.map_or(Presented::Unusable, Presented::Key);
     }
-    let v = req.headers().get("x-api-key")?.to_str().ok()?.trim();
-    (!v.is_empty()).then(|| v.to_string())
+    match req
+        .headers()
+        .get("x-api-key")
+        .map(|v| v.to_str().map(str::trim))
+    {
+        None => Presented::Nothing,
+        Some(Ok(v)) if !v.is_empty() => Presented::Key(v.to_string()),
+        Some(_) => Presented::Unusable,
+    }
 }
 
 /// Authenticates callers.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
-    registry: Arc<ClientRegistry>,
+    registry: Arc<ArcSwap<ClientRegistry>>,
 }
 
 impl AuthLayer {
-    /// Authenticates against `registry`.
-    pub fn new(registry: Arc<ClientRegistry>) -> Self {
+    /// Authenticates against the registry in force (reloads swap it).
+    pub fn new(registry: Arc<ArcSwap<ClientRegistry>>) -> Self {
         Self { registry }
     }
 }
@@ -97,7 +166,7 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Auth<S> {
     inner: S,
-    registry: Arc<ClientRegistry>,
+    registry: Arc<ArcSwap<ClientRegistry>>,
 }
 
 impl<S> Service<Req> for Auth<S>
@@ -114,17 +183,29 @@ where
     }
 
     fn call(&mut self, mut req: Req) -> Self::Future {
-        let client = presented_key(&req).and_then(|k| self.registry.by_key(&k));
-        let Some(client) = client else {
+        let registry = self.registry.load();
+        // A key, when sent, decides: a wrong key never falls back to the certificate.
+        let quota = match presented_key(&req) {
+            Presented::Key(k) => registry.by_key(&k),
+            Presented::Unusable => None,
+            Presented::Nothing => req
+                .extensions()
+                .get::<PeerIdentity>()
+                .and_then(|p| registry.by_certificate(p)),
+        };
+        let Some(quota) = quota else {
             return Box::pin(async { Err(GatewayError::Unauthenticated) });
         };
         let headers = req.headers_mut();
         headers.remove(header::AUTHORIZATION);
         headers.remove("x-api-key");
         if let Some(log) = req.extensions().get::<LogContext>() {
-            log.set_client(&client.name);
+            log.set_client(&quota.cfg.name);
         }
-        req.extensions_mut().insert(Principal { client });
+        req.extensions_mut().insert(Principal {
+            client: quota.cfg.clone(),
+            quota,
+        });
         Box::pin(self.inner.call(req))
     }
 }

@@ -14,6 +14,7 @@ use crate::middleware::auth::Principal;
 use crate::middleware::{Req, Resp};
 use crate::upload::source::read_small;
 use crate::upstream::envelope::{Envelope, MAX_ENVELOPE_BYTES, TOKEN_EXPIRED};
+use crate::upstream::Corp;
 
 /// Largest JSON body a caller may send to these routes.
 const MAX_JSON_BODY: usize = 64 * 1024;
@@ -64,6 +65,7 @@ pub async fn json_call(
     }
 
     for attempt in 0..2 {
+        corp.take_budget(route.path()).await?;
         let token = corp.tokens.get().await?;
         let target = corp.target(route.path(), Some(&token), &[])?;
         log.set_third_trace_id(&target.third_trace_id);
@@ -105,6 +107,9 @@ pub async fn json_call(
                 continue;
             }
             return Err(GatewayError::TokenRejected);
+        }
+        if let Some(e) = Corp::rate_limited(code) {
+            return Err(e);
         }
         if route == JsonRoute::Delete && code == Some(0) {
             if let Some(id) = body.get("mediaId").and_then(|v| v.as_str()) {

@@ -18,6 +18,7 @@ use tokio::net::TcpListener;
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneService;
+use tower::ServiceExt as _;
 
 use crate::config::ServerConfig;
 use crate::middleware::{Req, Resp};
@@ -87,12 +88,13 @@ impl Listener {
                 },
             };
             let _ = stream.set_nodelay(true);
-            let svc = TowerToHyperService::new(svc.clone());
+            let svc = svc.clone();
             let builder = builder.clone();
             let watcher = graceful.watcher();
             match &self.tls {
                 None => {
                     tokio::spawn(async move {
+                        let svc = TowerToHyperService::new(svc);
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(stream), svc)
                             .into_owned();
@@ -120,6 +122,20 @@ impl Listener {
                                 return;
                             }
                         };
+                        // A verified client certificate identifies the caller on every request
+                        // of this connection (mTLS callers need no key).
+                        let identity = tls
+                            .get_ref()
+                            .1
+                            .peer_certificates()
+                            .and_then(|c| c.first())
+                            .and_then(tls::identity);
+                        let svc = TowerToHyperService::new(svc.map_request(move |mut req: Req| {
+                            if let Some(p) = &identity {
+                                req.extensions_mut().insert(p.clone());
+                            }
+                            req
+                        }));
                         let conn = builder
                             .serve_connection_with_upgrades(TokioIo::new(tls), svc)
                             .into_owned();

@@ -11,6 +11,22 @@ use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
+use crate::middleware::auth::PeerIdentity;
+
+/// The subject of a client certificate rustls has already verified against `client_ca`.
+pub fn identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
+    let (_, parsed) = x509_parser::parse_x509_certificate(cert.as_ref()).ok()?;
+    let subject = parsed.subject();
+    let common_name = subject
+        .iter_common_name()
+        .next()
+        .and_then(|cn| cn.as_str().ok())
+        .map(str::to_owned);
+    Some(PeerIdentity {
+        subject: subject.to_string(),
+        common_name,
+    })
+}
 
 fn open(path: &Path, what: &str) -> Result<BufReader<File>, crate::BoxError> {
     File::open(path)

@@ -19,7 +19,9 @@ use crate::dedupe::{follow, DedupeKey, LeaderGuard, MediaRef, Outcome, Role};
 use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
+use crate::middleware::quota::TicketSlot;
 use crate::middleware::request_id::RequestId;
+use crate::quota::BytesTicket;
 use crate::upstream::body::{channel, BodySender};
 use crate::upstream::envelope::{Envelope, TOKEN_EXPIRED};
 use crate::upstream::Corp;
@@ -148,6 +150,11 @@ pub async fn handle(
         .map(|f| sanitize_filename(&f))
         .filter(|f| !f.is_empty());
     let claim = digest::claimed(req.headers())?;
+    // Bytes reserved by the quota layer; dropped unsettled (failure, dedupe hit) it refunds.
+    let mut ticket = req
+        .extensions()
+        .get::<TicketSlot>()
+        .and_then(TicketSlot::take);
     let request_id = req
         .extensions()
         .get::<RequestId>()
@@ -259,6 +266,8 @@ pub async fn handle(
         _ => "application/octet-stream".to_string(),
     };
 
+    // The corp's Fxiaoke allowance is taken first, then the token (design §4 step 7).
+    corp.take_budget(kind.path()).await?;
     let token = corp.tokens.get().await?;
     let mut extra = Vec::new();
     if let Some(t) = kind.type_param() {
@@ -301,7 +310,17 @@ pub async fn handle(
         request.await.map_err(crate::upstream::client::classify)
     }));
 
-    let sent = stream_file(&corp, &tx, prefix, head, &mut file, limit, kind.path()).await;
+    let sent = stream_file(
+        &corp,
+        &tx,
+        prefix,
+        head,
+        &mut file,
+        limit,
+        kind.path(),
+        &mut ticket,
+    )
+    .await;
     // Every early return below drops `tx` unfinished, which aborts the upstream request: it
     // never completes, so Fxiaoke stores nothing.
     let (size, digest) = match sent? {
@@ -377,6 +396,9 @@ pub async fn handle(
         corp.tokens.invalidate(&token);
         return Err(GatewayError::TokenRejected);
     }
+    if let Some(e) = Corp::rate_limited(code) {
+        return Err(e);
+    }
     let (Some(digest), Some(key)) = (digest, key) else {
         // Fxiaoke answered before taking the whole file: pass its answer on unchanged.
         return Ok(passthrough(status, env, None));
@@ -384,6 +406,9 @@ pub async fn handle(
     state.metrics.dedupe.with_label_values(&["miss"]).inc();
     log.set_dedupe("miss");
     if let (Some(0), Some(media_id)) = (code, env.str_field("mediaId")) {
+        if let Some(t) = ticket.take() {
+            t.settle(size);
+        }
         let media = MediaRef {
             media_id: media_id.to_string(),
             size,
@@ -528,6 +553,7 @@ async fn stream_file(
     file: &mut FileSource,
     limit: u64,
     route: &'static str,
+    ticket: &mut Option<BytesTicket>,
 ) -> Result<Streamed, GatewayError> {
     let send_timeout = corp.cfg.upstream_timeout;
     let send = |chunk: Bytes| async move {
@@ -559,6 +585,9 @@ async fn stream_file(
                 limit,
                 route,
             });
+        }
+        if let Some(t) = ticket {
+            t.grow_to(size)?;
         }
         hasher.update(&chunk);
         if !send(chunk).await? {

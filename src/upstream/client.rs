@@ -16,6 +16,7 @@ use crate::body::Body;
 use crate::config::CorpConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::quota::{Clock, UpstreamBudget};
 
 /// The connection pool type shared by all of a corp's calls.
 pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
@@ -30,6 +31,8 @@ pub struct Corp {
     client: HttpClient,
     /// Its token.
     pub tokens: TokenProvider,
+    /// Its allowance at Fxiaoke.
+    pub budget: UpstreamBudget,
     metrics: Metrics,
 }
 
@@ -61,7 +64,14 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
 
 impl Corp {
     /// Builds the corp and starts its token refresher.
-    pub fn spawn(cfg: CorpConfig, base: String, metrics: Metrics) -> Arc<Self> {
+    pub fn spawn(
+        cfg: CorpConfig,
+        base: String,
+        metrics: Metrics,
+        clock: Arc<dyn Clock>,
+    ) -> Arc<Self> {
+        let budget =
+            UpstreamBudget::new(cfg.upstream_requests_per_20s, cfg.daily_call_budget, clock);
         let client = http_client(cfg.connect_timeout);
         let tokens =
             TokenProvider::spawn(cfg.clone(), base.clone(), client.clone(), metrics.clone());
@@ -70,6 +80,7 @@ impl Corp {
             base,
             client,
             tokens,
+            budget,
             metrics,
         })
     }
@@ -128,6 +139,34 @@ impl Corp {
     /// The pool, for calls that drive the request future themselves.
     pub fn client(&self) -> &HttpClient {
         &self.client
+    }
+
+    /// Takes one call on `interface` from the corp's budget (waiting briefly for the 20 s
+    /// window), and publishes what is left of the day's budget.
+    pub async fn take_budget(&self, interface: &'static str) -> Result<(), GatewayError> {
+        let r = self.budget.acquire(interface).await;
+        if let Some(left) = self.budget.remaining_today() {
+            self.metrics
+                .upstream_budget_remaining
+                .with_label_values(&[&self.cfg.name])
+                .set(left as i64);
+        }
+        r
+    }
+
+    /// Maps Fxiaoke's rate-limit answers (14001 interface limit, 30004 per-second limit) to a
+    /// 429 for the caller instead of passing an HTTP 200 through.
+    pub fn rate_limited(code: Option<i64>) -> Option<GatewayError> {
+        let retry_after = match code? {
+            14001 => Duration::from_secs(20),
+            30004 => Duration::from_secs(1),
+            _ => return None,
+        };
+        Some(GatewayError::UpstreamBudget {
+            retry_after,
+            daily: false,
+            upstream_code: code,
+        })
     }
 
     /// Counts one upstream answer by its `errorCode` (`transport` when there was none).

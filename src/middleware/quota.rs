@@ -1,0 +1,159 @@
+//! `QuotaLayer`: the caller's route allow-list (403, 940301), request rate, concurrent uploads
+//! and daily bytes (429, 942901, `Retry-After`), all decided before the body is read. Sits
+//! inside `AuthLayer` (it needs the `Principal`). Upload requests get a `TicketSlot` in their
+//! extensions holding the bytes reserved by `Content-Length`; the upload handler takes it,
+//! grows it as a chunked body flows, and settles it on success (dropping it refunds). The
+//! concurrency permit is held until the inner future resolves, i.e. the upload is done.
+//! Every quota rejection, here or later in the handler, is counted here.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::header;
+use parking_lot::Mutex;
+use tower::{Layer, Service};
+
+use super::auth::Principal;
+use super::{BoxFuture, Req, Resp};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use crate::quota::{BytesTicket, Clock};
+
+/// The bytes reservation of an upload, for the handler to take.
+#[derive(Debug, Clone)]
+pub struct TicketSlot(Arc<Mutex<Option<BytesTicket>>>);
+
+impl TicketSlot {
+    /// Takes the ticket (once).
+    pub fn take(&self) -> Option<BytesTicket> {
+        self.0.lock().take()
+    }
+}
+
+/// Enforces caller quotas.
+#[derive(Debug, Clone)]
+pub struct QuotaLayer {
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+}
+
+impl QuotaLayer {
+    /// Enforces with `clock`, counting rejections into `metrics`.
+    pub fn new(clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
+        Self { clock, metrics }
+    }
+}
+
+impl<S> Layer<S> for QuotaLayer {
+    type Service = Quota<S>;
+    fn layer(&self, inner: S) -> Self::Service {
+        Quota {
+            inner,
+            clock: self.clock.clone(),
+            metrics: self.metrics.clone(),
+        }
+    }
+}
+
+/// See [`QuotaLayer`].
+#[derive(Debug, Clone)]
+pub struct Quota<S> {
+    inner: S,
+    clock: Arc<dyn Clock>,
+    metrics: Metrics,
+}
+
+fn is_upload(path: &str) -> bool {
+    matches!(path, "/media/upload/message" | "/media/upload")
+}
+
+impl<S> Quota<S> {
+    fn admit(
+        &self,
+        req: &mut Req,
+        principal: &Principal,
+    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, GatewayError> {
+        let path = req.uri().path();
+        if let Some(routes) = &principal.client.routes {
+            if !routes.iter().any(|r| r == path) {
+                return Err(GatewayError::RouteForbidden {
+                    client: principal.client.name.clone(),
+                });
+            }
+        }
+        principal.quota.check_rate(self.clock.as_ref())?;
+        if !is_upload(path) {
+            return Ok(None);
+        }
+        let permit = principal.quota.acquire_upload()?;
+        let announced = req
+            .headers()
+            .get(header::CONTENT_LENGTH)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok());
+        let ticket = principal
+            .quota
+            .bytes_ticket(announced, self.clock.clone())?;
+        req.extensions_mut()
+            .insert(TicketSlot(Arc::new(Mutex::new(Some(ticket)))));
+        Ok(permit)
+    }
+}
+
+fn rejection_kind(e: &GatewayError) -> Option<&'static str> {
+    match e {
+        GatewayError::QuotaExceeded { kind, .. } => Some(kind),
+        GatewayError::RouteForbidden { .. } => Some("route"),
+        _ => None,
+    }
+}
+
+impl<S> Service<Req> for Quota<S>
+where
+    S: Service<Req, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    type Response = Resp;
+    type Error = GatewayError;
+    type Future = BoxFuture<Result<Resp, GatewayError>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), GatewayError>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut req: Req) -> Self::Future {
+        let Some(principal) = req.extensions().get::<Principal>().cloned() else {
+            return Box::pin(async {
+                Err(GatewayError::Internal {
+                    detail: "quota layer reached without a Principal".into(),
+                })
+            });
+        };
+        let metrics = self.metrics.clone();
+        let name = principal.client.name.clone();
+        let count = move |e: &GatewayError| {
+            if let Some(kind) = rejection_kind(e) {
+                metrics
+                    .quota_rejected
+                    .with_label_values(&[&name, kind])
+                    .inc();
+            }
+        };
+        let permit = match self.admit(&mut req, &principal) {
+            Ok(p) => p,
+            Err(e) => {
+                count(&e);
+                return Box::pin(async move { Err(e) });
+            }
+        };
+        let fut = self.inner.call(req);
+        Box::pin(async move {
+            let result = fut.await;
+            drop(permit);
+            if let Err(e) = &result {
+                count(e);
+            }
+            result
+        })
+    }
+}
