@@ -37,9 +37,12 @@ async fn caller_hang_up_aborts_the_upstream_upload() {
     assert_eq!(status, 200);
 }
 
+/// `total` bytes of a JPEG-headed pattern in `chunk`-sized pieces; `seed` makes files distinct
+/// (so dedupe does not merge them).
 fn pattern_stream(
     total: usize,
     chunk: usize,
+    seed: u8,
 ) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
     let mut sent = 0usize;
     futures_util::stream::iter(std::iter::from_fn(move || {
@@ -49,7 +52,7 @@ fn pattern_stream(
         let n = chunk.min(total - sent);
         let mut v: Vec<u8> = (0..n).map(|i| ((sent + i) % 251) as u8).collect();
         if sent == 0 {
-            v[..4].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+            v[..5].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0, seed]);
         }
         sent += n;
         Some(Ok(v))
@@ -67,7 +70,7 @@ fn pattern_sha256(total: usize) -> String {
             *b = ((done + i) % 251) as u8;
         }
         if done == 0 {
-            buf[..4].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+            buf[..5].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0, 0]);
         }
         h.update(&buf[..n]);
         done += n;
@@ -95,6 +98,7 @@ async fn a_100_mb_document_streams_with_bounded_memory() {
         .body(reqwest::Body::wrap_stream(pattern_stream(
             total,
             256 * 1024,
+            0,
         )))
         .send()
         .await
@@ -119,7 +123,7 @@ async fn one_hundred_concurrent_5_mb_uploads_stay_small() {
     let (sandbox, gw) = pair(&[], "", "");
     let http = client();
     let size = 5 * 1000 * 1000;
-    let tasks = (0..100).map(|_| {
+    let tasks = (0..100u8).map(|i| {
         let http = http.clone();
         let url = gw.upload_url();
         tokio::spawn(async move {
@@ -127,7 +131,11 @@ async fn one_hundred_concurrent_5_mb_uploads_stay_small() {
                 .post(url)
                 .bearer_auth(ALPHA_KEY)
                 .header("content-type", "image/jpeg")
-                .body(reqwest::Body::wrap_stream(pattern_stream(size, 64 * 1024)))
+                .body(reqwest::Body::wrap_stream(pattern_stream(
+                    size,
+                    64 * 1024,
+                    i,
+                )))
                 .send()
                 .await
                 .map_err(|e| e.to_string())?;

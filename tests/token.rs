@@ -4,6 +4,13 @@
 
 mod support;
 
+/// A JPEG whose bytes differ for every `n`, so dedupe never merges two of them.
+fn unique_jpeg(len: usize, n: u32) -> Vec<u8> {
+    let mut v = jpeg(len, 0);
+    v[4..8].copy_from_slice(&n.to_le_bytes());
+    v
+}
+
 use std::time::{Duration, Instant};
 
 use support::*;
@@ -19,7 +26,7 @@ async fn cold_start_with_500_concurrent_uploads_makes_one_token_call() {
         let url = url.clone();
         tokio::spawn(async move {
             let (status, _, body) =
-                upload_multipart(&http, &url, ALPHA_KEY, jpeg(2000, i as u8), "c.jpg").await;
+                upload_multipart(&http, &url, ALPHA_KEY, unique_jpeg(2000, i), "c.jpg").await;
             (status, body)
         })
     });
@@ -48,7 +55,7 @@ async fn short_lived_tokens_are_refreshed_in_the_background() {
             &http,
             &gw.upload_url(),
             ALPHA_KEY,
-            jpeg(500, n as u8),
+            unique_jpeg(500, n),
             "r.jpg",
         )
         .await;
@@ -105,7 +112,8 @@ async fn revoked_token_gives_one_950302_then_success() {
     assert_eq!(
         (status, body["errorCode"].as_i64()),
         (200, Some(0)),
-        "{body}"
+        "{body} {}",
+        gw.logs()
     );
     let stats = sandbox.stats().await;
     assert_eq!(stats["token_calls"], 2, "{stats}");

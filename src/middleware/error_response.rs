@@ -55,6 +55,15 @@ where
             .get::<RequestId>()
             .map(|r| r.0.clone())
             .unwrap_or_else(|| "-".into());
+        // An error answered before the body was read leaves the HTTP/1 connection in an
+        // unknown state: tell the client not to reuse it (hyper then closes it), instead of
+        // letting its pool race our close.
+        let may_leave_body = req.version() < http::Version::HTTP_2
+            && (req.headers().contains_key(http::header::TRANSFER_ENCODING)
+                || req
+                    .headers()
+                    .get(http::header::CONTENT_LENGTH)
+                    .is_some_and(|v| v.as_bytes() != b"0"));
         let fut = self.inner.call(req);
         Box::pin(async move {
             match fut.await {
@@ -75,7 +84,14 @@ where
                             tracing::debug!(request_id = %id, code, status = status.as_u16(), "{err}")
                         }
                     }
-                    Ok(err.into_response(&id))
+                    let mut resp = err.into_response(&id);
+                    if may_leave_body {
+                        resp.headers_mut().insert(
+                            http::header::CONNECTION,
+                            http::HeaderValue::from_static("close"),
+                        );
+                    }
+                    Ok(resp)
                 }
             }
         })

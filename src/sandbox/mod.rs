@@ -282,15 +282,21 @@ enum Route {
 async fn upload(state: &State, req: Request<Incoming>, route: Route) -> Response<Body> {
     state.stats.bump(|s| &s.upload_requests);
     let _active = state.stats.active_uploads();
-    if let Err(resp) = authorize(
+    let refused = match authorize(
         state,
         query_param(&req, "corpAccessToken").as_deref(),
         query_param(&req, "corpId").as_deref(),
     ) {
+        Err(resp) => Some(resp),
+        Ok(()) if !valid_trace_id(&req) => Some(fx_error(10002, "thirdTraceId must be a UUID v4")),
+        Ok(()) => None,
+    };
+    if let Some(resp) = refused {
+        // Fxiaoke sits behind a buffering front end: the body is read before any answer, so
+        // the connection stays reusable. Do the same.
+        let mut body = req.into_body();
+        while let Some(Ok(_)) = body.frame().await {}
         return resp;
-    }
-    if !valid_trace_id(&req) {
-        return fx_error(10002, "thirdTraceId must be a UUID v4");
     }
     let boundary = req
         .headers()

@@ -197,8 +197,13 @@ pub async fn handle(
                     state.metrics.dedupe.with_label_values(&["hit_claim"]).inc();
                     state.metrics.dedupe_bytes_saved.inc_by(media.size);
                     log.set_dedupe("hit_claim");
-                    finish_unread_body(req, limit).await;
-                    return Ok(hit_response(&media, &sha256, &request_id));
+                    let reusable = finish_unread_body(req, limit).await;
+                    let mut resp = hit_response(&media, &sha256, &request_id);
+                    if !reusable {
+                        resp.headers_mut()
+                            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+                    }
+                    return Ok(resp);
                 }
                 Claim::Lead(guard) => leader = Some(guard),
                 Claim::Alone => {}
@@ -305,22 +310,18 @@ pub async fn handle(
     let _inflight = Guard(Some(move || inflight.dec()));
 
     // The request future runs beside the body pump; it resolves once Fxiaoke answers.
+    // The prefix waits in the channel until hyper connects: it holds four chunks.
+    if tx.send(prefix).await.is_err() {
+        return Err(GatewayError::UpstreamUnreachable {
+            source: "upstream request ended before its body".into(),
+        });
+    }
     let request = corp.client().request(upstream_req);
     let pending = AbortOnDrop(tokio::spawn(async move {
         request.await.map_err(crate::upstream::client::classify)
     }));
 
-    let sent = stream_file(
-        &corp,
-        &tx,
-        prefix,
-        head,
-        &mut file,
-        limit,
-        kind.path(),
-        &mut ticket,
-    )
-    .await;
+    let sent = stream_file(&corp, &tx, head, &mut file, limit, kind.path(), &mut ticket).await;
     // Every early return below drops `tx` unfinished, which aborts the upstream request: it
     // never completes, so Fxiaoke stores nothing.
     let (size, digest) = match sent? {
@@ -459,16 +460,21 @@ async fn claim_lookup(state: &AppState, corp: &Corp, key: &DedupeKey, caller: &s
 
 /// On HTTP/1.1 a body the caller is already sending must be read before answering, or closing
 /// the connection with unread data resets it and the caller may lose the answer. With
-/// `Expect: 100-continue` nothing was sent; on HTTP/2 hyper resets just the stream.
-async fn finish_unread_body(req: Request<Incoming>, limit: u64) {
+/// `Expect: 100-continue` nothing was sent; on HTTP/2 hyper resets just the stream. Returns
+/// whether the HTTP/1 connection can be reused (the body, if any, was read to its end).
+async fn finish_unread_body(req: Request<Incoming>, limit: u64) -> bool {
     let expects_continue = req
         .headers()
         .get(header::EXPECT)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|v| v.eq_ignore_ascii_case("100-continue"));
-    if req.version() >= http::Version::HTTP_2 || expects_continue {
-        return;
+    if req.version() >= http::Version::HTTP_2 {
+        return true;
     }
+    if expects_continue {
+        return false;
+    }
+    use http_body::Body as _;
     use http_body_util::BodyExt as _;
     let mut body = req.into_body();
     let mut seen = 0u64;
@@ -478,9 +484,10 @@ async fn finish_unread_body(req: Request<Incoming>, limit: u64) {
     {
         seen += frame.data_ref().map_or(0, |d| d.len() as u64);
         if seen > bound {
-            return;
+            return false;
         }
     }
+    body.is_end_stream()
 }
 
 /// The answer for a dedupe hit, shaped like Fxiaoke's.
@@ -548,7 +555,6 @@ enum Streamed {
 async fn stream_file(
     corp: &Corp,
     tx: &BodySender,
-    prefix: Bytes,
     head: Vec<Bytes>,
     file: &mut FileSource,
     limit: u64,
@@ -566,9 +572,6 @@ async fn stream_file(
     };
     let mut hasher = Sha256::new();
     let mut size = 0u64;
-    if !send(prefix).await? {
-        return Ok(Streamed::UpstreamGone { size });
-    }
     let mut pending = head.into_iter();
     loop {
         let chunk = match pending.next() {

@@ -62,6 +62,21 @@ pub fn http_client(connect_timeout: Duration) -> HttpClient {
         .build(https)
 }
 
+/// A client that keeps no idle connections.
+pub fn http_client_unpooled(connect_timeout: Duration) -> HttpClient {
+    let mut http = HttpConnector::new();
+    http.enforce_http(false);
+    http.set_connect_timeout(Some(connect_timeout));
+    let https = hyper_rustls::HttpsConnectorBuilder::new()
+        .with_webpki_roots()
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http);
+    Client::builder(TokioExecutor::new())
+        .pool_max_idle_per_host(0)
+        .build(https)
+}
+
 impl Corp {
     /// Builds the corp and starts its token refresher.
     pub fn spawn(
@@ -73,8 +88,7 @@ impl Corp {
         let budget =
             UpstreamBudget::new(cfg.upstream_requests_per_20s, cfg.daily_call_budget, clock);
         let client = http_client(cfg.connect_timeout);
-        let tokens =
-            TokenProvider::spawn(cfg.clone(), base.clone(), client.clone(), metrics.clone());
+        let tokens = TokenProvider::spawn(cfg.clone(), base.clone(), metrics.clone());
         Arc::new(Self {
             cfg,
             base,

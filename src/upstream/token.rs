@@ -86,12 +86,15 @@ struct Shared {
 
 impl TokenProvider {
     /// Starts the corp's refresher task, which fetches the first token at once.
-    pub fn spawn(cfg: CorpConfig, base: String, client: HttpClient, metrics: Metrics) -> Self {
+    pub fn spawn(cfg: CorpConfig, base: String, metrics: Metrics) -> Self {
         let (publish, state) = watch::channel(TokenState::default());
         let shared = Arc::new(Shared {
             publish,
             wake: Notify::new(),
         });
+        // Token calls get their own connection each time (at most 9 a minute): a pooled
+        // connection the server has just closed would fail the call for nothing.
+        let client = super::client::http_client_unpooled(cfg.connect_timeout);
         let refresher = Refresher {
             cfg: cfg.clone(),
             base,

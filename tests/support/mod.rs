@@ -158,6 +158,12 @@ impl Drop for Sandbox {
 /// The standard test config: two callers (alpha, beta) on one corp at `base_url`, loopback
 /// port 0 everywhere; `extra` is appended (later tables win over nothing, so it adds sections).
 pub fn config(base_url: &str, corp_extra: &str, extra: &str) -> String {
+    // Load tests send more than Fxiaoke's 100 calls per 20 s; budget tests set their own.
+    let budget = if corp_extra.contains("upstream_requests_per_20s") {
+        String::new()
+    } else {
+        "upstream_requests_per_20s = 1000000".to_string()
+    };
     format!(
         r#"
 [server]
@@ -171,6 +177,7 @@ base_url = "{base_url}"
 app_id = "sandbox-app"
 app_secret = "{APP_SECRET}"
 permanent_code = "sandbox-permanent-code"
+{budget}
 {corp_extra}
 
 {extra}
