@@ -215,7 +215,7 @@ impl GatewayError {
                 "the file's first bytes look like {detected}, which this route does not accept"
             ),
             QuotaExceeded { kind, retry_after } => {
-                format!("{kind} quota exceeded; retry after {}s", retry_after.as_secs().max(1))
+                format!("{kind} quota exceeded; retry after {}s", ceil_secs(*retry_after))
             }
             UpstreamBudget { retry_after, daily, upstream_code } => {
                 let what = match (upstream_code, daily) {
@@ -223,7 +223,7 @@ impl GatewayError {
                     (None, true) => "the corp's daily Fxiaoke call budget is spent".to_string(),
                     (None, false) => "the corp's Fxiaoke calls per 20 s are used up".to_string(),
                 };
-                format!("{what}; retry after {}s", retry_after.as_secs().max(1))
+                format!("{what}; retry after {}s", ceil_secs(*retry_after))
             }
             UpstreamUnreachable { .. } => "Fxiaoke could not be reached".into(),
             UpstreamInvalid { detail } => format!("Fxiaoke answered an unreadable response: {detail}"),
@@ -257,14 +257,17 @@ impl GatewayError {
             HeaderValue::from_static("application/json"),
         );
         if let Some(after) = self.retry_after() {
-            headers.insert(
-                header::RETRY_AFTER,
-                HeaderValue::from(after.as_secs().max(1)),
-            );
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(after)));
         }
         resp.extensions_mut().insert(ErrorCode(code));
         resp
     }
+}
+
+/// Whole seconds for `Retry-After`, rounded up and at least 1 (a client told "0" or "11" for
+/// 11.9 s would come back too early).
+fn ceil_secs(d: Duration) -> u64 {
+    (d.as_secs() + u64::from(d.subsec_nanos() > 0)).max(1)
 }
 
 /// Marks a response that fxgate synthesized from a `GatewayError`, for the access log.

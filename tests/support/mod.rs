@@ -295,6 +295,29 @@ impl Gateway {
         }
     }
 
+    /// Replaces the config file the gateway was started from (for reload tests).
+    pub fn rewrite_config(&self, toml: &str) {
+        std::fs::write(self.dir.path().join("fxgate.toml"), toml).unwrap();
+    }
+
+    /// Sends a signal by name (`HUP`, `TERM`).
+    pub fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.pid().to_string()])
+            .status()
+            .unwrap();
+        assert!(ok.success());
+    }
+
+    pub async fn admin_clients(&self) -> serde_json::Value {
+        reqwest::get(format!("{}/admin/clients", self.admin))
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
     pub fn upload_url(&self) -> String {
         format!("{}/media/upload/message", self.url)
     }

@@ -1,0 +1,500 @@
+//! Callers and quotas through a running gateway: each per-caller limit refuses the request
+//! after the one at the limit, before any body byte is read and with zero upstream requests;
+//! bytes are refunded when an upload fails or dedupes; the corp's upstream budget is shared by
+//! all callers; Fxiaoke's own rate-limit answers become 429; mTLS callers; hot reload.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+const GAMMA_KEY: &str = "gamma-key-5c1d7e0a";
+
+/// The standard config plus a caller `gamma` with the given limit lines.
+fn with_gamma(base_url: &str, corp_extra: &str, extra: &str, gamma: &str) -> String {
+    config(base_url, corp_extra, extra)
+        + &format!(
+            "\n[[clients]]\nname = \"gamma\"\nkey_sha256 = \"{}\"\n{gamma}\n",
+            sha256_hex(GAMMA_KEY.as_bytes())
+        )
+}
+
+fn unique_jpeg(len: usize, n: u32) -> Vec<u8> {
+    let mut v = jpeg(len, 0);
+    v[4..8].copy_from_slice(&n.to_le_bytes());
+    v
+}
+
+/// A raw upload (with Content-Length) to the message route; (status, Retry-After, body).
+async fn raw(gw: &Gateway, key: &str, bytes: Vec<u8>) -> (u16, Option<u64>, serde_json::Value) {
+    let resp = client()
+        .post(format!("{}?filename=q.jpg", gw.upload_url()))
+        .bearer_auth(key)
+        .header("content-type", "image/jpeg")
+        .body(bytes)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let retry = resp
+        .headers()
+        .get("retry-after")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok());
+    (status, retry, resp.json().await.unwrap_or_default())
+}
+
+fn metric(text: &str, prefix: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(prefix))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+fn gamma_usage(clients: &serde_json::Value) -> serde_json::Value {
+    clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "gamma")
+        .cloned()
+        .unwrap()
+}
+
+#[tokio::test]
+async fn request_rate_the_request_at_the_limit_passes_the_next_gets_429() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&with_gamma(&sandbox.url, "", "", "requests_per_minute = 5"));
+    for n in 0..5 {
+        let (status, _, body) = raw(&gw, GAMMA_KEY, unique_jpeg(1000, n)).await;
+        assert_eq!(status, 200, "request {n}: {body}");
+    }
+    let (status, retry, body) = raw(&gw, GAMMA_KEY, unique_jpeg(1000, 99)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["errorCode"], 942901);
+    assert_eq!(retry, Some(12), "one request every 60/5 s");
+    assert_eq!(sandbox.stats().await["upload_requests"], 5);
+    // Other callers are not affected.
+    assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(1000, 100)).await.0, 200);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fxgate_quota_rejected_total{client=\"gamma\",kind=\"requests_per_minute\"}"
+        ),
+        1.0
+    );
+}
+
+#[tokio::test]
+async fn bytes_per_day_are_reserved_refunded_and_enforced_before_the_body() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&with_gamma(
+        &sandbox.url,
+        "",
+        "",
+        "bytes_per_day = \"100000\"",
+    ));
+    let a = unique_jpeg(30_000, 1);
+    assert_eq!(raw(&gw, GAMMA_KEY, a.clone()).await.0, 200);
+    // A dedupe hit, a refused type and an upstream failure cost no bytes.
+    let (_, _, hit) = raw(&gw, GAMMA_KEY, a).await;
+    assert_eq!(hit["deduplicated"], true, "{hit}");
+    let mut pdf = b"%PDF-1.7".to_vec();
+    pdf.resize(30_000, b' ');
+    assert_eq!(raw(&gw, GAMMA_KEY, pdf).await.0, 415);
+    sandbox
+        .faults(serde_json::json!({"fail_next_upload": 30002}))
+        .await;
+    let (_, _, failed) = raw(&gw, GAMMA_KEY, unique_jpeg(30_000, 2)).await;
+    assert_eq!(failed["errorCode"], 30002);
+    assert_eq!(
+        gamma_usage(&gw.admin_clients().await)["usage"]["bytes_today"],
+        30_000
+    );
+    // 30 000 + 60 000 fits; 20 000 more does not, and is refused before its body.
+    assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(60_000, 3)).await.0, 200);
+    let before = sandbox.stats().await["upload_requests"].as_u64().unwrap();
+    let (status, retry, body) = raw(&gw, GAMMA_KEY, unique_jpeg(20_000, 4)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["errorCode"], 942901);
+    assert!(body["errorDescription"]
+        .as_str()
+        .unwrap()
+        .contains("bytes_per_day"));
+    assert!(
+        retry.is_some_and(|r| (1..=86_400).contains(&r)),
+        "retry until CST midnight: {retry:?}"
+    );
+    assert_eq!(
+        sandbox.stats().await["upload_requests"].as_u64().unwrap(),
+        before
+    );
+    assert_eq!(
+        gamma_usage(&gw.admin_clients().await)["usage"]["bytes_today"],
+        90_000
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_uploads_beyond_the_limit_are_refused_at_once() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&with_gamma(
+        &sandbox.url,
+        "",
+        "",
+        "max_concurrent_uploads = 2",
+    ));
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 1500}))
+        .await;
+    let url = format!("{}?filename=c.jpg", gw.upload_url());
+    let slow = (0..2u32).map(|n| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .bearer_auth(GAMMA_KEY)
+                .header("content-type", "image/jpeg")
+                .body(unique_jpeg(5000, n))
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        })
+    });
+    let slow: Vec<_> = slow.collect();
+    sandbox.wait("uploads_active", 2).await;
+    let (status, retry, body) = raw(&gw, GAMMA_KEY, unique_jpeg(5000, 7)).await;
+    assert_eq!(status, 429, "{body}");
+    assert!(body["errorDescription"]
+        .as_str()
+        .unwrap()
+        .contains("max_concurrent_uploads"));
+    assert_eq!(retry, Some(1));
+    assert_eq!(
+        gamma_usage(&gw.admin_clients().await)["usage"]["uploads_in_flight"],
+        2
+    );
+    for s in slow {
+        assert_eq!(s.await.unwrap(), 200);
+    }
+    sandbox.faults(serde_json::json!({})).await;
+    assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(5000, 8)).await.0, 200);
+    assert_eq!(sandbox.stats().await["upload_requests"], 3);
+}
+
+#[tokio::test]
+async fn route_allow_list_and_per_caller_file_limit() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&with_gamma(
+        &sandbox.url,
+        "",
+        "",
+        "routes = [\"/media/upload/message\"]\nmax_file_bytes = \"10KB\"",
+    ));
+    assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(5_000, 1)).await.0, 200);
+    let r = client()
+        .post(format!("{}/media/upload?type=image", gw.url))
+        .bearer_auth(GAMMA_KEY)
+        .body(unique_jpeg(5_000, 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    assert_eq!(
+        r.json::<serde_json::Value>().await.unwrap()["errorCode"],
+        940301
+    );
+    let r = client()
+        .post(format!("{}/media/download", gw.url))
+        .bearer_auth(GAMMA_KEY)
+        .json(&serde_json::json!({"mediaId": "x"}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 403);
+    let (status, _, body) = raw(&gw, GAMMA_KEY, unique_jpeg(20_000, 3)).await;
+    assert_eq!(status, 413);
+    assert!(
+        body["errorDescription"]
+            .as_str()
+            .unwrap()
+            .contains("is 10000"),
+        "{body}"
+    );
+    assert_eq!(sandbox.stats().await["upload_requests"], 1);
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(
+            &m,
+            "fxgate_quota_rejected_total{client=\"gamma\",kind=\"route\"}"
+        ),
+        2.0
+    );
+}
+
+#[tokio::test]
+async fn the_corp_upstream_budget_is_shared_by_all_callers() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&config(&sandbox.url, "upstream_requests_per_20s = 3", ""));
+    let first = unique_jpeg(2000, 1);
+    let claim = {
+        use base64::Engine as _;
+        use sha2::Digest as _;
+        format!(
+            "sha-256=:{}:",
+            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&first))
+        )
+    };
+    assert_eq!(raw(&gw, ALPHA_KEY, first.clone()).await.0, 200);
+    assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(2000, 2)).await.0, 200);
+    assert_eq!(raw(&gw, BETA_KEY, unique_jpeg(2000, 3)).await.0, 200);
+    let (status, retry, body) = raw(&gw, BETA_KEY, unique_jpeg(2000, 4)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["errorCode"], 942902);
+    assert!(retry.is_some_and(|r| (15..=20).contains(&r)), "{retry:?}");
+    assert_eq!(sandbox.stats().await["upload_requests"], 3);
+    // A dedupe hit costs no upstream call, so it still passes.
+    let hit = client()
+        .post(gw.upload_url())
+        .bearer_auth(ALPHA_KEY)
+        .header("repr-digest", claim)
+        .send()
+        .await
+        .unwrap()
+        .json::<serde_json::Value>()
+        .await
+        .unwrap();
+    assert_eq!(hit["deduplicated"], true, "{hit}");
+}
+
+#[tokio::test]
+async fn the_daily_call_budget_is_counted_and_exposed() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&config(&sandbox.url, "daily_call_budget = 2", ""));
+    assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(2000, 1)).await.0, 200);
+    assert_eq!(raw(&gw, BETA_KEY, unique_jpeg(2000, 2)).await.0, 200);
+    let (status, _, body) = raw(&gw, ALPHA_KEY, unique_jpeg(2000, 3)).await;
+    assert_eq!(status, 429);
+    assert_eq!(body["errorCode"], 942902);
+    assert!(
+        body["errorDescription"].as_str().unwrap().contains("daily"),
+        "{body}"
+    );
+    assert_eq!(
+        gw.admin_clients().await["corps"]["default"]["daily_calls_left"],
+        0
+    );
+    assert_eq!(
+        metric(
+            &gw.metrics().await,
+            "fxgate_upstream_budget_remaining{corp=\"default\"}"
+        ),
+        0.0
+    );
+    assert_eq!(sandbox.stats().await["upload_requests"], 2);
+}
+
+#[tokio::test]
+async fn fxiaoke_rate_limit_answers_become_429() {
+    let (sandbox, gw) = pair(&[], "", "");
+    for code in [14001, 30004] {
+        sandbox
+            .faults(serde_json::json!({"fail_next_upload": code}))
+            .await;
+        let (status, retry, body) = raw(&gw, ALPHA_KEY, unique_jpeg(2000, code as u32)).await;
+        assert_eq!(status, 429, "{body}");
+        assert_eq!(body["errorCode"], 942902);
+        assert!(body["errorDescription"]
+            .as_str()
+            .unwrap()
+            .contains(&code.to_string()));
+        assert_eq!(retry, Some(if code == 14001 { 20 } else { 1 }));
+    }
+    // Nothing was recorded for those files.
+    let (_, _, ok) = raw(&gw, ALPHA_KEY, unique_jpeg(2000, 14001)).await;
+    assert_eq!(ok["deduplicated"], false);
+}
+
+#[tokio::test]
+async fn an_mtls_caller_authenticates_by_certificate() {
+    use rcgen::{
+        BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+    };
+    let sandbox = Sandbox::spawn(&[]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(DnType::CommonName, "fxgate test CA");
+    let ca_key = KeyPair::generate().unwrap();
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let mut client_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    client_params
+        .distinguished_name
+        .push(DnType::CommonName, "billing-svc");
+    client_params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let client_key = KeyPair::generate().unwrap();
+    let client_cert = client_params.signed_by(&client_key, &ca, &ca_key).unwrap();
+    let server = rcgen::generate_simple_self_signed(vec!["127.0.0.1".to_string()]).unwrap();
+    let p = |name: &str| dir.path().join(name).display().to_string();
+    std::fs::write(p("ca.pem"), ca.pem()).unwrap();
+    std::fs::write(p("cert.pem"), server.cert.pem()).unwrap();
+    std::fs::write(p("key.pem"), server.key_pair.serialize_pem()).unwrap();
+    let toml = config(&sandbox.url, "", "").replace(
+        "[server]\n",
+        &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n",
+            p("cert.pem"),
+            p("key.pem"),
+            p("ca.pem")
+        ),
+    ) + "\n[[clients]]\nname = \"billing\"\ncert_subject = \"CN=billing-svc\"\n";
+    let gw = Gateway::spawn_in(dir, &toml);
+    let root = reqwest::Certificate::from_pem(server.cert.pem().as_bytes()).unwrap();
+    let identity = reqwest::Identity::from_pem(
+        format!("{}{}", client_cert.pem(), client_key.serialize_pem()).as_bytes(),
+    )
+    .unwrap();
+    let with_cert = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(root.clone())
+        .identity(identity)
+        .build()
+        .unwrap();
+    let without = reqwest::Client::builder()
+        .use_rustls_tls()
+        .add_root_certificate(root)
+        .build()
+        .unwrap();
+    let send = |c: &reqwest::Client, key: Option<&str>| {
+        let mut r = c
+            .post(gw.upload_url())
+            .header("content-type", "image/jpeg")
+            .body(unique_jpeg(1000, 1));
+        if let Some(k) = key {
+            r = r.bearer_auth(k);
+        }
+        r.send()
+    };
+    let r = send(&with_cert, None).await.unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(
+        gw.logs().contains("client=\"billing\""),
+        "the certificate identified caller billing"
+    );
+    assert_eq!(send(&without, None).await.unwrap().status(), 401);
+    // A key, when sent, decides: a wrong one does not fall back to the certificate.
+    assert_eq!(send(&with_cert, Some("wrong")).await.unwrap().status(), 401);
+    // Key callers still work on the mTLS listener.
+    assert_eq!(send(&without, Some(ALPHA_KEY)).await.unwrap().status(), 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reload_raises_a_limit_without_dropping_an_in_flight_upload() {
+    let sandbox = Sandbox::spawn(&[]);
+    let limited = |rpm: u32| {
+        with_gamma(
+            &sandbox.url,
+            "",
+            "",
+            &format!("requests_per_minute = {rpm}"),
+        )
+        .replace(
+            "name = \"alpha\"\n",
+            "name = \"alpha\"\nrequests_per_minute = 2\n",
+        )
+    };
+    let gw = Gateway::spawn(&limited(1));
+    assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(1000, 1)).await.0, 200);
+    assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(1000, 2)).await.0, 200);
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 1500}))
+        .await;
+    let url = format!("{}?filename=r.jpg", gw.upload_url());
+    let in_flight = tokio::spawn(async move {
+        client()
+            .post(url)
+            .bearer_auth(GAMMA_KEY)
+            .header("content-type", "image/jpeg")
+            .body(unique_jpeg(1000, 3))
+            .send()
+            .await
+            .unwrap()
+    });
+    sandbox.wait("uploads_active", 1).await;
+
+    gw.rewrite_config(&limited(100));
+    let r = client()
+        .post(format!("{}/admin/reload", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.json::<serde_json::Value>().await.unwrap()["clients"], 3);
+
+    assert_eq!(
+        in_flight.await.unwrap().status(),
+        200,
+        "the in-flight upload survived the reload"
+    );
+    sandbox.faults(serde_json::json!({})).await;
+    // Gamma's new limit applies (the old one would refuse a second request this minute)...
+    assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(1000, 4)).await.0, 200);
+    // ...and alpha's unchanged counter survived: its third request this minute is refused.
+    assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(1000, 5)).await.0, 429);
+    assert_eq!(
+        gamma_usage(&gw.admin_clients().await)["limits"]["requests_per_minute"],
+        100
+    );
+}
+
+#[tokio::test]
+async fn a_bad_reload_keeps_the_old_config_and_sighup_reloads() {
+    let sandbox = Sandbox::spawn(&[]);
+    let good = |rpm: u32| {
+        with_gamma(
+            &sandbox.url,
+            "",
+            "",
+            &format!("requests_per_minute = {rpm}"),
+        )
+    };
+    let gw = Gateway::spawn(&good(1));
+    gw.rewrite_config(
+        &good(1).replace("requests_per_minute = 1", "requests_per_minute = \"lots\""),
+    );
+    let r = client()
+        .post(format!("{}/admin/reload", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["error"]
+            .as_str()
+            .unwrap()
+            .contains("requests_per_minute"),
+        "{body}"
+    );
+    assert!(gw.logs().contains("reload rejected"));
+    // The old rules stay: one request a minute.
+    assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(1000, 1)).await.0, 200);
+    assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(1000, 2)).await.0, 429);
+
+    // SIGHUP applies a good file (observed through /admin/clients, bounded in time).
+    gw.rewrite_config(&good(50));
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gamma_usage(&gw.admin_clients().await)["limits"]["requests_per_minute"] != 50 {
+        assert!(Instant::now() < deadline, "SIGHUP did not reload");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(1000, 3)).await.0, 200);
+}
