@@ -86,37 +86,46 @@ fn json(status: StatusCode, value: serde_json::Value) -> Response<Body> {
     r
 }
 
-/// Loopback admin listeners are trusted (only this host reaches them); others need the key.
-// The error is the finished answer.
-#[allow(clippy::result_large_err)]
-fn admin_allowed(state: &AppState, req: &Request<Incoming>) -> Result<(), Response<Body>> {
-    if state.cfg.server.admin_listen.ip().is_loopback() {
+/// Who may use `/admin/*`: anyone on a loopback admin listener (only this host reaches it);
+/// elsewhere only a caller presenting the admin key, and nobody if no key is configured.
+fn admin_access(
+    listen: std::net::IpAddr,
+    key_sha256: Option<[u8; 32]>,
+    authorization: Option<&str>,
+) -> Result<(), (StatusCode, &'static str)> {
+    if listen.is_loopback() {
         return Ok(());
     }
-    let Some(expected) = state.cfg.server.admin_key_sha256 else {
-        return Err(json(
+    let Some(expected) = key_sha256 else {
+        return Err((
             StatusCode::FORBIDDEN,
-            serde_json::json!({"error": "set server.admin_key_sha256 to use /admin/* on a non-loopback admin_listen"}),
+            "set server.admin_key_sha256 to use /admin/* on a non-loopback admin_listen",
         ));
     };
-    let presented = req
-        .headers()
-        .get(header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
+    let presented = authorization
         .and_then(|v| v.strip_prefix("Bearer "))
         .map(|k| crate::config::hash_key(k.trim()));
     match presented {
         Some(h) if bool::from(subtle::ConstantTimeEq::ct_eq(&h[..], &expected[..])) => Ok(()),
-        _ => Err(json(
+        _ => Err((
             StatusCode::UNAUTHORIZED,
-            serde_json::json!({"error": "admin key required: Authorization: Bearer <key>"}),
+            "admin key required: Authorization: Bearer <key>",
         )),
     }
 }
 
 async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
-    if let Err(denied) = admin_allowed(&state, &req) {
-        return denied;
+    let authorization = req
+        .headers()
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok());
+    let server = &state.cfg.server;
+    if let Err((status, why)) = admin_access(
+        server.admin_listen.ip(),
+        server.admin_key_sha256,
+        authorization,
+    ) {
+        return json(status, serde_json::json!({ "error": why }));
     }
     match (req.method(), req.uri().path()) {
         (&Method::POST, "/admin/reload") => match state.reload_logged("POST /admin/reload") {
@@ -169,5 +178,35 @@ pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn admin_routes_need_the_key_off_loopback() {
+        let key = crate::config::hash_key("admin-secret");
+        let loopback = "127.0.0.1".parse().unwrap();
+        let public = "0.0.0.0".parse().unwrap();
+        assert!(admin_access(loopback, None, None).is_ok());
+        assert_eq!(
+            admin_access(public, None, Some("Bearer admin-secret"))
+                .unwrap_err()
+                .0,
+            StatusCode::FORBIDDEN
+        );
+        assert_eq!(
+            admin_access(public, Some(key), None).unwrap_err().0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            admin_access(public, Some(key), Some("Bearer wrong"))
+                .unwrap_err()
+                .0,
+            StatusCode::UNAUTHORIZED
+        );
+        assert!(admin_access(public, Some(key), Some("Bearer admin-secret")).is_ok());
     }
 }
