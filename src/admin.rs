@@ -53,6 +53,11 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
             for (name, corp) in &state.corps {
                 let age = corp.tokens.age().map_or(0, |a| a.as_secs() as i64);
                 state.metrics.token_age.with_label_values(&[name]).set(age);
+                state
+                    .metrics
+                    .token_valid
+                    .with_label_values(&[name])
+                    .set(i64::from(corp.tokens.ready()));
             }
             let mut buf = Vec::new();
             let encoder = TextEncoder::new();

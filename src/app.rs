@@ -83,6 +83,7 @@ impl AppState {
                 ));
             }
         }
+        self.metrics.init_series(&new);
         let old = self.clients.load();
         let registry = ClientRegistry::new(&new.clients, Some(&old));
         let n = registry.all().len();
@@ -160,6 +161,7 @@ pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
     let clock: Arc<dyn Clock> = Arc::new(SystemClock);
     let registry = Registry::new();
     let metrics = Metrics::register(&registry)?;
+    metrics.init_series(&cfg);
     let cfg = Arc::new(cfg);
 
     let mut sandboxes = Vec::new();

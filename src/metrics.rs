@@ -36,6 +36,12 @@ pub struct Metrics {
     pub upstream_budget_remaining: IntGaugeVec,
     /// `fxgate_build_info{version}`
     pub build_info: IntGaugeVec,
+    /// `fxgate_token_valid{corp}`: 1 while a usable token is held (beyond design §7, for the
+    /// "no valid token" alert), set at scrape time.
+    pub token_valid: IntGaugeVec,
+    /// `fxgate_upstream_budget_daily_limit{corp}`: the configured daily budget (beyond design
+    /// §7, so alerts can compute the fraction left).
+    pub upstream_budget_limit: IntGaugeVec,
 }
 
 /// Buckets from 1 ms to about 9 minutes: small JSON calls and 20 MiB uploads on slow links.
@@ -128,7 +134,27 @@ impl Metrics {
                 Opts::new("fxgate_build_info", "Build version"),
                 &["version"],
             )?,
+            token_valid: IntGaugeVec::new(
+                Opts::new(
+                    "fxgate_token_valid",
+                    "1 while the corp holds a usable access token",
+                ),
+                &["corp"],
+            )?,
+            upstream_budget_limit: IntGaugeVec::new(
+                Opts::new(
+                    "fxgate_upstream_budget_daily_limit",
+                    "The corp's configured daily call budget",
+                ),
+                &["corp"],
+            )?,
         };
+        registry.register(Box::new(m.token_valid.clone()))?;
+        registry.register(Box::new(m.upstream_budget_limit.clone()))?;
+        // Zero-valued series from the start, so rate() and alerts see them before the first event.
+        for result in ["hit_claim", "hit_stream", "miss"] {
+            m.dedupe.with_label_values(&[result]);
+        }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
         registry.register(Box::new(m.upload_bytes.clone()))?;
@@ -145,7 +171,39 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, …
+        #[cfg(target_os = "linux")]
+        registry.register(Box::new(
+            prometheus::process_collector::ProcessCollector::for_self(),
+        ))?;
         Ok(m)
+    }
+
+    /// Creates the zero-valued per-corp and per-caller series (at start and after a reload).
+    pub fn init_series(&self, cfg: &crate::config::Config) {
+        for (name, corp) in &cfg.corps {
+            for result in ["ok", "same_token", "error"] {
+                self.token_refresh.with_label_values(&[name, result]);
+            }
+            if let Some(budget) = corp.daily_call_budget {
+                self.upstream_budget_limit
+                    .with_label_values(&[name])
+                    .set(budget as i64);
+                self.upstream_budget_remaining
+                    .with_label_values(&[name])
+                    .set(budget as i64);
+            }
+        }
+        for client in &cfg.clients {
+            for kind in [
+                "requests_per_minute",
+                "max_concurrent_uploads",
+                "bytes_per_day",
+                "route",
+            ] {
+                self.quota_rejected.with_label_values(&[&client.name, kind]);
+            }
+        }
     }
 
     /// A histogram of the request duration for `route`.
