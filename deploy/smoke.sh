@@ -1,0 +1,53 @@
+#!/usr/bin/env bash
+# Smoke test of the monitoring path: starts fxgate on the built-in sandbox and a real
+# Prometheus server on loopback, waits for a successful scrape, and queries fxgate metrics
+# back through Prometheus' HTTP API (with the alert rules loaded). Bounded: 60 s at most.
+# Needs: prometheus (Debian: apt-get install -y prometheus), curl, python3, cargo.
+#   bash deploy/smoke.sh
+set -euo pipefail
+cd "$(dirname "$0")/.."
+command -v prometheus >/dev/null || { echo "smoke: install prometheus first (apt-get install -y prometheus)" >&2; exit 2; }
+
+cargo build --quiet --bin fxgate
+work=$(mktemp -d)
+cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
+trap cleanup EXIT
+
+FXGATE__SERVER__LISTEN=127.0.0.1:0 FXGATE__SERVER__ADMIN_LISTEN=127.0.0.1:0 \
+  ./target/debug/fxgate serve --config config/fxgate.toml >"$work/fxgate.out" 2>"$work/fxgate.log" &
+for _ in $(seq 1 100); do grep -q listening "$work/fxgate.out" 2>/dev/null && break; sleep 0.1; done
+listen=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["listen"])' "$work/fxgate.out")
+admin=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["admin"])' "$work/fxgate.out")
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+
+# One upload, so the request series exist too.
+printf '\xff\xd8\xff\xe0smoke test image' >"$work/test.jpg"
+curl -fsS -F "media=@$work/test.jpg" -H "Authorization: Bearer fxgate-demo-key" "http://$listen/media/upload/message"
+echo
+
+cat >"$work/prometheus.yml" <<YAML
+global: {scrape_interval: 1s, evaluation_interval: 1s}
+rule_files: ["$PWD/deploy/prometheus/alerts.yml"]
+scrape_configs:
+  - job_name: fxgate
+    static_configs: [{targets: ["$admin"]}]
+YAML
+prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data" \
+  --web.listen-address="127.0.0.1:$port" >"$work/prometheus.log" 2>&1 &
+
+query() { curl -fsS --get "http://127.0.0.1:$port/api/v1/query" --data-urlencode "query=$1" 2>/dev/null || true; }
+deadline=$((SECONDS + 60))
+until query 'fxgate_requests_total{status="200"}' | grep -q '"value"'; do
+  if (( SECONDS > deadline )); then
+    echo "smoke: FAILED, Prometheus never scraped fxgate" >&2
+    tail -20 "$work/prometheus.log" >&2
+    exit 1
+  fi
+  sleep 0.5
+done
+echo "smoke: up            $(query 'up{job="fxgate"}')"
+echo "smoke: requests      $(query 'fxgate_requests_total')"
+echo "smoke: token valid   $(query 'fxgate_token_valid')"
+rules=$(curl -fsS "http://127.0.0.1:$port/api/v1/rules")
+echo "$rules" | grep -q FxgateNoValidToken || { echo "smoke: FAILED, alert rules not loaded" >&2; exit 1; }
+echo "smoke: OK — Prometheus scraped fxgate and loaded $(echo "$rules" | grep -o '"name":"Fxgate[A-Za-z0-9]*"' | wc -l) alert rules"
