@@ -1,16 +1,17 @@
-//! End-to-end load benchmark: real processes on loopback, one run, ratios against baselines
-//! measured in the same run.
+//! End-to-end benchmark, one run, ratios against baselines measured in the same run:
 //!
-//! `cargo bench --bench e2e` starts `fxgate sandbox --discard` (a sink that reads, hashes and
-//! drops every byte) and `fxgate serve` in front of it, then drives them with a hyper-based
-//! load generator (bounded in time and count) and prints a Markdown table:
+//! * **direct**: client → sink;
+//! * **nginx**: client → nginx (`proxy_request_buffering off`, HTTP/1.1 keep-alive upstream) → sink;
+//! * **fxgate**: client → fxgate (auth, token injection, SHA-256, dedupe index) → sink.
 //!
-//! * `small upload, fxgate` — 10 KiB raw uploads of distinct content (dedupe misses), c=64;
-//! * `dedupe hit, fxgate` — the same size, claimed by `Repr-Digest` with an empty body, c=64:
-//!   the caller sends headers only and gets the mediaId back;
-//! * bytes on the wire saved per hit, for 10 KiB and 5 MiB files.
+//! The sink is `fxgate sandbox --discard`: it parses the multipart body and reads every byte
+//! (it neither hashes nor keeps them). The client is the hyper load generator below; every
+//! upload carries distinct bytes (so dedupe never short-cuts the fxgate path), and each
+//! workload is bounded in time (`FXGATE_BENCH_SECS`, default 5) and count. CPU time and
+//! resident memory of the proxy processes come from /proc. Prints Markdown.
 //!
-//! Environment: `FXGATE_BENCH_SECS` (default 5) per workload.
+//! `bash benches/run.sh` installs nginx-light when missing and runs this; without nginx the
+//! nginx rows are skipped.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -18,7 +19,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine as _;
 use bytes::Bytes;
-use http_body_util::{BodyExt, Full};
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::Frame;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 use sha2::Digest as _;
@@ -26,200 +28,372 @@ use sha2::Digest as _;
 #[path = "support/procs.rs"]
 mod procs;
 
-type Http = Client<HttpConnector, Full<Bytes>>;
+type ReqBody = BoxBody<Bytes, std::io::Error>;
+type Http = Client<HttpConnector, ReqBody>;
 
-/// One workload's results.
-struct Outcome {
-    name: String,
+const MIB: usize = 1 << 20;
+const BOUNDARY: &str = "fxgatebenchboundary";
+
+/// Where requests go and how they authenticate.
+#[derive(Clone)]
+struct Target {
+    name: &'static str,
+    base: String,
+    /// `Some((token, corp))` for direct/nginx (Fxiaoke credentials in the query), `None` for fxgate.
+    fx: Option<(String, String)>,
+}
+
+impl Target {
+    fn url(&self) -> String {
+        match &self.fx {
+            Some((token, corp)) => format!(
+                "{}/media/upload/message?corpAccessToken={token}&corpId={corp}&thirdTraceId={}",
+                self.base,
+                uuid::Uuid::new_v4()
+            ),
+            None => format!("{}/media/upload/message", self.base),
+        }
+    }
+}
+
+/// A multipart upload of `shared.len() + 12` bytes, distinct by `n`, without copying `shared`.
+fn upload(target: &Target, n: u64, shared: &Bytes, pace: Option<Duration>) -> http::Request<ReqBody> {
+    let mut head = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"b.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    head.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+    head.extend_from_slice(&n.to_le_bytes());
+    let tail = Bytes::from(format!("\r\n--{BOUNDARY}--\r\n"));
+    let len = head.len() + shared.len() + tail.len();
+    let body: ReqBody = match pace {
+        None => StreamBody::new(futures_util::stream::iter(
+            [Bytes::from(head), shared.clone(), tail].into_iter().map(|b| Ok(Frame::data(b))),
+        ))
+        .boxed(),
+        Some(every) => {
+            // Slow client: 64 KiB per `every`.
+            let mut pieces: Vec<Bytes> = vec![Bytes::from(head)];
+            let mut off = 0;
+            while off < shared.len() {
+                let end = (off + 64 * 1024).min(shared.len());
+                pieces.push(shared.slice(off..end));
+                off = end;
+            }
+            pieces.push(tail);
+            let stream = futures_util::stream::unfold(pieces.into_iter(), move |mut it| async move {
+                let next = it.next()?;
+                tokio::time::sleep(every).await;
+                Some((Ok(Frame::data(next)), it))
+            });
+            StreamBody::new(stream).boxed()
+        }
+    };
+    let mut b = http::Request::post(target.url())
+        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header("content-length", len);
+    if target.fx.is_none() {
+        b = b.header("authorization", format!("Bearer {}", procs::BENCH_KEY));
+    }
+    b.body(body).expect("request")
+}
+
+fn full(b: Bytes) -> ReqBody {
+    Full::new(b).map_err(|never| match never {}).boxed()
+}
+
+/// One workload's measurements.
+struct Row {
+    target: &'static str,
+    workload: String,
     requests: u64,
     errors: u64,
     elapsed: Duration,
     latencies: Vec<Duration>,
-    body_bytes: u64,
+    bytes: u64,
+    cpu: f64,
+    peak_rss_kib: u64,
 }
 
-impl Outcome {
+impl Row {
     fn rps(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
+        (self.requests - self.errors) as f64 / self.elapsed.as_secs_f64()
+    }
+    fn mib_s(&self) -> f64 {
+        self.bytes as f64 / MIB as f64 / self.elapsed.as_secs_f64()
     }
     fn pct(&self, p: f64) -> Duration {
         if self.latencies.is_empty() {
             return Duration::ZERO;
         }
-        let i = ((self.latencies.len() as f64 - 1.0) * p).round() as usize;
-        self.latencies[i]
+        self.latencies[((self.latencies.len() - 1) as f64 * p).round() as usize]
     }
-    fn mib_s(&self) -> f64 {
-        self.body_bytes as f64 / (1024.0 * 1024.0) / self.elapsed.as_secs_f64()
+    fn cpu_per_gib(&self) -> f64 {
+        if self.bytes == 0 {
+            return 0.0;
+        }
+        self.cpu / (self.bytes as f64 / (1u64 << 30) as f64)
+    }
+    fn cpu_ms_per_req(&self) -> f64 {
+        self.cpu * 1e3 / (self.requests - self.errors).max(1) as f64
     }
 }
 
-/// Runs `make(i)` requests with `concurrency` workers for `secs` (and at most `max` requests).
+/// Runs `make(i)` with `concurrency` workers for `secs` (at most `max` requests), measuring the
+/// CPU and peak RSS of `pids`.
 async fn drive(
     http: &Http,
-    name: &str,
+    target: &'static str,
+    workload: &str,
     concurrency: usize,
-    secs: u64,
+    secs: f64,
     max: u64,
-    make: Arc<dyn Fn(u64) -> http::Request<Full<Bytes>> + Send + Sync>,
-) -> Outcome {
+    pids: &[u32],
+    make: Arc<dyn Fn(u64) -> (http::Request<ReqBody>, u64) + Send + Sync>,
+) -> Row {
     let next = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
-    let body_bytes = Arc::new(AtomicU64::new(0));
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    let started = Instant::now();
-    let workers = (0..concurrency).map(|_| {
-        let (http, next, errors, body_bytes, make) = (
-            http.clone(),
-            next.clone(),
-            errors.clone(),
-            body_bytes.clone(),
-            make.clone(),
-        );
+    let bytes = Arc::new(AtomicU64::new(0));
+    let deadline = Instant::now() + Duration::from_secs_f64(secs);
+    let cpu0 = procs::cpu_secs(pids);
+    let sampling = Arc::new(AtomicU64::new(1));
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let (sampling, peak, pids) = (sampling.clone(), peak.clone(), pids.to_vec());
         tokio::spawn(async move {
-            let mut lat = Vec::new();
-            loop {
-                let i = next.fetch_add(1, Ordering::Relaxed);
-                if i >= max || Instant::now() >= deadline {
-                    return lat;
-                }
-                let req = make(i);
-                let sent = http_body::Body::size_hint(req.body()).exact().unwrap_or(0);
-                let t = Instant::now();
-                let ok = match http.request(req).await {
-                    Ok(resp) => {
-                        let status = resp.status();
-                        let body = resp
-                            .into_body()
-                            .collect()
-                            .await
-                            .map(|b| b.to_bytes())
-                            .unwrap_or_default();
-                        // Fxiaoke-style answers say success in the body, plain sinks in the status.
-                        status.is_success()
-                            && serde_json::from_slice::<serde_json::Value>(&body)
-                                .map_or(true, |v| v.get("errorCode").is_none_or(|c| c == 0))
-                    }
-                    Err(_) => false,
-                };
-                lat.push(t.elapsed());
-                if ok {
-                    body_bytes.fetch_add(sent, Ordering::Relaxed);
-                } else {
-                    errors.fetch_add(1, Ordering::Relaxed);
-                }
+            while sampling.load(Ordering::Relaxed) == 1 {
+                peak.fetch_max(procs::rss_kib(&pids), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(20)).await;
             }
         })
-    });
-    let mut latencies: Vec<Duration> = Vec::new();
-    for w in futures_util::future::join_all(workers).await {
-        latencies.extend(w.unwrap_or_default());
+    };
+    let started = Instant::now();
+    let workers: Vec<_> = (0..concurrency)
+        .map(|_| {
+            let (http, next, errors, bytes, make) = (http.clone(), next.clone(), errors.clone(), bytes.clone(), make.clone());
+            tokio::spawn(async move {
+                let mut lat = Vec::new();
+                loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed);
+                    if i >= max || Instant::now() >= deadline {
+                        return lat;
+                    }
+                    let (req, size) = make(i);
+                    let t = Instant::now();
+                    let ok = match tokio::time::timeout(Duration::from_secs(60), http.request(req)).await {
+                        Ok(Ok(resp)) => {
+                            let status = resp.status();
+                            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            status.is_success()
+                                && serde_json::from_slice::<serde_json::Value>(&body)
+                                    .map_or(false, |v| v.get("errorCode").is_some_and(|c| c == 0))
+                        }
+                        _ => false,
+                    };
+                    lat.push(t.elapsed());
+                    if ok {
+                        bytes.fetch_add(size, Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    for w in workers {
+        latencies.extend(w.await.unwrap_or_default());
     }
     let elapsed = started.elapsed();
+    sampling.store(0, Ordering::Relaxed);
+    let _ = sampler.await;
     latencies.sort();
-    Outcome {
-        name: name.to_string(),
+    Row {
+        target,
+        workload: workload.to_string(),
         requests: latencies.len() as u64,
         errors: errors.load(Ordering::Relaxed),
         elapsed,
         latencies,
-        body_bytes: body_bytes.load(Ordering::Relaxed),
+        bytes: bytes.load(Ordering::Relaxed),
+        cpu: procs::cpu_secs(pids) - cpu0,
+        peak_rss_kib: peak.load(Ordering::Relaxed),
     }
 }
 
-fn jpeg(len: usize, seed: u64) -> Bytes {
-    let mut v = vec![0xFF, 0xD8, 0xFF, 0xE0];
-    v.extend_from_slice(&seed.to_le_bytes());
-    v.resize(len, 0x5A);
-    Bytes::from(v)
+async fn fetch_token(http: &Http, sink: &str) -> (String, String) {
+    let body = serde_json::json!({"appId": "sandbox-app", "appSecret": "sandbox-secret", "permanentCode": "sandbox-permanent-code"});
+    let req = http::Request::post(format!("{sink}/cgi/corpAccessToken/get/V2?thirdTraceId={}", uuid::Uuid::new_v4()))
+        .header("content-type", "application/json")
+        .body(full(Bytes::from(body.to_string())))
+        .expect("token request");
+    let resp = http.request(req).await.expect("token call");
+    let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.expect("token body").to_bytes()).expect("token json");
+    (v["corpAccessToken"].as_str().expect("token").to_string(), v["corpId"].as_str().expect("corpId").to_string())
 }
 
-fn repr_digest(b: &[u8]) -> String {
-    format!(
-        "sha-256=:{}:",
-        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(b))
-    )
-}
-
-fn upload_req(url: &str, body: Bytes, claim: Option<&str>) -> http::Request<Full<Bytes>> {
-    let mut b = http::Request::post(url)
-        .header("authorization", format!("Bearer {}", procs::BENCH_KEY))
-        .header("content-type", "image/jpeg");
-    if let Some(c) = claim {
-        b = b.header("repr-digest", c);
+/// Single-core CPU seconds SHA-256 spends per GiB here (the floor fxgate adds over nginx).
+fn sha256_secs_per_gib() -> f64 {
+    let buf = vec![0x5Au8; 4 * MIB];
+    let t = Instant::now();
+    let mut h = sha2::Sha256::new();
+    for _ in 0..64 {
+        h.update(&buf);
     }
-    b.body(Full::new(body)).expect("request")
-}
-
-fn print(rows: &[Outcome]) {
-    println!("| workload | requests | errors | req/s | MiB/s | p50 | p99 |");
-    println!("|---|---|---|---|---|---|---|");
-    for o in rows {
-        println!(
-            "| {} | {} | {} | {:.0} | {:.1} | {:.2} ms | {:.2} ms |",
-            o.name,
-            o.requests,
-            o.errors,
-            o.rps(),
-            o.mib_s(),
-            o.pct(0.50).as_secs_f64() * 1e3,
-            o.pct(0.99).as_secs_f64() * 1e3
-        );
-    }
+    std::hint::black_box(h.finalize());
+    t.elapsed().as_secs_f64() * 4.0 // 256 MiB hashed → per GiB
 }
 
 fn main() {
-    // `cargo bench` passes `--bench`; a filter argument would be ignored, not misread.
-    let secs: u64 = std::env::var("FXGATE_BENCH_SECS")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(5);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .expect("runtime");
+    let secs: f64 = std::env::var("FXGATE_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
     rt.block_on(async move {
-        let sandbox = procs::Sandbox::spawn(&["--discard"]);
-        let gw = procs::Gateway::spawn(&sandbox.url);
-        let mut http_conn = HttpConnector::new();
-        http_conn.set_nodelay(true);
-        let http: Http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(256).build(http_conn);
-        let upload_url = format!("{}/media/upload/message?filename=b.jpg", gw.url);
-        let mut rows = Vec::new();
+        let sink = procs::Sandbox::spawn(&["--discard"]);
+        let gw = procs::Gateway::spawn(&sink.url);
+        let nginx = procs::Nginx::spawn(&sink.url);
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        let http: Http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(512).build(conn);
+        let fx = fetch_token(&http, &sink.url).await;
 
-        // Warm-up: token fetched, connections pooled.
-        let warm_url = upload_url.clone();
-        rows.push(drive(&http, "warm-up", 8, 1, 200, Arc::new(move |i| upload_req(&warm_url, jpeg(10 * 1024, u64::MAX - i), None))).await);
-        rows.clear();
+        let mut targets = vec![(Target { name: "direct", base: sink.url.clone(), fx: Some(fx.clone()) }, vec![sink.pid()])];
+        if let Some(n) = &nginx {
+            targets.push((Target { name: "nginx", base: n.url.clone(), fx: Some(fx.clone()) }, n.pids()));
+        } else {
+            eprintln!("nginx not found: nginx rows skipped (bash benches/run.sh installs nginx-light)");
+        }
+        targets.push((Target { name: "fxgate", base: gw.url.clone(), fx: None }, gw.pids()));
 
-        let url = upload_url.clone();
+        let big = Bytes::from(vec![0x42u8; 5 * MIB - 12]);
+        let small = Bytes::from(vec![0x42u8; 10 * 1024 - 12]);
+        let seed = Arc::new(AtomicU64::new(1));
+        // Warm-up: fxgate's token, pooled connections everywhere.
+        for (t, pids) in &targets {
+            let (t2, s2, seed2) = (t.clone(), small.clone(), seed.clone());
+            drive(&http, t.name, "warm-up", 8, 1.0, 200, pids, Arc::new(move |_| (upload(&t2, seed2.fetch_add(1, Ordering::Relaxed), &s2, None), 10 * 1024))).await;
+        }
+
+        let mut rows: Vec<Row> = Vec::new();
+        for (label, body, conc, size) in [
+            ("5 MiB upload, c=1", big.clone(), 1usize, 5 * MIB as u64),
+            ("5 MiB upload, c=16", big.clone(), 16, 5 * MIB as u64),
+            ("5 MiB upload, c=64", big.clone(), 64, 5 * MIB as u64),
+            ("10 KiB upload, c=64", small.clone(), 64, 10 * 1024),
+        ] {
+            for (t, pids) in &targets {
+                let (t2, b2, seed2) = (t.clone(), body.clone(), seed.clone());
+                // The direct row measures the sink itself; the proxies' rows their own processes.
+                rows.push(
+                    drive(&http, t.name, label, conc, secs, 1_000_000, pids, Arc::new(move |_| (upload(&t2, seed2.fetch_add(1, Ordering::Relaxed), &b2, None), size)))
+                        .await,
+                );
+            }
+        }
+
+        // Dedupe hits: one known 10 KiB file, then digest-only claims of it (headers only).
+        let known = {
+            let t = &targets.last().expect("fxgate").0;
+            let req = upload(t, u64::MAX, &small, None);
+            let resp = http.request(req).await.expect("seed upload");
+            assert!(resp.status().is_success());
+            let mut file = vec![0xFF, 0xD8, 0xFF, 0xE0];
+            file.extend_from_slice(&u64::MAX.to_le_bytes());
+            file.extend_from_slice(&small);
+            format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&file)))
+        };
+        let gw_url = format!("{}/media/upload/message", gw.url);
         rows.push(
-            drive(&http, "small upload 10 KiB, fxgate (dedupe miss), c=64", 64, secs, 200_000, Arc::new(move |i| upload_req(&url, jpeg(10 * 1024, i), None)))
-                .await,
+            drive(&http, "fxgate", "dedupe hit by digest (headers only), c=64", 64, secs, 1_000_000, &gw.pids(), Arc::new(move |_| {
+                let req = http::Request::post(gw_url.as_str())
+                    .header("authorization", format!("Bearer {}", procs::BENCH_KEY))
+                    .header("repr-digest", known.as_str())
+                    .body(full(Bytes::new()))
+                    .expect("claim");
+                (req, 0)
+            }))
+            .await,
         );
 
-        // One known file, then digest-only claims of it (empty body: headers only).
-        let known = jpeg(10 * 1024, 1 << 40);
-        let claim = repr_digest(&known);
-        let seed = http.request(upload_req(&upload_url, known.clone(), Some(&claim))).await.expect("seed upload");
-        assert!(seed.status().is_success());
-        let url = upload_url.clone();
-        let c = claim.clone();
-        rows.push(
-            drive(&http, "dedupe hit by digest (headers only), fxgate, c=64", 64, secs, 500_000, Arc::new(move |_| upload_req(&url, Bytes::new(), Some(&c))))
+        // 256 concurrent slow uploads (5 MiB at ~1 MiB/s each): memory under many open streams.
+        let mut slow_rows = Vec::new();
+        for (t, pids) in targets.iter().filter(|(t, _)| t.name != "direct") {
+            let (t2, b2, seed2) = (t.clone(), big.clone(), seed.clone());
+            slow_rows.push(
+                drive(&http, t.name, "256 slow 5 MiB uploads (~1 MiB/s each)", 256, 0.5, 256, pids, Arc::new(move |_| {
+                    (upload(&t2, seed2.fetch_add(1, Ordering::Relaxed), &b2, Some(Duration::from_millis(62))), 5 * MIB as u64)
+                }))
                 .await,
-        );
-        print(&rows);
-        let ratio = rows[1].rps() / rows[0].rps();
-        println!();
-        println!("dedupe hits vs plain small uploads: {ratio:.2}x the requests per second");
-        let hits = rows[1].requests - rows[1].errors;
-        println!(
-            "bytes on the wire saved by {hits} hits: {:.1} MiB of 10 KiB files (a 5 MiB file saves 5 MiB per hit: {:.1} GiB at this rate)",
-            hits as f64 * 10.0 / 1024.0,
-            hits as f64 * 5.0 / 1024.0
-        );
-        println!("fxgate peak RSS: {} KiB", gw.peak_rss_kib());
+            );
+        }
+
+        let sha = sha256_secs_per_gib();
+        report(&rows, &slow_rows, sha, secs);
     });
+}
+
+fn find<'a>(rows: &'a [Row], target: &str, workload: &str) -> Option<&'a Row> {
+    rows.iter().find(|r| r.target == target && r.workload == workload)
+}
+
+fn report(rows: &[Row], slow: &[Row], sha: f64, secs: f64) {
+    let commit = std::process::Command::new("git")
+        .args(["rev-parse", "--short", "HEAD"])
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
+    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
+    println!("### End-to-end benchmark — {date}, {cores} cores, commit {commit}, {secs} s per workload\n");
+    println!("| workload | target | requests | errors | req/s | MiB/s | p50 | p99 | proxy CPU-s/GiB | proxy CPU ms/req | peak RSS |");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    for r in rows.iter().chain(slow) {
+        let proxy = r.target != "direct";
+        println!(
+            "| {} | {} | {} | {} | {:.0} | {:.1} | {:.2} ms | {:.2} ms | {} | {} | {} |",
+            r.workload,
+            r.target,
+            r.requests,
+            r.errors,
+            r.rps(),
+            r.mib_s(),
+            r.pct(0.5).as_secs_f64() * 1e3,
+            r.pct(0.99).as_secs_f64() * 1e3,
+            if proxy && r.bytes > 0 { format!("{:.2}", r.cpu_per_gib()) } else { "–".into() },
+            if proxy { format!("{:.3}", r.cpu_ms_per_req()) } else { "–".into() },
+            if proxy { format!("{:.1} MiB", r.peak_rss_kib as f64 / 1024.0) } else { "–".into() },
+        );
+    }
+    println!("\nSHA-256 on this machine: {sha:.2} CPU-s/GiB (one core).\n");
+    println!("| ratio | value | target | met |");
+    println!("|---|---|---|---|");
+    let line = |what: String, value: f64, goal: &str, ok: bool| {
+        println!("| {what} | {value:.2} | {goal} | {} |", if ok { "yes" } else { "**no**" });
+    };
+    for (w, goal) in [("5 MiB upload, c=1", 0.9), ("5 MiB upload, c=16", 0.6), ("5 MiB upload, c=64", 0.6)] {
+        if let (Some(f), Some(n), Some(d)) = (find(rows, "fxgate", w), find(rows, "nginx", w), find(rows, "direct", w)) {
+            let r = f.mib_s() / n.mib_s();
+            line(format!("{w}: fxgate/nginx MiB/s"), r, &format!("≥ {goal}"), r >= goal);
+            println!("| {w}: fxgate/direct MiB/s | {:.2} | – | – |", f.mib_s() / d.mib_s());
+            let floor = n.cpu_per_gib() + sha;
+            let c = f.cpu_per_gib() / floor;
+            line(format!("{w}: fxgate CPU-s/GiB ÷ (nginx + SHA-256)"), c, "≤ 1.1", c <= 1.1);
+        }
+    }
+    let w = "10 KiB upload, c=64";
+    if let (Some(f), Some(n), Some(d)) = (find(rows, "fxgate", w), find(rows, "nginx", w), find(rows, "direct", w)) {
+        let r = f.rps() / n.rps();
+        line(format!("{w}: fxgate/nginx req/s"), r, "≥ 0.8", r >= 0.8);
+        println!("| {w}: fxgate/direct req/s | {:.2} | – | – |", f.rps() / d.rps());
+        let c = f.cpu_ms_per_req() / n.cpu_ms_per_req();
+        line(format!("{w}: fxgate/nginx CPU per request"), c, "≤ 1.3", c <= 1.3);
+        if let Some(h) = rows.iter().find(|r| r.workload.starts_with("dedupe hit")) {
+            let r = h.rps() / n.rps();
+            line("dedupe hits req/s ÷ nginx 10 KiB req/s".into(), r, "≥ 1.0", r >= 1.0);
+        }
+    }
+    if let Some(s) = slow.iter().find(|r| r.target == "fxgate") {
+        let mib = s.peak_rss_kib as f64 / 1024.0;
+        line("fxgate peak RSS, 256 slow 5 MiB uploads (MiB)".into(), mib, "≤ 64", mib <= 64.0);
+    }
 }

@@ -61,7 +61,7 @@ enum Command {
         /// CRM document limit in bytes (Fxiaoke: 20 MB).
         #[arg(long, default_value_t = 20 * 1024 * 1024)]
         document_max_bytes: u64,
-        /// Hash uploads but keep no bytes (benchmarks).
+        /// Read and count uploads but neither hash nor keep them (a benchmark sink).
         #[arg(long)]
         discard: bool,
     },

@@ -1,5 +1,6 @@
-//! Child processes for the end-to-end benchmark: the sandbox sink and the gateway, both the
-//! `fxgate` binary built by `cargo bench`, on loopback port 0. Killed on drop.
+//! Child processes for the end-to-end benchmark (the sandbox sink, the gateway, nginx), all on
+//! loopback port 0 (nginx on a free port), killed on drop; plus /proc readings of their CPU
+//! time and resident memory.
 
 #![allow(dead_code, unreachable_pub)]
 
@@ -24,10 +25,14 @@ fn listening(child: &mut Child) -> serde_json::Value {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("listening line")
+    rx.recv_timeout(Duration::from_secs(30)).expect("listening line")
 }
 
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+}
+
+/// The sandbox as a counting sink.
 pub struct Sandbox {
     child: Child,
     pub url: String,
@@ -36,13 +41,7 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fxgate"))
-            .args([
-                "sandbox",
-                "--listen",
-                "127.0.0.1:0",
-                "--document-max-bytes",
-                "1073741824",
-            ])
+            .args(["sandbox", "--listen", "127.0.0.1:0", "--document-max-bytes", "1073741824"])
             .args(args)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
@@ -50,10 +49,11 @@ impl Sandbox {
             .spawn()
             .expect("spawn sandbox");
         let v = listening(&mut child);
-        Self {
-            url: format!("http://{}", v["sandbox"].as_str().expect("addr")),
-            child,
-        }
+        Self { url: format!("http://{}", v["sandbox"].as_str().expect("addr")), child }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 }
 
@@ -64,6 +64,7 @@ impl Drop for Sandbox {
     }
 }
 
+/// fxgate in front of `base_url`.
 pub struct Gateway {
     child: Child,
     pub url: String,
@@ -83,6 +84,8 @@ base_url = "{base_url}"
 app_id = "sandbox-app"
 app_secret = "sandbox-secret"
 permanent_code = "sandbox-permanent-code"
+# The benchmark measures the proxy, not Fxiaoke's allowance.
+upstream_requests_per_20s = 100000000
 [upload]
 document_max_bytes = "1GiB"
 [[clients]]
@@ -96,39 +99,18 @@ key_sha256 = "{}"
             .arg("serve")
             .arg("--config")
             .arg(&path)
-            .env("RUST_LOG", "warn")
+            .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn fxgate");
         let v = listening(&mut child);
-        Self {
-            url: format!("http://{}", v["listen"].as_str().expect("addr")),
-            child,
-            _dir: dir,
-        }
+        Self { url: format!("http://{}", v["listen"].as_str().expect("addr")), child, _dir: dir }
     }
 
-    pub fn pid(&self) -> u32 {
-        self.child.id()
+    pub fn pids(&self) -> Vec<u32> {
+        vec![self.child.id()]
     }
-
-    /// Peak RSS so far (VmHWM), KiB.
-    pub fn peak_rss_kib(&self) -> u64 {
-        peak_rss_kib(self.pid())
-    }
-}
-
-/// Peak RSS of a process so far (VmHWM), KiB.
-pub fn peak_rss_kib(pid: u32) -> u64 {
-    std::fs::read_to_string(format!("/proc/{pid}/status"))
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find_map(|l| l.strip_prefix("VmHWM:"))
-                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
-        })
-        .unwrap_or(0)
 }
 
 impl Drop for Gateway {
@@ -136,4 +118,131 @@ impl Drop for Gateway {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// nginx (Debian's `nginx-light`) as a streaming reverse proxy in front of `upstream`.
+pub struct Nginx {
+    child: Child,
+    pub url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// `None` when no nginx binary is installed.
+    pub fn spawn(upstream: &str) -> Option<Self> {
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+        let dir = tempfile::tempdir().expect("tempdir");
+        let d = dir.path().display().to_string();
+        let port = free_port();
+        let upstream = upstream.trim_start_matches("http://");
+        let conf = format!(
+            r#"worker_processes auto;
+pid {d}/nginx.pid;
+error_log {d}/error.log error;
+events {{ worker_connections 4096; }}
+http {{
+    access_log off;
+    client_body_temp_path {d}/body;
+    proxy_temp_path {d}/proxy;
+    fastcgi_temp_path {d}/fastcgi;
+    uwsgi_temp_path {d}/uwsgi;
+    scgi_temp_path {d}/scgi;
+    upstream sink {{
+        server {upstream};
+        keepalive 128;
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        client_max_body_size 0;
+        location / {{
+            proxy_pass http://sink;
+            proxy_http_version 1.1;
+            proxy_set_header Connection "";
+            proxy_request_buffering off;
+            proxy_buffering off;
+        }}
+    }}
+}}
+"#
+        );
+        std::fs::write(dir.path().join("nginx.conf"), conf).expect("nginx.conf");
+        // Workers run as `nobody` when started as root: let them write their temp paths.
+        let _ = Command::new("chmod").args(["0777", &d]).status();
+        let child = Command::new(bin)
+            .args(["-p", &d, "-c", &format!("{d}/nginx.conf"), "-g", "daemon off; user root;"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        let url = format!("http://127.0.0.1:{port}");
+        for _ in 0..200 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self { child, url, _dir: dir });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        None
+    }
+
+    /// Master and workers.
+    pub fn pids(&self) -> Vec<u32> {
+        let master = self.child.id();
+        let mut pids = vec![master];
+        if let Ok(entries) = std::fs::read_dir("/proc") {
+            for e in entries.flatten() {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
+                if stat_fields(pid).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())) == Some(master) {
+                    pids.push(pid);
+                }
+            }
+        }
+        pids
+    }
+}
+
+impl Drop for Nginx {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Fields of /proc/PID/stat after the command name: [state, ppid, …].
+fn stat_fields(pid: u32) -> Option<Vec<String>> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let after = &stat[stat.rfind(')')? + 2..];
+    Some(after.split_whitespace().map(str::to_string).collect())
+}
+
+fn clock_ticks() -> f64 {
+    Command::new("getconf")
+        .arg("CLK_TCK")
+        .output()
+        .ok()
+        .and_then(|o| String::from_utf8_lossy(&o.stdout).trim().parse().ok())
+        .unwrap_or(100.0)
+}
+
+/// utime + stime of these processes, in seconds.
+pub fn cpu_secs(pids: &[u32]) -> f64 {
+    let ticks = clock_ticks();
+    pids.iter()
+        .filter_map(|p| stat_fields(*p))
+        .map(|f| {
+            // utime and stime are fields 14 and 15 of the whole line: 11 and 12 here.
+            let u: f64 = f.get(11).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            let s: f64 = f.get(12).and_then(|v| v.parse().ok()).unwrap_or(0.0);
+            (u + s) / ticks
+        })
+        .sum()
+}
+
+/// Resident memory of these processes now, KiB.
+pub fn rss_kib(pids: &[u32]) -> u64 {
+    pids.iter()
+        .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
+        .filter_map(|s| {
+            s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        })
+        .sum()
 }
