@@ -57,7 +57,12 @@ impl Target {
 }
 
 /// A multipart upload of `shared.len() + 12` bytes, distinct by `n`, without copying `shared`.
-fn upload(target: &Target, n: u64, shared: &Bytes, pace: Option<Duration>) -> http::Request<ReqBody> {
+fn upload(
+    target: &Target,
+    n: u64,
+    shared: &Bytes,
+    pace: Option<Duration>,
+) -> http::Request<ReqBody> {
     let mut head = format!(
         "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"b.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
     )
@@ -68,7 +73,9 @@ fn upload(target: &Target, n: u64, shared: &Bytes, pace: Option<Duration>) -> ht
     let len = head.len() + shared.len() + tail.len();
     let body: ReqBody = match pace {
         None => StreamBody::new(futures_util::stream::iter(
-            [Bytes::from(head), shared.clone(), tail].into_iter().map(|b| Ok(Frame::data(b))),
+            [Bytes::from(head), shared.clone(), tail]
+                .into_iter()
+                .map(|b| Ok(Frame::data(b))),
         ))
         .boxed(),
         Some(every) => {
@@ -81,16 +88,20 @@ fn upload(target: &Target, n: u64, shared: &Bytes, pace: Option<Duration>) -> ht
                 off = end;
             }
             pieces.push(tail);
-            let stream = futures_util::stream::unfold(pieces.into_iter(), move |mut it| async move {
-                let next = it.next()?;
-                tokio::time::sleep(every).await;
-                Some((Ok(Frame::data(next)), it))
-            });
+            let stream =
+                futures_util::stream::unfold(pieces.into_iter(), move |mut it| async move {
+                    let next = it.next()?;
+                    tokio::time::sleep(every).await;
+                    Some((Ok(Frame::data(next)), it))
+                });
             StreamBody::new(stream).boxed()
         }
     };
     let mut b = http::Request::post(target.url())
-        .header("content-type", format!("multipart/form-data; boundary={BOUNDARY}"))
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
         .header("content-length", len);
     if target.fx.is_none() {
         b = b.header("authorization", format!("Bearer {}", procs::BENCH_KEY));
@@ -170,7 +181,13 @@ async fn drive(
     let started = Instant::now();
     let workers: Vec<_> = (0..concurrency)
         .map(|_| {
-            let (http, next, errors, bytes, make) = (http.clone(), next.clone(), errors.clone(), bytes.clone(), make.clone());
+            let (http, next, errors, bytes, make) = (
+                http.clone(),
+                next.clone(),
+                errors.clone(),
+                bytes.clone(),
+                make.clone(),
+            );
             tokio::spawn(async move {
                 let mut lat = Vec::new();
                 loop {
@@ -180,10 +197,17 @@ async fn drive(
                     }
                     let (req, size) = make(i);
                     let t = Instant::now();
-                    let ok = match tokio::time::timeout(Duration::from_secs(60), http.request(req)).await {
+                    let ok = match tokio::time::timeout(Duration::from_secs(60), http.request(req))
+                        .await
+                    {
                         Ok(Ok(resp)) => {
                             let status = resp.status();
-                            let body = resp.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                            let body = resp
+                                .into_body()
+                                .collect()
+                                .await
+                                .map(|b| b.to_bytes())
+                                .unwrap_or_default();
                             status.is_success()
                                 && serde_json::from_slice::<serde_json::Value>(&body)
                                     .map_or(false, |v| v.get("errorCode").is_some_and(|c| c == 0))
@@ -223,13 +247,27 @@ async fn drive(
 
 async fn fetch_token(http: &Http, sink: &str) -> (String, String) {
     let body = serde_json::json!({"appId": "sandbox-app", "appSecret": "sandbox-secret", "permanentCode": "sandbox-permanent-code"});
-    let req = http::Request::post(format!("{sink}/cgi/corpAccessToken/get/V2?thirdTraceId={}", uuid::Uuid::new_v4()))
-        .header("content-type", "application/json")
-        .body(full(Bytes::from(body.to_string())))
-        .expect("token request");
+    let req = http::Request::post(format!(
+        "{sink}/cgi/corpAccessToken/get/V2?thirdTraceId={}",
+        uuid::Uuid::new_v4()
+    ))
+    .header("content-type", "application/json")
+    .body(full(Bytes::from(body.to_string())))
+    .expect("token request");
     let resp = http.request(req).await.expect("token call");
-    let v: serde_json::Value = serde_json::from_slice(&resp.into_body().collect().await.expect("token body").to_bytes()).expect("token json");
-    (v["corpAccessToken"].as_str().expect("token").to_string(), v["corpId"].as_str().expect("corpId").to_string())
+    let v: serde_json::Value = serde_json::from_slice(
+        &resp
+            .into_body()
+            .collect()
+            .await
+            .expect("token body")
+            .to_bytes(),
+    )
+    .expect("token json");
+    (
+        v["corpAccessToken"].as_str().expect("token").to_string(),
+        v["corpId"].as_str().expect("corpId").to_string(),
+    )
 }
 
 /// Single-core CPU seconds SHA-256 spends per GiB here (the floor fxgate adds over nginx).
@@ -245,24 +283,64 @@ fn sha256_secs_per_gib() -> f64 {
 }
 
 fn main() {
-    let secs: f64 = std::env::var("FXGATE_BENCH_SECS").ok().and_then(|s| s.parse().ok()).unwrap_or(5.0);
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().expect("runtime");
+    let secs: f64 = std::env::var("FXGATE_BENCH_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(5.0);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
     rt.block_on(async move {
         let sink = procs::Sandbox::spawn(&["--discard"]);
         let gw = procs::Gateway::spawn(&sink.url);
         let nginx = procs::Nginx::spawn(&sink.url);
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
-        let http: Http = Client::builder(TokioExecutor::new()).pool_max_idle_per_host(512).build(conn);
+        let http: Http = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(512)
+            .build(conn);
         let fx = fetch_token(&http, &sink.url).await;
+        // For profiling: `perf record -p <pid>` while a workload runs.
+        eprintln!(
+            "pids: sink {} fxgate {:?} nginx {:?}",
+            sink.pid(),
+            gw.pids(),
+            nginx.as_ref().map(|n| n.pids())
+        );
+        let only = std::env::var("FXGATE_BENCH_ONLY").unwrap_or_default();
 
-        let mut targets = vec![(Target { name: "direct", base: sink.url.clone(), fx: Some(fx.clone()) }, vec![sink.pid()])];
+        let mut targets = vec![(
+            Target {
+                name: "direct",
+                base: sink.url.clone(),
+                fx: Some(fx.clone()),
+            },
+            vec![sink.pid()],
+        )];
         if let Some(n) = &nginx {
-            targets.push((Target { name: "nginx", base: n.url.clone(), fx: Some(fx.clone()) }, n.pids()));
+            targets.push((
+                Target {
+                    name: "nginx",
+                    base: n.url.clone(),
+                    fx: Some(fx.clone()),
+                },
+                n.pids(),
+            ));
         } else {
-            eprintln!("nginx not found: nginx rows skipped (bash benches/run.sh installs nginx-light)");
+            eprintln!(
+                "nginx not found: nginx rows skipped (bash benches/run.sh installs nginx-light)"
+            );
         }
-        targets.push((Target { name: "fxgate", base: gw.url.clone(), fx: None }, gw.pids()));
+        targets.push((
+            Target {
+                name: "fxgate",
+                base: gw.url.clone(),
+                fx: None,
+            },
+            gw.pids(),
+        ));
 
         let big = Bytes::from(vec![0x42u8; 5 * MIB - 12]);
         let small = Bytes::from(vec![0x42u8; 10 * 1024 - 12]);
@@ -270,7 +348,22 @@ fn main() {
         // Warm-up: fxgate's token, pooled connections everywhere.
         for (t, pids) in &targets {
             let (t2, s2, seed2) = (t.clone(), small.clone(), seed.clone());
-            drive(&http, t.name, "warm-up", 8, 1.0, 200, pids, Arc::new(move |_| (upload(&t2, seed2.fetch_add(1, Ordering::Relaxed), &s2, None), 10 * 1024))).await;
+            drive(
+                &http,
+                t.name,
+                "warm-up",
+                8,
+                1.0,
+                200,
+                pids,
+                Arc::new(move |_| {
+                    (
+                        upload(&t2, seed2.fetch_add(1, Ordering::Relaxed), &s2, None),
+                        10 * 1024,
+                    )
+                }),
+            )
+            .await;
         }
 
         let mut rows: Vec<Row> = Vec::new();
@@ -280,12 +373,29 @@ fn main() {
             ("5 MiB upload, c=64", big.clone(), 64, 5 * MIB as u64),
             ("10 KiB upload, c=64", small.clone(), 64, 10 * 1024),
         ] {
+            if !label.contains(only.as_str()) {
+                continue;
+            }
             for (t, pids) in &targets {
                 let (t2, b2, seed2) = (t.clone(), body.clone(), seed.clone());
                 // The direct row measures the sink itself; the proxies' rows their own processes.
                 rows.push(
-                    drive(&http, t.name, label, conc, secs, 1_000_000, pids, Arc::new(move |_| (upload(&t2, seed2.fetch_add(1, Ordering::Relaxed), &b2, None), size)))
-                        .await,
+                    drive(
+                        &http,
+                        t.name,
+                        label,
+                        conc,
+                        secs,
+                        1_000_000,
+                        pids,
+                        Arc::new(move |_| {
+                            (
+                                upload(&t2, seed2.fetch_add(1, Ordering::Relaxed), &b2, None),
+                                size,
+                            )
+                        }),
+                    )
+                    .await,
                 );
             }
         }
@@ -299,29 +409,84 @@ fn main() {
             let mut file = vec![0xFF, 0xD8, 0xFF, 0xE0];
             file.extend_from_slice(&u64::MAX.to_le_bytes());
             file.extend_from_slice(&small);
-            format!("sha-256=:{}:", base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&file)))
+            format!(
+                "sha-256=:{}:",
+                base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&file))
+            )
         };
         let gw_url = format!("{}/media/upload/message", gw.url);
         rows.push(
-            drive(&http, "fxgate", "dedupe hit by digest (headers only), c=64", 64, secs, 1_000_000, &gw.pids(), Arc::new(move |_| {
-                let req = http::Request::post(gw_url.as_str())
-                    .header("authorization", format!("Bearer {}", procs::BENCH_KEY))
-                    .header("repr-digest", known.as_str())
-                    .body(full(Bytes::new()))
-                    .expect("claim");
-                (req, 0)
-            }))
+            drive(
+                &http,
+                "fxgate",
+                "dedupe hit by digest (headers only), c=64",
+                64,
+                secs,
+                1_000_000,
+                &gw.pids(),
+                Arc::new(move |_| {
+                    let req = http::Request::post(gw_url.as_str())
+                        .header("authorization", format!("Bearer {}", procs::BENCH_KEY))
+                        .header("repr-digest", known.as_str())
+                        .body(full(Bytes::new()))
+                        .expect("claim");
+                    (req, 0)
+                }),
+            )
             .await,
         );
 
-        // 256 concurrent slow uploads (5 MiB at ~1 MiB/s each): memory under many open streams.
+        // 256 concurrent slow uploads (5 MiB at ~1 MiB/s each): memory under many open streams,
+        // on fresh proxy processes so earlier runs (fxgate's dedupe index, allocator arenas)
+        // do not count.
+        drop(targets);
+        drop(gw);
+        drop(nginx);
+        let gw = procs::Gateway::spawn(&sink.url);
+        let nginx = procs::Nginx::spawn(&sink.url);
+        let mut targets = Vec::new();
+        if let Some(n) = &nginx {
+            targets.push((
+                Target {
+                    name: "nginx",
+                    base: n.url.clone(),
+                    fx: Some(fx.clone()),
+                },
+                n.pids(),
+            ));
+        }
+        targets.push((
+            Target {
+                name: "fxgate",
+                base: gw.url.clone(),
+                fx: None,
+            },
+            gw.pids(),
+        ));
         let mut slow_rows = Vec::new();
-        for (t, pids) in targets.iter().filter(|(t, _)| t.name != "direct") {
+        for (t, pids) in &targets {
             let (t2, b2, seed2) = (t.clone(), big.clone(), seed.clone());
             slow_rows.push(
-                drive(&http, t.name, "256 slow 5 MiB uploads (~1 MiB/s each)", 256, 0.5, 256, pids, Arc::new(move |_| {
-                    (upload(&t2, seed2.fetch_add(1, Ordering::Relaxed), &b2, Some(Duration::from_millis(62))), 5 * MIB as u64)
-                }))
+                drive(
+                    &http,
+                    t.name,
+                    "256 slow 5 MiB uploads (~1 MiB/s each)",
+                    256,
+                    0.5,
+                    256,
+                    pids,
+                    Arc::new(move |_| {
+                        (
+                            upload(
+                                &t2,
+                                seed2.fetch_add(1, Ordering::Relaxed),
+                                &b2,
+                                Some(Duration::from_millis(62)),
+                            ),
+                            5 * MIB as u64,
+                        )
+                    }),
+                )
                 .await,
             );
         }
@@ -332,7 +497,8 @@ fn main() {
 }
 
 fn find<'a>(rows: &'a [Row], target: &str, workload: &str) -> Option<&'a Row> {
-    rows.iter().find(|r| r.target == target && r.workload == workload)
+    rows.iter()
+        .find(|r| r.target == target && r.workload == workload)
 }
 
 fn report(rows: &[Row], slow: &[Row], sha: f64, secs: f64) {
@@ -342,7 +508,13 @@ fn report(rows: &[Row], slow: &[Row], sha: f64, secs: f64) {
         .ok()
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
         .unwrap_or_default();
-    let date = std::process::Command::new("date").arg("-u").arg("+%Y-%m-%d").output().ok().map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string()).unwrap_or_default();
+    let date = std::process::Command::new("date")
+        .arg("-u")
+        .arg("+%Y-%m-%d")
+        .output()
+        .ok()
+        .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_string())
+        .unwrap_or_default();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
     println!("### End-to-end benchmark — {date}, {cores} cores, commit {commit}, {secs} s per workload\n");
     println!("| workload | target | requests | errors | req/s | MiB/s | p50 | p99 | proxy CPU-s/GiB | proxy CPU ms/req | peak RSS |");
@@ -359,41 +531,99 @@ fn report(rows: &[Row], slow: &[Row], sha: f64, secs: f64) {
             r.mib_s(),
             r.pct(0.5).as_secs_f64() * 1e3,
             r.pct(0.99).as_secs_f64() * 1e3,
-            if proxy && r.bytes > 0 { format!("{:.2}", r.cpu_per_gib()) } else { "–".into() },
-            if proxy { format!("{:.3}", r.cpu_ms_per_req()) } else { "–".into() },
-            if proxy { format!("{:.1} MiB", r.peak_rss_kib as f64 / 1024.0) } else { "–".into() },
+            if proxy && r.bytes > 0 {
+                format!("{:.2}", r.cpu_per_gib())
+            } else {
+                "–".into()
+            },
+            if proxy {
+                format!("{:.3}", r.cpu_ms_per_req())
+            } else {
+                "–".into()
+            },
+            if proxy {
+                format!("{:.1} MiB", r.peak_rss_kib as f64 / 1024.0)
+            } else {
+                "–".into()
+            },
         );
     }
     println!("\nSHA-256 on this machine: {sha:.2} CPU-s/GiB (one core).\n");
     println!("| ratio | value | target | met |");
     println!("|---|---|---|---|");
     let line = |what: String, value: f64, goal: &str, ok: bool| {
-        println!("| {what} | {value:.2} | {goal} | {} |", if ok { "yes" } else { "**no**" });
+        println!(
+            "| {what} | {value:.2} | {goal} | {} |",
+            if ok { "yes" } else { "**no**" }
+        );
     };
-    for (w, goal) in [("5 MiB upload, c=1", 0.9), ("5 MiB upload, c=16", 0.6), ("5 MiB upload, c=64", 0.6)] {
-        if let (Some(f), Some(n), Some(d)) = (find(rows, "fxgate", w), find(rows, "nginx", w), find(rows, "direct", w)) {
+    for (w, goal) in [
+        ("5 MiB upload, c=1", 0.9),
+        ("5 MiB upload, c=16", 0.6),
+        ("5 MiB upload, c=64", 0.6),
+    ] {
+        if let (Some(f), Some(n), Some(d)) = (
+            find(rows, "fxgate", w),
+            find(rows, "nginx", w),
+            find(rows, "direct", w),
+        ) {
             let r = f.mib_s() / n.mib_s();
-            line(format!("{w}: fxgate/nginx MiB/s"), r, &format!("≥ {goal}"), r >= goal);
-            println!("| {w}: fxgate/direct MiB/s | {:.2} | – | – |", f.mib_s() / d.mib_s());
+            line(
+                format!("{w}: fxgate/nginx MiB/s"),
+                r,
+                &format!("≥ {goal}"),
+                r >= goal,
+            );
+            println!(
+                "| {w}: fxgate/direct MiB/s | {:.2} | – | – |",
+                f.mib_s() / d.mib_s()
+            );
             let floor = n.cpu_per_gib() + sha;
             let c = f.cpu_per_gib() / floor;
-            line(format!("{w}: fxgate CPU-s/GiB ÷ (nginx + SHA-256)"), c, "≤ 1.1", c <= 1.1);
+            line(
+                format!("{w}: fxgate CPU-s/GiB ÷ (nginx + SHA-256)"),
+                c,
+                "≤ 1.1",
+                c <= 1.1,
+            );
         }
     }
     let w = "10 KiB upload, c=64";
-    if let (Some(f), Some(n), Some(d)) = (find(rows, "fxgate", w), find(rows, "nginx", w), find(rows, "direct", w)) {
+    if let (Some(f), Some(n), Some(d)) = (
+        find(rows, "fxgate", w),
+        find(rows, "nginx", w),
+        find(rows, "direct", w),
+    ) {
         let r = f.rps() / n.rps();
         line(format!("{w}: fxgate/nginx req/s"), r, "≥ 0.8", r >= 0.8);
-        println!("| {w}: fxgate/direct req/s | {:.2} | – | – |", f.rps() / d.rps());
+        println!(
+            "| {w}: fxgate/direct req/s | {:.2} | – | – |",
+            f.rps() / d.rps()
+        );
         let c = f.cpu_ms_per_req() / n.cpu_ms_per_req();
-        line(format!("{w}: fxgate/nginx CPU per request"), c, "≤ 1.3", c <= 1.3);
+        line(
+            format!("{w}: fxgate/nginx CPU per request"),
+            c,
+            "≤ 1.3",
+            c <= 1.3,
+        );
         if let Some(h) = rows.iter().find(|r| r.workload.starts_with("dedupe hit")) {
             let r = h.rps() / n.rps();
-            line("dedupe hits req/s ÷ nginx 10 KiB req/s".into(), r, "≥ 1.0", r >= 1.0);
+            line(
+                "dedupe hits req/s ÷ nginx 10 KiB req/s".into(),
+                r,
+                "≥ 1.0",
+                r >= 1.0,
+            );
         }
     }
     if let Some(s) = slow.iter().find(|r| r.target == "fxgate") {
         let mib = s.peak_rss_kib as f64 / 1024.0;
-        line("fxgate peak RSS, 256 slow 5 MiB uploads (MiB)".into(), mib, "≤ 64", mib <= 64.0);
+        line(
+            "fxgate peak RSS, 256 slow 5 MiB uploads (MiB)".into(),
+            mib,
+            "≤ 64",
+            mib <= 64.0,
+        );
     }
 }

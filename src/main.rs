@@ -7,6 +7,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+
 use fxgate::config::{self, Config, LogFormat};
 use fxgate::sandbox::{self, SandboxOptions};
 

@@ -25,11 +25,15 @@ fn listening(child: &mut Child) -> serde_json::Value {
             }
         }
     });
-    rx.recv_timeout(Duration::from_secs(30)).expect("listening line")
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("listening line")
 }
 
 fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).expect("free port")
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("free port")
 }
 
 /// The sandbox as a counting sink.
@@ -41,7 +45,13 @@ pub struct Sandbox {
 impl Sandbox {
     pub fn spawn(args: &[&str]) -> Self {
         let mut child = Command::new(env!("CARGO_BIN_EXE_fxgate"))
-            .args(["sandbox", "--listen", "127.0.0.1:0", "--document-max-bytes", "1073741824"])
+            .args([
+                "sandbox",
+                "--listen",
+                "127.0.0.1:0",
+                "--document-max-bytes",
+                "1073741824",
+            ])
             .args(args)
             .env("RUST_LOG", "error")
             .stdout(Stdio::piped())
@@ -49,7 +59,10 @@ impl Sandbox {
             .spawn()
             .expect("spawn sandbox");
         let v = listening(&mut child);
-        Self { url: format!("http://{}", v["sandbox"].as_str().expect("addr")), child }
+        Self {
+            url: format!("http://{}", v["sandbox"].as_str().expect("addr")),
+            child,
+        }
     }
 
     pub fn pid(&self) -> u32 {
@@ -105,7 +118,11 @@ key_sha256 = "{}"
             .spawn()
             .expect("spawn fxgate");
         let v = listening(&mut child);
-        Self { url: format!("http://{}", v["listen"].as_str().expect("addr")), child, _dir: dir }
+        Self {
+            url: format!("http://{}", v["listen"].as_str().expect("addr")),
+            child,
+            _dir: dir,
+        }
     }
 
     pub fn pids(&self) -> Vec<u32> {
@@ -130,7 +147,9 @@ pub struct Nginx {
 impl Nginx {
     /// `None` when no nginx binary is installed.
     pub fn spawn(upstream: &str) -> Option<Self> {
-        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"].into_iter().find(|p| std::path::Path::new(p).exists())?;
+        let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
+            .into_iter()
+            .find(|p| std::path::Path::new(p).exists())?;
         let dir = tempfile::tempdir().expect("tempdir");
         let d = dir.path().display().to_string();
         let port = free_port();
@@ -169,7 +188,14 @@ http {{
         // Workers run as `nobody` when started as root: let them write their temp paths.
         let _ = Command::new("chmod").args(["0777", &d]).status();
         let child = Command::new(bin)
-            .args(["-p", &d, "-c", &format!("{d}/nginx.conf"), "-g", "daemon off; user root;"])
+            .args([
+                "-p",
+                &d,
+                "-c",
+                &format!("{d}/nginx.conf"),
+                "-g",
+                "daemon off; user root;",
+            ])
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
@@ -177,7 +203,11 @@ http {{
         let url = format!("http://127.0.0.1:{port}");
         for _ in 0..200 {
             if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-                return Some(Self { child, url, _dir: dir });
+                return Some(Self {
+                    child,
+                    url,
+                    _dir: dir,
+                });
             }
             std::thread::sleep(Duration::from_millis(25));
         }
@@ -190,8 +220,12 @@ http {{
         let mut pids = vec![master];
         if let Ok(entries) = std::fs::read_dir("/proc") {
             for e in entries.flatten() {
-                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else { continue };
-                if stat_fields(pid).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok())) == Some(master) {
+                let Ok(pid) = e.file_name().to_string_lossy().parse::<u32>() else {
+                    continue;
+                };
+                if stat_fields(pid).and_then(|f| f.get(1).and_then(|p| p.parse::<u32>().ok()))
+                    == Some(master)
+                {
                     pids.push(pid);
                 }
             }
@@ -242,7 +276,9 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
     pids.iter()
         .filter_map(|p| std::fs::read_to_string(format!("/proc/{p}/status")).ok())
         .filter_map(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:")).and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
         })
         .sum()
 }

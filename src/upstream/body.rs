@@ -33,6 +33,49 @@ pub struct ChannelBody {
     rx: mpsc::Receiver<Msg>,
     len: Option<u64>,
     done: bool,
+    /// How the body ends, seen while coalescing but not yet reported.
+    pending: Option<Pending>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Pending {
+    End,
+    Abort,
+}
+
+/// Small pieces already queued (the multipart prefix, a short file, the closing delimiter)
+/// are merged into one frame up to this size: hyper writes each frame with its own syscall,
+/// and for small uploads those syscalls, not the bytes, are the cost.
+const COALESCE_BELOW: usize = 16 * 1024;
+
+impl ChannelBody {
+    fn coalesce(&mut self, first: Bytes) -> Bytes {
+        if first.len() >= COALESCE_BELOW {
+            return first;
+        }
+        let mut merged: Option<bytes::BytesMut> = None;
+        loop {
+            let len = merged.as_ref().map_or(first.len(), |m| m.len());
+            if len >= COALESCE_BELOW {
+                break;
+            }
+            match self.rx.try_recv() {
+                Ok(Msg::Data(next)) => merged
+                    .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
+                    .extend_from_slice(&next),
+                Ok(Msg::End) => {
+                    self.pending = Some(Pending::End);
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Disconnected) => {
+                    self.pending = Some(Pending::Abort);
+                    break;
+                }
+                Err(mpsc::error::TryRecvError::Empty) => break,
+            }
+        }
+        merged.map_or(first, bytes::BytesMut::freeze)
+    }
 }
 
 impl std::fmt::Debug for Msg {
@@ -63,6 +106,7 @@ pub fn channel(len: Option<u64>) -> (BodySender, ChannelBody) {
             rx,
             len,
             done: false,
+            pending: None,
         },
     )
 }
@@ -96,8 +140,19 @@ impl http_body::Body for ChannelBody {
         if self.done {
             return Poll::Ready(None);
         }
+        match self.pending.take() {
+            Some(Pending::End) => {
+                self.done = true;
+                return Poll::Ready(None);
+            }
+            Some(Pending::Abort) => {
+                self.done = true;
+                return Poll::Ready(Some(Err(Box::new(Aborted))));
+            }
+            None => {}
+        }
         match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Msg::Data(b))) => Poll::Ready(Some(Ok(Frame::data(b)))),
+            Poll::Ready(Some(Msg::Data(b))) => Poll::Ready(Some(Ok(Frame::data(self.coalesce(b))))),
             Poll::Ready(Some(Msg::End)) => {
                 self.done = true;
                 Poll::Ready(None)
@@ -111,7 +166,7 @@ impl http_body::Body for ChannelBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.done
+        self.done || matches!(self.pending, Some(Pending::End))
     }
 
     fn size_hint(&self) -> SizeHint {
