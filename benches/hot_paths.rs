@@ -69,5 +69,28 @@ fn per_request(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hashing, multipart, per_request);
+/// A request's token lookup when the token is cached (the common case): a `watch` borrow and
+/// an `Arc` clone, against a live in-process sandbox.
+fn token_lookup(c: &mut Criterion) {
+    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("fxgate.toml");
+    let (provider, _sandbox) = rt.block_on(async {
+        let sandbox = fxgate::sandbox::spawn("127.0.0.1:0".parse().expect("addr"), Default::default()).await.expect("sandbox");
+        let toml = format!(
+            "[corps.default]\nbase_url = \"{}\"\napp_id = \"sandbox-app\"\napp_secret = \"sandbox-secret\"\npermanent_code = \"sandbox-permanent-code\"\n",
+            sandbox.url()
+        );
+        std::fs::write(&path, toml).expect("config");
+        let cfg = fxgate::Config::load(&path, Some(Default::default())).expect("config");
+        let corp = cfg.corps["default"].clone();
+        let metrics = fxgate::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
+        let provider = fxgate::upstream::token::TokenProvider::spawn(corp, sandbox.url(), metrics);
+        provider.get().await.expect("first token");
+        (provider, sandbox)
+    });
+    c.bench_function("token_lookup_cached", |b| b.iter(|| rt.block_on(provider.get()).expect("token")));
+}
+
+criterion_group!(benches, hashing, multipart, per_request, token_lookup);
 criterion_main!(benches);
