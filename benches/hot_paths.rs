@@ -72,7 +72,11 @@ fn per_request(c: &mut Criterion) {
 /// A request's token lookup when the token is cached (the common case): a `watch` borrow and
 /// an `Arc` clone, against a live in-process sandbox.
 fn token_lookup(c: &mut Criterion) {
-    let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(1).enable_all().build().expect("runtime");
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .expect("runtime");
     let dir = tempfile::tempdir().expect("tempdir");
     let path = dir.path().join("fxgate.toml");
     let (provider, _sandbox) = rt.block_on(async {
@@ -89,7 +93,9 @@ fn token_lookup(c: &mut Criterion) {
         provider.get().await.expect("first token");
         (provider, sandbox)
     });
-    c.bench_function("token_lookup_cached", |b| b.iter(|| rt.block_on(provider.get()).expect("token")));
+    c.bench_function("token_lookup_cached", |b| {
+        b.iter(|| rt.block_on(provider.get()).expect("token"))
+    });
 }
 
 criterion_group!(benches, hashing, multipart, per_request, token_lookup);

@@ -29,12 +29,16 @@ impl Router {
     }
 }
 
+/// The first value of query parameter `name`, percent-decoded.
+pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
+    let q = uri.query()?;
+    form_urlencoded::parse(q.as_bytes())
+        .find(|(k, _)| k == name)
+        .map(|(_, v)| v.into_owned())
+}
+
 fn upload_kind(req: &Req) -> Result<UploadKind, GatewayError> {
-    let ty = req.uri().query().and_then(|q| {
-        form_urlencoded::parse(q.as_bytes())
-            .find(|(k, _)| k == "type")
-            .map(|(_, v)| v.into_owned())
-    });
+    let ty = query_param(req.uri(), "type");
     match ty.as_deref() {
         Some("image") => Ok(UploadKind::Image),
         Some("document") => Ok(UploadKind::Document),

@@ -25,6 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{full, Body};
 use crate::config::ImageType;
+use crate::routes::query_param;
 use state::{Faults, Media, State};
 pub use state::{Stats, StatsSnapshot};
 
@@ -152,15 +153,8 @@ fn fx_error(code: i64, message: &str) -> Response<Body> {
     }))
 }
 
-fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    let q = req.uri().query()?;
-    form_urlencoded::parse(q.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 fn valid_trace_id(req: &Request<Incoming>) -> bool {
-    query_param(req, "thirdTraceId")
+    query_param(req.uri(), "thirdTraceId")
         .and_then(|t| uuid::Uuid::parse_str(&t).ok())
         .is_some_and(|u| u.get_version_num() == 4)
 }
@@ -171,7 +165,7 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/cgi/corpAccessToken/get/V2") => token(&state, req).await,
         (&Method::POST, "/media/upload/message") => upload(&state, req, Route::Message).await,
         (&Method::POST, "/media/upload") => {
-            let route = match query_param(&req, "type").as_deref() {
+            let route = match query_param(req.uri(), "type").as_deref() {
                 Some("image") => Route::Image,
                 Some("document") => Route::Document,
                 _ => return fx_error(10002, "type must be image or document"),
@@ -284,8 +278,8 @@ async fn upload(state: &State, req: Request<Incoming>, route: Route) -> Response
     let _active = state.stats.active_uploads();
     let refused = match authorize(
         state,
-        query_param(&req, "corpAccessToken").as_deref(),
-        query_param(&req, "corpId").as_deref(),
+        query_param(req.uri(), "corpAccessToken").as_deref(),
+        query_param(req.uri(), "corpId").as_deref(),
     ) {
         Err(resp) => Some(resp),
         Ok(()) if !valid_trace_id(&req) => Some(fx_error(10002, "thirdTraceId must be a UUID v4")),
@@ -410,8 +404,8 @@ async fn json_call(
     state: &State,
     req: Request<Incoming>,
 ) -> Result<serde_json::Value, Response<Body>> {
-    let q_token = query_param(&req, "corpAccessToken");
-    let q_corp = query_param(&req, "corpId");
+    let q_token = query_param(req.uri(), "corpAccessToken");
+    let q_corp = query_param(req.uri(), "corpId");
     let body = read_json(req)
         .await
         .ok_or_else(|| fx_error(10002, "JSON body expected"))?;
@@ -480,11 +474,11 @@ async fn delete(state: &State, req: Request<Incoming>) -> Response<Body> {
 /// `GET /_sandbox/stats?until=<counter>:<value>&timeout_ms=<ms>` answers once the counter
 /// reaches the value (or at the timeout), so tests await events instead of sleeping.
 async fn stats(state: &State, req: Request<Incoming>) -> Response<Body> {
-    let until = query_param(&req, "until").and_then(|u| {
+    let until = query_param(req.uri(), "until").and_then(|u| {
         let (name, value) = u.split_once(':')?;
         Some((name.to_string(), value.parse::<u64>().ok()?))
     });
-    let timeout = query_param(&req, "timeout_ms")
+    let timeout = query_param(req.uri(), "timeout_ms")
         .and_then(|t| t.parse().ok())
         .map(Duration::from_millis)
         .unwrap_or(Duration::from_secs(10))

@@ -22,6 +22,7 @@ use crate::middleware::auth::Principal;
 use crate::middleware::quota::TicketSlot;
 use crate::middleware::request_id::RequestId;
 use crate::quota::BytesTicket;
+use crate::routes::query_param;
 use crate::upstream::body::{channel, BodySender};
 use crate::upstream::envelope::{Envelope, TOKEN_EXPIRED};
 use crate::upstream::Corp;
@@ -95,13 +96,6 @@ fn content_length(headers: &HeaderMap) -> Option<u64> {
         .ok()
 }
 
-fn query_param(req: &Request<Incoming>, name: &str) -> Option<String> {
-    let q = req.uri().query()?;
-    form_urlencoded::parse(q.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 /// A filename safe inside `filename="..."`: no quotes, no line breaks, no path.
 fn sanitize_filename(name: &str) -> String {
     let base = name.rsplit(['/', '\\']).next().unwrap_or(name);
@@ -146,7 +140,7 @@ pub async fn handle(
             })
         })
         .transpose()?;
-    let filename_param = query_param(&req, "filename")
+    let filename_param = query_param(req.uri(), "filename")
         .map(|f| sanitize_filename(&f))
         .filter(|f| !f.is_empty());
     let claim = digest::claimed(req.headers())?;

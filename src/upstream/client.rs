@@ -45,36 +45,31 @@ pub struct Target {
     pub third_trace_id: String,
 }
 
-/// Builds the pooled HTTPS/HTTP client.
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
+fn connector(connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_connect_timeout(Some(connect_timeout));
     http.set_nodelay(true);
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
+    hyper_rustls::HttpsConnectorBuilder::new()
         .with_webpki_roots()
         .https_or_http()
         .enable_http1()
-        .wrap_connector(http);
+        .wrap_connector(http)
+}
+
+/// Builds the pooled HTTPS/HTTP client.
+pub fn http_client(connect_timeout: Duration) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
-        .build(https)
+        .build(connector(connect_timeout))
 }
 
 /// A client that keeps no idle connections.
 pub fn http_client_unpooled(connect_timeout: Duration) -> HttpClient {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    let https = hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http);
     Client::builder(TokioExecutor::new())
         .pool_max_idle_per_host(0)
-        .build(https)
+        .build(connector(connect_timeout))
 }
 
 impl Corp {
