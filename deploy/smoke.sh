@@ -9,13 +9,19 @@ cd "$(dirname "$0")/.."
 command -v prometheus >/dev/null || { echo "smoke: install prometheus first (apt-get install -y prometheus)" >&2; exit 2; }
 
 cargo build --quiet --bin fxgate
+bin="${CARGO_TARGET_DIR:-target}/debug/fxgate"
 work=$(mktemp -d)
 cleanup() { kill $(jobs -p) 2>/dev/null || true; wait 2>/dev/null || true; rm -rf "$work"; }
 trap cleanup EXIT
 
 FXGATE__SERVER__LISTEN=127.0.0.1:0 FXGATE__SERVER__ADMIN_LISTEN=127.0.0.1:0 \
-  ./target/debug/fxgate serve --config config/fxgate.toml >"$work/fxgate.out" 2>"$work/fxgate.log" &
-for _ in $(seq 1 100); do grep -q listening "$work/fxgate.out" 2>/dev/null && break; sleep 0.1; done
+  "$bin" serve --config config/fxgate.toml >"$work/fxgate.out" 2>"$work/fxgate.log" &
+for _ in $(seq 1 300); do grep -q listening "$work/fxgate.out" 2>/dev/null && break; sleep 0.1; done
+if ! grep -q listening "$work/fxgate.out"; then
+  echo "smoke: FAILED, fxgate did not start:" >&2
+  cat "$work/fxgate.log" >&2
+  exit 1
+fi
 listen=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["listen"])' "$work/fxgate.out")
 admin=$(python3 -c 'import json,sys; print(json.loads(open(sys.argv[1]).readline())["admin"])' "$work/fxgate.out")
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
