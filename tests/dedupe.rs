@@ -7,17 +7,8 @@ mod support;
 
 use std::time::Duration;
 
-use base64::Engine as _;
-use sha2::Digest as _;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-fn repr_digest(bytes: &[u8]) -> String {
-    format!(
-        "sha-256=:{}:",
-        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(bytes))
-    )
-}
 
 /// Uploads `bytes` raw to the message route, optionally claiming its digest.
 async fn upload(
@@ -45,14 +36,6 @@ async fn upload(
     body["_status"] = status.into();
     body["_digest"] = digest.into();
     body
-}
-
-fn metric(text: &str, line_prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(line_prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 #[tokio::test]

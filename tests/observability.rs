@@ -4,28 +4,7 @@
 
 mod support;
 
-use base64::Engine as _;
-use sha2::Digest as _;
 use support::*;
-
-/// `name{labels} value` lines of a scrape, as (series, value).
-fn series(scrape: &str) -> Vec<(String, f64)> {
-    scrape
-        .lines()
-        .filter(|l| !l.starts_with('#') && !l.is_empty())
-        .filter_map(|l| {
-            let (s, v) = l.rsplit_once(' ')?;
-            Some((s.to_string(), v.parse().ok()?))
-        })
-        .collect()
-}
-
-fn value(scrape: &str, wanted: &str) -> f64 {
-    series(scrape)
-        .into_iter()
-        .find(|(s, _)| s == wanted)
-        .map_or(0.0, |(_, v)| v)
-}
 
 #[tokio::test]
 async fn counters_move_by_the_right_amounts() {
@@ -33,10 +12,7 @@ async fn counters_move_by_the_right_amounts() {
     let http = client();
     let url = gw.upload_url();
     let file = jpeg(40_000, 1);
-    let claim = format!(
-        "sha-256=:{}:",
-        base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&file))
-    );
+    let claim = repr_digest(&file);
 
     // 1 success (miss), 1 dedupe hit by claim, 1 too large, 1 unauthenticated, 1 token rejection.
     let ok = http
@@ -106,73 +82,73 @@ async fn counters_move_by_the_right_amounts() {
     let m = gw.metrics().await;
     let r = "route=\"/media/upload/message\"";
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("fxgate_requests_total{{client=\"alpha\",{r},status=\"200\"}}")
         ),
         3.0
     );
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("fxgate_requests_total{{client=\"alpha\",{r},status=\"413\"}}")
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("fxgate_requests_total{{client=\"alpha\",{r},status=\"503\"}}")
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("fxgate_requests_total{{client=\"unknown\",{r},status=\"401\"}}")
         ),
         1.0
     );
     assert_eq!(
-        value(&m, &format!("fxgate_request_duration_seconds_count{{{r}}}")),
+        metric(&m, &format!("fxgate_request_duration_seconds_count{{{r}}}")),
         6.0
     );
-    assert_eq!(value(&m, "fxgate_dedupe_total{result=\"hit_claim\"}"), 1.0);
-    assert_eq!(value(&m, "fxgate_dedupe_total{result=\"miss\"}"), 2.0);
-    assert_eq!(value(&m, "fxgate_dedupe_bytes_saved_total"), 40_000.0);
+    assert_eq!(metric(&m, "fxgate_dedupe_total{result=\"hit_claim\"}"), 1.0);
+    assert_eq!(metric(&m, "fxgate_dedupe_total{result=\"miss\"}"), 2.0);
+    assert_eq!(metric(&m, "fxgate_dedupe_bytes_saved_total"), 40_000.0);
     // The 20016 upload streamed all its bytes before Fxiaoke refused it.
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("fxgate_upload_bytes_total{{client=\"alpha\",{r}}}")
         ),
         60_000.0
     );
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("fxgate_upstream_requests_total{{corp=\"default\",error_code=\"0\",{r}}}")
         ),
         2.0
     );
     assert_eq!(
-        value(
+        metric(
             &m,
             &format!("fxgate_upstream_requests_total{{corp=\"default\",error_code=\"20016\",{r}}}")
         ),
         1.0
     );
     assert_eq!(
-        value(
+        metric(
             &m,
             "fxgate_token_refresh_total{corp=\"default\",result=\"ok\"}"
         ),
         2.0
     );
-    assert_eq!(value(&m, "fxgate_token_valid{corp=\"default\"}"), 1.0);
-    assert_eq!(value(&m, "fxgate_inflight_uploads"), 0.0);
-    assert_eq!(value(&m, "fxgate_build_info{version=\"0.1.0\"}"), 1.0);
-    assert!(value(&m, "process_resident_memory_bytes") > 1e6);
+    assert_eq!(metric(&m, "fxgate_token_valid{corp=\"default\"}"), 1.0);
+    assert_eq!(metric(&m, "fxgate_inflight_uploads"), 0.0);
+    assert_eq!(metric(&m, "fxgate_build_info{version=\"0.1.0\"}"), 1.0);
+    assert!(metric(&m, "process_resident_memory_bytes") > 1e6);
     // Label values stay bounded: no request id, path or key ever becomes a label.
     assert!(!m.contains(ALPHA_KEY) && !m.contains("x-request-id"));
 }

@@ -20,12 +20,6 @@ fn with_gamma(base_url: &str, corp_extra: &str, extra: &str, gamma: &str) -> Str
         )
 }
 
-fn unique_jpeg(len: usize, n: u32) -> Vec<u8> {
-    let mut v = jpeg(len, 0);
-    v[4..8].copy_from_slice(&n.to_le_bytes());
-    v
-}
-
 /// A raw upload (with Content-Length) to the message route; (status, Retry-After, body).
 async fn raw(gw: &Gateway, key: &str, bytes: Vec<u8>) -> (u16, Option<u64>, serde_json::Value) {
     let resp = client()
@@ -43,14 +37,6 @@ async fn raw(gw: &Gateway, key: &str, bytes: Vec<u8>) -> (u16, Option<u64>, serd
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse().ok());
     (status, retry, resp.json().await.unwrap_or_default())
-}
-
-fn metric(text: &str, prefix: &str) -> f64 {
-    text.lines()
-        .find(|l| l.starts_with(prefix))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0.0)
 }
 
 fn gamma_usage(clients: &serde_json::Value) -> serde_json::Value {
@@ -242,14 +228,7 @@ async fn the_corp_upstream_budget_is_shared_by_all_callers() {
     let sandbox = Sandbox::spawn(&[]);
     let gw = Gateway::spawn(&config(&sandbox.url, "upstream_requests_per_20s = 3", ""));
     let first = unique_jpeg(2000, 1);
-    let claim = {
-        use base64::Engine as _;
-        use sha2::Digest as _;
-        format!(
-            "sha-256=:{}:",
-            base64::engine::general_purpose::STANDARD.encode(sha2::Sha256::digest(&first))
-        )
-    };
+    let claim = repr_digest(&first);
     assert_eq!(raw(&gw, ALPHA_KEY, first.clone()).await.0, 200);
     assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(2000, 2)).await.0, 200);
     assert_eq!(raw(&gw, BETA_KEY, unique_jpeg(2000, 3)).await.0, 200);

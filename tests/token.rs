@@ -4,13 +4,6 @@
 
 mod support;
 
-/// A JPEG whose bytes differ for every `n`, so dedupe never merges two of them.
-fn unique_jpeg(len: usize, n: u32) -> Vec<u8> {
-    let mut v = jpeg(len, 0);
-    v[4..8].copy_from_slice(&n.to_le_bytes());
-    v
-}
-
 use std::time::{Duration, Instant};
 
 use support::*;

@@ -24,6 +24,34 @@ pub fn jpeg(len: usize, seed: u8) -> Vec<u8> {
     v
 }
 
+/// A JPEG whose bytes differ for every `n`, so dedupe never merges two of them.
+pub fn unique_jpeg(len: usize, n: u32) -> Vec<u8> {
+    let mut v = jpeg(len, 0);
+    v[4..8].copy_from_slice(&n.to_le_bytes());
+    v
+}
+
+/// `sha-256=:<base64>:` of `bytes`, as `Repr-Digest` carries it (RFC 9530).
+pub fn repr_digest(bytes: &[u8]) -> String {
+    use base64::Engine as _;
+    format!(
+        "sha-256=:{}:",
+        base64::engine::general_purpose::STANDARD.encode(Sha256::digest(bytes))
+    )
+}
+
+/// The value of one series (`name{labels}` exactly as scraped, labels in alphabetical order)
+/// in a Prometheus text scrape; 0 when absent.
+pub fn metric(scrape: &str, series: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| l.rsplit_once(' '))
+        .find(|(s, _)| *s == series)
+        .and_then(|(_, v)| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
