@@ -3,7 +3,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 
 /// Default caller-facing listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -27,7 +27,7 @@ pub const DEFAULT_MESSAGE_MAX_BYTES: &str = "5MiB";
 pub const DEFAULT_DOCUMENT_MAX_BYTES: &str = "20MiB";
 
 /// The whole file.
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Listeners, TLS, timeouts.
@@ -54,7 +54,7 @@ pub struct FileConfig {
 }
 
 /// `[server]`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// Caller-facing address, default `127.0.0.1:8080`.
@@ -76,7 +76,7 @@ pub struct ServerFile {
 }
 
 /// `[log]`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     /// `"pretty"` (default) or `"json"`.
@@ -84,7 +84,7 @@ pub struct LogFile {
 }
 
 /// `[corps.NAME]`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorpFile {
     /// `"sandbox"` (in-process imitation) or `https://open.fxiaoke.com` (or another cloud).
@@ -112,7 +112,7 @@ pub struct CorpFile {
 }
 
 /// `[upload]`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadFile {
     /// Limit on `/media/upload/message` and `type=image`, default `5MiB`.
@@ -124,7 +124,7 @@ pub struct UploadFile {
 }
 
 /// `[dedupe]`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeFile {
     /// How long a mediaId is trusted for reuse, default `72h`.
@@ -136,7 +136,7 @@ pub struct DedupeFile {
 }
 
 /// `[store]`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
     /// `"memory"` (default) or `"redis"`.
@@ -148,7 +148,7 @@ pub struct StoreFile {
 }
 
 /// `[[clients]]`
-#[derive(Debug, Default, Deserialize, Serialize)]
+#[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
     /// Name used in logs, metrics and `/admin/clients`.
