@@ -42,6 +42,11 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
                     }
                 ));
             }
+            if let Some(redis) = &state.redis {
+                // Informational: with Redis down fxgate still serves, per the fail modes.
+                lines.push_str(&redis.status());
+                lines.push('\n');
+            }
             let status = if state.ready() {
                 StatusCode::OK
             } else {
@@ -145,11 +150,10 @@ async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
         },
         (&Method::GET, "/admin/clients") => {
             let registry = state.clients.load();
-            let clients: Vec<_> = registry
-                .all()
-                .iter()
-                .map(|q| q.usage(state.clock.as_ref()))
-                .collect();
+            let mut clients = Vec::with_capacity(registry.all().len());
+            for q in registry.all() {
+                clients.push(q.usage(state.clock.as_ref(), state.quotas.as_ref()).await);
+            }
             let corps: serde_json::Map<_, _> = state
                 .corps
                 .iter()

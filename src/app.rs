@@ -21,7 +21,9 @@ use crate::middleware::auth::{AuthLayer, ClientRegistry};
 use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::quota::QuotaLayer;
 use crate::middleware::request_id::RequestIdLayer;
+use crate::quota::shared::SharedQuotas;
 use crate::quota::{Clock, SystemClock};
+use crate::store::Redis;
 use crate::routes::Router;
 use crate::sandbox::{SandboxHandle, SandboxOptions};
 use crate::upstream::Corp;
@@ -44,6 +46,10 @@ pub struct AppState {
     pub clock: Arc<dyn Clock>,
     /// The dedupe index.
     pub dedupe: Dedupe,
+    /// The shared store, with `backend = "redis"`.
+    pub redis: Option<Arc<Redis>>,
+    /// Quotas shared by replicas, with `backend = "redis"`.
+    pub quotas: Option<SharedQuotas>,
     /// The in-process sandbox, kept alive while the app runs.
     _sandboxes: Vec<SandboxHandle>,
 }
@@ -128,7 +134,11 @@ pub fn service(state: Arc<AppState>) -> crate::server::AppService {
         // Before any body byte is read: who is calling.
         .layer(AuthLayer::new(state.clients.clone()))
         // Needs the Principal; decides rate, concurrency and bytes before the body is read.
-        .layer(QuotaLayer::new(state.clock.clone(), state.metrics.clone()))
+        .layer(QuotaLayer::new(
+            state.clock.clone(),
+            state.metrics.clone(),
+            state.quotas.clone(),
+        ))
         .service(Router::new(state));
     tower::util::BoxCloneService::new(stack)
 }
@@ -163,6 +173,15 @@ pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
     let metrics = Metrics::register(&registry)?;
     metrics.init_series(&cfg);
     let cfg = Arc::new(cfg);
+    let redis = if cfg.store.redis {
+        metrics.register_store(&registry)?;
+        Some(Redis::start(&cfg.store, metrics.clone()).await?)
+    } else {
+        None
+    };
+    let quotas = redis
+        .as_ref()
+        .map(|r| SharedQuotas::new(r.clone(), cfg.store.quota_fail_open));
 
     let mut sandboxes = Vec::new();
     let mut corps = BTreeMap::new();
@@ -186,7 +205,13 @@ pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
         };
         corps.insert(
             name.clone(),
-            Corp::spawn(corp_cfg.clone(), base, metrics.clone(), clock.clone()),
+            Corp::spawn(
+                corp_cfg.clone(),
+                base,
+                metrics.clone(),
+                clock.clone(),
+                quotas.clone(),
+            ),
         );
     }
     let state = Arc::new(AppState {
@@ -195,7 +220,12 @@ pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
             None,
         ))),
         clock,
-        dedupe: Dedupe::memory(&cfg.dedupe),
+        dedupe: match &redis {
+            Some(r) => Dedupe::redis(&cfg.dedupe, r.clone()),
+            None => Dedupe::memory(&cfg.dedupe),
+        },
+        redis,
+        quotas,
         cfg: cfg.clone(),
         corps,
         metrics,

@@ -82,6 +82,9 @@ pub enum GatewayError {
         /// When a retry may pass.
         retry_after: Duration,
     },
+    /// The shared quota store (Redis) is down and `quota_fail_mode = "closed"`.
+    #[error("quota store unavailable")]
+    QuotaStoreDown,
     /// The corp's upstream budget is spent, or Fxiaoke itself rate-limited the corp.
     #[error("corp upstream budget exhausted")]
     UpstreamBudget {
@@ -148,6 +151,7 @@ impl GatewayError {
             UnsupportedType { .. } => (StatusCode::UNSUPPORTED_MEDIA_TYPE, 941501),
             QuotaExceeded { .. } => (StatusCode::TOO_MANY_REQUESTS, 942901),
             UpstreamBudget { .. } => (StatusCode::TOO_MANY_REQUESTS, 942902),
+            QuotaStoreDown => (StatusCode::TOO_MANY_REQUESTS, 942903),
             Internal { .. } => (StatusCode::INTERNAL_SERVER_ERROR, 950001),
             UpstreamUnreachable { .. } => (StatusCode::BAD_GATEWAY, 950201),
             UpstreamInvalid { .. } => (StatusCode::BAD_GATEWAY, 950202),
@@ -178,7 +182,7 @@ impl GatewayError {
             | NoToken { .. }
             | TokenRejected
             | UpstreamTimeout { .. } => ErrorSource::Upstream,
-            Internal { .. } => ErrorSource::Internal,
+            Internal { .. } | QuotaStoreDown => ErrorSource::Internal,
         }
     }
 
@@ -189,7 +193,7 @@ impl GatewayError {
             QuotaExceeded { retry_after, .. } | UpstreamBudget { retry_after, .. } => {
                 Some(*retry_after)
             }
-            TokenRejected | NoToken { .. } => Some(Duration::from_secs(1)),
+            TokenRejected | NoToken { .. } | QuotaStoreDown => Some(Duration::from_secs(1)),
             _ => None,
         }
     }
@@ -236,6 +240,10 @@ impl GatewayError {
                 format!("Fxiaoke did not answer within {}", humantime::format_duration(*after))
             }
             BodyInterrupted => "the request body ended early or could not be read".into(),
+            QuotaStoreDown => {
+                "the shared quota store is unavailable and quotas fail closed; retry after 1s"
+                    .into()
+            }
             Internal { .. } => "internal error".into(),
         }
     }

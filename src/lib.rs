@@ -17,6 +17,7 @@ pub mod quota;
 pub mod routes;
 pub mod sandbox;
 pub mod server;
+pub mod store;
 pub mod telemetry;
 pub mod upload;
 pub mod upstream;

@@ -56,6 +56,10 @@ pub struct Families {
     /// `fxgate_upstream_budget_daily_limit{corp}`: the configured daily budget (beyond design
     /// §7, so alerts can compute the fraction left).
     pub upstream_budget_limit: IntGaugeVec,
+    /// `fxgate_store_errors_total{store,op}`: shared-store (Redis) commands that failed.
+    pub store_errors: IntCounterVec,
+    /// `fxgate_store_up`: 1 while the shared store answers (only with `backend = "redis"`).
+    pub store_up: IntGauge,
 }
 
 /// Buckets from 1 ms to about 9 minutes: small JSON calls and 20 MiB uploads on slow links.
@@ -162,8 +166,20 @@ impl Metrics {
                 ),
                 &["corp"],
             )?,
+            store_errors: IntCounterVec::new(
+                Opts::new(
+                    "fxgate_store_errors_total",
+                    "Shared-store (Redis) commands that failed, by store and operation",
+                ),
+                &["store", "op"],
+            )?,
+            store_up: IntGauge::new(
+                "fxgate_store_up",
+                "1 while the shared store (Redis) answers; 0 while fxgate runs on its fail modes",
+            )?,
         };
         registry.register(Box::new(m.token_valid.clone()))?;
+        registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.upstream_budget_limit.clone()))?;
         // Zero-valued series from the start, so rate() and alerts see them before the first event.
         for result in ["hit_claim", "hit_stream", "miss"] {
@@ -196,7 +212,7 @@ impl Metrics {
     /// Creates the zero-valued per-corp and per-caller series (at start and after a reload).
     pub fn init_series(&self, cfg: &crate::config::Config) {
         for (name, corp) in &cfg.corps {
-            for result in ["ok", "same_token", "error"] {
+            for result in ["ok", "same_token", "error", "shared"] {
                 self.token_refresh.with_label_values(&[name, result]);
             }
             if let Some(budget) = corp.daily_call_budget {
@@ -214,10 +230,28 @@ impl Metrics {
                 "max_concurrent_uploads",
                 "bytes_per_day",
                 "route",
+                "store_unavailable",
             ] {
                 self.quota_rejected.with_label_values(&[&client.name, kind]);
             }
         }
+    }
+
+    /// With `backend = "redis"`: registers `fxgate_store_up` (a single replica has no store
+    /// to watch) and zero-initialises the store error series alerts look at.
+    pub fn register_store(&self, registry: &Registry) -> prometheus::Result<()> {
+        registry.register(Box::new(self.store_up.clone()))?;
+        for (store, ops) in [
+            ("token", &["get", "put", "lease", "calls"][..]),
+            ("dedupe", &["get", "put", "forget", "lease"][..]),
+            ("quota", &["rate", "uploads", "bytes"][..]),
+            ("budget", &["window", "daily"][..]),
+        ] {
+            for op in ops {
+                self.store_errors.with_label_values(&[store, op]);
+            }
+        }
+        Ok(())
     }
 
     /// A histogram of the request duration for `route`.

@@ -145,6 +145,10 @@ pub struct StoreFile {
     pub redis_url: Option<String>,
     /// With Redis down: `"open"` (default) or `"closed"`.
     pub quota_fail_mode: Option<String>,
+    /// Prefix of every Redis key (default `"fxgate"`).
+    pub key_prefix: Option<String>,
+    /// Bound on one Redis command (default `"250ms"`).
+    pub timeout: Option<String>,
 }
 
 /// `[[clients]]`

@@ -211,13 +211,19 @@ pub struct DedupeConfig {
     pub claim_scope: ClaimScope,
 }
 
-/// `[store]`, validated. Only `memory` is implemented so far; see the README.
+/// `[store]`, validated.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Redis URL, kept for the Redis backend.
-    pub redis_url: String,
+    /// Whether replicas share state through Redis (`backend = "redis"`).
+    pub redis: bool,
+    /// Redis URL; may hold a password, so `effective()` masks it.
+    pub redis_url: Secret,
     /// Whether quotas fail open with the store down.
     pub quota_fail_open: bool,
+    /// Prefix of every Redis key, so several deployments can share one Redis.
+    pub key_prefix: String,
+    /// Bound on one Redis command: a slow or dead Redis must not hold requests.
+    pub timeout: Duration,
 }
 
 /// One `[[clients]]` entry, validated.
@@ -318,6 +324,21 @@ impl Config {
 }
 
 /// Parses `"30s"`, `"72h"`, `"1m 30s"`.
+/// `redis://user:secret@host` → `redis://user:***@host`.
+fn mask_url_password(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(scheme), Some(at)) if at > scheme => {
+            let auth = &url[scheme + 3..at];
+            match auth.find(':') {
+                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &auth[..colon], &url[at..]),
+                None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
+/// Parses a human duration (`"250ms"`, `"72h"`), naming `key` on failure.
 pub fn parse_duration(key: &str, value: &str) -> Result<Duration, ConfigError> {
     humantime::parse_duration(value.trim()).map_err(|e| {
         invalid(
@@ -617,25 +638,37 @@ impl TryFrom<FileConfig> for Config {
         };
 
         let st = f.store;
-        match st.backend.as_deref().unwrap_or("memory") {
-            "memory" => {}
-            "redis" => {
-                return Err(invalid(
-                    "store.backend",
-                    "\"redis\" is not available in this release yet; use \"memory\" (one replica)",
-                ))
-            }
+        let redis = match st.backend.as_deref().unwrap_or("memory") {
+            "memory" => false,
+            "redis" => true,
             other => {
                 return Err(invalid(
                     "store.backend",
                     format!("`{other}`: use \"memory\" or \"redis\""),
                 ))
             }
+        };
+        let redis_url = st
+            .redis_url
+            .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+        if redis {
+            if let Err(e) = redis::Client::open(redis_url.as_str()) {
+                // The crate's message never repeats the URL, so no password leaks.
+                return Err(invalid("store.redis_url", e.to_string()));
+            }
+        }
+        let key_prefix = st.key_prefix.unwrap_or_else(|| "fxgate".into());
+        if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+            return Err(invalid(
+                "store.key_prefix",
+                "must be non-empty and without whitespace",
+            ));
         }
         let store = StoreConfig {
-            redis_url: st
-                .redis_url
-                .unwrap_or_else(|| "redis://127.0.0.1:6379".into()),
+            redis,
+            redis_url: Secret::new(redis_url),
+            key_prefix,
+            timeout: parse_duration("store.timeout", st.timeout.as_deref().unwrap_or("250ms"))?,
             quota_fail_open: match st.quota_fail_mode.as_deref().unwrap_or("open") {
                 "open" => true,
                 "closed" => false,
@@ -778,7 +811,13 @@ impl Config {
                 "max_entries": self.dedupe.max_entries,
                 "claim_scope": match self.dedupe.claim_scope { ClaimScope::Client => "client", ClaimScope::Corp => "corp" },
             },
-            "store": { "backend": "memory", "quota_fail_mode": if self.store.quota_fail_open { "open" } else { "closed" } },
+            "store": {
+                "backend": if self.store.redis { "redis" } else { "memory" },
+                "redis_url": mask_url_password(self.store.redis_url.expose()),
+                "quota_fail_mode": if self.store.quota_fail_open { "open" } else { "closed" },
+                "key_prefix": self.store.key_prefix,
+                "timeout": d(self.store.timeout),
+            },
             "clients": self.clients.iter().map(|c| json!({
                 "name": c.name,
                 "key_sha256": c.key_sha256.map(hex::encode),

@@ -17,7 +17,8 @@ use super::auth::Principal;
 use super::{BoxFuture, Req, Resp};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::quota::{BytesTicket, Clock};
+use crate::quota::shared::SharedQuotas;
+use crate::quota::{BytesTicket, Clock, UploadSlot};
 
 /// The bytes reservation of an upload, for the handler to take.
 #[derive(Debug, Clone)]
@@ -35,12 +36,18 @@ impl TicketSlot {
 pub struct QuotaLayer {
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    shared: Option<SharedQuotas>,
 }
 
 impl QuotaLayer {
-    /// Enforces with `clock`, counting rejections into `metrics`.
-    pub fn new(clock: Arc<dyn Clock>, metrics: Metrics) -> Self {
-        Self { clock, metrics }
+    /// Enforces with `clock`, counting rejections into `metrics`; with `shared`, the counters
+    /// live in Redis and hold across replicas.
+    pub fn new(clock: Arc<dyn Clock>, metrics: Metrics, shared: Option<SharedQuotas>) -> Self {
+        Self {
+            clock,
+            metrics,
+            shared,
+        }
     }
 }
 
@@ -51,6 +58,7 @@ impl<S> Layer<S> for QuotaLayer {
             inner,
             clock: self.clock.clone(),
             metrics: self.metrics.clone(),
+            shared: self.shared.clone(),
         }
     }
 }
@@ -61,18 +69,20 @@ pub struct Quota<S> {
     inner: S,
     clock: Arc<dyn Clock>,
     metrics: Metrics,
+    shared: Option<SharedQuotas>,
 }
 
 fn is_upload(path: &str) -> bool {
     matches!(path, "/media/upload/message" | "/media/upload")
 }
 
-impl<S> Quota<S> {
-    fn admit(
-        &self,
-        req: &mut Req,
-        principal: &Principal,
-    ) -> Result<Option<tokio::sync::OwnedSemaphorePermit>, GatewayError> {
+/// Decides rate, concurrency and bytes; the returned slot is held for the whole request.
+async fn admit(
+    clock: Arc<dyn Clock>,
+    shared: Option<SharedQuotas>,
+    req: &mut Req,
+    principal: &Principal,
+) -> Result<Option<UploadSlot>, GatewayError> {
         let path = req.uri().path();
         if let Some(routes) = &principal.client.routes {
             if !routes.iter().any(|r| r == path) {
@@ -81,11 +91,14 @@ impl<S> Quota<S> {
                 });
             }
         }
-        principal.quota.check_rate(self.clock.as_ref())?;
+        principal
+            .quota
+            .check_rate(clock.as_ref(), shared.as_ref())
+            .await?;
         if !is_upload(path) {
             return Ok(None);
         }
-        let permit = principal.quota.acquire_upload()?;
+        let permit = principal.quota.acquire_upload(shared.as_ref()).await?;
         let announced = req
             .headers()
             .get(header::CONTENT_LENGTH)
@@ -93,17 +106,18 @@ impl<S> Quota<S> {
             .and_then(|v| v.parse::<u64>().ok());
         let ticket = principal
             .quota
-            .bytes_ticket(announced, self.clock.clone())?;
+            .bytes_ticket(announced, clock, shared)
+            .await?;
         req.extensions_mut()
             .insert(TicketSlot(Arc::new(Mutex::new(Some(ticket)))));
         Ok(permit)
-    }
 }
 
 fn rejection_kind(e: &GatewayError) -> Option<&'static str> {
     match e {
         GatewayError::QuotaExceeded { kind, .. } => Some(kind),
         GatewayError::RouteForbidden { .. } => Some("route"),
+        GatewayError::QuotaStoreDown => Some("store_unavailable"),
         _ => None,
     }
 }
@@ -139,16 +153,20 @@ where
                     .inc();
             }
         };
-        let permit = match self.admit(&mut req, &principal) {
-            Ok(p) => p,
-            Err(e) => {
-                count(&e);
-                return Box::pin(async move { Err(e) });
-            }
-        };
-        let fut = self.inner.call(req);
+        let (clock, shared) = (self.clock.clone(), self.shared.clone());
+        // Take the service that was driven ready, leave a fresh clone behind (tower's rule
+        // for calling an inner service from a future).
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let result = fut.await;
+            let permit = match admit(clock, shared, &mut req, &principal).await {
+                Ok(p) => p,
+                Err(e) => {
+                    count(&e);
+                    return Err(e);
+                }
+            };
+            let result = inner.call(req).await;
             drop(permit);
             if let Err(e) = &result {
                 count(e);

@@ -15,7 +15,7 @@ use sha2::{Digest, Sha256};
 use crate::app::AppState;
 use crate::body::{full, Body};
 use crate::config::{ClaimScope, ImageType, UploadConfig};
-use crate::dedupe::{follow, DedupeKey, LeaderGuard, MediaRef, Outcome, Role};
+use crate::dedupe::{follow, DedupeKey, LeaderGuard, LockOutcome, MediaRef, Outcome, Role};
 use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
@@ -420,6 +420,10 @@ pub async fn handle(
     Ok(passthrough(status, env, Some((digest, false))))
 }
 
+/// How often a request waiting on another replica's upload of the same file looks for its
+/// entry.
+const REMOTE_LEADER_POLL: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// What a claimed digest led to.
 enum Claim {
     /// Answer with this mediaId; no body needed.
@@ -440,8 +444,39 @@ async fn claim_lookup(state: &AppState, corp: &Corp, key: &DedupeKey, caller: &s
             return Claim::Hit(media);
         }
         let scope = per_caller.then(|| caller.to_string());
-        match state.dedupe.coalescer.join(key.clone(), scope) {
-            Role::Leader(guard) => return Claim::Lead(guard),
+        match state.dedupe.coalescer.join(key.clone(), scope.clone()) {
+            Role::Leader(mut guard) => {
+                // Other replicas may be uploading the same file: wait for their entry while
+                // their lease lives, take over when it lapses.
+                let deadline = tokio::time::Instant::now() + bound;
+                loop {
+                    match state.dedupe.store.lock(key, scope.as_deref()).await {
+                        LockOutcome::Held(lease) => {
+                            // The holder before us may just have finished.
+                            if let Some(media) =
+                                state.dedupe.store.get(key).await.filter(|m| visible(m))
+                            {
+                                guard.complete(media.clone());
+                                return Claim::Hit(media);
+                            }
+                            guard.hold(lease);
+                            return Claim::Lead(guard);
+                        }
+                        LockOutcome::Busy if tokio::time::Instant::now() >= deadline => {
+                            return Claim::Lead(guard)
+                        }
+                        LockOutcome::Busy => {
+                            tokio::time::sleep(REMOTE_LEADER_POLL).await;
+                            if let Some(media) =
+                                state.dedupe.store.get(key).await.filter(|m| visible(m))
+                            {
+                                guard.complete(media.clone());
+                                return Claim::Hit(media);
+                            }
+                        }
+                    }
+                }
+            }
             Role::Follower(slot) => match follow(slot, bound).await {
                 Some(Outcome::Done(media)) => return Claim::Hit(media),
                 // The leader failed: look again, and one of the waiters takes the lead.
@@ -584,7 +619,7 @@ async fn stream_file(
             });
         }
         if let Some(t) = ticket {
-            t.grow_to(size)?;
+            t.grow_to(size).await?;
         }
         hasher.update(&chunk);
         if !send(chunk).await? {

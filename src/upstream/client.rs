@@ -11,11 +11,13 @@ use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
 use hyper_util::rt::TokioExecutor;
 
+use super::shared_token::SharedToken;
 use super::token::{CorpToken, TokenProvider};
 use crate::body::Body;
 use crate::config::CorpConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::quota::shared::SharedQuotas;
 use crate::quota::{Clock, UpstreamBudget};
 
 /// The connection pool type shared by all of a corp's calls.
@@ -73,17 +75,24 @@ pub fn http_client_unpooled(connect_timeout: Duration) -> HttpClient {
 }
 
 impl Corp {
-    /// Builds the corp and starts its token refresher.
+    /// Builds the corp and starts its token refresher; with `shared`, its token and budget
+    /// live in Redis, shared by replicas.
     pub fn spawn(
         cfg: CorpConfig,
         base: String,
         metrics: Metrics,
         clock: Arc<dyn Clock>,
+        shared: Option<SharedQuotas>,
     ) -> Arc<Self> {
-        let budget =
+        let mut budget =
             UpstreamBudget::new(cfg.upstream_requests_per_20s, cfg.daily_call_budget, clock);
+        let mut shared_token = None;
+        if let Some(sh) = shared {
+            shared_token = Some(SharedToken::new(sh.redis().clone(), &cfg.name));
+            budget = budget.shared(sh, &cfg.name);
+        }
         let client = http_client(cfg.connect_timeout);
-        let tokens = TokenProvider::spawn(cfg.clone(), base.clone(), metrics.clone());
+        let tokens = TokenProvider::spawn(cfg.clone(), base.clone(), metrics.clone(), shared_token);
         Arc::new(Self {
             cfg,
             base,

@@ -4,6 +4,7 @@
 pub mod body;
 pub mod client;
 pub mod envelope;
+pub mod shared_token;
 pub mod token;
 
 pub use client::Corp;

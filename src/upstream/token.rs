@@ -20,6 +20,8 @@ use tokio::sync::{watch, Notify};
 
 use super::client::HttpClient;
 use super::envelope::Envelope;
+use super::shared_token::{unix_ms, SharedToken, StoredToken, LEASE};
+use crate::store::Lease;
 use crate::body::full;
 use crate::config::{CorpConfig, Secret};
 use crate::error::GatewayError;
@@ -35,6 +37,8 @@ const MAX_BACKOFF: Duration = Duration::from_secs(60);
 const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
 /// How long a request waits for a token before answering 950301.
 const READER_WAIT: Duration = Duration::from_secs(15);
+/// How often a replica waiting on another's refresh looks for its token.
+const SHARED_POLL: Duration = Duration::from_millis(50);
 
 /// A corp access token. `Debug` never shows the token itself.
 #[derive(Debug, Clone)]
@@ -49,6 +53,27 @@ pub struct CorpToken {
     pub expires_at: Instant,
     /// When the refresher fetches its successor.
     pub refresh_at: Instant,
+    /// Unix ms when its fetch started: orders tokens across replicas.
+    pub issued_ms: u64,
+}
+
+impl CorpToken {
+    /// A token another replica fetched, placed on this process's clock.
+    fn from_stored(t: StoredToken) -> Self {
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let at = |ms: u64| now + Duration::from_millis(ms.saturating_sub(now_ms));
+        Self {
+            access_token: Secret::new(t.token),
+            corp_id: t.corp_id,
+            fetched_at: now
+                .checked_sub(Duration::from_millis(now_ms.saturating_sub(t.issued_ms)))
+                .unwrap_or(now),
+            expires_at: at(t.expires_ms),
+            refresh_at: at(t.refresh_ms),
+            issued_ms: t.issued_ms,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default)]
@@ -86,9 +111,15 @@ struct Shared {
 
 impl TokenProvider {
     /// Starts the corp's refresher task, which fetches the first token at once.
-    pub fn spawn(cfg: CorpConfig, base: String, metrics: Metrics) -> Self {
+    /// With `shared`, replicas take turns under a Redis lease and share what one fetched.
+    pub fn spawn(
+        cfg: CorpConfig,
+        base: String,
+        metrics: Metrics,
+        shared: Option<SharedToken>,
+    ) -> Self {
         let (publish, state) = watch::channel(TokenState::default());
-        let shared = Arc::new(Shared {
+        let shared_state = Arc::new(Shared {
             publish,
             wake: Notify::new(),
         });
@@ -100,13 +131,14 @@ impl TokenProvider {
             base,
             client,
             metrics,
-            shared: shared.clone(),
+            shared: shared_state.clone(),
+            store: shared,
         };
         tokio::spawn(refresher.run());
         Self {
             corp: cfg.name,
             state,
-            shared,
+            shared: shared_state,
         }
     }
 
@@ -188,6 +220,20 @@ struct Refresher {
     client: HttpClient,
     metrics: Metrics,
     shared: Arc<Shared>,
+    /// The token shared with other replicas, when Redis is configured.
+    store: Option<SharedToken>,
+}
+
+/// What the shared store said about the refresh that is due.
+enum Turn {
+    /// Another replica's token was taken over; no call needed.
+    Adopted,
+    /// This replica holds the lease: fetch, then share, then drop it.
+    Fetch(Lease),
+    /// All replicas together used the minute's calls: try again then.
+    Wait(Duration),
+    /// Redis does not answer: fetch alone, as a single replica would.
+    Alone,
 }
 
 /// What a fetch gave.
@@ -224,10 +270,28 @@ impl Refresher {
             if self.shared.publish.receiver_count() == 0 {
                 return;
             }
-            calls.push_back(Instant::now());
             let current = state.token.clone();
+            let mut _lease = None; // held until the fetched token is shared
+            if let Some(store) = &self.store {
+                match self.turn(store, &state).await {
+                    Turn::Adopted => {
+                        backoff = MIN_BACKOFF;
+                        not_before = Instant::now();
+                        continue;
+                    }
+                    Turn::Wait(d) => {
+                        not_before = Instant::now() + d;
+                        continue;
+                    }
+                    Turn::Fetch(l) => _lease = Some(l),
+                    Turn::Alone => {}
+                }
+            }
+            calls.push_back(Instant::now());
             let started = Instant::now();
-            match self.fetch().await {
+            let issued_ms = unix_ms();
+            let fetched = self.fetch().await;
+            match fetched {
                 Fetched::Token {
                     token,
                     corp_id,
@@ -259,7 +323,11 @@ impl Refresher {
                         fetched_at: started,
                         expires_at: started + expires_in,
                         refresh_at: started + refresh_in,
+                        issued_ms,
                     };
+                    if let Some(store) = &self.store {
+                        self.share(store, &token).await;
+                    }
                     tracing::info!(corp = %self.cfg.name, expires_in_s = expires_in.as_secs(), same_token = same, "corp token fetched");
                     backoff = MIN_BACKOFF;
                     not_before = Instant::now();
@@ -284,6 +352,103 @@ impl Refresher {
                         // An invalidated token stays refused; a merely old one stays in use.
                     });
                 }
+            }
+        }
+    }
+
+    /// Decides, with the other replicas, who fetches: adopts a token another replica stored
+    /// if it is newer than ours (and not the one Fxiaoke rejected), else takes the lease, else
+    /// waits for the lease holder's token, taking over if the holder's lease lapses.
+    async fn turn(&self, store: &SharedToken, state: &TokenState) -> Turn {
+        let waited_until = Instant::now() + LEASE + Duration::from_secs(2);
+        loop {
+            match store.read().await {
+                Ok(Some(stored)) if self.adoptable(&stored, state) => {
+                    let token = CorpToken::from_stored(stored);
+                    tracing::info!(corp = %self.cfg.name, "corp token taken over from the shared store");
+                    self.metrics
+                        .token_refresh
+                        .with_label_values(&[&self.cfg.name, "shared"])
+                        .inc();
+                    self.shared.publish.send_modify(|s| {
+                        s.token = Some(Arc::new(token));
+                        s.invalidated = false;
+                        s.attempts += 1;
+                        s.last_error = None;
+                    });
+                    return Turn::Adopted;
+                }
+                Ok(_) => {}
+                Err(_) => return Turn::Alone,
+            }
+            match store.try_lease().await {
+                Ok(Some(lease)) => {
+                    return match store.take_call_slot(MAX_CALLS_PER_MINUTE).await {
+                        Ok(None) => Turn::Fetch(lease),
+                        Ok(Some(wait)) => Turn::Wait(wait),
+                        Err(_) => Turn::Alone,
+                    };
+                }
+                Ok(None) => {}
+                Err(_) => return Turn::Alone,
+            }
+            // Another replica is fetching: its token lands in the store, or its lease lapses.
+            loop {
+                if Instant::now() > waited_until {
+                    // The holder keeps renewing without producing a token: don't starve.
+                    return Turn::Wait(Duration::from_secs(1));
+                }
+                tokio::time::sleep(SHARED_POLL).await;
+                match store.read().await {
+                    Ok(Some(stored)) if self.adoptable(&stored, state) => break,
+                    Ok(_) => {}
+                    Err(_) => return Turn::Alone,
+                }
+                match store.lease_held().await {
+                    Ok(true) => {}
+                    Ok(false) => break,
+                    Err(_) => return Turn::Alone,
+                }
+            }
+        }
+    }
+
+    /// Whether a stored token should replace the one this replica holds.
+    fn adoptable(&self, stored: &StoredToken, state: &TokenState) -> bool {
+        let now = unix_ms();
+        let lifetime = stored.expires_ms.saturating_sub(stored.issued_ms);
+        let margin = (EXPIRY_MARGIN.as_millis() as u64).min(lifetime / 50);
+        if stored.expires_ms <= now + margin {
+            return false;
+        }
+        match &state.token {
+            None => true,
+            Some(cur) if cur.access_token.expose() == stored.token => false,
+            // Ours was rejected by Fxiaoke: any other live token is better.
+            Some(_) if state.invalidated => true,
+            Some(cur) => stored.issued_ms > cur.issued_ms,
+        }
+    }
+
+    /// Writes a freshly fetched token to the store, unless a newer one is already there.
+    async fn share(&self, store: &SharedToken, token: &CorpToken) {
+        let now = Instant::now();
+        let now_ms = unix_ms();
+        let ms = |at: Instant| now_ms + at.saturating_duration_since(now).as_millis() as u64;
+        let stored = StoredToken {
+            token: token.access_token.expose().to_string(),
+            corp_id: token.corp_id.clone(),
+            issued_ms: token.issued_ms,
+            expires_ms: ms(token.expires_at),
+            refresh_ms: ms(token.refresh_at),
+        };
+        match store.write_if_newer(&stored).await {
+            Ok(true) => {}
+            Ok(false) => {
+                tracing::info!(corp = %self.cfg.name, "a newer corp token was already shared; kept it")
+            }
+            Err(e) => {
+                tracing::warn!(corp = %self.cfg.name, error = %e, "could not share the corp token")
             }
         }
     }

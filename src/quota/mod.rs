@@ -17,6 +17,10 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use parking_lot::Mutex;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+pub mod shared;
+
+use shared::{BudgetAnswer, SharedQuotas, SlotLease};
+
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
 
@@ -179,54 +183,95 @@ impl ClientQuota {
         }
     }
 
-    /// Request rate.
-    pub fn check_rate(&self, clock: &dyn Clock) -> Result<(), GatewayError> {
-        match &self.rate {
-            Some(r) => r
-                .check(clock.now())
-                .map_err(|d| self.reject("requests_per_minute", d)),
-            None => Ok(()),
+    /// Request rate: global in Redis when shared, else (or with Redis down and failing open)
+    /// this replica's own.
+    pub async fn check_rate(
+        &self,
+        clock: &dyn Clock,
+        shared: Option<&SharedQuotas>,
+    ) -> Result<(), GatewayError> {
+        let (Some(rate), Some(rpm)) = (&self.rate, self.cfg.requests_per_minute) else {
+            return Ok(());
+        };
+        if let Some(sh) = shared {
+            match sh.rate(&self.cfg.name, rpm).await {
+                Ok(r) => return r.map_err(|d| self.reject("requests_per_minute", d)),
+                Err(_) if !sh.fail_open => return Err(GatewayError::QuotaStoreDown),
+                Err(_) => {}
+            }
         }
+        rate.check(clock.now())
+            .map_err(|d| self.reject("requests_per_minute", d))
     }
 
     /// A concurrent-upload slot, held until dropped.
-    pub fn acquire_upload(&self) -> Result<Option<OwnedSemaphorePermit>, GatewayError> {
-        match &self.concurrency {
-            Some(s) => s
-                .clone()
-                .try_acquire_owned()
-                .map(Some)
-                .map_err(|_| self.reject("max_concurrent_uploads", Duration::from_secs(1))),
-            None => Ok(None),
+    pub async fn acquire_upload(
+        &self,
+        shared: Option<&SharedQuotas>,
+    ) -> Result<Option<UploadSlot>, GatewayError> {
+        let (Some(sem), Some(max)) = (&self.concurrency, self.cfg.max_concurrent_uploads) else {
+            return Ok(None);
+        };
+        let full = || self.reject("max_concurrent_uploads", Duration::from_secs(1));
+        if let Some(sh) = shared {
+            match sh.acquire_slot(&self.cfg.name, max).await {
+                Ok(Some(lease)) => return Ok(Some(UploadSlot::Shared(lease))),
+                Ok(None) => return Err(full()),
+                Err(_) if !sh.fail_open => return Err(GatewayError::QuotaStoreDown),
+                Err(_) => {}
+            }
         }
+        sem.clone()
+            .try_acquire_owned()
+            .map(|p| Some(UploadSlot::Local(p)))
+            .map_err(|_| full())
     }
 
     /// A byte ticket with `announced` bytes reserved up front.
-    pub fn bytes_ticket(
+    pub async fn bytes_ticket(
         self: &Arc<Self>,
         announced: Option<u64>,
         clock: Arc<dyn Clock>,
+        shared: Option<SharedQuotas>,
     ) -> Result<BytesTicket, GatewayError> {
         let mut ticket = BytesTicket {
             quota: self.clone(),
             clock,
-            day: 0,
-            reserved: 0,
+            shared,
+            local: Reservation::default(),
+            remote: Reservation::default(),
             settled: false,
         };
         if let Some(n) = announced {
-            ticket.reserve(n)?;
+            ticket.reserve(n).await?;
         }
         Ok(ticket)
     }
 
-    /// JSON for `/admin/clients`.
-    pub fn usage(&self, clock: &dyn Clock) -> serde_json::Value {
+    /// JSON for `/admin/clients`: usage across replicas when shared and Redis answers.
+    pub async fn usage(
+        &self,
+        clock: &dyn Clock,
+        shared: Option<&SharedQuotas>,
+    ) -> serde_json::Value {
         let c = &self.cfg;
-        let in_flight = match (&self.concurrency, c.max_concurrent_uploads) {
-            (Some(s), Some(max)) => Some(max as usize - s.available_permits()),
+        let mut in_flight = match (&self.concurrency, c.max_concurrent_uploads) {
+            (Some(s), Some(max)) => Some(max as u64 - s.available_permits() as u64),
             _ => None,
         };
+        let mut bytes_today = self.bytes.as_ref().map(|b| b.usage(clock.unix_secs()).0);
+        if let Some(sh) = shared {
+            if in_flight.is_some() {
+                if let Ok(n) = sh.slots_in_use(&c.name).await {
+                    in_flight = in_flight.map(|local| local + n);
+                }
+            }
+            if bytes_today.is_some() {
+                if let Ok(n) = sh.bytes_today(&c.name, clock.unix_secs()).await {
+                    bytes_today = bytes_today.map(|local| local + n);
+                }
+            }
+        }
         serde_json::json!({
             "name": c.name,
             "corp": c.corp,
@@ -240,36 +285,76 @@ impl ClientQuota {
             },
             "usage": {
                 "uploads_in_flight": in_flight,
-                "bytes_today": self.bytes.as_ref().map(|b| b.usage(clock.unix_secs()).0),
+                "bytes_today": bytes_today,
             },
         })
     }
 }
 
-/// The bytes an upload has reserved against its caller's daily budget. Dropped unsettled (the
-/// upload failed, or was a dedupe hit) it refunds everything.
+/// A concurrent-upload slot: this replica's semaphore, or a lease in Redis.
+#[derive(Debug)]
+pub enum UploadSlot {
+    /// From this replica's semaphore.
+    Local(OwnedSemaphorePermit),
+    /// Leased in Redis, shared by replicas.
+    Shared(SlotLease),
+}
+
+/// Bytes reserved on one CST day.
+#[derive(Debug, Default, Clone, Copy)]
+struct Reservation {
+    day: u64,
+    bytes: u64,
+}
+
+impl Reservation {
+    fn add(&mut self, day: u64, n: u64) {
+        if self.bytes > 0 && day != self.day {
+            // Midnight passed mid-upload: yesterday's part is gone with yesterday.
+            self.bytes = 0;
+        }
+        self.day = day;
+        self.bytes += n;
+    }
+}
+
+/// The bytes an upload has reserved against its caller's daily budget — in Redis when shared,
+/// in this replica's counter otherwise (or while Redis is down and quotas fail open). Dropped
+/// unsettled (the upload failed, or was a dedupe hit) it refunds everything.
 #[derive(Debug)]
 pub struct BytesTicket {
     quota: Arc<ClientQuota>,
     clock: Arc<dyn Clock>,
-    day: u64,
-    reserved: u64,
+    shared: Option<SharedQuotas>,
+    local: Reservation,
+    remote: Reservation,
     settled: bool,
 }
 
 impl BytesTicket {
-    fn reserve(&mut self, n: u64) -> Result<(), GatewayError> {
-        let Some(bytes) = &self.quota.bytes else {
+    fn reserved(&self) -> u64 {
+        self.local.bytes + self.remote.bytes
+    }
+
+    async fn reserve(&mut self, n: u64) -> Result<(), GatewayError> {
+        let (Some(bytes), Some(limit)) = (&self.quota.bytes, self.quota.cfg.bytes_per_day) else {
             return Ok(());
         };
-        match bytes.reserve(n, self.clock.unix_secs()) {
-            Ok(day) => {
-                if self.reserved > 0 && day != self.day {
-                    // Midnight passed mid-upload: yesterday's part is gone with yesterday.
-                    self.reserved = 0;
+        let now = self.clock.unix_secs();
+        if let Some(sh) = &self.shared {
+            match sh.reserve_bytes(&self.quota.cfg.name, n, limit, now).await {
+                Ok(Ok(day)) => {
+                    self.remote.add(day, n);
+                    return Ok(());
                 }
-                self.day = day;
-                self.reserved += n;
+                Ok(Err(wait)) => return Err(self.quota.reject("bytes_per_day", wait)),
+                Err(_) if !sh.fail_open => return Err(GatewayError::QuotaStoreDown),
+                Err(_) => {}
+            }
+        }
+        match bytes.reserve(n, now) {
+            Ok(day) => {
+                self.local.add(day, n);
                 Ok(())
             }
             Err(wait) => Err(self.quota.reject("bytes_per_day", wait)),
@@ -278,36 +363,61 @@ impl BytesTicket {
 
     /// Accounts for `total` file bytes seen so far, reserving more if the body outgrows what
     /// was reserved (chunked bodies reserve as they flow).
-    pub fn grow_to(&mut self, total: u64) -> Result<(), GatewayError> {
-        if total > self.reserved {
-            let needed = total - self.reserved;
-            // Reserve ahead in 1 MiB steps so a chunked body does not take the lock per chunk;
-            // near the limit, exactly what is needed.
-            if needed < 1 << 20 && self.reserve(1 << 20).is_ok() {
+    pub async fn grow_to(&mut self, total: u64) -> Result<(), GatewayError> {
+        let reserved = self.reserved();
+        if total > reserved {
+            let needed = total - reserved;
+            // Reserve ahead in 1 MiB steps so a chunked body does not take the lock (or a
+            // Redis round trip) per chunk; near the limit, exactly what is needed.
+            if needed < 1 << 20 && self.reserve(1 << 20).await.is_ok() {
                 return Ok(());
             }
-            self.reserve(needed)?;
+            self.reserve(needed).await?;
         }
         Ok(())
     }
 
     /// The upload succeeded with `size` file bytes: keep those, refund the rest.
     pub fn settle(mut self, size: u64) {
-        if let Some(bytes) = &self.quota.bytes {
-            if self.reserved > size {
-                bytes.refund(self.reserved - size, self.day);
+        let excess = self.reserved().saturating_sub(size);
+        // Give back from the shared reservation first: it is what other replicas see.
+        let from_remote = excess.min(self.remote.bytes);
+        let from_local = (excess - from_remote).min(self.local.bytes);
+        self.settled = true;
+        self.refund(
+            Reservation {
+                day: self.local.day,
+                bytes: from_local,
+            },
+            Reservation {
+                day: self.remote.day,
+                bytes: from_remote,
+            },
+        );
+    }
+
+    fn refund(&self, local: Reservation, remote: Reservation) {
+        if local.bytes > 0 {
+            if let Some(bytes) = &self.quota.bytes {
+                bytes.refund(local.bytes, local.day);
             }
         }
-        self.settled = true;
+        if remote.bytes > 0 {
+            if let (Some(sh), Ok(rt)) = (&self.shared, tokio::runtime::Handle::try_current()) {
+                let (sh, name) = (sh.clone(), self.quota.cfg.name.clone());
+                // Off the request path; with Redis down the bytes stay counted until midnight.
+                rt.spawn(async move {
+                    let _ = sh.refund_bytes(&name, remote.bytes, remote.day).await;
+                });
+            }
+        }
     }
 }
 
 impl Drop for BytesTicket {
     fn drop(&mut self) {
-        if !self.settled && self.reserved > 0 {
-            if let Some(bytes) = &self.quota.bytes {
-                bytes.refund(self.reserved, self.day);
-            }
+        if !self.settled {
+            self.refund(self.local, self.remote);
         }
     }
 }
@@ -319,6 +429,10 @@ pub struct UpstreamBudget {
     windows: Mutex<HashMap<&'static str, VecDeque<Instant>>>,
     daily: Option<(u64, Mutex<(u64, u64)>)>,
     clock: Arc<dyn Clock>,
+    /// The budget in Redis, shared by replicas, and the corp's name there.
+    shared: Option<(SharedQuotas, String)>,
+    /// Calls left today as Redis last said, for the gauge (`u64::MAX`: not yet known).
+    shared_left: std::sync::atomic::AtomicU64,
 }
 
 impl UpstreamBudget {
@@ -329,13 +443,65 @@ impl UpstreamBudget {
             windows: Mutex::default(),
             daily: daily.map(|d| (d, Mutex::new((0, 0)))),
             clock,
+            shared: None,
+            shared_left: std::sync::atomic::AtomicU64::new(u64::MAX),
         }
+    }
+
+    /// The same budget, kept in Redis for every replica of `corp`.
+    pub fn shared(mut self, quotas: SharedQuotas, corp: &str) -> Self {
+        self.shared = Some((quotas, corp.to_string()));
+        self
+    }
+
+    /// One call from the shared budget; `None` when Redis failed and quotas fail open (the
+    /// caller then uses this replica's own window).
+    async fn take_shared(&self, interface: &'static str) -> Option<Result<(), GatewayError>> {
+        let (sh, corp) = self.shared.as_ref()?;
+        let daily = self.daily.as_ref().map(|(limit, _)| *limit);
+        let answer = sh
+            .budget(
+                corp,
+                interface,
+                self.per_20s as u32,
+                daily,
+                self.clock.unix_secs(),
+            )
+            .await;
+        Some(match answer {
+            Ok(BudgetAnswer::Taken(left)) => {
+                if let Some(left) = left {
+                    self.shared_left
+                        .store(left, std::sync::atomic::Ordering::Relaxed);
+                }
+                Ok(())
+            }
+            Ok(BudgetAnswer::Window(wait)) => Err(GatewayError::UpstreamBudget {
+                retry_after: wait,
+                daily: false,
+                upstream_code: None,
+            }),
+            Ok(BudgetAnswer::DaySpent) => {
+                self.shared_left.store(0, std::sync::atomic::Ordering::Relaxed);
+                Err(GatewayError::UpstreamBudget {
+                    retry_after: Duration::from_secs(cst_day(self.clock.unix_secs()).1),
+                    daily: true,
+                    upstream_code: None,
+                })
+            }
+            Err(_) if !sh.fail_open => Err(GatewayError::QuotaStoreDown),
+            Err(_) => return None,
+        })
     }
 
     /// Takes one call on `interface`, waiting up to `BUDGET_QUEUE_BOUND` for the window.
     pub async fn acquire(&self, interface: &'static str) -> Result<(), GatewayError> {
         loop {
-            match self.try_acquire(interface) {
+            let taken = match self.take_shared(interface).await {
+                Some(r) => r,
+                None => self.try_acquire(interface),
+            };
+            match taken {
                 Ok(()) => return Ok(()),
                 Err(GatewayError::UpstreamBudget {
                     retry_after,
@@ -395,6 +561,10 @@ impl UpstreamBudget {
     /// Calls left today, when a daily budget is set.
     pub fn remaining_today(&self) -> Option<u64> {
         let (limit, used) = self.daily.as_ref()?;
+        let shared = self.shared_left.load(std::sync::atomic::Ordering::Relaxed);
+        if self.shared.is_some() && shared != u64::MAX {
+            return Some(shared);
+        }
         let used = used.lock();
         let today = cst_day(self.clock.unix_secs()).0;
         Some(if used.0 == today {

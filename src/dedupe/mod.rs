@@ -12,7 +12,10 @@ use parking_lot::Mutex;
 use tokio::sync::watch;
 
 use crate::config::DedupeConfig;
+use crate::store::{Lease, Redis};
 use futures_util::future::BoxFuture;
+
+pub mod redis;
 
 /// What identifies a file for reuse: corp + route (+ `type`) + SHA-256 (+ filename for
 /// documents, whose name Fxiaoke shows to users).
@@ -80,6 +83,24 @@ pub trait DedupeStore: Send + Sync + fmt::Debug {
     fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()>;
     /// Forgets every entry pointing at `media_id` of `corp` (after a delete).
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()>;
+    /// The right to upload `key` (for `scope`) across processes. The embedded store grants
+    /// it at once: within one process the `Coalescer` is enough.
+    fn lock<'a>(
+        &'a self,
+        _key: &'a DedupeKey,
+        _scope: Option<&'a str>,
+    ) -> BoxFuture<'a, LockOutcome> {
+        Box::pin(async { LockOutcome::Held(None) })
+    }
+}
+
+/// Whether this process may upload a claimed digest now.
+#[derive(Debug)]
+pub enum LockOutcome {
+    /// Yes; the lease (if the store has leases) is held until dropped.
+    Held(Option<Lease>),
+    /// Another replica is uploading it.
+    Busy,
 }
 
 /// The embedded store: moka caches with a TTL and a size bound.
@@ -175,9 +196,16 @@ pub struct LeaderGuard {
     key: InflightKey,
     tx: watch::Sender<Option<Outcome>>,
     map: InflightMap,
+    /// The cross-replica lease, released after the followers have their answer.
+    lease: Option<Lease>,
 }
 
 impl LeaderGuard {
+    /// Holds `lease` for as long as the guard lives.
+    pub fn hold(&mut self, lease: Option<Lease>) {
+        self.lease = lease;
+    }
+
     /// Hands the mediaId to every follower.
     pub fn complete(self, media: MediaRef) {
         let _ = self.tx.send(Some(Outcome::Done(media)));
@@ -212,6 +240,7 @@ impl Coalescer {
             key: k,
             tx,
             map: self.inflight.clone(),
+            lease: None,
         })
     }
 }
@@ -248,6 +277,15 @@ impl Dedupe {
     pub fn memory(cfg: &DedupeConfig) -> Self {
         Self {
             store: Arc::new(MemoryStore::new(cfg.ttl, cfg.max_entries)),
+            coalescer: Coalescer::default(),
+            claim_scope: cfg.claim_scope,
+        }
+    }
+
+    /// The index in Redis, shared by replicas.
+    pub fn redis(cfg: &DedupeConfig, redis: Arc<Redis>) -> Self {
+        Self {
+            store: Arc::new(redis::RedisStore::new(redis, cfg.ttl)),
             coalescer: Coalescer::default(),
             claim_scope: cfg.claim_scope,
         }

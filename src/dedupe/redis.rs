@@ -1,0 +1,181 @@
+//! The dedupe index in Redis, shared by replicas. Keys (under `store.key_prefix`):
+//!
+//! * `dedupe:{corp}:{route}:{sha256 hex}[:{sha256 of the filename, hex}]` — the entry (JSON),
+//!   with the index TTL. Written (with its reverse entry, in one `MULTI`) only after Fxiaoke's
+//!   `errorCode 0`.
+//! * `media:{corp}:{mediaId}` — the entry's key, so a delete through any replica evicts it.
+//! * `dedupe-lock:{corp}:{route}:{sha256 hex}[:…][:{caller}]` — the upload lease of a claimed digest (coalescing
+//!   across replicas); lapses after `LOCK_TTL` if its holder dies.
+//!
+//! A Redis failure is a miss (the file is uploaded normally) and is counted, never an error
+//! for the caller.
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use futures_util::future::BoxFuture;
+use redis::Script;
+use sha2::{Digest, Sha256};
+
+use super::{DedupeKey, DedupeStore, LockOutcome, MediaRef};
+use crate::store::Redis;
+
+/// How long a claimed-digest upload lease lasts without renewal.
+pub const LOCK_TTL: Duration = Duration::from_secs(10);
+
+static FORGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local k = redis.call('GET', KEYS[1])
+if not k then return 0 end
+redis.call('DEL', KEYS[1])
+local v = redis.call('GET', k)
+if v then
+  local ok, e = pcall(cjson.decode, v)
+  if ok and e.media_id == ARGV[1] then redis.call('DEL', k) return 1 end
+end
+return 0
+"#,
+    )
+});
+
+/// The shared index.
+#[derive(Debug)]
+pub struct RedisStore {
+    redis: Arc<Redis>,
+    ttl: Duration,
+}
+
+impl RedisStore {
+    /// An index in `redis` whose entries live `ttl`.
+    pub fn new(redis: Arc<Redis>, ttl: Duration) -> Self {
+        Self { redis, ttl }
+    }
+
+    /// `{kind}:{corp}:{route}:{sha256}[:{filename hash}][:{scope}]`.
+    fn key(&self, kind: &str, key: &DedupeKey, scope: Option<&str>) -> String {
+        let sha = hex::encode(key.sha256);
+        // Filenames are caller text: hashed so the key stays short and unambiguous.
+        let name = key
+            .filename
+            .as_ref()
+            .map(|n| hex::encode(Sha256::digest(n.as_bytes())));
+        let mut parts = vec![kind, key.corp.as_str(), key.route, sha.as_str()];
+        parts.extend(name.as_deref());
+        parts.extend(scope);
+        self.redis.key(&parts)
+    }
+
+    fn entry_key(&self, key: &DedupeKey) -> String {
+        self.key("dedupe", key, None)
+    }
+}
+
+fn encode(m: &MediaRef) -> String {
+    serde_json::json!({
+        "media_id": m.media_id,
+        "size": m.size,
+        "content_type": m.content_type,
+        "created_at_ms": m.created_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
+        "caller": m.caller,
+        "holders": m.holders,
+    })
+    .to_string()
+}
+
+fn decode(s: &str) -> Option<MediaRef> {
+    let v: serde_json::Value = serde_json::from_str(s).ok()?;
+    Some(MediaRef {
+        media_id: v.get("media_id")?.as_str()?.to_string(),
+        size: v.get("size")?.as_u64()?,
+        content_type: v.get("content_type")?.as_str()?.to_string(),
+        created_at: UNIX_EPOCH + Duration::from_millis(v.get("created_at_ms")?.as_u64()?),
+        caller: v.get("caller")?.as_str()?.to_string(),
+        holders: v
+            .get("holders")?
+            .as_array()?
+            .iter()
+            .filter_map(|h| h.as_str().map(str::to_string))
+            .collect(),
+    })
+}
+
+impl DedupeStore for RedisStore {
+    fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>> {
+        Box::pin(async move {
+            let k = self.entry_key(key);
+            let v: Option<String> = self
+                .redis
+                .run("dedupe", "get", |mut c| async move {
+                    redis::cmd("GET").arg(&k).query_async(&mut c).await
+                })
+                .await
+                .ok()
+                .flatten();
+            v.as_deref().and_then(decode)
+        })
+    }
+
+    fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let k = self.entry_key(&key);
+            let by_media = self.redis.key(&["media", &key.corp, &value.media_id]);
+            // The rest of the trust period, so re-recording a holder does not extend it.
+            let age = SystemTime::now()
+                .duration_since(value.created_at)
+                .unwrap_or_default();
+            let ttl = self.ttl.saturating_sub(age).as_millis().max(1) as u64;
+            let v = encode(&value);
+            let _ = self
+                .redis
+                .run("dedupe", "put", |mut c| async move {
+                    redis::pipe()
+                        .atomic()
+                        .cmd("SET")
+                        .arg(&k)
+                        .arg(&v)
+                        .arg("PX")
+                        .arg(ttl)
+                        .ignore()
+                        .cmd("SET")
+                        .arg(&by_media)
+                        .arg(&k)
+                        .arg("PX")
+                        .arg(ttl)
+                        .ignore()
+                        .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+        })
+    }
+
+    fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let by_media = self.redis.key(&["media", corp, media_id]);
+            let id = media_id.to_string();
+            let _: Result<i64, _> = self
+                .redis
+                .run("dedupe", "forget", |mut c| async move {
+                    FORGET.key(&by_media).arg(&id).invoke_async(&mut c).await
+                })
+                .await;
+        })
+    }
+
+    fn lock<'a>(
+        &'a self,
+        key: &'a DedupeKey,
+        scope: Option<&'a str>,
+    ) -> BoxFuture<'a, LockOutcome> {
+        Box::pin(async move {
+            let k = self.key("dedupe-lock", key, scope);
+            match self.redis.try_lease("dedupe", k, LOCK_TTL).await {
+                Ok(Some(lease)) => LockOutcome::Held(Some(lease)),
+                Ok(None) => LockOutcome::Busy,
+                // Nobody to coordinate with: upload without the lock.
+                Err(_) => LockOutcome::Held(None),
+            }
+        })
+    }
+}

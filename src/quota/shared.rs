@@ -1,0 +1,385 @@
+//! Quotas and the upstream budget in Redis, global across replicas. Every decision is one Lua
+//! script (atomic in Redis) using Redis's own clock (`TIME`), so replicas with skewed clocks
+//! still share one limit. Keys (under `store.key_prefix`):
+//!
+//! * `quota:{client}:rate` — GCRA theoretical arrival time (µs).
+//! * `quota:{client}:uploads` — sorted set of leased upload slots (member: lease id, score:
+//!   expiry in ms). A replica renews its leases while uploads run; a dead replica's slots
+//!   expire after `SLOT_LEASE`.
+//! * `quota:{client}:bytes:{cst_day}` — bytes reserved today (expires after two days).
+//! * `budget:{corp}:{interface}` — sorted set of call times in the last 20 s.
+//! * `budget:{corp}:daily:{cst_day}` — calls today (expires after two days).
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::Script;
+
+use super::cst_day;
+use crate::store::{Redis, StoreError};
+
+/// How long an upload slot outlives a replica that stopped renewing it.
+pub const SLOT_LEASE: Duration = Duration::from_secs(30);
+
+static RATE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local interval = tonumber(ARGV[1])
+local period = tonumber(ARGV[2])
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local new_tat = tat + interval
+local allow_at = new_tat - period
+if allow_at > now then return math.ceil((allow_at - now) / 1000) end
+redis.call('SET', KEYS[1], string.format('%d', new_tat), 'PX', math.ceil((new_tat - now) / 1000) + 1000)
+return 0
+"#,
+    )
+});
+
+static SLOT_ACQUIRE: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[2]), ARGV[3])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[2]) * 2)
+return 1
+"#,
+    )
+});
+
+static SLOT_RENEW: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+if not redis.call('ZSCORE', KEYS[1], ARGV[2]) then return 0 end
+redis.call('ZADD', KEYS[1], now + tonumber(ARGV[1]), ARGV[2])
+redis.call('PEXPIRE', KEYS[1], tonumber(ARGV[1]) * 2)
+return 1
+"#,
+    )
+});
+
+static SLOT_COUNT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+return redis.call('ZCOUNT', KEYS[1], now, '+inf')
+"#,
+    )
+});
+
+/// Adds ARGV[1] to KEYS[1] unless that passes ARGV[2]; answers the new total, or -1.
+static ADD_UNDER_LIMIT: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = tonumber(ARGV[1])
+if used + n > tonumber(ARGV[2]) then return -1 end
+redis.call('INCRBY', KEYS[1], n)
+redis.call('EXPIRE', KEYS[1], 172800)
+return used + n
+"#,
+    )
+});
+
+static SUB_FLOOR_ZERO: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+local n = math.min(used, tonumber(ARGV[1]))
+if n > 0 then redis.call('DECRBY', KEYS[1], n) end
+return used - n
+"#,
+    )
+});
+
+/// Daily budget (KEYS[2], limit ARGV[3], 0 = none) checked first, then the 20 s window
+/// (KEYS[1], limit ARGV[1]). Answers {ms to wait or 0, 1 if the day is spent, calls left today
+/// or -1}.
+static BUDGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local daily = tonumber(ARGV[3])
+local used = 0
+if daily > 0 then
+  used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used >= daily then return {1, 1, 0} end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 20000)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {math.max(1, tonumber(oldest[2]) + 20000 - now), 0, daily > 0 and daily - used or -1}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 21000)
+if daily > 0 then
+  redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], 172800)
+  return {0, 0, daily - used - 1}
+end
+return {0, 0, -1}
+"#,
+    )
+});
+
+/// What the upstream budget said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BudgetAnswer {
+    /// One call taken; calls left today when a daily budget is set.
+    Taken(Option<u64>),
+    /// The 20 s window is full for this long.
+    Window(Duration),
+    /// Today's budget is spent.
+    DaySpent,
+}
+
+/// Quota state shared by replicas.
+#[derive(Debug, Clone)]
+pub struct SharedQuotas {
+    redis: Arc<Redis>,
+    /// With Redis down: serve on this replica's own counters (`true`) or refuse.
+    pub fail_open: bool,
+}
+
+fn unique() -> String {
+    uuid::Uuid::new_v4().simple().to_string()
+}
+
+impl SharedQuotas {
+    /// Quotas in `redis`.
+    pub fn new(redis: Arc<Redis>, fail_open: bool) -> Self {
+        Self { redis, fail_open }
+    }
+
+    /// The store underneath.
+    pub fn redis(&self) -> &Arc<Redis> {
+        &self.redis
+    }
+
+    /// GCRA: `per_minute` requests may come at once, then one per 60 s / `per_minute`.
+    /// `Ok(Err(wait))` when over.
+    pub async fn rate(
+        &self,
+        client: &str,
+        per_minute: u32,
+    ) -> Result<Result<(), Duration>, StoreError> {
+        let key = self.redis.key(&["quota", client, "rate"]);
+        let interval_us = 60_000_000 / u64::from(per_minute.max(1));
+        let wait_ms: i64 = self
+            .redis
+            .run("quota", "rate", |mut c| async move {
+                RATE.key(&key)
+                    .arg(interval_us)
+                    .arg(60_000_000u64)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(if wait_ms > 0 {
+            Err(Duration::from_millis(wait_ms as u64))
+        } else {
+            Ok(())
+        })
+    }
+
+    /// Leases one of `max` concurrent-upload slots; `Ok(None)` when all are taken.
+    pub async fn acquire_slot(
+        &self,
+        client: &str,
+        max: u32,
+    ) -> Result<Option<SlotLease>, StoreError> {
+        let key = self.redis.key(&["quota", client, "uploads"]);
+        let member = unique();
+        let (k, m) = (key.clone(), member.clone());
+        let got: i64 = self
+            .redis
+            .run("quota", "uploads", |mut c| async move {
+                SLOT_ACQUIRE
+                    .key(&k)
+                    .arg(max)
+                    .arg(SLOT_LEASE.as_millis() as u64)
+                    .arg(&m)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        if got != 1 {
+            return Ok(None);
+        }
+        let renewer = {
+            let (redis, key, member) = (self.redis.clone(), key.clone(), member.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(SLOT_LEASE / 3).await;
+                    let (k, m) = (key.clone(), member.clone());
+                    // A failed renewal is retried next time; the lease outlives two misses.
+                    let _ = redis
+                        .run("quota", "uploads", |mut c| async move {
+                            SLOT_RENEW
+                                .key(&k)
+                                .arg(SLOT_LEASE.as_millis() as u64)
+                                .arg(&m)
+                                .invoke_async::<i64>(&mut c)
+                                .await
+                        })
+                        .await;
+                }
+            })
+        };
+        Ok(Some(SlotLease {
+            redis: self.redis.clone(),
+            key,
+            member,
+            renewer,
+        }))
+    }
+
+    /// Uploads in flight across replicas.
+    pub async fn slots_in_use(&self, client: &str) -> Result<u64, StoreError> {
+        let key = self.redis.key(&["quota", client, "uploads"]);
+        self.redis
+            .run("quota", "uploads", |mut c| async move {
+                SLOT_COUNT.key(&key).invoke_async(&mut c).await
+            })
+            .await
+    }
+
+    fn bytes_key(&self, client: &str, day: u64) -> String {
+        self.redis
+            .key(&["quota", client, "bytes", &day.to_string()])
+    }
+
+    /// Reserves `n` of `limit` bytes on the CST day of `unix_secs`; answers the day, or how
+    /// long until the next one.
+    pub async fn reserve_bytes(
+        &self,
+        client: &str,
+        n: u64,
+        limit: u64,
+        unix_secs: u64,
+    ) -> Result<Result<u64, Duration>, StoreError> {
+        let (day, to_midnight) = cst_day(unix_secs);
+        let key = self.bytes_key(client, day);
+        let total: i64 = self
+            .redis
+            .run("quota", "bytes", |mut c| async move {
+                ADD_UNDER_LIMIT
+                    .key(&key)
+                    .arg(n)
+                    .arg(limit)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(if total < 0 {
+            Err(Duration::from_secs(to_midnight))
+        } else {
+            Ok(day)
+        })
+    }
+
+    /// Gives back `n` bytes reserved on `day`.
+    pub async fn refund_bytes(&self, client: &str, n: u64, day: u64) -> Result<(), StoreError> {
+        let key = self.bytes_key(client, day);
+        let _: i64 = self
+            .redis
+            .run("quota", "bytes", |mut c| async move {
+                SUB_FLOOR_ZERO.key(&key).arg(n).invoke_async(&mut c).await
+            })
+            .await?;
+        Ok(())
+    }
+
+    /// Bytes used on the CST day of `unix_secs`.
+    pub async fn bytes_today(&self, client: &str, unix_secs: u64) -> Result<u64, StoreError> {
+        let key = self.bytes_key(client, cst_day(unix_secs).0);
+        let v: Option<u64> = self
+            .redis
+            .run("quota", "bytes", |mut c| async move {
+                redis::cmd("GET").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(v.unwrap_or(0))
+    }
+
+    /// Takes one call on `interface` of `corp`: at most `per_20s` in any 20 s, and at most
+    /// `daily` on the CST day of `unix_secs`.
+    pub async fn budget(
+        &self,
+        corp: &str,
+        interface: &str,
+        per_20s: u32,
+        daily: Option<u64>,
+        unix_secs: u64,
+    ) -> Result<BudgetAnswer, StoreError> {
+        let window = self.redis.key(&["budget", corp, interface]);
+        let day = self
+            .redis
+            .key(&["budget", corp, "daily", &cst_day(unix_secs).0.to_string()]);
+        let member = unique();
+        let (wait, spent, left): (i64, i64, i64) = self
+            .redis
+            .run("budget", "window", |mut c| async move {
+                BUDGET
+                    .key(&window)
+                    .key(&day)
+                    .arg(per_20s)
+                    .arg(&member)
+                    .arg(daily.unwrap_or(0))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(if spent == 1 {
+            BudgetAnswer::DaySpent
+        } else if wait > 0 {
+            BudgetAnswer::Window(Duration::from_millis(wait as u64))
+        } else {
+            BudgetAnswer::Taken((left >= 0).then_some(left as u64))
+        })
+    }
+}
+
+/// A leased concurrent-upload slot: renewed while held, given back when dropped.
+#[derive(Debug)]
+pub struct SlotLease {
+    redis: Arc<Redis>,
+    key: String,
+    member: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for SlotLease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        let (redis, key, member) = (
+            self.redis.clone(),
+            std::mem::take(&mut self.key),
+            std::mem::take(&mut self.member),
+        );
+        // If Redis is gone the release fails and the lease simply expires.
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = redis
+                    .run("quota", "uploads", |mut c| async move {
+                        redis::cmd("ZREM")
+                            .arg(&key)
+                            .arg(&member)
+                            .query_async::<i64>(&mut c)
+                            .await
+                    })
+                    .await;
+            });
+        }
+    }
+}

@@ -1,0 +1,324 @@
+//! The shared store (`[store] backend = "redis"`): one Redis connection per process, its
+//! health, and the one place every Redis command goes through. Each command is bounded by
+//! `store.timeout`; a failure marks the store down, after which commands fail at once (no
+//! request waits on a dead Redis) until the supervisor task reconnects. Callers decide what a
+//! failure means for them: the token falls back to local fetching, dedupe to a miss, quotas to
+//! `quota_fail_mode`. Every failure is counted in `fxgate_store_errors_total{store,op}`.
+//!
+//! Key names (all under `store.key_prefix`, default `fxgate`) are listed in the README.
+
+use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use arc_swap::ArcSwapOption;
+use parking_lot::Mutex;
+use redis::aio::MultiplexedConnection;
+use redis::{AsyncConnectionConfig, RedisResult};
+use tokio::sync::Notify;
+
+use crate::config::StoreConfig;
+use crate::metrics::Metrics;
+
+/// How often a down store is retried, and a healthy one pinged (an idle connection can die
+/// unnoticed; the ping finds out before a request does).
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+const PING_INTERVAL: Duration = Duration::from_secs(2);
+
+/// Why a store command did not give an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Known down: not even tried.
+    #[error("redis store unavailable")]
+    Down,
+    /// Took longer than `store.timeout`.
+    #[error("redis command timed out")]
+    Timeout,
+    /// Redis or the connection said no.
+    #[error("redis: {0}")]
+    Redis(String),
+}
+
+/// A process's handle on Redis; cheap to share behind an `Arc`.
+#[derive(Debug)]
+pub struct Redis {
+    client: redis::Client,
+    conn: ArcSwapOption<MultiplexedConnection>,
+    up: AtomicBool,
+    last_error: Mutex<Option<String>>,
+    prefix: String,
+    timeout: Duration,
+    metrics: Metrics,
+    broken: Notify,
+    /// Identifies this process in leases and locks.
+    pub owner: String,
+}
+
+impl Redis {
+    /// Connects (a Redis that is down at start is not fatal: the process serves per the fail
+    /// modes and the supervisor keeps trying) and starts the supervisor.
+    pub async fn start(cfg: &StoreConfig, metrics: Metrics) -> Result<Arc<Self>, StoreError> {
+        let client = redis::Client::open(cfg.redis_url.expose())
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        let this = Arc::new(Self {
+            client,
+            conn: ArcSwapOption::empty(),
+            up: AtomicBool::new(false),
+            last_error: Mutex::new(None),
+            prefix: cfg.key_prefix.clone(),
+            timeout: cfg.timeout,
+            metrics,
+            broken: Notify::new(),
+            owner: uuid::Uuid::new_v4().simple().to_string(),
+        });
+        match this.connect().await {
+            Ok(()) => tracing::info!(prefix = %this.prefix, "redis store connected"),
+            Err(e) => {
+                tracing::warn!(error = %e, "redis store unreachable at start; serving per the fail modes until it answers");
+                this.mark_down(&e.to_string());
+            }
+        }
+        tokio::spawn(supervise(Arc::downgrade(&this)));
+        Ok(this)
+    }
+
+    async fn connect(&self) -> Result<(), StoreError> {
+        let config = AsyncConnectionConfig::new()
+            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(500))))
+            .set_response_timeout(Some(self.timeout));
+        let mut conn = self
+            .client
+            .get_multiplexed_async_connection_with_config(&config)
+            .await
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        let _: String = redis::cmd("PING")
+            .query_async(&mut conn)
+            .await
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        self.conn.store(Some(Arc::new(conn)));
+        self.up.store(true, Ordering::Release);
+        self.metrics.store_up.set(1);
+        *self.last_error.lock() = None;
+        Ok(())
+    }
+
+    fn mark_down(&self, why: &str) {
+        self.conn.store(None);
+        *self.last_error.lock() = Some(why.to_string());
+        self.metrics.store_up.set(0);
+        if self.up.swap(false, Ordering::AcqRel) {
+            tracing::warn!(error = %why, "redis store lost; falling back per the fail modes");
+            self.broken.notify_one();
+        }
+    }
+
+    /// Whether the last command (or probe) succeeded.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    /// One line for `/readyz`.
+    pub fn status(&self) -> String {
+        match (self.is_up(), self.last_error.lock().clone()) {
+            (true, _) => "store redis: ok".into(),
+            (false, Some(e)) => format!("store redis: down ({e}); serving per the fail modes"),
+            (false, None) => "store redis: down; serving per the fail modes".into(),
+        }
+    }
+
+    /// `prefix:a:b:c`.
+    pub fn key(&self, parts: &[&str]) -> String {
+        let mut k = self.prefix.clone();
+        for p in parts {
+            k.push(':');
+            k.push_str(p);
+        }
+        k
+    }
+
+    /// Runs one command (or script, or pipeline) on the shared connection, bounded by the
+    /// store timeout, counting a failure under `store` (`token`, `dedupe`, `quota`,
+    /// `budget`) and `op`.
+    pub async fn run<T, F, Fut>(&self, store: &str, op: &str, f: F) -> Result<T, StoreError>
+    where
+        F: FnOnce(MultiplexedConnection) -> Fut,
+        Fut: Future<Output = RedisResult<T>>,
+    {
+        let Some(conn) = self.conn.load_full() else {
+            self.metrics
+                .store_errors
+                .with_label_values(&[store, op])
+                .inc();
+            return Err(StoreError::Down);
+        };
+        let result = tokio::time::timeout(self.timeout, f(MultiplexedConnection::clone(&conn)))
+            .await;
+        let err = match result {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => {
+                // A script or type error is ours to fix, not a sign the store is gone.
+                let broken = e.is_io_error()
+                    || e.is_connection_dropped()
+                    || e.is_timeout()
+                    || e.is_unrecoverable_error();
+                let err = StoreError::Redis(e.to_string());
+                if broken {
+                    self.mark_down(&err.to_string());
+                }
+                err
+            }
+            Err(_) => {
+                self.mark_down("command timed out");
+                StoreError::Timeout
+            }
+        };
+        self.metrics
+            .store_errors
+            .with_label_values(&[store, op])
+            .inc();
+        tracing::debug!(store, op, error = %err, "redis command failed");
+        Err(err)
+    }
+}
+
+/// Reconnects a down store and pings a healthy one, for as long as the process holds it.
+async fn supervise(weak: Weak<Redis>) {
+    loop {
+        let Some(this) = weak.upgrade() else { return };
+        if this.is_up() {
+            let broken = this.broken.notified();
+            tokio::select! {
+                _ = broken => {}
+                _ = tokio::time::sleep(PING_INTERVAL) => {
+                    let _ = this
+                        .run("store", "ping", |mut c| async move {
+                            redis::cmd("PING").query_async::<String>(&mut c).await
+                        })
+                        .await;
+                }
+            }
+        } else {
+            match this.connect().await {
+                Ok(()) => tracing::info!("redis store reachable again; sharing resumes"),
+                Err(e) => {
+                    *this.last_error.lock() = Some(e.to_string());
+                    drop(this);
+                    tokio::time::sleep(PROBE_INTERVAL).await;
+                }
+            }
+        }
+    }
+}
+
+static RENEW_IF_OWNER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
+end
+return 0
+"#,
+    )
+});
+
+static RELEASE_IF_OWNER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
+    redis::Script::new(
+        r#"
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"#,
+    )
+});
+
+/// A lease on a Redis key (`SET NX PX`) held by this process: renewed every third of its
+/// life while held, released (compare-and-delete) when dropped. If the process dies, the
+/// lease lapses after `ttl` and another replica takes over.
+#[derive(Debug)]
+pub struct Lease {
+    redis: Arc<Redis>,
+    store: &'static str,
+    key: String,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+impl Redis {
+    /// Takes the lease on `key` if nobody holds it; `Ok(None)` when somebody does.
+    pub async fn try_lease(
+        self: &Arc<Self>,
+        store: &'static str,
+        key: String,
+        ttl: Duration,
+    ) -> Result<Option<Lease>, StoreError> {
+        let (k, owner) = (key.clone(), self.owner.clone());
+        let set: Option<String> = self
+            .run(store, "lease", |mut c| async move {
+                redis::cmd("SET")
+                    .arg(&k)
+                    .arg(&owner)
+                    .arg("NX")
+                    .arg("PX")
+                    .arg(ttl.as_millis() as u64)
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        if set.is_none() {
+            return Ok(None);
+        }
+        let renewer = {
+            let (redis, key) = (self.clone(), key.clone());
+            tokio::spawn(async move {
+                loop {
+                    tokio::time::sleep(ttl / 3).await;
+                    let (k, owner) = (key.clone(), redis.owner.clone());
+                    let renewed: Result<i64, _> = redis
+                        .run(store, "lease", |mut c| async move {
+                            RENEW_IF_OWNER
+                                .key(&k)
+                                .arg(&owner)
+                                .arg(ttl.as_millis() as u64)
+                                .invoke_async(&mut c)
+                                .await
+                        })
+                        .await;
+                    if !matches!(renewed, Ok(1)) {
+                        // Lost (lapsed, or Redis is gone): whoever holds the key now owns it.
+                        return;
+                    }
+                }
+            })
+        };
+        Ok(Some(Lease {
+            redis: self.clone(),
+            store,
+            key,
+            renewer,
+        }))
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        let (redis, store, key) = (
+            self.redis.clone(),
+            self.store,
+            std::mem::take(&mut self.key),
+        );
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let owner = redis.owner.clone();
+                let _: Result<i64, _> = redis
+                    .run(store, "lease", |mut c| async move {
+                        RELEASE_IF_OWNER
+                            .key(&key)
+                            .arg(&owner)
+                            .invoke_async(&mut c)
+                            .await
+                    })
+                    .await;
+            });
+        }
+    }
+}

@@ -1,0 +1,188 @@
+//! The corp token in Redis, shared by replicas (`[store] backend = "redis"`).
+//!
+//! * `{prefix}:token:{corp}` — hash `token, corp_id, issued_ms, expires_ms, refresh_ms`, with
+//!   a TTL of the token's remaining life. Written by a Lua script only when its `issued_ms` is
+//!   newer than the stored one, so a fetch that finishes late never replaces a newer token.
+//! * `{prefix}:token-lease:{corp}` — the refresh lease (`store::Lease`), renewed while the
+//!   fetch runs, released by compare-and-delete. A replica that dies holding
+//!   it blocks the others for at most `LEASE`.
+//! * `{prefix}:token-calls:{corp}` — sorted set of token-call times, so all replicas together
+//!   stay under Fxiaoke's 10 calls a minute (only the lease holder reads or writes it).
+
+use std::sync::{Arc, LazyLock};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use redis::Script;
+
+use crate::store::{Lease, Redis, StoreError};
+
+/// How long a refresh lease lasts without renewal.
+pub const LEASE: Duration = Duration::from_secs(10);
+
+/// A token as stored in Redis.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredToken {
+    /// `corpAccessToken`.
+    pub token: String,
+    /// `corpId`.
+    pub corp_id: String,
+    /// Unix ms when its fetch started: the order of tokens.
+    pub issued_ms: u64,
+    /// Unix ms when it expires.
+    pub expires_ms: u64,
+    /// Unix ms when its successor is due.
+    pub refresh_ms: u64,
+}
+
+/// Unix time in ms.
+pub fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+const WRITE_IF_NEWER: &str = r#"
+local cur = redis.call('HGET', KEYS[1], 'issued_ms')
+if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
+redis.call('HSET', KEYS[1], 'issued_ms', ARGV[1], 'token', ARGV[2], 'corp_id', ARGV[3],
+  'expires_ms', ARGV[4], 'refresh_ms', ARGV[5])
+redis.call('PEXPIRE', KEYS[1], ARGV[6])
+return 1
+"#;
+
+/// Prunes calls older than a minute; records one more if fewer than ARGV[2] remain, else
+/// answers how many ms until the oldest leaves the minute (as a negative number).
+const TAKE_CALL_SLOT: &str = r#"
+local now = tonumber(ARGV[1])
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 60000)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[2]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return -(tonumber(oldest[2]) + 60000 - now)
+end
+redis.call('ZADD', KEYS[1], now, ARGV[3])
+redis.call('PEXPIRE', KEYS[1], 120000)
+return 1
+"#;
+
+/// The shared token of one corp.
+#[derive(Debug, Clone)]
+pub struct SharedToken {
+    redis: Arc<Redis>,
+    token_key: String,
+    lease_key: String,
+    calls_key: String,
+}
+
+static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_IF_NEWER));
+static CALL_SLOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_CALL_SLOT));
+
+impl SharedToken {
+    /// The shared token of `corp`.
+    pub fn new(redis: Arc<Redis>, corp: &str) -> Self {
+        Self {
+            token_key: redis.key(&["token", corp]),
+            lease_key: redis.key(&["token-lease", corp]),
+            calls_key: redis.key(&["token-calls", corp]),
+            redis,
+        }
+    }
+
+    /// The stored token, if any.
+    pub async fn read(&self) -> Result<Option<StoredToken>, StoreError> {
+        let key = self.token_key.clone();
+        let fields: Vec<Option<String>> = self
+            .redis
+            .run("token", "get", |mut c| async move {
+                redis::cmd("HMGET")
+                    .arg(&key)
+                    .arg(&["token", "corp_id", "issued_ms", "expires_ms", "refresh_ms"])
+                    .query_async(&mut c)
+                    .await
+            })
+            .await?;
+        let num = |i: usize| fields.get(i).cloned().flatten()?.parse::<u64>().ok();
+        Ok(
+            match (fields.first().cloned().flatten(), fields.get(1).cloned().flatten()) {
+                (Some(token), Some(corp_id)) if !token.is_empty() => {
+                    match (num(2), num(3), num(4)) {
+                        (Some(issued_ms), Some(expires_ms), Some(refresh_ms)) => {
+                            Some(StoredToken {
+                                token,
+                                corp_id,
+                                issued_ms,
+                                expires_ms,
+                                refresh_ms,
+                            })
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            },
+        )
+    }
+
+    /// Stores `t` unless a token issued at the same time or later is already there.
+    /// `Ok(false)`: a newer one was kept.
+    pub async fn write_if_newer(&self, t: &StoredToken) -> Result<bool, StoreError> {
+        let ttl = t.expires_ms.saturating_sub(unix_ms()).max(1);
+        let key = self.token_key.clone();
+        let t = t.clone();
+        let written: i64 = self
+            .redis
+            .run("token", "put", |mut c| async move {
+                WRITE_SCRIPT
+                    .key(&key)
+                    .arg(t.issued_ms)
+                    .arg(&t.token)
+                    .arg(&t.corp_id)
+                    .arg(t.expires_ms)
+                    .arg(t.refresh_ms)
+                    .arg(ttl)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(written == 1)
+    }
+
+    /// Takes the refresh lease if nobody holds it; dropping it releases it.
+    pub async fn try_lease(&self) -> Result<Option<Lease>, StoreError> {
+        self.redis
+            .try_lease("token", self.lease_key.clone(), LEASE)
+            .await
+    }
+
+    /// Whether anybody holds the lease.
+    pub async fn lease_held(&self) -> Result<bool, StoreError> {
+        let key = self.lease_key.clone();
+        let n: i64 = self
+            .redis
+            .run("token", "lease", |mut c| async move {
+                redis::cmd("EXISTS").arg(&key).query_async(&mut c).await
+            })
+            .await?;
+        Ok(n == 1)
+    }
+
+    /// Records a token call if all replicas together made fewer than `max` in the last
+    /// minute; otherwise how long until one is allowed.
+    pub async fn take_call_slot(&self, max: usize) -> Result<Option<Duration>, StoreError> {
+        let key = self.calls_key.clone();
+        let now = unix_ms();
+        let member = format!("{now}-{}", uuid::Uuid::new_v4().simple());
+        let r: i64 = self
+            .redis
+            .run("token", "calls", |mut c| async move {
+                CALL_SLOT_SCRIPT
+                    .key(&key)
+                    .arg(now)
+                    .arg(max)
+                    .arg(member)
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok((r < 0).then(|| Duration::from_millis(r.unsigned_abs().max(1))))
+    }
+}
