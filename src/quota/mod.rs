@@ -639,8 +639,8 @@ mod tests {
         assert_eq!(cst_day(before + 1).0, d1 + 1);
     }
 
-    #[test]
-    fn bytes_are_reserved_grown_settled_and_refunded() {
+    #[tokio::test]
+    async fn bytes_are_reserved_grown_settled_and_refunded() {
         let clock = FakeClock::new(1_795_500_000);
         let cfg = ClientConfig {
             name: "c".into(),
@@ -661,24 +661,24 @@ mod tests {
                 .unwrap()
         };
         // Announced 4 MiB, the file turned out 3 MiB: 3 MiB stay used.
-        let t = q.bytes_ticket(Some(4 << 20), clock.clone()).unwrap();
+        let t = q.bytes_ticket(Some(4 << 20), clock.clone(), None).await.unwrap();
         t.settle(3 << 20);
         assert_eq!(used(&q), 3 << 20);
         // A failed upload refunds everything, chunked growth included.
-        let mut t = q.bytes_ticket(None, clock.clone()).unwrap();
-        t.grow_to(5 << 20).unwrap();
+        let mut t = q.bytes_ticket(None, clock.clone(), None).await.unwrap();
+        t.grow_to(5 << 20).await.unwrap();
         assert_eq!(used(&q), 8 << 20);
         drop(t);
         assert_eq!(used(&q), 3 << 20);
         // Chunked growth reserves ahead, but never past the limit when what is needed fits.
-        let mut t = q.bytes_ticket(None, clock.clone()).unwrap();
-        t.grow_to((7 << 20) - 10).unwrap();
-        t.grow_to(7 << 20).unwrap();
-        assert!(t.grow_to((7 << 20) + 1).is_err());
+        let mut t = q.bytes_ticket(None, clock.clone(), None).await.unwrap();
+        t.grow_to((7 << 20) - 10).await.unwrap();
+        t.grow_to(7 << 20).await.unwrap();
+        assert!(t.grow_to((7 << 20) + 1).await.is_err());
         t.settle(7 << 20);
         assert_eq!(used(&q), 10 << 20);
         // Over the limit: refused with the time to CST midnight.
-        let err = q.bytes_ticket(Some(1), clock.clone()).unwrap_err();
+        let err = q.bytes_ticket(Some(1), clock.clone(), None).await.unwrap_err();
         assert!(matches!(
             err,
             GatewayError::QuotaExceeded {
@@ -689,7 +689,7 @@ mod tests {
         // Next CST day, fresh budget.
         clock.advance(Duration::from_secs(DAY));
         assert_eq!(used(&q), 0);
-        assert!(q.bytes_ticket(Some(8 << 20), clock.clone()).is_ok());
+        assert!(q.bytes_ticket(Some(8 << 20), clock.clone(), None).await.is_ok());
     }
 
     #[test]
