@@ -89,7 +89,7 @@ fn token_lookup(c: &mut Criterion) {
         let cfg = fxgate::Config::load(&path, Some(Default::default())).expect("config");
         let corp = cfg.corps["default"].clone();
         let metrics = fxgate::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
-        let provider = fxgate::upstream::token::TokenProvider::spawn(corp, sandbox.url(), metrics);
+        let provider = fxgate::upstream::token::TokenProvider::spawn(corp, sandbox.url(), metrics, None);
         provider.get().await.expect("first token");
         (provider, sandbox)
     });

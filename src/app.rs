@@ -23,9 +23,9 @@ use crate::middleware::quota::QuotaLayer;
 use crate::middleware::request_id::RequestIdLayer;
 use crate::quota::shared::SharedQuotas;
 use crate::quota::{Clock, SystemClock};
-use crate::store::Redis;
 use crate::routes::Router;
 use crate::sandbox::{SandboxHandle, SandboxOptions};
+use crate::store::Redis;
 use crate::upstream::Corp;
 use crate::{admin, server};
 

@@ -152,8 +152,8 @@ impl Redis {
                 .inc();
             return Err(StoreError::Down);
         };
-        let result = tokio::time::timeout(self.timeout, f(MultiplexedConnection::clone(&conn)))
-            .await;
+        let result =
+            tokio::time::timeout(self.timeout, f(MultiplexedConnection::clone(&conn))).await;
         let err = match result {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => {

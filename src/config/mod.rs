@@ -330,7 +330,9 @@ fn mask_url_password(url: &str) -> String {
         (Some(scheme), Some(at)) if at > scheme => {
             let auth = &url[scheme + 3..at];
             match auth.find(':') {
-                Some(colon) => format!("{}{}:***{}", &url[..scheme + 3], &auth[..colon], &url[at..]),
+                Some(colon) => {
+                    format!("{}{}:***{}", &url[..scheme + 3], &auth[..colon], &url[at..])
+                }
                 None => format!("{}***{}", &url[..scheme + 3], &url[at..]),
             }
         }

@@ -83,34 +83,34 @@ async fn admit(
     req: &mut Req,
     principal: &Principal,
 ) -> Result<Option<UploadSlot>, GatewayError> {
-        let path = req.uri().path();
-        if let Some(routes) = &principal.client.routes {
-            if !routes.iter().any(|r| r == path) {
-                return Err(GatewayError::RouteForbidden {
-                    client: principal.client.name.clone(),
-                });
-            }
+    let path = req.uri().path();
+    if let Some(routes) = &principal.client.routes {
+        if !routes.iter().any(|r| r == path) {
+            return Err(GatewayError::RouteForbidden {
+                client: principal.client.name.clone(),
+            });
         }
-        principal
-            .quota
-            .check_rate(clock.as_ref(), shared.as_ref())
-            .await?;
-        if !is_upload(path) {
-            return Ok(None);
-        }
-        let permit = principal.quota.acquire_upload(shared.as_ref()).await?;
-        let announced = req
-            .headers()
-            .get(header::CONTENT_LENGTH)
-            .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.parse::<u64>().ok());
-        let ticket = principal
-            .quota
-            .bytes_ticket(announced, clock, shared)
-            .await?;
-        req.extensions_mut()
-            .insert(TicketSlot(Arc::new(Mutex::new(Some(ticket)))));
-        Ok(permit)
+    }
+    principal
+        .quota
+        .check_rate(clock.as_ref(), shared.as_ref())
+        .await?;
+    if !is_upload(path) {
+        return Ok(None);
+    }
+    let permit = principal.quota.acquire_upload(shared.as_ref()).await?;
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let ticket = principal
+        .quota
+        .bytes_ticket(announced, clock, shared)
+        .await?;
+    req.extensions_mut()
+        .insert(TicketSlot(Arc::new(Mutex::new(Some(ticket)))));
+    Ok(permit)
 }
 
 fn rejection_kind(e: &GatewayError) -> Option<&'static str> {

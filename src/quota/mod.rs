@@ -482,7 +482,8 @@ impl UpstreamBudget {
                 upstream_code: None,
             }),
             Ok(BudgetAnswer::DaySpent) => {
-                self.shared_left.store(0, std::sync::atomic::Ordering::Relaxed);
+                self.shared_left
+                    .store(0, std::sync::atomic::Ordering::Relaxed);
                 Err(GatewayError::UpstreamBudget {
                     retry_after: Duration::from_secs(cst_day(self.clock.unix_secs()).1),
                     daily: true,
@@ -661,7 +662,10 @@ mod tests {
                 .unwrap()
         };
         // Announced 4 MiB, the file turned out 3 MiB: 3 MiB stay used.
-        let t = q.bytes_ticket(Some(4 << 20), clock.clone(), None).await.unwrap();
+        let t = q
+            .bytes_ticket(Some(4 << 20), clock.clone(), None)
+            .await
+            .unwrap();
         t.settle(3 << 20);
         assert_eq!(used(&q), 3 << 20);
         // A failed upload refunds everything, chunked growth included.
@@ -678,7 +682,10 @@ mod tests {
         t.settle(7 << 20);
         assert_eq!(used(&q), 10 << 20);
         // Over the limit: refused with the time to CST midnight.
-        let err = q.bytes_ticket(Some(1), clock.clone(), None).await.unwrap_err();
+        let err = q
+            .bytes_ticket(Some(1), clock.clone(), None)
+            .await
+            .unwrap_err();
         assert!(matches!(
             err,
             GatewayError::QuotaExceeded {
@@ -689,7 +696,10 @@ mod tests {
         // Next CST day, fresh budget.
         clock.advance(Duration::from_secs(DAY));
         assert_eq!(used(&q), 0);
-        assert!(q.bytes_ticket(Some(8 << 20), clock.clone(), None).await.is_ok());
+        assert!(q
+            .bytes_ticket(Some(8 << 20), clock.clone(), None)
+            .await
+            .is_ok());
     }
 
     #[test]

@@ -102,7 +102,10 @@ impl SharedToken {
             .await?;
         let num = |i: usize| fields.get(i).cloned().flatten()?.parse::<u64>().ok();
         Ok(
-            match (fields.first().cloned().flatten(), fields.get(1).cloned().flatten()) {
+            match (
+                fields.first().cloned().flatten(),
+                fields.get(1).cloned().flatten(),
+            ) {
                 (Some(token), Some(corp_id)) if !token.is_empty() => {
                     match (num(2), num(3), num(4)) {
                         (Some(issued_ms), Some(expires_ms), Some(refresh_ms)) => {

@@ -21,11 +21,11 @@ use tokio::sync::{watch, Notify};
 use super::client::HttpClient;
 use super::envelope::Envelope;
 use super::shared_token::{unix_ms, SharedToken, StoredToken, LEASE};
-use crate::store::Lease;
 use crate::body::full;
 use crate::config::{CorpConfig, Secret};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+use crate::store::Lease;
 
 /// Fxiaoke allows 10 token calls a minute; one is kept in reserve for clock skew.
 const MAX_CALLS_PER_MINUTE: usize = 9;

@@ -397,3 +397,82 @@ pub async fn upload_multipart(
     let json = resp.json().await.unwrap_or(serde_json::Value::Null);
     (status, headers, json)
 }
+
+/// A real `redis-server` on a free loopback port, without persistence; killed on drop.
+pub struct RedisServer {
+    child: Option<Child>,
+    pub port: u16,
+}
+
+impl RedisServer {
+    pub fn start() -> Self {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let mut s = Self { child: None, port };
+        s.restart();
+        s
+    }
+
+    pub fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Starts it (again, on the same port) and returns once it accepts connections.
+    pub fn restart(&mut self) {
+        let mut child = Command::new("redis-server")
+            .args(["--port", &self.port.to_string()])
+            .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server not found: install it (apt-get install -y redis-server)");
+        let stdout = child.stdout.take().expect("stdout piped");
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines() {
+                let Ok(line) = line else { return };
+                if line.contains("Ready to accept connections") {
+                    let _ = tx.send(());
+                }
+            }
+        });
+        rx.recv_timeout(Duration::from_secs(20))
+            .expect("redis-server became ready");
+        self.child = Some(child);
+    }
+
+    /// SIGKILL: gone at once, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The `[store]` section for `redis`.
+pub fn redis_store(redis: &RedisServer, fail_mode: &str) -> String {
+    format!(
+        "[store]\nbackend = \"redis\"\nredis_url = \"{}\"\nquota_fail_mode = \"{fail_mode}\"\n",
+        redis.url()
+    )
+}
+
+/// A caller `gamma` with its own limits (TOML lines), for tests that need one.
+pub fn gamma_client(limits: &str) -> String {
+    format!(
+        "[[clients]]\nname = \"gamma\"\nkey_sha256 = \"{}\"\n{limits}\n",
+        key_hash(GAMMA_KEY)
+    )
+}
+
+pub const GAMMA_KEY: &str = "gamma-key-90c3d5e7a1";

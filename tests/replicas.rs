@@ -1,0 +1,503 @@
+//! Several fxgate processes sharing one real `redis-server` (`[store] backend = "redis"`):
+//! one token for all, one dedupe index, global quotas and upstream budget, and what happens
+//! when Redis dies and comes back. Every process runs on loopback; Redis on a free port.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Two gateways on one sandbox and one Redis; `extra` adds sections (callers, …).
+fn replicas(
+    sandbox: &Sandbox,
+    redis: &RedisServer,
+    modes: [&str; 2],
+    corp_extra: &str,
+    extra: &str,
+) -> (Gateway, Gateway) {
+    let a = Gateway::spawn(&config(
+        &sandbox.url,
+        corp_extra,
+        &format!("{}\n{extra}", redis_store(redis, modes[0])),
+    ));
+    let b = Gateway::spawn(&config(
+        &sandbox.url,
+        corp_extra,
+        &format!("{}\n{extra}", redis_store(redis, modes[1])),
+    ));
+    (a, b)
+}
+
+/// A raw upload to the message route, optionally claiming its digest; (status, JSON).
+async fn upload(
+    http: &reqwest::Client,
+    gw: &Gateway,
+    key: &str,
+    bytes: &[u8],
+    claim: bool,
+) -> (u16, serde_json::Value) {
+    let mut req = http
+        .post(format!("{}?filename=f.jpg", gw.upload_url()))
+        .bearer_auth(key)
+        .header("content-type", "image/jpeg")
+        .body(bytes.to_vec());
+    if claim {
+        req = req.header("repr-digest", repr_digest(bytes));
+    }
+    // No request may hang on a dead Redis: each one is bounded here.
+    let resp = tokio::time::timeout(Duration::from_secs(10), req.send())
+        .await
+        .expect("request answered within 10 s")
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or_default())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn cold_start_of_two_replicas_with_500_uploads_makes_one_token_call() {
+    let redis = RedisServer::start();
+    // A slow token endpoint keeps the first fetch in flight while both replicas want one.
+    let sandbox = Sandbox::spawn(&["--token-latency", "1500ms"]);
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", "");
+    let http = client();
+    let uploads = (0..500u32).map(|i| {
+        let http = http.clone();
+        let url = if i % 2 == 0 {
+            a.upload_url()
+        } else {
+            b.upload_url()
+        };
+        tokio::spawn(async move {
+            upload_multipart(&http, &url, ALPHA_KEY, unique_jpeg(2000, i), "c.jpg").await
+        })
+    });
+    for r in futures_util::future::join_all(uploads).await {
+        let (status, _, body) = r.unwrap();
+        assert_eq!((status, &body["errorCode"]), (200, &0.into()), "{body}");
+    }
+    let stats = sandbox.stats().await;
+    assert_eq!(stats["token_calls"], 1, "{stats}");
+    assert_eq!(stats["token_rejected_concurrent"], 0, "{stats}");
+    assert_eq!(stats["uploads_completed"], 500, "{stats}");
+    // One replica fetched, the other took the token over from Redis.
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    let fetched = |m: &str| {
+        metric(
+            m,
+            r#"fxgate_token_refresh_total{corp="default",result="ok"}"#,
+        )
+    };
+    let shared = |m: &str| {
+        metric(
+            m,
+            r#"fxgate_token_refresh_total{corp="default",result="shared"}"#,
+        )
+    };
+    assert_eq!(fetched(&ma) + fetched(&mb), 1.0);
+    assert_eq!(shared(&ma) + shared(&mb), 1.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_file_uploaded_through_one_replica_dedupes_on_the_other() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", "");
+    let http = client();
+
+    // Streamed through A, then sent again through B: a stream hit on B.
+    let file = jpeg(40_000, 7);
+    let (_, first) = upload(&http, &a, ALPHA_KEY, &file, false).await;
+    assert_eq!(first["deduplicated"], false, "{first}");
+    let (_, again) = upload(&http, &b, ALPHA_KEY, &file, false).await;
+    assert_eq!(again["deduplicated"], true, "{again}");
+    assert_eq!(again["mediaId"], first["mediaId"]);
+    // A digest claim on B finds A's entry before the body is read.
+    let (_, claimed) = upload(&http, &b, ALPHA_KEY, &file, true).await;
+    assert_eq!(claimed["deduplicated"], true, "{claimed}");
+    assert_eq!(sandbox.stats().await["uploads_completed"], 1);
+
+    // A delete through B evicts the entry A made.
+    let del: serde_json::Value = http
+        .post(format!("{}/media/delete", b.url))
+        .bearer_auth(ALPHA_KEY)
+        .json(&serde_json::json!({"mediaId": first["mediaId"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(del["errorCode"], 0, "{del}");
+    let (_, after) = upload(&http, &a, ALPHA_KEY, &file, false).await;
+    assert_eq!(after["deduplicated"], false, "{after}");
+    assert_ne!(after["mediaId"], first["mediaId"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_claims_of_one_file_on_two_replicas_go_upstream_once() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", "");
+    // Slow Fxiaoke, so every claim arrives while the first upload is still running.
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 700}))
+        .await;
+    let http = client();
+    let file = jpeg(60_000, 99);
+    let tasks = (0..20).map(|i| {
+        let (http, file) = (http.clone(), file.clone());
+        let gw_url = if i % 2 == 0 {
+            a.url.clone()
+        } else {
+            b.url.clone()
+        };
+        tokio::spawn(async move {
+            http.post(format!("{gw_url}/media/upload/message?filename=f.jpg"))
+                .bearer_auth(ALPHA_KEY)
+                .header("content-type", "image/jpeg")
+                .header("repr-digest", repr_digest(&file))
+                .body(file)
+                .send()
+                .await
+                .unwrap()
+                .json::<serde_json::Value>()
+                .await
+                .unwrap()
+        })
+    });
+    let answers: Vec<serde_json::Value> = futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect();
+    let ids: std::collections::HashSet<String> = answers
+        .iter()
+        .map(|a| {
+            a["mediaId"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{a}"))
+                .into()
+        })
+        .collect();
+    assert_eq!(ids.len(), 1, "{answers:?}");
+    let stats = sandbox.stats().await;
+    assert_eq!(stats["upload_requests"], 1, "{stats}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_caller_limited_to_100_a_minute_gets_100_across_both_replicas() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    let (a, b) = replicas(
+        &sandbox,
+        &redis,
+        ["open", "open"],
+        "",
+        &gamma_client("requests_per_minute = 100"),
+    );
+    let http = client();
+    let started = Instant::now();
+    let tasks = (0..200u32).map(|i| {
+        let http = http.clone();
+        let url = if i % 2 == 0 {
+            a.upload_url()
+        } else {
+            b.upload_url()
+        };
+        tokio::spawn(async move {
+            upload_multipart(&http, &url, GAMMA_KEY, unique_jpeg(1000, i), "r.jpg").await
+        })
+    });
+    let mut ok = 0;
+    let mut limited = 0;
+    for r in futures_util::future::join_all(tasks).await {
+        let (status, headers, body) = r.unwrap();
+        match status {
+            200 => ok += 1,
+            429 => {
+                assert_eq!(body["errorCode"], 942901, "{body}");
+                assert!(headers.contains_key("retry-after"));
+                limited += 1;
+            }
+            other => panic!("unexpected {other}: {body}"),
+        }
+    }
+    // GCRA lets 100 through at once, then one per 0.6 s: the run's length bounds the extra.
+    let refill = (started.elapsed().as_secs_f64() / 0.6).floor() as i32;
+    assert!(
+        (100..=100 + refill.max(2)).contains(&ok),
+        "{ok} passed, {limited} limited in {:?}",
+        started.elapsed()
+    );
+    assert_eq!(ok + limited, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn concurrent_upload_slots_are_shared_by_the_replicas() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    let (a, b) = replicas(
+        &sandbox,
+        &redis,
+        ["open", "open"],
+        "",
+        &gamma_client("max_concurrent_uploads = 2"),
+    );
+    // Two slow uploads, one per replica, hold both slots...
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 3000}))
+        .await;
+    let http = client();
+    let slow = [&a, &b].map(|gw| {
+        let (http, url) = (http.clone(), gw.upload_url());
+        tokio::spawn(async move {
+            upload_multipart(
+                &http,
+                &url,
+                GAMMA_KEY,
+                unique_jpeg(1000, rand_seed()),
+                "s.jpg",
+            )
+            .await
+        })
+    });
+    sandbox.wait("upload_requests", 2).await;
+    // ...so a third, on either replica, is refused.
+    let (status, _, body) = upload_multipart(
+        &http,
+        &a.upload_url(),
+        GAMMA_KEY,
+        unique_jpeg(1000, 3),
+        "t.jpg",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (429, &942901.into()),
+        "{body}"
+    );
+    for t in slow {
+        assert_eq!(t.await.unwrap().0, 200);
+    }
+    // Released: the next one passes.
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 0}))
+        .await;
+    let (status, _, body) = upload_multipart(
+        &http,
+        &b.upload_url(),
+        GAMMA_KEY,
+        unique_jpeg(1000, 4),
+        "u.jpg",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
+
+fn rand_seed() -> u32 {
+    uuid::Uuid::new_v4().as_u128() as u32
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_corp_upstream_budget_holds_across_replicas() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    let (a, b) = replicas(
+        &sandbox,
+        &redis,
+        ["open", "open"],
+        "upstream_requests_per_20s = 10\ndaily_call_budget = 1000",
+        "",
+    );
+    let http = client();
+    let mut passed = 0;
+    for i in 0..20u32 {
+        let gw = if i % 2 == 0 { &a } else { &b };
+        let (status, _, body) = upload_multipart(
+            &http,
+            &gw.upload_url(),
+            ALPHA_KEY,
+            unique_jpeg(500, i),
+            "b.jpg",
+        )
+        .await;
+        match status {
+            200 => passed += 1,
+            429 => assert_eq!(body["errorCode"], 942902, "{body}"),
+            other => panic!("{other}: {body}"),
+        }
+    }
+    assert_eq!(passed, 10, "10 per 20 s for the corp, not per replica");
+    assert_eq!(sandbox.stats().await["uploads_completed"], 10);
+    // Both replicas report the shared daily budget.
+    let left = |m: &str| metric(m, r#"fxgate_upstream_budget_remaining{corp="default"}"#);
+    let (ma, mb) = (a.metrics().await, b.metrics().await);
+    assert_eq!(left(&ma).min(left(&mb)), 990.0, "{}", left(&ma));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn redis_down_follows_the_fail_modes_and_sharing_resumes_when_it_returns() {
+    let mut redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    // A fails open, B fails closed; both limit gamma's rate.
+    let (a, b) = replicas(
+        &sandbox,
+        &redis,
+        ["open", "closed"],
+        "",
+        &gamma_client("requests_per_minute = 1000"),
+    );
+    let http = client();
+    let (s, _) = upload(&http, &a, GAMMA_KEY, &unique_jpeg(800, 1), false).await;
+    assert_eq!(s, 200);
+
+    redis.kill();
+    // Open: uploads go on (a fresh file, and a repeat that simply misses the index).
+    let file = unique_jpeg(800, 2);
+    for _ in 0..2 {
+        let (status, body) = upload(&http, &a, GAMMA_KEY, &file, true).await;
+        assert_eq!((status, &body["errorCode"]), (200, &0.into()), "{body}");
+    }
+    // Closed: a clear 429, quickly, never a hang.
+    let t = Instant::now();
+    let (status, body) = upload(&http, &b, GAMMA_KEY, &unique_jpeg(800, 3), false).await;
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (429, &942903.into()),
+        "{body}"
+    );
+    assert!(t.elapsed() < Duration::from_secs(2), "{:?}", t.elapsed());
+    // The corp's upstream budget is a quota too: closed means closed for every caller.
+    let (status, body) = upload(&http, &b, ALPHA_KEY, &unique_jpeg(800, 4), false).await;
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (429, &942903.into()),
+        "{body}"
+    );
+    // Visible: metrics and /readyz (which stays 200: the gateway still serves).
+    let m = a.metrics().await;
+    assert_eq!(metric(&m, "fxgate_store_up"), 0.0);
+    let errors: f64 = m
+        .lines()
+        .filter(|l| l.starts_with("fxgate_store_errors_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum();
+    assert!(errors >= 1.0, "{m}");
+    let ready = reqwest::get(format!("{}/readyz", a.admin)).await.unwrap();
+    assert_eq!(ready.status(), 200);
+    assert!(ready.text().await.unwrap().contains("store redis: down"));
+
+    // Back: both replicas reconnect by themselves and share again.
+    redis.restart();
+    for gw in [&a, &b] {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = reqwest::get(format!("{}/readyz", gw.admin))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("store redis: ok") {
+                break;
+            }
+            assert!(Instant::now() < deadline, "no reconnect: {text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    let shared = unique_jpeg(900, 5);
+    let (status, first) = upload(&http, &b, GAMMA_KEY, &shared, false).await;
+    assert_eq!(status, 200, "{first}");
+    let (_, hit) = upload(&http, &a, GAMMA_KEY, &shared, true).await;
+    assert_eq!(hit["deduplicated"], true, "{hit}");
+    assert_eq!(hit["mediaId"], first["mediaId"]);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_replica_dying_mid_refresh_blocks_the_others_only_until_its_lease_lapses() {
+    let redis = RedisServer::start();
+    // The token call takes 4 s; the replica holding the lease is killed during it.
+    let sandbox = Sandbox::spawn(&["--token-latency", "4s"]);
+    let cfg = config(&sandbox.url, "", &redis_store(&redis, "open"));
+    let a = Gateway::spawn(&cfg);
+    sandbox.wait("token_calls", 1).await;
+    drop(a); // SIGKILL, lease held
+    let started = Instant::now();
+    let b = Gateway::spawn(&cfg);
+    let http = client();
+    let (status, _, body) = upload_multipart(
+        &http,
+        &b.upload_url(),
+        ALPHA_KEY,
+        unique_jpeg(700, 1),
+        "l.jpg",
+    )
+    .await;
+    // B waited for the lease (10 s) rather than calling concurrently, then fetched itself.
+    // A caller's wait for a token is bounded at 15 s, so one retry may be needed.
+    let body = if status == 200 {
+        body
+    } else {
+        assert_eq!(body["errorCode"], 950301, "{body}");
+        let (status, _, body) = upload_multipart(
+            &http,
+            &b.upload_url(),
+            ALPHA_KEY,
+            unique_jpeg(700, 2),
+            "l.jpg",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+        body
+    };
+    assert_eq!(body["errorCode"], 0);
+    assert!(
+        started.elapsed() < Duration::from_secs(25),
+        "{:?}",
+        started.elapsed()
+    );
+    let stats = sandbox.stats().await;
+    assert_eq!(stats["token_rejected_concurrent"], 0, "{stats}");
+    assert_eq!(stats["token_calls"], 2, "{stats}");
+}
+
+#[tokio::test]
+async fn a_stale_token_written_late_does_not_replace_a_newer_one() {
+    use fxgate::upstream::shared_token::{SharedToken, StoredToken};
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fxgate.toml");
+    std::fs::write(
+        &path,
+        config("http://127.0.0.1:9", "", &redis_store(&redis, "open")),
+    )
+    .unwrap();
+    let cfg = fxgate::config::Config::load(&path, Some(Default::default())).unwrap();
+    let registry = prometheus::Registry::new();
+    let metrics = fxgate::metrics::Metrics::register(&registry).unwrap();
+    let store = fxgate::store::Redis::start(&cfg.store, metrics)
+        .await
+        .unwrap();
+    let shared = SharedToken::new(store, "default");
+    let now = fxgate::upstream::shared_token::unix_ms();
+    let token = |name: &str, issued_ms: u64| StoredToken {
+        token: name.into(),
+        corp_id: "corp".into(),
+        issued_ms,
+        expires_ms: now + 7_200_000,
+        refresh_ms: now + 6_000_000,
+    };
+    assert!(shared.write_if_newer(&token("newer", now)).await.unwrap());
+    // A fetch that started earlier but finished later must not win.
+    assert!(!shared
+        .write_if_newer(&token("older", now - 5_000))
+        .await
+        .unwrap());
+    assert_eq!(shared.read().await.unwrap().unwrap().token, "newer");
+    assert!(shared
+        .write_if_newer(&token("newest", now + 1))
+        .await
+        .unwrap());
+    assert_eq!(shared.read().await.unwrap().unwrap().token, "newest");
+}
