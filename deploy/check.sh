@@ -6,7 +6,7 @@ cd "$(dirname "$0")/.."
 promtool check rules deploy/prometheus/alerts.yml
 python3 - <<'PY'
 import glob, json, yaml
-for path in sorted(glob.glob("deploy/k8s/*.yaml")) + ["deploy/docker-compose.yml", "deploy/prometheus/prometheus.yml"] + sorted(glob.glob("deploy/grafana/provisioning/*/*.yml")):
+for path in sorted(glob.glob("deploy/k8s/*.yaml")) + sorted(glob.glob("deploy/k8s/*/*.yaml")) + ["deploy/docker-compose.yml", "deploy/prometheus/prometheus.yml"] + sorted(glob.glob("deploy/grafana/provisioning/*/*.yml")):
     docs = [d for d in yaml.safe_load_all(open(path)) if d is not None]
     assert docs, f"{path}: empty"
     for d in docs:

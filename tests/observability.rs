@@ -177,7 +177,13 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 
 #[tokio::test]
 async fn every_metric_in_the_dashboard_and_alerts_exists_in_a_scrape() {
-    let (_sandbox, gw) = pair(&[], "daily_call_budget = 1000", "");
+    // With the Redis store, whose metrics the alerts name too.
+    let redis = RedisServer::start();
+    let (_sandbox, gw) = pair(
+        &[],
+        "daily_call_budget = 1000",
+        &redis_store(&redis, "open"),
+    );
     let (status, _, _) = upload_multipart(
         &client(),
         &gw.upload_url(),
