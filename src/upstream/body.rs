@@ -123,6 +123,20 @@ impl BodySender {
             .map_err(|_| UpstreamGone)
     }
 
+    /// Queues a chunk if there is room now: `Ok(None)` queued, `Ok(Some(chunk))` full (the
+    /// caller then waits with `send`, under its deadline).
+    pub fn try_send(&self, chunk: Bytes) -> Result<Option<Bytes>, UpstreamGone> {
+        if chunk.is_empty() {
+            return Ok(None);
+        }
+        match self.tx.try_send(Msg::Data(chunk)) {
+            Ok(()) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(Msg::Data(c))) => Ok(Some(c)),
+            Err(mpsc::error::TrySendError::Full(Msg::End)) => Ok(None),
+            Err(mpsc::error::TrySendError::Closed(_)) => Err(UpstreamGone),
+        }
+    }
+
     /// Ends the body cleanly.
     pub async fn finish(self) -> Result<(), UpstreamGone> {
         self.tx.send(Msg::End).await.map_err(|_| UpstreamGone)
