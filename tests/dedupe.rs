@@ -153,22 +153,8 @@ async fn fifty_concurrent_identical_claims_go_upstream_once() {
     let http = client();
     let file = jpeg(50_000, 41);
     let tasks = (0..50).map(|_| {
-        let http = http.clone();
-        let file = file.clone();
-        let url = format!("{}?filename=f.jpg", gw.upload_url());
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(ALPHA_KEY)
-                .header("content-type", "image/jpeg")
-                .header("repr-digest", repr_digest(&file))
-                .body(file)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        })
+        let (http, file, url) = (http.clone(), file.clone(), gw.upload_url());
+        tokio::spawn(async move { claim_upload(&http, &url, ALPHA_KEY, file).await })
     });
     let answers: Vec<serde_json::Value> = futures_util::future::join_all(tasks)
         .await

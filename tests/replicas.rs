@@ -29,6 +29,34 @@ fn replicas(
     (a, b)
 }
 
+/// `n` concurrent multipart uploads of distinct `len`-byte files by `key`, alternating between
+/// the replicas; answers in order.
+async fn spread_uploads(
+    a: &Gateway,
+    b: &Gateway,
+    n: u32,
+    key: &'static str,
+    len: usize,
+) -> Vec<(u16, reqwest::header::HeaderMap, serde_json::Value)> {
+    let http = client();
+    let tasks = (0..n).map(|i| {
+        let http = http.clone();
+        let url = if i % 2 == 0 {
+            a.upload_url()
+        } else {
+            b.upload_url()
+        };
+        tokio::spawn(async move {
+            upload_multipart(&http, &url, key, unique_jpeg(len, i), "f.jpg").await
+        })
+    });
+    futures_util::future::join_all(tasks)
+        .await
+        .into_iter()
+        .map(|r| r.unwrap())
+        .collect()
+}
+
 /// A raw upload to the message route, optionally claiming its digest; (status, JSON).
 async fn upload(
     http: &reqwest::Client,
@@ -60,20 +88,7 @@ async fn cold_start_of_two_replicas_with_500_uploads_makes_one_token_call() {
     // A slow token endpoint keeps the first fetch in flight while both replicas want one.
     let sandbox = Sandbox::spawn(&["--token-latency", "1500ms"]);
     let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", "");
-    let http = client();
-    let uploads = (0..500u32).map(|i| {
-        let http = http.clone();
-        let url = if i % 2 == 0 {
-            a.upload_url()
-        } else {
-            b.upload_url()
-        };
-        tokio::spawn(async move {
-            upload_multipart(&http, &url, ALPHA_KEY, unique_jpeg(2000, i), "c.jpg").await
-        })
-    });
-    for r in futures_util::future::join_all(uploads).await {
-        let (status, _, body) = r.unwrap();
+    for (status, _, body) in spread_uploads(&a, &b, 500, ALPHA_KEY, 2000).await {
         assert_eq!((status, &body["errorCode"]), (200, &0.into()), "{body}");
     }
     let stats = sandbox.stats().await;
@@ -147,24 +162,12 @@ async fn concurrent_claims_of_one_file_on_two_replicas_go_upstream_once() {
     let file = jpeg(60_000, 99);
     let tasks = (0..20).map(|i| {
         let (http, file) = (http.clone(), file.clone());
-        let gw_url = if i % 2 == 0 {
-            a.url.clone()
+        let url = if i % 2 == 0 {
+            a.upload_url()
         } else {
-            b.url.clone()
+            b.upload_url()
         };
-        tokio::spawn(async move {
-            http.post(format!("{gw_url}/media/upload/message?filename=f.jpg"))
-                .bearer_auth(ALPHA_KEY)
-                .header("content-type", "image/jpeg")
-                .header("repr-digest", repr_digest(&file))
-                .body(file)
-                .send()
-                .await
-                .unwrap()
-                .json::<serde_json::Value>()
-                .await
-                .unwrap()
-        })
+        tokio::spawn(async move { claim_upload(&http, &url, ALPHA_KEY, file).await })
     });
     let answers: Vec<serde_json::Value> = futures_util::future::join_all(tasks)
         .await
@@ -196,23 +199,10 @@ async fn a_caller_limited_to_100_a_minute_gets_100_across_both_replicas() {
         "",
         &gamma_client("requests_per_minute = 100"),
     );
-    let http = client();
     let started = Instant::now();
-    let tasks = (0..200u32).map(|i| {
-        let http = http.clone();
-        let url = if i % 2 == 0 {
-            a.upload_url()
-        } else {
-            b.upload_url()
-        };
-        tokio::spawn(async move {
-            upload_multipart(&http, &url, GAMMA_KEY, unique_jpeg(1000, i), "r.jpg").await
-        })
-    });
     let mut ok = 0;
     let mut limited = 0;
-    for r in futures_util::future::join_all(tasks).await {
-        let (status, headers, body) = r.unwrap();
+    for (status, headers, body) in spread_uploads(&a, &b, 200, GAMMA_KEY, 1000).await {
         match status {
             200 => ok += 1,
             429 => {

@@ -476,3 +476,23 @@ pub fn gamma_client(limits: &str) -> String {
 }
 
 pub const GAMMA_KEY: &str = "gamma-key-90c3d5e7a1";
+
+/// A raw upload of `file` to `url` (a message route) claiming its digest; the JSON answer.
+pub async fn claim_upload(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    file: Vec<u8>,
+) -> serde_json::Value {
+    http.post(format!("{url}?filename=f.jpg"))
+        .bearer_auth(key)
+        .header("content-type", "image/jpeg")
+        .header("repr-digest", repr_digest(&file))
+        .body(file)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
