@@ -98,5 +98,49 @@ fn token_lookup(c: &mut Criterion) {
     });
 }
 
-criterion_group!(benches, hashing, multipart, per_request, token_lookup);
+/// Recording a new upload in the embedded index and looking it up again, as every miss does
+/// (the index keeps growing in the benchmark, as it does for a gateway that mostly sees new
+/// files).
+fn dedupe_index(c: &mut Criterion) {
+    use fxgate::dedupe::{DedupeKey, DedupeStore, MediaRef, MemoryStore};
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .build()
+        .expect("runtime");
+    let store = MemoryStore::new(std::time::Duration::from_secs(3600), 1_000_000);
+    let mut n = 0u64;
+    c.bench_function("dedupe_record_and_lookup", |b| {
+        b.iter(|| {
+            n += 1;
+            let mut sha256 = [0u8; 32];
+            sha256[..8].copy_from_slice(&n.to_le_bytes());
+            let key = DedupeKey {
+                corp: "default".into(),
+                route: "message",
+                sha256,
+                filename: None,
+            };
+            let media = MediaRef {
+                media_id: format!("media-{n}"),
+                size: 10 * 1024,
+                content_type: "image/jpeg".into(),
+                created_at: std::time::SystemTime::now(),
+                caller: "bench".into(),
+                holders: vec!["bench".into()],
+            };
+            rt.block_on(async {
+                store.put(key.clone(), media).await;
+                store.get(&key).await.expect("recorded")
+            })
+        })
+    });
+}
+
+criterion_group!(
+    benches,
+    hashing,
+    multipart,
+    per_request,
+    token_lookup,
+    dedupe_index
+);
 criterion_main!(benches);

@@ -73,6 +73,42 @@ async fn same_bytes_twice_without_digest_reuse_the_media_id() {
 }
 
 #[tokio::test]
+async fn a_small_repeat_is_answered_before_anything_goes_upstream() {
+    // One Fxiaoke call a day: the repeat must not need a second.
+    let (sandbox, gw) = pair(&[], "daily_call_budget = 1", "");
+    let http = client();
+    // Within the first 32 KiB the whole file is hashed before the upstream request opens.
+    let file = jpeg(8 * 1024, 21);
+    let first = upload(&http, &gw, ALPHA_KEY, &file, None).await;
+    assert_eq!(first["deduplicated"], false, "{first}");
+    assert_eq!(first["_digest"], repr_digest(&file));
+    assert_eq!(
+        sandbox.media(first["mediaId"].as_str().unwrap()).await["size"],
+        file.len()
+    );
+    let second = upload(&http, &gw, ALPHA_KEY, &file, None).await;
+    assert_eq!(second["deduplicated"], true, "{second}");
+    assert_eq!(second["mediaId"], first["mediaId"]);
+    let stats = sandbox.stats().await;
+    assert_eq!(
+        stats["upload_requests"], 1,
+        "the repeat never reached Fxiaoke: {stats}"
+    );
+    let m = gw.metrics().await;
+    assert_eq!(
+        metric(&m, "fxgate_dedupe_total{result=\"hit_stream\"}"),
+        1.0
+    );
+    assert_eq!(
+        metric(&m, "fxgate_upstream_budget_remaining{corp=\"default\"}"),
+        0.0
+    );
+    // A new file does need the call, and the day's budget is spent.
+    let other = upload(&http, &gw, ALPHA_KEY, &jpeg(8 * 1024, 22), None).await;
+    assert_eq!(other["_status"], 429, "{other}");
+}
+
+#[tokio::test]
 async fn a_claimed_digest_hit_causes_no_upstream_request() {
     let (sandbox, gw) = pair(&[], "", "");
     let http = client();

@@ -103,12 +103,13 @@ pub enum LockOutcome {
     Busy,
 }
 
-/// The embedded store: moka caches with a TTL and a size bound.
+/// The embedded store: a moka cache with a TTL and a size bound.
 #[derive(Debug)]
 pub struct MemoryStore {
+    /// Deletes find their entries through invalidation closures rather than a reverse
+    /// `mediaId` index: a delete is rare, and a second cache would double the cost of the
+    /// insert every upload pays.
     entries: moka::future::Cache<DedupeKey, MediaRef>,
-    /// (corp, mediaId) → key, so a delete can evict.
-    by_media: moka::future::Cache<(String, String), DedupeKey>,
 }
 
 impl MemoryStore {
@@ -118,10 +119,7 @@ impl MemoryStore {
             entries: moka::future::Cache::builder()
                 .time_to_live(ttl)
                 .max_capacity(max_entries)
-                .build(),
-            by_media: moka::future::Cache::builder()
-                .time_to_live(ttl)
-                .max_capacity(max_entries)
+                .support_invalidation_closures()
                 .build(),
         }
     }
@@ -129,35 +127,24 @@ impl MemoryStore {
 
 impl DedupeStore for MemoryStore {
     fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>> {
-        let entries = self.entries.clone();
-        let key = key.clone();
-        Box::pin(async move { entries.get(&key).await })
+        Box::pin(self.entries.get(key))
     }
 
     fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            self.by_media
-                .insert((key.corp.clone(), value.media_id.clone()), key.clone())
-                .await;
-            self.entries.insert(key, value).await;
-        })
+        Box::pin(self.entries.insert(key, value))
     }
 
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let id = (corp.to_string(), media_id.to_string());
-            if let Some(key) = self.by_media.remove(&id).await {
-                // Only if the entry still points at this mediaId (a re-upload may have replaced it).
-                if self
-                    .entries
-                    .get(&key)
-                    .await
-                    .is_some_and(|e| e.media_id == media_id)
-                {
-                    self.entries.invalidate(&key).await;
-                }
-            }
-        })
+        let (corp, media_id) = (corp.to_string(), media_id.to_string());
+        // Applies to entries recorded up to now: a later re-upload under a new mediaId stays.
+        // `get` checks pending closures itself, so the eviction is visible at once.
+        let registered = self
+            .entries
+            .invalidate_entries_if(move |k, v| k.corp == corp && v.media_id == media_id);
+        if let Err(e) = registered {
+            tracing::error!(error = %e, "dedupe index cannot evict by mediaId");
+        }
+        Box::pin(async {})
     }
 }
 

@@ -8,6 +8,7 @@ pub mod source;
 
 use base64::Engine as _;
 use bytes::Bytes;
+use futures_util::FutureExt as _;
 use http::{header, HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
@@ -265,72 +266,70 @@ pub async fn handle(
         _ => "application/octet-stream".to_string(),
     };
 
-    // The corp's Fxiaoke allowance is taken first, then the token (design §4 step 7).
-    corp.take_budget(kind.path()).await?;
-    let token = corp.tokens.get().await?;
-    let mut extra = Vec::new();
-    if let Some(t) = kind.type_param() {
-        extra.push(("type", t));
-    }
-    let target = corp.target(kind.path(), Some(&token), &extra)?;
-    log.set_third_trace_id(&target.third_trace_id);
-
-    // Fxiaoke gets its own clean framing: one part `media`, our boundary.
-    let boundary = format!("fxgate-{}", uuid::Uuid::new_v4().simple());
-    let prefix = Bytes::from(format!(
-        "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\nContent-Type: {part_type}\r\n\r\n"
-    ));
-    let suffix = Bytes::from(format!("\r\n--{boundary}--\r\n"));
-    let upstream_len = file
-        .exact_len
-        .map(|n| prefix.len() as u64 + n + suffix.len() as u64);
-    let (tx, upstream_body) = channel(upstream_len);
-    let mut builder = Request::post(target.uri).header(
-        header::CONTENT_TYPE,
-        format!("multipart/form-data; boundary={boundary}"),
-    );
-    if let Some(n) = upstream_len {
-        builder = builder.header(header::CONTENT_LENGTH, n);
-    }
-    let upstream_req =
-        builder
-            .body(Body::new(upstream_body))
-            .map_err(|e| GatewayError::Internal {
-                detail: format!("building upstream request: {e}"),
-            })?;
+    // A file that ends within its first `SMALL_FILE` bytes is whole before anything goes
+    // upstream: those bytes sit in hyper's read buffer anyway. It is hashed first, so a stream
+    // hit costs Fxiaoke nothing (no request, no budget), and a miss goes out as one write,
+    // without the pump. Larger files stream as they arrive.
+    let whole = gather_small(&mut file, &mut head, &mut head_len, limit, kind.path()).await?;
 
     let inflight = state.metrics.inflight_uploads.clone();
     inflight.inc();
     let _inflight = Guard(Some(move || inflight.dec()));
 
-    // The request future runs beside the body pump; it resolves once Fxiaoke answers.
-    // The prefix waits in the channel until hyper connects: it holds four chunks.
-    if tx.send(prefix).await.is_err() {
-        return Err(GatewayError::UpstreamUnreachable {
-            source: "upstream request ended before its body".into(),
-        });
-    }
-    let request = corp.client().request(upstream_req);
-    let pending = AbortOnDrop(tokio::spawn(async move {
-        request.await.map_err(crate::upstream::client::classify)
-    }));
-
-    let sent = stream_file(
-        &corp,
-        &tx,
-        head,
-        &mut file,
-        limit,
-        kind.path(),
-        &mut ticket,
-        state.metrics.inflight_uploads.get(),
-    )
-    .await;
-    // Every early return below drops `tx` unfinished, which aborts the upstream request: it
-    // never completes, so Fxiaoke stores nothing.
-    let (size, digest) = match sent? {
-        Streamed::Complete { size, digest } => (size, Some(digest)),
-        Streamed::UpstreamGone { size } => (size, None),
+    let (size, digest, upstream) = if whole {
+        let size = head_len as u64;
+        if let Some(t) = &mut ticket {
+            t.grow_to(size).await?;
+        }
+        let mut h = Sha256::new();
+        for chunk in &head {
+            h.update(chunk);
+        }
+        (size, Some(h.finalize().into()), Upstream::Held(head))
+    } else {
+        let opened = open_upstream(&corp, kind, &filename, &part_type, log).await?;
+        let upstream_len = file
+            .exact_len
+            .map(|n| opened.prefix.len() as u64 + n + opened.suffix.len() as u64);
+        let (tx, upstream_body) = channel(upstream_len);
+        let upstream_req = opened.request(Body::new(upstream_body), upstream_len)?;
+        // The request future runs beside the body pump; it resolves once Fxiaoke answers.
+        // The prefix waits in the channel until hyper connects: it holds four chunks.
+        if tx.send(opened.prefix.clone()).await.is_err() {
+            return Err(GatewayError::UpstreamUnreachable {
+                source: "upstream request ended before its body".into(),
+            });
+        }
+        let request = corp.client().request(upstream_req);
+        let pending = AbortOnDrop(tokio::spawn(async move {
+            request.await.map_err(crate::upstream::client::classify)
+        }));
+        let sent = stream_file(
+            &corp,
+            &tx,
+            head,
+            &mut file,
+            limit,
+            kind.path(),
+            &mut ticket,
+            state.metrics.inflight_uploads.get(),
+        )
+        .await;
+        // Every early return below drops `tx` unfinished, which aborts the upstream request:
+        // it never completes, so Fxiaoke stores nothing.
+        let (size, digest) = match sent? {
+            Streamed::Complete { size, digest } => (size, Some(digest)),
+            Streamed::UpstreamGone { size } => (size, None),
+        };
+        (
+            size,
+            digest,
+            Upstream::Streaming {
+                tx,
+                pending,
+                opened,
+            },
+        )
     };
     state
         .metrics
@@ -354,7 +353,8 @@ pub async fn handle(
         };
         // The caller sent every byte, which proves it holds the file: any caller's entry counts.
         if let Some(media) = state.dedupe.store.get(&k).await {
-            drop(tx);
+            // Dropping a streaming upload unfinished aborts it.
+            drop(upstream);
             state
                 .metrics
                 .dedupe
@@ -368,16 +368,45 @@ pub async fn handle(
             }
             return Ok(hit_response(&media, &digest, &request_id));
         }
-        // The hash is final and new: only now does the closing delimiter go out.
-        if tx.send(suffix).await.is_ok() {
-            let _ = tx.finish().await;
-        }
         key = Some(k);
     }
 
+    let (answer, token) = match upstream {
+        Upstream::Streaming {
+            tx,
+            pending,
+            opened,
+        } => {
+            // The hash is final and new: only now does the closing delimiter go out.
+            if key.is_some() && tx.send(opened.suffix.clone()).await.is_ok() {
+                let _ = tx.finish().await;
+            }
+            (pending.wait().boxed(), opened.token)
+        }
+        Upstream::Held(chunks) => {
+            let opened = open_upstream(&corp, kind, &filename, &part_type, log).await?;
+            let mut one = bytes::BytesMut::with_capacity(
+                opened.prefix.len() + size as usize + opened.suffix.len(),
+            );
+            one.extend_from_slice(&opened.prefix);
+            for c in &chunks {
+                one.extend_from_slice(c);
+            }
+            one.extend_from_slice(&opened.suffix);
+            drop(chunks);
+            let len = one.len() as u64;
+            let req = opened.request(full(one.freeze()), Some(len))?;
+            let request = corp.client().request(req);
+            (
+                async move { request.await.map_err(crate::upstream::client::classify) }.boxed(),
+                opened.token,
+            )
+        }
+    };
+
     // Fxiaoke's deadline runs from the last byte sent: the upload itself may take long.
     let started = std::time::Instant::now();
-    let answer = tokio::time::timeout(corp.cfg.upstream_timeout, pending.wait()).await;
+    let answer = tokio::time::timeout(corp.cfg.upstream_timeout, answer).await;
     state
         .metrics
         .upstream_duration
@@ -428,6 +457,108 @@ pub async fn handle(
         }
     }
     Ok(passthrough(status, env, Some((digest, false))))
+}
+
+/// Files up to this size are read whole before the upstream request opens (see `handle`).
+/// It matches the server's inbound read buffer, so it adds no memory per upload.
+pub const SMALL_FILE: usize = 32 * 1024;
+
+/// Reads on while the file is still within `SMALL_FILE`; `true` when it ended there.
+async fn gather_small(
+    file: &mut FileSource,
+    held: &mut Vec<Bytes>,
+    held_len: &mut usize,
+    limit: u64,
+    route: &'static str,
+) -> Result<bool, GatewayError> {
+    loop {
+        if *held_len as u64 > limit {
+            return Err(GatewayError::PayloadTooLarge {
+                seen: *held_len as u64,
+                limit,
+                route,
+            });
+        }
+        if *held_len > SMALL_FILE {
+            return Ok(false);
+        }
+        match file.next_chunk().await? {
+            Some(chunk) => {
+                *held_len += chunk.len();
+                held.push(chunk);
+            }
+            None => return Ok(true),
+        }
+    }
+}
+
+/// Where the file's bytes are when its hash is final.
+enum Upstream {
+    /// Already on their way; the closing delimiter is held back.
+    Streaming {
+        tx: BodySender,
+        pending: AbortOnDrop,
+        opened: Opened,
+    },
+    /// All here: nothing has gone upstream yet.
+    Held(Vec<Bytes>),
+}
+
+/// An upstream upload, ready to send: its budget is taken and its token in the URL.
+struct Opened {
+    token: std::sync::Arc<crate::upstream::token::CorpToken>,
+    uri: http::Uri,
+    boundary: String,
+    /// The part's header, before the file.
+    prefix: Bytes,
+    /// The closing delimiter, after it.
+    suffix: Bytes,
+}
+
+impl Opened {
+    fn request(&self, body: Body, len: Option<u64>) -> Result<Request<Body>, GatewayError> {
+        let mut builder = Request::post(self.uri.clone()).header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={}", self.boundary),
+        );
+        if let Some(n) = len {
+            builder = builder.header(header::CONTENT_LENGTH, n);
+        }
+        builder.body(body).map_err(|e| GatewayError::Internal {
+            detail: format!("building upstream request: {e}"),
+        })
+    }
+}
+
+/// Takes the corp's Fxiaoke allowance first, then the token (design §4 step 7), and frames the
+/// file for Fxiaoke: one part `media`, our boundary.
+async fn open_upstream(
+    corp: &Corp,
+    kind: UploadKind,
+    filename: &str,
+    part_type: &str,
+    log: &LogContext,
+) -> Result<Opened, GatewayError> {
+    corp.take_budget(kind.path()).await?;
+    let token = corp.tokens.get().await?;
+    let mut extra = Vec::new();
+    if let Some(t) = kind.type_param() {
+        extra.push(("type", t));
+    }
+    let target = corp.target(kind.path(), Some(&token), &extra)?;
+    log.set_third_trace_id(&target.third_trace_id);
+    let boundary = format!("fxgate-{}", uuid::Uuid::new_v4().simple());
+    let prefix = Bytes::from(format!(
+        "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\nContent-Type: {part_type}\r\n\r\n"
+    ));
+    let suffix = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+    Ok(Opened {
+        token,
+        uri: target.uri,
+        boundary,
+        prefix,
+        suffix,
+    })
 }
 
 /// How often a request waiting on another replica's upload of the same file looks for its
@@ -558,11 +689,11 @@ fn passthrough(
     digest: Option<([u8; 32], bool)>,
 ) -> Response<Body> {
     let body = match (&env.json, digest) {
-        (Some(map), Some((_, dedup))) => {
+        (Some(map), Some((_, dedup))) => with_flag(&env.raw, map, dedup).unwrap_or_else(|| {
             let mut map = map.clone();
             map.insert("deduplicated".into(), serde_json::Value::Bool(dedup));
             Bytes::from(serde_json::Value::Object(map).to_string())
-        }
+        }),
         _ => env.raw.clone(),
     };
     let mut resp = Response::new(full(body));
@@ -578,6 +709,34 @@ fn passthrough(
         }
     }
     resp
+}
+
+/// Fxiaoke's answer `raw` (a JSON object, parsed as `map`) with `"deduplicated"` added before
+/// its closing brace: its own bytes and key order stay, and nothing is re-serialised.
+fn with_flag(
+    raw: &Bytes,
+    map: &serde_json::Map<String, serde_json::Value>,
+    dedup: bool,
+) -> Option<Bytes> {
+    if map.contains_key("deduplicated") {
+        return None;
+    }
+    let end = raw.iter().rposition(|b| !b.is_ascii_whitespace())?;
+    if raw[end] != b'}' {
+        return None;
+    }
+    let field: &[u8] = if dedup {
+        b"\"deduplicated\":true}"
+    } else {
+        b"\"deduplicated\":false}"
+    };
+    let mut out = Vec::with_capacity(end + 1 + field.len());
+    out.extend_from_slice(&raw[..end]);
+    if !map.is_empty() {
+        out.push(b',');
+    }
+    out.extend_from_slice(field);
+    Some(out.into())
 }
 
 enum Streamed {
@@ -770,5 +929,36 @@ impl<F: FnOnce()> Drop for Guard<F> {
         if let Some(f) = self.0.take() {
             f();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn flagged(raw: &str, dedup: bool) -> Option<String> {
+        let map = match serde_json::from_str(raw) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => panic!("test input is an object"),
+        };
+        with_flag(&Bytes::from(raw.to_string()), &map, dedup)
+            .map(|b| String::from_utf8(b.to_vec()).expect("utf-8"))
+    }
+
+    #[test]
+    fn the_flag_is_added_without_reordering_fxiaokes_answer() {
+        let out = flagged("{\"mediaId\":\"m\",\"errorCode\":0}\n", false).expect("added");
+        assert_eq!(
+            out,
+            "{\"mediaId\":\"m\",\"errorCode\":0,\"deduplicated\":false}"
+        );
+        let v: serde_json::Value = serde_json::from_str(&out).expect("still JSON");
+        assert_eq!(v["deduplicated"], false);
+        assert_eq!(
+            flagged("{ }", true).as_deref(),
+            Some("{ \"deduplicated\":true}")
+        );
+        // Never a duplicate key: the caller falls back to rewriting the object.
+        assert_eq!(flagged("{\"deduplicated\":1}", false), None);
     }
 }
