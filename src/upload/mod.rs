@@ -4,6 +4,7 @@
 //! Memory per upload is the channel's few chunks plus multer's parse buffer, whatever the size.
 
 pub mod digest;
+pub mod multipart;
 pub mod source;
 
 use base64::Engine as _;

@@ -1,7 +1,8 @@
 //! `FileSource`: the file inside a caller's request, as a stream of chunks, whatever the body
 //! form: a `multipart/form-data` body with part `media` (Fxiaoke's own form), or a raw body
 //! (`Content-Type: image/...`, `?filename=`). The multipart framing is parsed as it arrives
-//! (multer); nothing but the current chunk is held.
+//! (`multipart::Multipart`, which slices the chunks hyper read); nothing but the current chunk
+//! is held.
 
 use std::time::Duration;
 
@@ -10,6 +11,7 @@ use futures_util::StreamExt;
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
+use super::multipart::{Multipart, MultipartError, PartHead};
 use crate::error::GatewayError;
 
 /// Longest pause fxgate tolerates between two body chunks from a caller.
@@ -28,14 +30,12 @@ pub struct FileSource {
     inner: Inner,
 }
 
+type Parts = Multipart<http_body_util::BodyDataStream<Incoming>>;
+
 enum Inner {
     Raw(http_body_util::BodyDataStream<Incoming>),
-    Multipart(Box<MultipartState>),
-}
-
-struct MultipartState {
-    multipart: multer::Multipart<'static>,
-    field: Option<multer::Field<'static>>,
+    /// The parts, and whether `media`'s data is still being read.
+    Multipart(Box<Parts>, bool),
 }
 
 impl std::fmt::Debug for FileSource {
@@ -47,11 +47,11 @@ impl std::fmt::Debug for FileSource {
     }
 }
 
-fn multer_error(e: multer::Error) -> GatewayError {
+fn multipart_error(e: MultipartError) -> GatewayError {
     match e {
-        multer::Error::StreamReadFailed(_) => GatewayError::BodyInterrupted,
-        other => GatewayError::MalformedBody {
-            detail: format!("multipart: {other}"),
+        MultipartError::Interrupted => GatewayError::BodyInterrupted,
+        MultipartError::Malformed(d) => GatewayError::MalformedBody {
+            detail: format!("multipart: {d}"),
         },
     }
 }
@@ -81,26 +81,22 @@ impl FileSource {
     /// A multipart body: reads (and drops) parts until the one named `media`, then stops at
     /// its first byte.
     pub async fn multipart(body: Incoming, boundary: String) -> Result<Self, GatewayError> {
-        let mut multipart = multer::Multipart::new(body.into_data_stream(), boundary);
+        let mut parts = Multipart::new(body.into_data_stream(), &boundary, BODY_IDLE_TIMEOUT);
         loop {
-            let field = idle(multipart.next_field()).await?.map_err(multer_error)?;
-            let Some(mut field) = field else {
+            let Some(head) = parts.next_part().await.map_err(multipart_error)? else {
                 return Err(GatewayError::MalformedBody {
                     detail: "no part named `media`; send the file as `-F media=@file`".into(),
                 });
             };
-            if field.name() == Some("media") {
+            if head.name.as_deref() == Some("media") {
                 return Ok(Self {
-                    filename: field.file_name().map(str::to_owned),
-                    content_type: field.content_type().map(|m| m.to_string()),
+                    filename: head.filename,
+                    content_type: head.content_type,
                     exact_len: None,
-                    inner: Inner::Multipart(Box::new(MultipartState {
-                        multipart,
-                        field: Some(field),
-                    })),
+                    inner: Inner::Multipart(Box::new(parts), true),
                 });
             }
-            drain_part(&mut field).await?;
+            drain_part(&mut parts, &head).await?;
         }
     }
 
@@ -113,24 +109,21 @@ impl FileSource {
                 Some(Err(_)) => Err(GatewayError::BodyInterrupted),
                 None => Ok(None),
             },
-            Inner::Multipart(state) => {
-                let MultipartState { multipart, field } = state.as_mut();
-                if let Some(f) = field {
-                    match idle(f.chunk()).await?.map_err(multer_error)? {
+            Inner::Multipart(parts, in_media) => {
+                if *in_media {
+                    match parts.chunk().await.map_err(multipart_error)? {
                         Some(chunk) => return Ok(Some(chunk)),
-                        None => *field = None,
+                        None => *in_media = false,
                     }
                 }
                 // The rest of the body: other parts are dropped, a second file is an error.
-                while let Some(mut other) =
-                    idle(multipart.next_field()).await?.map_err(multer_error)?
-                {
-                    if other.name() == Some("media") {
+                while let Some(other) = parts.next_part().await.map_err(multipart_error)? {
+                    if other.name.as_deref() == Some("media") {
                         return Err(GatewayError::MalformedBody {
                             detail: "more than one part named `media`".into(),
                         });
                     }
-                    drain_part(&mut other).await?;
+                    drain_part(parts, &other).await?;
                 }
                 Ok(None)
             }
@@ -138,15 +131,15 @@ impl FileSource {
     }
 }
 
-async fn drain_part(field: &mut multer::Field<'static>) -> Result<(), GatewayError> {
+async fn drain_part(parts: &mut Parts, head: &PartHead) -> Result<(), GatewayError> {
     let mut seen = 0usize;
-    while let Some(chunk) = idle(field.chunk()).await?.map_err(multer_error)? {
+    while let Some(chunk) = parts.chunk().await.map_err(multipart_error)? {
         seen += chunk.len();
         if seen > OTHER_PART_MAX {
             return Err(GatewayError::MalformedBody {
                 detail: format!(
                     "part `{}` exceeds {OTHER_PART_MAX} bytes; only `media` may be large",
-                    field.name().unwrap_or("")
+                    head.name.as_deref().unwrap_or("")
                 ),
             });
         }
