@@ -282,3 +282,21 @@ pub fn rss_kib(pids: &[u32]) -> u64 {
         })
         .sum()
 }
+
+/// Busy and total CPU seconds of the whole machine so far (all cores), from /proc/stat.
+pub fn machine_secs() -> (f64, f64) {
+    let ticks = clock_ticks();
+    let stat = std::fs::read_to_string("/proc/stat").unwrap_or_default();
+    let fields: Vec<f64> = stat
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|v| v.parse().ok())
+        .collect();
+    // user nice system idle iowait irq softirq steal …: idle and iowait are not busy.
+    let total: f64 = fields.iter().take(8).sum();
+    let idle = fields.get(3).unwrap_or(&0.0) + fields.get(4).unwrap_or(&0.0);
+    ((total - idle) / ticks, total / ticks)
+}

@@ -65,9 +65,10 @@ impl Listener {
             .timer(TokioTimer::new())
             .header_read_timeout(cfg.request_header_timeout)
             // hyper's read buffer may grow to ~400 KiB per connection. Measured (benches/e2e):
-            // 64 KiB cost 80 MiB RSS for 256 slow uploads, 16 KiB halved 5 MiB throughput,
-            // 32 KiB keeps both (57 MiB; within 0.6-0.7x nginx at c=16/64).
-            .max_buf_size(32 * 1024)
+            // 16 KiB halved 5 MiB throughput; since the multipart reader slices these buffers
+            // instead of copying them, 64 KiB costs 43 MiB peak RSS for 256 slow uploads
+            // (32 KiB: 33 MiB) and brings 5 MiB at c=16/64 to nginx + SHA-256's CPU.
+            .max_buf_size(64 * 1024)
             .keep_alive(true);
         builder
             .http2()
