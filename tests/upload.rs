@@ -297,3 +297,68 @@ async fn download_streams_the_file_and_delete_passes_through() {
         .unwrap();
     assert_eq!(resp.status(), 400);
 }
+
+/// A multipart body sent chunked, with an epilogue after the closing boundary: the answer
+/// comes at once and the connection serves the next upload.
+#[tokio::test]
+async fn a_chunked_multipart_upload_leaves_the_connection_reusable() {
+    let (sandbox, gw) = pair(&[], "", "");
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    for n in 0..2u32 {
+        let mut body =
+            b"--B\r\nContent-Disposition: form-data; name=\"media\"; filename=\"a.jpg\"\r\n\r\n"
+                .to_vec();
+        body.extend_from_slice(&unique_jpeg(3000, n));
+        body.extend_from_slice(b"\r\n--B--\r\nepilogue\r\n");
+        let mut req = format!(
+            "POST /media/upload/message HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
+             Content-Type: multipart/form-data; boundary=B\r\nTransfer-Encoding: chunked\r\n\r\n{:x}\r\n",
+            body.len()
+        )
+        .into_bytes();
+        req.extend_from_slice(&body);
+        req.extend_from_slice(b"\r\n0\r\n\r\n");
+        tcp.write_all(&req).await.unwrap();
+        let answer = read_response(&mut tcp).await;
+        assert!(answer.starts_with("HTTP/1.1 200"), "upload {n}: {answer}");
+        assert!(answer.contains("\"errorCode\":0"), "upload {n}: {answer}");
+        assert!(
+            !answer.to_ascii_lowercase().contains("connection: close"),
+            "{answer}"
+        );
+    }
+    assert_eq!(sandbox.stats().await["uploads_completed"], 2);
+}
+
+/// One HTTP/1.1 response with a `Content-Length`, read whole.
+async fn read_response(tcp: &mut tokio::net::TcpStream) -> String {
+    let mut buf = Vec::new();
+    let mut piece = [0u8; 4096];
+    loop {
+        let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut piece))
+            .await
+            .expect("answer in time")
+            .unwrap();
+        assert!(
+            n > 0,
+            "connection closed: {}",
+            String::from_utf8_lossy(&buf)
+        );
+        buf.extend_from_slice(&piece[..n]);
+        let text = String::from_utf8_lossy(&buf).to_string();
+        if let Some(end) = text.find("\r\n\r\n") {
+            let len = text[..end]
+                .lines()
+                .find_map(|l| {
+                    l.to_ascii_lowercase()
+                        .strip_prefix("content-length:")
+                        .map(|v| v.trim().parse::<usize>().unwrap())
+                })
+                .expect("content-length");
+            if buf.len() >= end + 4 + len {
+                return text;
+            }
+        }
+    }
+}

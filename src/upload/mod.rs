@@ -278,6 +278,8 @@ pub async fn handle(
     let _inflight = Guard(Some(move || inflight.dec()));
 
     let (size, digest, upstream) = if whole {
+        // The body is read to its end; the reader's hold on hyper's buffer ends here.
+        drop(file);
         let size = head_len as u64;
         if let Some(t) = &mut ticket {
             t.grow_to(size).await?;
@@ -461,7 +463,7 @@ pub async fn handle(
 }
 
 /// Files up to this size are read whole before the upstream request opens (see `handle`).
-/// It matches the server's inbound read buffer, so it adds no memory per upload.
+/// It is within the server's inbound read buffer, so it adds no memory per upload.
 pub const SMALL_FILE: usize = 32 * 1024;
 
 /// Reads on while the file is still within `SMALL_FILE`; `true` when it ended there.

@@ -146,8 +146,10 @@ where
     async fn after_boundary(&mut self) -> Result<Option<PartHead>, MultipartError> {
         loop {
             if self.buf.starts_with(b"--") {
-                // What follows the closing delimiter (the epilogue) is ignored.
+                // What follows the closing delimiter (the epilogue) is ignored; hyper discards
+                // the rest of the body. Letting go of `buf` lets hyper reuse its read buffer.
                 self.state = State::End;
+                self.buf = Bytes::new();
                 return Ok(None);
             }
             let padding = self
