@@ -25,7 +25,7 @@ use crate::middleware::quota::TicketSlot;
 use crate::middleware::request_id::RequestId;
 use crate::quota::BytesTicket;
 use crate::routes::query_param;
-use crate::upstream::body::{channel, BodySender};
+use crate::upstream::body::{channel, BodySender, DigestReceiver};
 use crate::upstream::envelope::{Envelope, TOKEN_EXPIRED};
 use crate::upstream::Corp;
 pub use source::FileSource;
@@ -294,7 +294,7 @@ pub async fn handle(
         let upstream_len = file
             .exact_len
             .map(|n| opened.prefix.len() as u64 + n + opened.suffix.len() as u64);
-        let (tx, upstream_body) = channel(upstream_len);
+        let (tx, upstream_body, digest) = channel(upstream_len);
         let upstream_req = opened.request(Body::new(upstream_body), upstream_len)?;
         // The request future runs beside the body pump; it resolves once Fxiaoke answers.
         // The prefix waits in the channel until hyper connects: it holds four chunks.
@@ -310,12 +310,12 @@ pub async fn handle(
         let sent = stream_file(
             &corp,
             &tx,
+            digest,
             head,
             &mut file,
             limit,
             kind.path(),
             &mut ticket,
-            state.metrics.inflight_uploads.get(),
         )
         .await;
         // Every early return below drops `tx` unfinished, which aborts the upstream request:
@@ -759,29 +759,29 @@ enum Streamed {
 async fn stream_file(
     corp: &Corp,
     tx: &BodySender,
+    digest: DigestReceiver,
     head: Vec<Bytes>,
     file: &mut FileSource,
     limit: u64,
     route: &'static str,
     ticket: &mut Option<BytesTicket>,
-    uploads_in_flight: i64,
 ) -> Result<Streamed, GatewayError> {
     let send_timeout = corp.cfg.upstream_timeout;
+    let timed_out = || GatewayError::UpstreamTimeout {
+        after: send_timeout,
+    };
     let send = |chunk: Bytes| async move {
         // A deadline (a timer entry) only when the channel is full and we must wait.
-        let chunk = match tx.try_send(chunk) {
+        let chunk = match tx.try_send_file(chunk) {
             Ok(None) => return Ok(true),
             Ok(Some(c)) => c,
             Err(_) => return Ok(false),
         };
-        match tokio::time::timeout(send_timeout, tx.send(chunk)).await {
-            Err(_) => Err(GatewayError::UpstreamTimeout {
-                after: send_timeout,
-            }),
+        match tokio::time::timeout(send_timeout, tx.send_file(chunk)).await {
+            Err(_) => Err(timed_out()),
             Ok(r) => Ok(r.is_ok()),
         }
     };
-    let mut hasher = Hasher::new(uploads_in_flight);
     let mut size = 0u64;
     let mut pending = head.into_iter();
     loop {
@@ -803,81 +803,25 @@ async fn stream_file(
         if let Some(t) = ticket {
             t.grow_to(size).await?;
         }
-        hasher.update(&chunk).await;
         if !send(chunk).await? {
             return Ok(Streamed::UpstreamGone { size });
         }
     }
-    Ok(Streamed::Complete {
-        size,
-        digest: hasher.finish().await?,
+    // The body hashes what hyper takes from it: the digest is final once hyper has taken the
+    // last byte, which takes as long as sending it.
+    let digest = tokio::time::timeout(send_timeout, async {
+        match tx.end_of_file().await {
+            Ok(()) => digest.await.ok(),
+            Err(_) => None,
+        }
     })
-}
-
-/// SHA-256 of the file. Small files are hashed inline; past `HASH_OFFLOAD_AFTER`, and only
-/// while fewer uploads run than there are cores, the hasher moves to its own task, so hashing
-/// runs on an otherwise idle core beside the forwarding instead of in series with it (the
-/// chunks are shared `Bytes`, not copied). With the cores busy anyway, the hand-off would only
-/// add wake-ups: measured, it cost c=16/c=64 throughput and CPU per GiB.
-enum Hasher {
-    /// Hashing here; `offload` says whether to move out once the file is large.
-    Inline(Sha256, u64, bool),
-    Task(
-        tokio::sync::mpsc::Sender<Bytes>,
-        tokio::task::JoinHandle<[u8; 32]>,
-    ),
-    Done,
-}
-
-const HASH_OFFLOAD_AFTER: u64 = 256 * 1024;
-
-impl Hasher {
-    fn new(uploads_in_flight: i64) -> Self {
-        static CORES: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
-        let cores = *CORES
-            .get_or_init(|| std::thread::available_parallelism().map_or(1, |n| n.get() as i64));
-        Self::Inline(Sha256::new(), 0, uploads_in_flight < cores)
-    }
-
-    async fn update(&mut self, chunk: &Bytes) {
-        match self {
-            Self::Inline(h, seen, offload) => {
-                h.update(chunk);
-                *seen += chunk.len() as u64;
-                if *offload && *seen >= HASH_OFFLOAD_AFTER {
-                    let mut h = std::mem::take(h);
-                    let (tx, mut rx) = tokio::sync::mpsc::channel::<Bytes>(8);
-                    let task = tokio::spawn(async move {
-                        while let Some(c) = rx.recv().await {
-                            h.update(&c);
-                        }
-                        h.finalize().into()
-                    });
-                    *self = Self::Task(tx, task);
-                }
-            }
-            Self::Task(tx, _) => {
-                // The task ends only when the sender is dropped, so this cannot fail.
-                let _ = tx.send(chunk.clone()).await;
-            }
-            Self::Done => {}
-        }
-    }
-
-    async fn finish(&mut self) -> Result<[u8; 32], GatewayError> {
-        match std::mem::replace(self, Self::Done) {
-            Self::Inline(h, _, _) => Ok(h.finalize().into()),
-            Self::Task(tx, task) => {
-                drop(tx);
-                task.await.map_err(|e| GatewayError::Internal {
-                    detail: format!("hashing task failed: {e}"),
-                })
-            }
-            Self::Done => Err(GatewayError::Internal {
-                detail: "hasher finished twice".into(),
-            }),
-        }
-    }
+    .await
+    .map_err(|_| timed_out())?;
+    Ok(match digest {
+        Some(digest) => Streamed::Complete { size, digest },
+        // The body was dropped: the upstream request ended before taking the whole file.
+        None => Streamed::UpstreamGone { size },
+    })
 }
 
 fn describe_unknown(head: &[u8]) -> &'static str {

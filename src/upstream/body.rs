@@ -3,13 +3,19 @@
 //! body ends cleanly only after an explicit `finish()`. If the sender is dropped first (the
 //! caller hung up, a limit was crossed, a dedupe hit) the body yields an error, so hyper
 //! aborts the upstream request instead of completing a truncated upload.
+//!
+//! The body also computes the file's SHA-256, as hyper takes each chunk: the hashing then runs
+//! in the upstream connection's task, beside the task reading the caller's body, with no
+//! extra hand-off. `end_of_file()` asks for the digest, which arrives once hyper has taken the
+//! file's last byte; the closing delimiter is sent only after that.
 
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
 use http_body::{Frame, SizeHint};
-use tokio::sync::mpsc;
+use sha2::{Digest, Sha256};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::BoxError;
 
@@ -17,7 +23,12 @@ use crate::BoxError;
 const CHANNEL_CHUNKS: usize = 4;
 
 enum Msg {
-    Data(Bytes),
+    /// Multipart framing: sent, not hashed.
+    Framing(Bytes),
+    /// The file's bytes: hashed and sent.
+    File(Bytes),
+    /// The file is complete: report its digest.
+    FileEnd,
     End,
 }
 
@@ -35,7 +46,13 @@ pub struct ChannelBody {
     done: bool,
     /// How the body ends, seen while coalescing but not yet reported.
     pending: Option<Pending>,
+    /// SHA-256 of the `File` chunks so far, until `FileEnd`.
+    hasher: Option<Sha256>,
+    digest: Option<oneshot::Sender<[u8; 32]>>,
 }
+
+/// The file's SHA-256, once hyper has taken all of it.
+pub type DigestReceiver = oneshot::Receiver<[u8; 32]>;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Pending {
@@ -49,6 +66,27 @@ enum Pending {
 const COALESCE_BELOW: usize = 16 * 1024;
 
 impl ChannelBody {
+    /// The bytes of a data message, hashing the file's; the message itself when it carries
+    /// none (at `FileEnd` the digest goes out).
+    fn bytes_of(&mut self, msg: Msg) -> Result<Bytes, Msg> {
+        match msg {
+            Msg::Framing(b) => Ok(b),
+            Msg::File(b) => {
+                if let Some(h) = &mut self.hasher {
+                    h.update(&b);
+                }
+                Ok(b)
+            }
+            Msg::FileEnd => {
+                if let (Some(h), Some(tx)) = (self.hasher.take(), self.digest.take()) {
+                    let _ = tx.send(h.finalize().into());
+                }
+                Err(Msg::FileEnd)
+            }
+            end => Err(end),
+        }
+    }
+
     fn coalesce(&mut self, first: Bytes) -> Bytes {
         if first.len() >= COALESCE_BELOW {
             return first;
@@ -59,11 +97,12 @@ impl ChannelBody {
             if len >= COALESCE_BELOW {
                 break;
             }
-            match self.rx.try_recv() {
-                Ok(Msg::Data(next)) => merged
+            match self.rx.try_recv().map(|m| self.bytes_of(m)) {
+                Ok(Ok(next)) => merged
                     .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
                     .extend_from_slice(&next),
-                Ok(Msg::End) => {
+                Ok(Err(Msg::FileEnd)) => {}
+                Ok(Err(_)) => {
                     self.pending = Some(Pending::End);
                     break;
                 }
@@ -81,7 +120,9 @@ impl ChannelBody {
 impl std::fmt::Debug for Msg {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
-            Msg::Data(b) => write!(f, "Data({})", b.len()),
+            Msg::Framing(b) => write!(f, "Framing({})", b.len()),
+            Msg::File(b) => write!(f, "File({})", b.len()),
+            Msg::FileEnd => f.write_str("FileEnd"),
             Msg::End => f.write_str("End"),
         }
     }
@@ -97,9 +138,11 @@ pub struct UpstreamGone;
 #[error("upload aborted by fxgate")]
 pub struct Aborted;
 
-/// A body of `len` bytes when known (sent as `Content-Length`), chunked otherwise.
-pub fn channel(len: Option<u64>) -> (BodySender, ChannelBody) {
+/// A body of `len` bytes when known (sent as `Content-Length`), chunked otherwise, and the
+/// digest of the file inside it.
+pub fn channel(len: Option<u64>) -> (BodySender, ChannelBody, DigestReceiver) {
     let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    let (digest_tx, digest_rx) = oneshot::channel();
     (
         BodySender { tx },
         ChannelBody {
@@ -107,34 +150,53 @@ pub fn channel(len: Option<u64>) -> (BodySender, ChannelBody) {
             len,
             done: false,
             pending: None,
+            hasher: Some(Sha256::new()),
+            digest: Some(digest_tx),
         },
+        digest_rx,
     )
 }
 
 impl BodySender {
-    /// Queues a chunk, waiting while the channel is full.
+    /// Queues framing (not part of the file), waiting while the channel is full.
     pub async fn send(&self, chunk: Bytes) -> Result<(), UpstreamGone> {
         if chunk.is_empty() {
             return Ok(());
         }
         self.tx
-            .send(Msg::Data(chunk))
+            .send(Msg::Framing(chunk))
             .await
             .map_err(|_| UpstreamGone)
     }
 
-    /// Queues a chunk if there is room now: `Ok(None)` queued, `Ok(Some(chunk))` full (the
-    /// caller then waits with `send`, under its deadline).
-    pub fn try_send(&self, chunk: Bytes) -> Result<Option<Bytes>, UpstreamGone> {
+    /// Queues a chunk of the file, waiting while the channel is full.
+    pub async fn send_file(&self, chunk: Bytes) -> Result<(), UpstreamGone> {
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        self.tx
+            .send(Msg::File(chunk))
+            .await
+            .map_err(|_| UpstreamGone)
+    }
+
+    /// Queues a chunk of the file if there is room now: `Ok(None)` queued, `Ok(Some(chunk))`
+    /// full (the caller then waits with `send_file`, under its deadline).
+    pub fn try_send_file(&self, chunk: Bytes) -> Result<Option<Bytes>, UpstreamGone> {
         if chunk.is_empty() {
             return Ok(None);
         }
-        match self.tx.try_send(Msg::Data(chunk)) {
+        match self.tx.try_send(Msg::File(chunk)) {
             Ok(()) => Ok(None),
-            Err(mpsc::error::TrySendError::Full(Msg::Data(c))) => Ok(Some(c)),
-            Err(mpsc::error::TrySendError::Full(Msg::End)) => Ok(None),
+            Err(mpsc::error::TrySendError::Full(Msg::File(c))) => Ok(Some(c)),
+            Err(mpsc::error::TrySendError::Full(_)) => Ok(None),
             Err(mpsc::error::TrySendError::Closed(_)) => Err(UpstreamGone),
         }
+    }
+
+    /// Marks the end of the file: the digest is sent once hyper has taken it all.
+    pub async fn end_of_file(&self) -> Result<(), UpstreamGone> {
+        self.tx.send(Msg::FileEnd).await.map_err(|_| UpstreamGone)
     }
 
     /// Ends the body cleanly.
@@ -165,17 +227,23 @@ impl http_body::Body for ChannelBody {
             }
             None => {}
         }
-        match self.rx.poll_recv(cx) {
-            Poll::Ready(Some(Msg::Data(b))) => Poll::Ready(Some(Ok(Frame::data(self.coalesce(b))))),
-            Poll::Ready(Some(Msg::End)) => {
-                self.done = true;
-                Poll::Ready(None)
+        loop {
+            let msg = match self.rx.poll_recv(cx) {
+                Poll::Ready(Some(msg)) => msg,
+                Poll::Ready(None) => {
+                    self.done = true;
+                    return Poll::Ready(Some(Err(Box::new(Aborted))));
+                }
+                Poll::Pending => return Poll::Pending,
+            };
+            match self.bytes_of(msg) {
+                Ok(b) => return Poll::Ready(Some(Ok(Frame::data(self.coalesce(b))))),
+                Err(Msg::FileEnd) => continue,
+                Err(_) => {
+                    self.done = true;
+                    return Poll::Ready(None);
+                }
             }
-            Poll::Ready(None) => {
-                self.done = true;
-                Poll::Ready(Some(Err(Box::new(Aborted))))
-            }
-            Poll::Pending => Poll::Pending,
         }
     }
 
