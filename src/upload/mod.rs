@@ -1,7 +1,9 @@
 //! The upload lifecycle (design §4): size check on the announced length, type check on the
 //! file's first bytes, then one streamed pass that forwards each chunk to Fxiaoke while
 //! hashing it, holding back only the closing multipart delimiter until the SHA-256 is final.
-//! Memory per upload is the channel's few chunks plus multer's parse buffer, whatever the size.
+//! A file that ends within `SMALL_FILE` bytes is hashed before anything goes upstream.
+//! Memory per upload is the channel's few chunks plus the inbound read buffer, whatever the
+//! size.
 
 pub mod digest;
 pub mod multipart;
