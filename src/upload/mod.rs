@@ -209,7 +209,6 @@ pub async fn handle(
         }
     }
 
-    let is_multipart = boundary.is_some();
     let body = req.into_body();
     let mut file = match boundary {
         Some(b) => FileSource::multipart(body, b).await?,
@@ -274,15 +273,7 @@ pub async fn handle(
     // upstream: those bytes sit in hyper's read buffer anyway. It is hashed first, so a stream
     // hit costs Fxiaoke nothing (no request, no budget), and a miss goes out as one write,
     // without the pump. Larger files stream as they arrive.
-    // A `Content-Length` well past it says the file streams: do not hold its first bytes back.
-    let framing = if is_multipart {
-        MULTIPART_FRAMING_ALLOWANCE
-    } else {
-        0
-    };
-    let surely_large = announced.is_some_and(|n| n > SMALL_FILE as u64 + framing);
-    let whole = !surely_large
-        && gather_small(&mut file, &mut head, &mut head_len, limit, kind.path()).await?;
+    let whole = gather_small(&mut file, &mut head, &mut head_len, limit, kind.path()).await?;
 
     let inflight = state.metrics.inflight_uploads.clone();
     inflight.inc();
