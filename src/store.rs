@@ -231,15 +231,57 @@ return 0
     )
 });
 
-/// A lease on a Redis key (`SET NX PX`) held by this process: renewed every third of its
-/// life while held, released (compare-and-delete) when dropped. If the process dies, the
-/// lease lapses after `ttl` and another replica takes over.
-#[derive(Debug)]
+/// Something this process holds in Redis for `ttl` at a time: a task renews it every third of
+/// its life while held, and dropping it stops the renewal and releases it in the background.
+/// If the process dies, or the release cannot reach Redis, it lapses after `ttl` and another
+/// replica takes over. Key leases (`Redis::try_lease`) and upload slots are both held this way.
 pub struct Lease {
-    redis: Arc<Redis>,
-    store: &'static str,
-    key: String,
     renewer: tokio::task::JoinHandle<()>,
+    release: Option<futures_util::future::BoxFuture<'static, ()>>,
+}
+
+impl std::fmt::Debug for Lease {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Lease").finish_non_exhaustive()
+    }
+}
+
+impl Lease {
+    /// Starts holding: `renew` runs every `ttl / 3` until it answers `false` (the lease is
+    /// lost); `release` runs once, when the lease is dropped.
+    pub fn hold<R, F>(
+        ttl: Duration,
+        mut renew: R,
+        release: impl Future<Output = ()> + Send + 'static,
+    ) -> Self
+    where
+        R: FnMut() -> F + Send + 'static,
+        F: Future<Output = bool> + Send,
+    {
+        let renewer = tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(ttl / 3).await;
+                if !renew().await {
+                    return;
+                }
+            }
+        });
+        Self {
+            renewer,
+            release: Some(Box::pin(release)),
+        }
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+        if let (Some(release), Ok(rt)) =
+            (self.release.take(), tokio::runtime::Handle::try_current())
+        {
+            rt.spawn(release);
+        }
+    }
 }
 
 impl Redis {
@@ -266,12 +308,12 @@ impl Redis {
         if set.is_none() {
             return Ok(None);
         }
-        let renewer = {
+        let renew = {
             let (redis, key) = (self.clone(), key.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(ttl / 3).await;
-                    let (k, owner) = (key.clone(), redis.owner.clone());
+            move || {
+                let (redis, k) = (redis.clone(), key.clone());
+                async move {
+                    let owner = redis.owner.clone();
                     let renewed: Result<i64, _> = redis
                         .run(store, "lease", |mut c| async move {
                             RENEW_IF_OWNER
@@ -282,43 +324,24 @@ impl Redis {
                                 .await
                         })
                         .await;
-                    if !matches!(renewed, Ok(1)) {
-                        // Lost (lapsed, or Redis is gone): whoever holds the key now owns it.
-                        return;
-                    }
+                    // Lost (lapsed, or Redis is gone): whoever holds the key now owns it.
+                    matches!(renewed, Ok(1))
                 }
-            })
+            }
         };
-        Ok(Some(Lease {
-            redis: self.clone(),
-            store,
-            key,
-            renewer,
-        }))
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.renewer.abort();
-        let (redis, store, key) = (
-            self.redis.clone(),
-            self.store,
-            std::mem::take(&mut self.key),
-        );
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let owner = redis.owner.clone();
-                let _: Result<i64, _> = redis
-                    .run(store, "lease", |mut c| async move {
-                        RELEASE_IF_OWNER
-                            .key(&key)
-                            .arg(&owner)
-                            .invoke_async(&mut c)
-                            .await
-                    })
-                    .await;
-            });
-        }
+        let redis = self.clone();
+        let release = async move {
+            let owner = redis.owner.clone();
+            let _: Result<i64, _> = redis
+                .run(store, "lease", |mut c| async move {
+                    RELEASE_IF_OWNER
+                        .key(&key)
+                        .arg(&owner)
+                        .invoke_async(&mut c)
+                        .await
+                })
+                .await;
+        };
+        Ok(Some(Lease::hold(ttl, renew, release)))
     }
 }

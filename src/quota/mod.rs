@@ -19,7 +19,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub mod shared;
 
-use shared::{BudgetAnswer, SharedQuotas, SlotLease};
+use shared::{BudgetAnswer, SharedQuotas};
 
 use crate::config::ClientConfig;
 use crate::error::GatewayError;
@@ -297,7 +297,7 @@ pub enum UploadSlot {
     /// From this replica's semaphore.
     Local(OwnedSemaphorePermit),
     /// Leased in Redis, shared by replicas.
-    Shared(SlotLease),
+    Shared(crate::store::Lease),
 }
 
 /// Bytes reserved on one CST day.

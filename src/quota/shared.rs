@@ -16,7 +16,7 @@ use std::time::Duration;
 use redis::Script;
 
 use super::cst_day;
-use crate::store::{Redis, StoreError};
+use crate::store::{Lease, Redis, StoreError};
 
 /// How long an upload slot outlives a replica that stopped renewing it.
 pub const SLOT_LEASE: Duration = Duration::from_secs(30);
@@ -193,11 +193,7 @@ impl SharedQuotas {
     }
 
     /// Leases one of `max` concurrent-upload slots; `Ok(None)` when all are taken.
-    pub async fn acquire_slot(
-        &self,
-        client: &str,
-        max: u32,
-    ) -> Result<Option<SlotLease>, StoreError> {
+    pub async fn acquire_slot(&self, client: &str, max: u32) -> Result<Option<Lease>, StoreError> {
         let key = self.redis.key(&["quota", client, "uploads"]);
         let member = unique();
         let (k, m) = (key.clone(), member.clone());
@@ -216,12 +212,11 @@ impl SharedQuotas {
         if got != 1 {
             return Ok(None);
         }
-        let renewer = {
+        let renew = {
             let (redis, key, member) = (self.redis.clone(), key.clone(), member.clone());
-            tokio::spawn(async move {
-                loop {
-                    tokio::time::sleep(SLOT_LEASE / 3).await;
-                    let (k, m) = (key.clone(), member.clone());
+            move || {
+                let (redis, k, m) = (redis.clone(), key.clone(), member.clone());
+                async move {
                     // A failed renewal is retried next time; the lease outlives two misses.
                     let _ = redis
                         .run("quota", "uploads", |mut c| async move {
@@ -233,15 +228,24 @@ impl SharedQuotas {
                                 .await
                         })
                         .await;
+                    true
                 }
-            })
+            }
         };
-        Ok(Some(SlotLease {
-            redis: self.redis.clone(),
-            key,
-            member,
-            renewer,
-        }))
+        let redis = self.redis.clone();
+        // If Redis is gone the release fails and the lease simply expires.
+        let release = async move {
+            let _ = redis
+                .run("quota", "uploads", |mut c| async move {
+                    redis::cmd("ZREM")
+                        .arg(&key)
+                        .arg(&member)
+                        .query_async::<i64>(&mut c)
+                        .await
+                })
+                .await;
+        };
+        Ok(Some(Lease::hold(SLOT_LEASE, renew, release)))
     }
 
     /// Uploads in flight across replicas.
@@ -347,39 +351,5 @@ impl SharedQuotas {
         } else {
             BudgetAnswer::Taken((left >= 0).then_some(left as u64))
         })
-    }
-}
-
-/// A leased concurrent-upload slot: renewed while held, given back when dropped.
-#[derive(Debug)]
-pub struct SlotLease {
-    redis: Arc<Redis>,
-    key: String,
-    member: String,
-    renewer: tokio::task::JoinHandle<()>,
-}
-
-impl Drop for SlotLease {
-    fn drop(&mut self) {
-        self.renewer.abort();
-        let (redis, key, member) = (
-            self.redis.clone(),
-            std::mem::take(&mut self.key),
-            std::mem::take(&mut self.member),
-        );
-        // If Redis is gone the release fails and the lease simply expires.
-        if let Ok(rt) = tokio::runtime::Handle::try_current() {
-            rt.spawn(async move {
-                let _ = redis
-                    .run("quota", "uploads", |mut c| async move {
-                        redis::cmd("ZREM")
-                            .arg(&key)
-                            .arg(&member)
-                            .query_async::<i64>(&mut c)
-                            .await
-                    })
-                    .await;
-            });
-        }
     }
 }
