@@ -160,24 +160,19 @@ pub fn channel(len: Option<u64>) -> (BodySender, ChannelBody, DigestReceiver) {
 impl BodySender {
     /// Queues framing (not part of the file), waiting while the channel is full.
     pub async fn send(&self, chunk: Bytes) -> Result<(), UpstreamGone> {
-        if chunk.is_empty() {
-            return Ok(());
-        }
-        self.tx
-            .send(Msg::Framing(chunk))
-            .await
-            .map_err(|_| UpstreamGone)
+        self.push(chunk, Msg::Framing).await
     }
 
     /// Queues a chunk of the file, waiting while the channel is full.
     pub async fn send_file(&self, chunk: Bytes) -> Result<(), UpstreamGone> {
+        self.push(chunk, Msg::File).await
+    }
+
+    async fn push(&self, chunk: Bytes, msg: fn(Bytes) -> Msg) -> Result<(), UpstreamGone> {
         if chunk.is_empty() {
             return Ok(());
         }
-        self.tx
-            .send(Msg::File(chunk))
-            .await
-            .map_err(|_| UpstreamGone)
+        self.tx.send(msg(chunk)).await.map_err(|_| UpstreamGone)
     }
 
     /// Queues a chunk of the file if there is room now: `Ok(None)` queued, `Ok(Some(chunk))`
