@@ -14,7 +14,7 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::body::{full, Body};
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {

@@ -14,7 +14,6 @@ use arc_swap::ArcSwap;
 
 use crate::config::{BaseUrl, Config};
 use crate::dedupe::Dedupe;
-use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::middleware::access_log::AccessLogLayer;
 use crate::middleware::auth::{AuthLayer, ClientRegistry};
@@ -24,102 +23,11 @@ use crate::middleware::request_id::RequestIdLayer;
 use crate::quota::shared::SharedQuotas;
 use crate::quota::{Clock, SystemClock};
 use crate::routes::Router;
-use crate::sandbox::{SandboxHandle, SandboxOptions};
+use crate::sandbox::SandboxOptions;
+use crate::state::AppState;
 use crate::store::Redis;
 use crate::upstream::Corp;
 use crate::{admin, server};
-
-/// What every request handler shares.
-#[derive(Debug)]
-pub struct AppState {
-    /// The validated configuration.
-    pub cfg: Arc<Config>,
-    /// The corps, by name.
-    pub corps: BTreeMap<String, Arc<Corp>>,
-    /// The metric families.
-    pub metrics: Metrics,
-    /// The registry `/metrics` encodes.
-    pub registry: Registry,
-    /// Callers and their quota state; swapped whole by a reload.
-    pub clients: Arc<ArcSwap<ClientRegistry>>,
-    /// Time, for quotas (injectable).
-    pub clock: Arc<dyn Clock>,
-    /// The dedupe index.
-    pub dedupe: Dedupe,
-    /// The shared store, with `backend = "redis"`.
-    pub redis: Option<Arc<Redis>>,
-    /// Quotas shared by replicas, with `backend = "redis"`.
-    pub quotas: Option<SharedQuotas>,
-    /// The in-process sandbox, kept alive while the app runs.
-    _sandboxes: Vec<SandboxHandle>,
-}
-
-impl AppState {
-    /// The corp named in a caller's config (validated at load, so a miss is a bug).
-    pub fn corp(&self, name: &str) -> Result<Arc<Corp>, GatewayError> {
-        self.corps
-            .get(name)
-            .cloned()
-            .ok_or_else(|| GatewayError::Internal {
-                detail: format!("caller refers to unknown corp {name}"),
-            })
-    }
-
-    /// Forgets a deleted mediaId wherever fxgate remembers it (the dedupe index).
-    pub async fn forget_media(&self, corp: &str, media_id: &str) {
-        self.dedupe.store.forget_media(corp, media_id).await;
-    }
-
-    /// Re-reads the config file and applies its `[[clients]]` (callers, keys, quotas). Quota
-    /// state of unchanged callers survives; requests in flight finish under the rules they
-    /// started with. A config that does not load, or names a corp this process does not
-    /// run, is rejected and the old one stays.
-    pub fn reload(&self) -> Result<usize, String> {
-        let path = self
-            .cfg
-            .source
-            .clone()
-            .ok_or("this process was not started from a config file")?;
-        let new = Config::load(&path, None).map_err(|e| format!("{}: {e}", path.display()))?;
-        for c in &new.clients {
-            if !self.corps.contains_key(&c.corp) {
-                return Err(format!(
-                    "client `{}` names corp `{}`, which needs a restart to add",
-                    c.name, c.corp
-                ));
-            }
-        }
-        self.metrics.init_series(&new);
-        let old = self.clients.load();
-        let registry = ClientRegistry::new(&new.clients, Some(&old));
-        let n = registry.all().len();
-        self.clients.store(Arc::new(registry));
-        Ok(n)
-    }
-
-    /// Logs and applies a reload (SIGHUP, `POST /admin/reload`).
-    pub fn reload_logged(&self, trigger: &str) -> Result<usize, String> {
-        match self.reload() {
-            Ok(n) => {
-                tracing::info!(
-                    trigger,
-                    clients = n,
-                    "configuration reloaded: clients and quotas applied"
-                );
-                Ok(n)
-            }
-            Err(e) => {
-                tracing::error!(trigger, error = %e, "configuration reload rejected; the previous configuration stays in force");
-                Err(e)
-            }
-        }
-    }
-
-    /// Whether every corp holds a usable token.
-    pub fn ready(&self) -> bool {
-        self.corps.values().all(|c| c.tokens.ready())
-    }
-}
 
 /// The caller-facing service, outermost layer first.
 pub fn service(state: Arc<AppState>) -> crate::server::AppService {

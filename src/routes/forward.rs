@@ -6,7 +6,7 @@
 use http::{header, HeaderValue, Request, Response};
 use http_body_util::BodyExt;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::body::{full, Body};
 use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;

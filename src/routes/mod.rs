@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use http::Method;
 use tower::Service;
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
@@ -29,16 +29,8 @@ impl Router {
     }
 }
 
-/// The first value of query parameter `name`, percent-decoded.
-pub fn query_param(uri: &http::Uri, name: &str) -> Option<String> {
-    let q = uri.query()?;
-    form_urlencoded::parse(q.as_bytes())
-        .find(|(k, _)| k == name)
-        .map(|(_, v)| v.into_owned())
-}
-
 fn upload_kind(req: &Req) -> Result<UploadKind, GatewayError> {
-    let ty = query_param(req.uri(), "type");
+    let ty = crate::route::query_param(req.uri(), "type");
     match ty.as_deref() {
         Some("image") => Ok(UploadKind::Image),
         Some("document") => Ok(UploadKind::Document),

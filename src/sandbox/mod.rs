@@ -25,7 +25,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::body::{full, Body};
 use crate::config::ImageType;
-use crate::routes::query_param;
+use crate::route::query_param;
 use state::{Faults, Media, State};
 pub use state::{Stats, StatsSnapshot};
 

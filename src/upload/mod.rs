@@ -16,7 +16,7 @@ use http::{header, HeaderMap, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
-use crate::app::AppState;
+use crate::state::AppState;
 use crate::body::{full, Body};
 use crate::config::{ClaimScope, ImageType, UploadConfig};
 use crate::dedupe::{follow, DedupeKey, LeaderGuard, LockOutcome, MediaRef, Outcome, Role};
@@ -26,7 +26,7 @@ use crate::middleware::auth::Principal;
 use crate::middleware::quota::TicketSlot;
 use crate::middleware::request_id::RequestId;
 use crate::quota::BytesTicket;
-use crate::routes::query_param;
+use crate::route::query_param;
 use crate::upstream::body::{channel, BodySender, DigestReceiver};
 use crate::upstream::envelope::{Envelope, TOKEN_EXPIRED};
 use crate::upstream::Corp;
@@ -307,7 +307,7 @@ pub async fn handle(
         }
         let request = corp.client().request(upstream_req);
         let pending = AbortOnDrop(tokio::spawn(async move {
-            request.await.map_err(crate::upstream::client::classify)
+            request.await.map_err(crate::upstream::transport::classify)
         }));
         let sent = stream_file(
             &corp,
@@ -403,7 +403,7 @@ pub async fn handle(
             let req = opened.request(full(one.freeze()), Some(len))?;
             let request = corp.client().request(req);
             (
-                async move { request.await.map_err(crate::upstream::client::classify) }.boxed(),
+                async move { request.await.map_err(crate::upstream::transport::classify) }.boxed(),
                 opened.token,
             )
         }

@@ -1,10 +1,11 @@
-//! Everything that talks to Fxiaoke: the HTTP client per corp (`client`), the corp token
+//! Everything that talks to Fxiaoke: one `Corp` per tenant (`corp`), the HTTP client (`transport`), the corp token
 //! provider (`token`), and the reading of Fxiaoke's answers (`envelope`).
 
 pub mod body;
-pub mod client;
+pub mod corp;
 pub mod envelope;
+pub mod transport;
 pub mod shared_token;
 pub mod token;
 
-pub use client::Corp;
+pub use corp::Corp;

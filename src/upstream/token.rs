@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use http::{header, Request};
 use tokio::sync::{watch, Notify};
 
-use super::client::HttpClient;
+use super::transport::{self, HttpClient};
 use super::envelope::Envelope;
 use super::shared_token::{unix_ms, SharedToken, StoredToken, LEASE};
 use crate::body::full;
@@ -125,7 +125,7 @@ impl TokenProvider {
         });
         // Token calls get their own connection each time (at most 9 a minute): a pooled
         // connection the server has just closed would fail the call for nothing.
-        let client = super::client::http_client_unpooled(cfg.connect_timeout);
+        let client = transport::unpooled(cfg.connect_timeout);
         let refresher = Refresher {
             cfg: cfg.clone(),
             base,
@@ -480,7 +480,7 @@ impl Refresher {
             self.cfg.connect_timeout + self.cfg.upstream_timeout.min(Duration::from_secs(30));
         let resp = match tokio::time::timeout(deadline, self.client.request(req)).await {
             Err(_) => return Fetched::Failed("token endpoint timed out".into()),
-            Ok(Err(e)) => return Fetched::Failed(super::client::transport_detail(&e)),
+            Ok(Err(e)) => return Fetched::Failed(transport::transport_detail(&e)),
             Ok(Ok(r)) => r,
         };
         let status = resp.status();

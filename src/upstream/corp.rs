@@ -7,10 +7,7 @@ use std::time::{Duration, Instant};
 
 use http::{Request, Response, Uri};
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::TokioExecutor;
-
+use super::transport::{self, HttpClient};
 use super::shared_token::SharedToken;
 use super::token::{CorpToken, TokenProvider};
 use crate::body::Body;
@@ -19,9 +16,6 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::quota::shared::SharedQuotas;
 use crate::quota::{Clock, UpstreamBudget};
-
-/// The connection pool type shared by all of a corp's calls.
-pub type HttpClient = Client<HttpsConnector<HttpConnector>, Body>;
 
 /// One configured corp.
 #[derive(Debug)]
@@ -47,33 +41,6 @@ pub struct Target {
     pub third_trace_id: String,
 }
 
-fn connector(connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
-    let mut http = HttpConnector::new();
-    http.enforce_http(false);
-    http.set_connect_timeout(Some(connect_timeout));
-    http.set_nodelay(true);
-    hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
-        .https_or_http()
-        .enable_http1()
-        .wrap_connector(http)
-}
-
-/// Builds the pooled HTTPS/HTTP client.
-pub fn http_client(connect_timeout: Duration) -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_idle_timeout(Duration::from_secs(60))
-        .pool_max_idle_per_host(64)
-        .build(connector(connect_timeout))
-}
-
-/// A client that keeps no idle connections.
-pub fn http_client_unpooled(connect_timeout: Duration) -> HttpClient {
-    Client::builder(TokioExecutor::new())
-        .pool_max_idle_per_host(0)
-        .build(connector(connect_timeout))
-}
-
 impl Corp {
     /// Builds the corp and starts its token refresher; with `shared`, its token and budget
     /// live in Redis, shared by replicas.
@@ -91,7 +58,7 @@ impl Corp {
             shared_token = Some(SharedToken::new(sh.redis().clone(), &cfg.name));
             budget = budget.shared(sh, &cfg.name);
         }
-        let client = http_client(cfg.connect_timeout);
+        let client = transport::pooled(cfg.connect_timeout);
         let tokens = TokenProvider::spawn(cfg.clone(), base.clone(), metrics.clone(), shared_token);
         Arc::new(Self {
             cfg,
@@ -149,7 +116,7 @@ impl Corp {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 after: self.cfg.upstream_timeout,
             }),
-            Ok(Err(e)) => Err(classify(e)),
+            Ok(Err(e)) => Err(transport::classify(e)),
             Ok(Ok(resp)) => Ok(resp),
         }
     }
@@ -194,28 +161,4 @@ impl Corp {
             .with_label_values(&[&self.cfg.name, route, error_code])
             .inc();
     }
-}
-
-/// A transport failure, reduced to its kind. hyper-util's errors never carry the URL (which
-/// holds the token), but the chain is still summarised rather than forwarded.
-pub fn classify(e: hyper_util::client::legacy::Error) -> GatewayError {
-    GatewayError::UpstreamUnreachable {
-        source: transport_detail(&e).into(),
-    }
-}
-
-/// "connect failed: <innermost cause>", for logs.
-pub fn transport_detail(e: &hyper_util::client::legacy::Error) -> String {
-    let kind = if e.is_connect() {
-        "connect failed"
-    } else {
-        "connection failed"
-    };
-    let mut detail = kind.to_string();
-    let mut source = std::error::Error::source(e);
-    while let Some(s) = source {
-        detail = format!("{kind}: {s}");
-        source = s.source();
-    }
-    detail
 }
