@@ -14,8 +14,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{Encoder, TextEncoder};
 use tokio::net::TcpListener;
 
-use crate::state::AppState;
 use crate::body::{full, Body};
+use crate::state::AppState;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body.into()));

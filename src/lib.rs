@@ -18,6 +18,7 @@ pub mod route;
 pub mod routes;
 pub mod sandbox;
 pub mod server;
+pub mod sniff;
 pub mod state;
 pub mod store;
 pub mod telemetry;

@@ -62,6 +62,31 @@ pub struct Families {
     pub store_up: IntGauge,
 }
 
+/// `fxgate_dedupe_total{result}`: how an upload met the index.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DedupeResult {
+    /// A claimed digest was found before the body was read.
+    HitClaim,
+    /// The whole file came and was found.
+    HitStream,
+    /// The file was new.
+    Miss,
+}
+
+impl DedupeResult {
+    /// Every value, for zero-initialised series.
+    pub const ALL: [Self; 3] = [Self::HitClaim, Self::HitStream, Self::Miss];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::HitClaim => "hit_claim",
+            Self::HitStream => "hit_stream",
+            Self::Miss => "miss",
+        }
+    }
+}
+
 /// Buckets from 1 ms to about 9 minutes: small JSON calls and 20 MiB uploads on slow links.
 fn duration_buckets() -> Vec<f64> {
     exponential_buckets(0.001, 2.5, 15).unwrap_or_default()
@@ -182,8 +207,8 @@ impl Metrics {
         registry.register(Box::new(m.store_errors.clone()))?;
         registry.register(Box::new(m.upstream_budget_limit.clone()))?;
         // Zero-valued series from the start, so rate() and alerts see them before the first event.
-        for result in ["hit_claim", "hit_stream", "miss"] {
-            m.dedupe.with_label_values(&[result]);
+        for result in DedupeResult::ALL {
+            m.dedupe.with_label_values(&[result.as_str()]);
         }
         registry.register(Box::new(m.requests.clone()))?;
         registry.register(Box::new(m.request_duration.clone()))?;
@@ -252,6 +277,12 @@ impl Metrics {
             }
         }
         Ok(())
+    }
+
+    /// Counts one dedupe outcome and the file bytes it kept from Fxiaoke.
+    pub fn count_dedupe(&self, result: DedupeResult, bytes_saved: u64) {
+        self.dedupe.with_label_values(&[result.as_str()]).inc();
+        self.dedupe_bytes_saved.inc_by(bytes_saved);
     }
 
     /// A histogram of the request duration for `route`.

@@ -110,4 +110,3 @@ impl AppState {
         self.corps.values().all(|c| c.tokens.ready())
     }
 }
-

@@ -237,7 +237,9 @@ return 0
 /// replica takes over. Key leases (`Redis::try_lease`) and upload slots are both held this way.
 pub struct Lease {
     renewer: tokio::task::JoinHandle<()>,
-    release: Option<futures_util::future::BoxFuture<'static, ()>>,
+    // Behind a mutex only so that a `Lease` is `Sync` (requests hold leases across awaits by
+    // reference); it is taken once, on drop.
+    release: Mutex<Option<futures_util::future::BoxFuture<'static, ()>>>,
 }
 
 impl std::fmt::Debug for Lease {
@@ -268,7 +270,7 @@ impl Lease {
         });
         Self {
             renewer,
-            release: Some(Box::pin(release)),
+            release: Mutex::new(Some(Box::pin(release))),
         }
     }
 }
@@ -276,9 +278,10 @@ impl Lease {
 impl Drop for Lease {
     fn drop(&mut self) {
         self.renewer.abort();
-        if let (Some(release), Ok(rt)) =
-            (self.release.take(), tokio::runtime::Handle::try_current())
-        {
+        if let (Some(release), Ok(rt)) = (
+            self.release.get_mut().take(),
+            tokio::runtime::Handle::try_current(),
+        ) {
             rt.spawn(release);
         }
     }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+pub use crate::sniff::ImageType;
 pub use file::FileConfig;
 use file::*;
 
@@ -129,55 +130,6 @@ pub struct CorpConfig {
     pub upstream_timeout: Duration,
     /// Connect deadline.
     pub connect_timeout: Duration,
-}
-
-/// Content types fxgate recognises by their first bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum ImageType {
-    /// `image/jpeg`
-    Jpeg,
-    /// `image/png`
-    Png,
-    /// `image/gif`
-    Gif,
-    /// `image/bmp`
-    Bmp,
-}
-
-impl ImageType {
-    /// Parses a MIME name.
-    pub fn from_mime(mime: &str) -> Option<Self> {
-        match mime.trim().to_ascii_lowercase().as_str() {
-            "image/jpeg" | "image/jpg" => Some(Self::Jpeg),
-            "image/png" => Some(Self::Png),
-            "image/gif" => Some(Self::Gif),
-            "image/bmp" | "image/x-bmp" | "image/x-ms-bmp" => Some(Self::Bmp),
-            _ => None,
-        }
-    }
-    /// The canonical MIME name.
-    pub fn mime(self) -> &'static str {
-        match self {
-            Self::Jpeg => "image/jpeg",
-            Self::Png => "image/png",
-            Self::Gif => "image/gif",
-            Self::Bmp => "image/bmp",
-        }
-    }
-    /// Recognises a type from a file's first bytes (at least 8 are needed for PNG).
-    pub fn sniff(head: &[u8]) -> Option<Self> {
-        if head.starts_with(&[0xFF, 0xD8, 0xFF]) {
-            Some(Self::Jpeg)
-        } else if head.starts_with(b"\x89PNG\r\n\x1a\n") {
-            Some(Self::Png)
-        } else if head.starts_with(b"GIF87a") || head.starts_with(b"GIF89a") {
-            Some(Self::Gif)
-        } else if head.starts_with(b"BM") && head.len() >= 6 {
-            Some(Self::Bmp)
-        } else {
-            None
-        }
-    }
 }
 
 /// `[upload]`, validated.
@@ -851,19 +803,5 @@ mod tests {
             Some(Duration::from_secs(72 * 3600))
         );
         assert!(parse_duration("k", "soon").is_err());
-    }
-
-    #[test]
-    fn sniffs_images() {
-        assert_eq!(
-            ImageType::sniff(&[0xFF, 0xD8, 0xFF, 0xE0]),
-            Some(ImageType::Jpeg)
-        );
-        assert_eq!(
-            ImageType::sniff(b"\x89PNG\r\n\x1a\n...."),
-            Some(ImageType::Png)
-        );
-        assert_eq!(ImageType::sniff(b"GIF89a.."), Some(ImageType::Gif));
-        assert_eq!(ImageType::sniff(b"%PDF-1.7"), None);
     }
 }

@@ -1,21 +1,23 @@
 //! The dedupe index (design §6): which file (by SHA-256) already has which Fxiaoke mediaId,
-//! per corp and route. `DedupeStore` is the storage seam (the embedded moka store here, Redis
-//! when replicas share); `Coalescer` makes concurrent uploads of one claimed digest go upstream
-//! once. Only digests fxgate computed itself are recorded, and only after Fxiaoke's `errorCode 0`.
+//! per corp and route. `DedupeStore` is the storage seam (`memory`: the embedded moka store;
+//! `redis`: shared by replicas); `coalesce` owns the single-flight of claimed digests (within
+//! the process and, through the store's lock, across replicas). Only digests fxgate computed
+//! itself are recorded, and only after Fxiaoke's `errorCode 0`.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
-
-use parking_lot::Mutex;
-use tokio::sync::watch;
+use std::time::SystemTime;
 
 use crate::config::DedupeConfig;
 use crate::store::{Lease, Redis};
 use futures_util::future::BoxFuture;
 
+pub mod coalesce;
+pub mod memory;
 pub mod redis;
+
+pub use coalesce::{Claim, Coalescer, LeaderGuard};
+pub use memory::MemoryStore;
 
 /// What identifies a file for reuse: corp + route (+ `type`) + SHA-256 (+ filename for
 /// documents, whose name Fxiaoke shows to users).
@@ -103,151 +105,6 @@ pub enum LockOutcome {
     Busy,
 }
 
-/// The embedded store: a moka cache with a TTL and a size bound.
-#[derive(Debug)]
-pub struct MemoryStore {
-    /// Deletes find their entries through invalidation closures rather than a reverse
-    /// `mediaId` index: a delete is rare, and a second cache would double the cost of the
-    /// insert every upload pays.
-    entries: moka::future::Cache<DedupeKey, MediaRef>,
-}
-
-impl MemoryStore {
-    /// A store holding at most `max_entries`, each for `ttl`.
-    pub fn new(ttl: Duration, max_entries: u64) -> Self {
-        Self {
-            entries: moka::future::Cache::builder()
-                .time_to_live(ttl)
-                .max_capacity(max_entries)
-                .support_invalidation_closures()
-                .build(),
-        }
-    }
-}
-
-impl DedupeStore for MemoryStore {
-    fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>> {
-        Box::pin(self.entries.get(key))
-    }
-
-    fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()> {
-        Box::pin(self.entries.insert(key, value))
-    }
-
-    fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()> {
-        let (corp, media_id) = (corp.to_string(), media_id.to_string());
-        // Applies to entries recorded up to now: a later re-upload under a new mediaId stays.
-        // `get` checks pending closures itself, so the eviction is visible at once.
-        let registered = self
-            .entries
-            .invalidate_entries_if(move |k, v| k.corp == corp && v.media_id == media_id);
-        if let Err(e) = registered {
-            tracing::error!(error = %e, "dedupe index cannot evict by mediaId");
-        }
-        Box::pin(async {})
-    }
-}
-
-/// How a coalesced upload ended, as its followers see it.
-#[derive(Debug, Clone)]
-pub enum Outcome {
-    /// The leader's upload succeeded.
-    Done(MediaRef),
-    /// The leader failed or gave up; one follower takes over.
-    Failed,
-}
-
-type Slot = watch::Receiver<Option<Outcome>>;
-/// A claimed upload: its key, and the caller when claims are scoped per caller.
-type InflightKey = (DedupeKey, Option<String>);
-type InflightMap = Arc<Mutex<HashMap<InflightKey, Slot>>>;
-
-/// Concurrent uploads of the same claimed digest: the first leads, the rest wait for it.
-#[derive(Debug, Default)]
-pub struct Coalescer {
-    inflight: InflightMap,
-}
-
-/// The role a request gets.
-#[derive(Debug)]
-pub enum Role {
-    /// Upload, then report through the guard.
-    Leader(LeaderGuard),
-    /// Wait on this for the leader's outcome.
-    Follower(Slot),
-}
-
-/// Held by the leading upload; dropping it without `complete` tells followers it failed.
-#[derive(Debug)]
-pub struct LeaderGuard {
-    key: InflightKey,
-    tx: watch::Sender<Option<Outcome>>,
-    map: InflightMap,
-    /// The cross-replica lease, released after the followers have their answer.
-    lease: Option<Lease>,
-}
-
-impl LeaderGuard {
-    /// Holds `lease` for as long as the guard lives.
-    pub fn hold(&mut self, lease: Option<Lease>) {
-        self.lease = lease;
-    }
-
-    /// Hands the mediaId to every follower.
-    pub fn complete(self, media: MediaRef) {
-        let _ = self.tx.send(Some(Outcome::Done(media)));
-    }
-}
-
-impl Drop for LeaderGuard {
-    fn drop(&mut self) {
-        self.map.lock().remove(&self.key);
-        self.tx.send_if_modified(|o| {
-            if o.is_none() {
-                *o = Some(Outcome::Failed);
-                true
-            } else {
-                false
-            }
-        });
-    }
-}
-
-impl Coalescer {
-    /// Leads if nobody uploads `key` (for `scope`, the caller when claims are per caller) yet.
-    pub fn join(&self, key: DedupeKey, scope: Option<String>) -> Role {
-        let mut map = self.inflight.lock();
-        let k = (key, scope);
-        if let Some(rx) = map.get(&k) {
-            return Role::Follower(rx.clone());
-        }
-        let (tx, rx) = watch::channel(None);
-        map.insert(k.clone(), rx);
-        Role::Leader(LeaderGuard {
-            key: k,
-            tx,
-            map: self.inflight.clone(),
-            lease: None,
-        })
-    }
-}
-
-/// Waits for a leader's outcome, at most `bound`; `None` on timeout.
-pub async fn follow(mut slot: Slot, bound: Duration) -> Option<Outcome> {
-    let wait = async {
-        loop {
-            if let Some(outcome) = slot.borrow_and_update().clone() {
-                return Some(outcome);
-            }
-            if slot.changed().await.is_err() {
-                // The leader's guard is gone without a word: it failed.
-                return Some(Outcome::Failed);
-            }
-        }
-    };
-    tokio::time::timeout(bound, wait).await.ok().flatten()
-}
-
 /// The dedupe index with its policy.
 #[derive(Debug)]
 pub struct Dedupe {
@@ -290,6 +147,8 @@ impl Dedupe {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use coalesce::{follow, Outcome, Role};
+    use std::time::Duration;
 
     fn key(n: u8) -> DedupeKey {
         DedupeKey {

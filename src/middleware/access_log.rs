@@ -1,7 +1,8 @@
 //! `AccessLogLayer`: one log line and the RED metrics for every request, whatever its outcome
 //! (it sits outside `ErrorResponseLayer`, so it sees synthesised errors as responses). Inner
 //! layers and handlers fill in what only they know (caller, bytes, dedupe result, trace ids)
-//! through the `LogContext` this layer puts into the request extensions.
+//! through the `LogContext` this layer puts into the request extensions, beside the request's
+//! `RouteMatch` (resolved here, once, for every layer below).
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -13,7 +14,8 @@ use tower::{Layer, Service};
 use super::request_id::RequestId;
 use super::{BoxFuture, Req, Resp};
 use crate::error::ErrorCode;
-use crate::metrics::Metrics;
+use crate::metrics::{DedupeResult, Metrics};
+use crate::route::{Route, RouteMatch};
 
 /// What inner layers add to the access-log line.
 #[derive(Debug, Default)]
@@ -38,9 +40,9 @@ impl LogContext {
     pub fn add_bytes(&self, n: u64) {
         self.0.lock().bytes += n;
     }
-    /// `miss`, `hit_claim` or `hit_stream`.
-    pub fn set_dedupe(&self, result: &'static str) {
-        self.0.lock().dedupe = Some(result);
+    /// How the upload met the dedupe index.
+    pub fn set_dedupe(&self, result: DedupeResult) {
+        self.0.lock().dedupe = Some(result.as_str());
     }
     /// Our `thirdTraceId` of the last upstream attempt.
     pub fn set_third_trace_id(&self, id: &str) {
@@ -49,17 +51,6 @@ impl LogContext {
     /// Fxiaoke's `traceId`.
     pub fn set_upstream_trace_id(&self, id: Option<String>) {
         self.0.lock().upstream_trace_id = id;
-    }
-}
-
-/// The route label: one of the known routes, or `other` (keeps label values bounded).
-pub fn route_label(path: &str) -> &'static str {
-    match path {
-        "/media/upload/message" => "/media/upload/message",
-        "/media/upload" => "/media/upload",
-        "/media/download" => "/media/download",
-        "/media/delete" => "/media/delete",
-        _ => "other",
     }
 }
 
@@ -112,7 +103,10 @@ where
         req.extensions_mut().insert(ctx.clone());
         let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
         let method = req.method().clone();
-        let route = route_label(req.uri().path());
+        // The one place a request's route is resolved; the layers below read it.
+        let matched = RouteMatch(Route::of(req.uri().path()));
+        req.extensions_mut().insert(matched);
+        let route = matched.label();
         let version = req.version();
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);

@@ -9,12 +9,13 @@ use std::task::{Context, Poll};
 use http::Method;
 use tower::Service;
 
-use crate::state::AppState;
 use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
 use crate::middleware::{BoxFuture, Req, Resp};
-use crate::upload::{self, UploadKind};
+use crate::route::{Route, RouteMatch};
+use crate::state::AppState;
+use crate::upload;
 
 /// Dispatches to the handlers.
 #[derive(Debug, Clone)]
@@ -26,17 +27,6 @@ impl Router {
     /// Routes over `state`.
     pub fn new(state: Arc<AppState>) -> Self {
         Self { state }
-    }
-}
-
-fn upload_kind(req: &Req) -> Result<UploadKind, GatewayError> {
-    let ty = crate::route::query_param(req.uri(), "type");
-    match ty.as_deref() {
-        Some("image") => Ok(UploadKind::Image),
-        Some("document") => Ok(UploadKind::Document),
-        _ => Err(GatewayError::BadRequest {
-            detail: "query parameter `type` must be `image` or `document`".into(),
-        }),
     }
 }
 
@@ -53,26 +43,22 @@ async fn route(state: Arc<AppState>, req: Req) -> Result<Resp, GatewayError> {
         .get::<LogContext>()
         .cloned()
         .unwrap_or_default();
-    let path = req.uri().path();
-    let is_post = req.method() == Method::POST;
-    match path {
-        "/media/upload/message" if is_post => {
-            upload::handle(&state, req, UploadKind::Message, &principal, &log).await
+    let route = req
+        .extensions()
+        .get::<RouteMatch>()
+        .map_or_else(|| Route::of(req.uri().path()), |m| m.0)
+        .ok_or(GatewayError::NotFound)?;
+    // Every route fxgate serves is a POST (design §3).
+    if req.method() != Method::POST {
+        return Err(GatewayError::MethodNotAllowed);
+    }
+    match route {
+        Route::UploadMessage | Route::Upload => {
+            upload::handle(&state, req, route, &principal, &log).await
         }
-        "/media/upload" if is_post => {
-            let kind = upload_kind(&req)?;
-            upload::handle(&state, req, kind, &principal, &log).await
+        Route::Download | Route::Delete => {
+            forward::json_call(&state, req, route, &principal, &log).await
         }
-        "/media/download" if is_post => {
-            forward::json_call(&state, req, forward::JsonRoute::Download, &principal, &log).await
-        }
-        "/media/delete" if is_post => {
-            forward::json_call(&state, req, forward::JsonRoute::Delete, &principal, &log).await
-        }
-        "/media/upload/message" | "/media/upload" | "/media/download" | "/media/delete" => {
-            Err(GatewayError::MethodNotAllowed)
-        }
-        _ => Err(GatewayError::NotFound),
     }
 }
 

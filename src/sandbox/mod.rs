@@ -24,8 +24,8 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{full, Body};
-use crate::config::ImageType;
 use crate::route::query_param;
+use crate::sniff::ImageType;
 use state::{Faults, Media, State};
 pub use state::{Stats, StatsSnapshot};
 

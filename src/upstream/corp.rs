@@ -3,19 +3,21 @@
 //! place and a fresh UUIDv4 `thirdTraceId` goes with every attempt (fxiaoke.md §4).
 
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use http::{Request, Response, Uri};
-use hyper::body::Incoming;
-use super::transport::{self, HttpClient};
+use super::envelope::{Envelope, UpstreamCode};
 use super::shared_token::SharedToken;
 use super::token::{CorpToken, TokenProvider};
+use super::transport::{self, HttpClient};
 use crate::body::Body;
 use crate::config::CorpConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::quota::shared::SharedQuotas;
 use crate::quota::{Clock, UpstreamBudget};
+use crate::route::Route;
+use http::{Request, Response, StatusCode, Uri};
+use hyper::body::Incoming;
 
 /// One configured corp.
 #[derive(Debug)]
@@ -102,23 +104,48 @@ impl Corp {
     /// from the call: for streamed uploads the caller applies its own deadlines while sending).
     pub async fn send(
         &self,
-        route: &'static str,
+        route: Route,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, GatewayError> {
+        self.timed(route, self.client.request(req)).await
+    }
+
+    /// Waits for an answer's head (a request future already running, e.g. beside an upload's
+    /// body pump), at most `upstream_timeout`, and records how long Fxiaoke took.
+    pub async fn timed<F, E>(
+        &self,
+        route: Route,
+        answer: F,
+    ) -> Result<Response<Incoming>, GatewayError>
+    where
+        F: std::future::Future<Output = Result<Response<Incoming>, E>>,
+        E: Into<GatewayError>,
+    {
         let started = Instant::now();
-        let result =
-            tokio::time::timeout(self.cfg.upstream_timeout, self.client.request(req)).await;
+        let result = tokio::time::timeout(self.cfg.upstream_timeout, answer).await;
         self.metrics
             .upstream_duration
-            .with_label_values(&[route])
+            .with_label_values(&[route.label()])
             .observe(started.elapsed().as_secs_f64());
         match result {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 after: self.cfg.upstream_timeout,
             }),
-            Ok(Err(e)) => Err(transport::classify(e)),
-            Ok(Ok(resp)) => Ok(resp),
+            Ok(r) => r.map_err(Into::into),
         }
+    }
+
+    /// Reads Fxiaoke's JSON answer and counts it by its `errorCode`.
+    pub async fn read_answer(
+        &self,
+        route: Route,
+        resp: Response<Incoming>,
+    ) -> Result<Answer, GatewayError> {
+        let status = resp.status();
+        let env = Envelope::read(resp.into_body()).await?;
+        let code = env.code();
+        self.count(route, code);
+        Ok(Answer { status, env, code })
     }
 
     /// The pool, for calls that drive the request future themselves.
@@ -126,10 +153,10 @@ impl Corp {
         &self.client
     }
 
-    /// Takes one call on `interface` from the corp's budget (waiting briefly for the 20 s
+    /// Takes one call on `route` from the corp's budget (waiting briefly for the 20 s
     /// window), and publishes what is left of the day's budget.
-    pub async fn take_budget(&self, interface: &'static str) -> Result<(), GatewayError> {
-        let r = self.budget.acquire(interface).await;
+    pub async fn take_budget(&self, route: Route) -> Result<(), GatewayError> {
+        let r = self.budget.acquire(route.path()).await;
         if let Some(left) = self.budget.remaining_today() {
             self.metrics
                 .upstream_budget_remaining
@@ -139,26 +166,22 @@ impl Corp {
         r
     }
 
-    /// Maps Fxiaoke's rate-limit answers (14001 interface limit, 30004 per-second limit) to a
-    /// 429 for the caller instead of passing an HTTP 200 through.
-    pub fn rate_limited(code: Option<i64>) -> Option<GatewayError> {
-        let retry_after = match code? {
-            14001 => Duration::from_secs(20),
-            30004 => Duration::from_secs(1),
-            _ => return None,
-        };
-        Some(GatewayError::UpstreamBudget {
-            retry_after,
-            daily: false,
-            upstream_code: code,
-        })
-    }
-
-    /// Counts one upstream answer by its `errorCode` (`transport` when there was none).
-    pub fn count(&self, route: &'static str, error_code: &str) {
+    /// Counts one upstream answer by its `errorCode`.
+    pub fn count(&self, route: Route, code: UpstreamCode) {
         self.metrics
             .upstream_requests
-            .with_label_values(&[&self.cfg.name, route, error_code])
+            .with_label_values(&[&self.cfg.name, route.label(), &code.label()])
             .inc();
     }
+}
+
+/// Fxiaoke's answer to a call, read and classified.
+#[derive(Debug)]
+pub struct Answer {
+    /// The HTTP status (200 for nearly everything, errors included).
+    pub status: StatusCode,
+    /// The body.
+    pub env: Envelope,
+    /// Its `errorCode`, classified.
+    pub code: UpstreamCode,
 }

@@ -1,5 +1,8 @@
 //! Fxiaoke's answers: HTTP 200 says nothing, the JSON `errorCode` says everything
-//! (fxiaoke.md §2). This module reads an answer once, boundedly, and classifies it.
+//! (fxiaoke.md §2). This module reads an answer once, boundedly, and classifies its code into
+//! `UpstreamCode`, the one place fxgate decides what a Fxiaoke code means.
+
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::BodyExt;
@@ -10,8 +13,67 @@ use crate::error::GatewayError;
 /// Largest JSON answer fxgate reads into memory (Fxiaoke's envelopes are a few hundred bytes).
 pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
 
-/// `errorCode` for a missing or expired corp token: invalidate, refresh once (fxiaoke.md §2).
-pub const TOKEN_EXPIRED: i64 = 20016;
+/// What an answer's `errorCode` means to fxgate (fxiaoke.md §2).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum UpstreamCode {
+    /// `0`.
+    Success,
+    /// `20016`: the corp token is missing or expired: invalidate, refresh once.
+    TokenExpired,
+    /// `14001`: the per-interface limit (100 calls / 20 s).
+    InterfaceLimit,
+    /// `30004`: the per-second frequency limit.
+    FrequencyLimit,
+    /// Any other code: passed through to the caller.
+    Other(i64),
+    /// No `errorCode` at all (not an envelope, or a download's file).
+    Missing,
+}
+
+impl UpstreamCode {
+    /// Classifies an `errorCode`.
+    pub fn of(code: Option<i64>) -> Self {
+        match code {
+            None => Self::Missing,
+            Some(0) => Self::Success,
+            Some(20016) => Self::TokenExpired,
+            Some(14001) => Self::InterfaceLimit,
+            Some(30004) => Self::FrequencyLimit,
+            Some(c) => Self::Other(c),
+        }
+    }
+
+    /// The numeric code, when there was one.
+    pub fn code(self) -> Option<i64> {
+        match self {
+            Self::Success => Some(0),
+            Self::TokenExpired => Some(20016),
+            Self::InterfaceLimit => Some(14001),
+            Self::FrequencyLimit => Some(30004),
+            Self::Other(c) => Some(c),
+            Self::Missing => None,
+        }
+    }
+
+    /// The `error_code` label of `fxgate_upstream_requests_total` (Fxiaoke's code, or `none`).
+    pub fn label(self) -> String {
+        self.code().map_or_else(|| "none".into(), |c| c.to_string())
+    }
+
+    /// Fxiaoke rate-limited the corp: a 429 for the caller instead of an HTTP 200 passed on.
+    pub fn throttled(self) -> Option<GatewayError> {
+        let retry_after = match self {
+            Self::InterfaceLimit => Duration::from_secs(20),
+            Self::FrequencyLimit => Duration::from_secs(1),
+            _ => return None,
+        };
+        Some(GatewayError::UpstreamBudget {
+            retry_after,
+            daily: false,
+            upstream_code: self.code(),
+        })
+    }
+}
 
 /// A JSON answer from Fxiaoke.
 #[derive(Debug, Clone)]
@@ -44,6 +106,11 @@ impl Envelope {
         self.json.as_ref()?.get("errorCode")?.as_i64()
     }
 
+    /// `errorCode`, classified.
+    pub fn code(&self) -> UpstreamCode {
+        UpstreamCode::of(self.error_code())
+    }
+
     /// Fxiaoke's `traceId`, for the access log.
     pub fn trace_id(&self) -> Option<String> {
         Some(self.json.as_ref()?.get("traceId")?.as_str()?.to_owned())
@@ -52,5 +119,21 @@ impl Envelope {
     /// A string field.
     pub fn str_field(&self, name: &str) -> Option<&str> {
         self.json.as_ref()?.get(name)?.as_str()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_round_trip_and_only_rate_limits_throttle() {
+        for c in [0, 20016, 14001, 30004, -1, 10006] {
+            assert_eq!(UpstreamCode::of(Some(c)).code(), Some(c));
+        }
+        assert_eq!(UpstreamCode::of(None).label(), "none");
+        assert!(UpstreamCode::InterfaceLimit.throttled().is_some());
+        assert!(UpstreamCode::FrequencyLimit.throttled().is_some());
+        assert!(UpstreamCode::TokenExpired.throttled().is_none());
     }
 }

@@ -4,8 +4,9 @@
 pub mod body;
 pub mod corp;
 pub mod envelope;
-pub mod transport;
+pub mod media;
 pub mod shared_token;
 pub mod token;
+pub mod transport;
 
 pub use corp::Corp;

@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 use http::{header, Request};
 use tokio::sync::{watch, Notify};
 
-use super::transport::{self, HttpClient};
 use super::envelope::Envelope;
 use super::shared_token::{unix_ms, SharedToken, StoredToken, LEASE};
+use super::transport::{self, HttpClient};
 use crate::body::full;
 use crate::config::{CorpConfig, Secret};
 use crate::error::GatewayError;

@@ -64,3 +64,9 @@ pub fn transport_detail(e: &hyper_util::client::legacy::Error) -> String {
     }
     detail
 }
+
+impl From<hyper_util::client::legacy::Error> for GatewayError {
+    fn from(e: hyper_util::client::legacy::Error) -> Self {
+        classify(e)
+    }
+}

@@ -1,0 +1,193 @@
+//! Moving the file's bytes (design §4 step 5): the first bytes are held for the type check; a
+//! file that ends within `SMALL_FILE` is held whole (it sits in hyper's read buffer anyway) and
+//! hashed before anything goes upstream; a larger one is pumped into the upstream body as it
+//! arrives, under the file limit, the byte quota and a send deadline, while the body hashes it.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use sha2::{Digest, Sha256};
+
+use super::request::UploadRequest;
+use super::source::FileSource;
+use crate::error::GatewayError;
+use crate::quota::BytesTicket;
+use crate::sniff::HEAD_LEN;
+use crate::upstream::body::{BodySender, DigestReceiver};
+
+/// Files up to this size are read whole before the upstream request opens. It is within the
+/// server's inbound read buffer, so it adds no memory per upload.
+pub const SMALL_FILE: usize = 32 * 1024;
+
+/// The file's first chunks, held: at least its first `HEAD_LEN` bytes, all of it when small.
+#[derive(Debug, Default)]
+pub struct Held {
+    /// The chunks, as the caller's body delivered them.
+    pub chunks: Vec<Bytes>,
+    /// Their total length.
+    pub len: usize,
+}
+
+impl Held {
+    /// Reads until the type check has its bytes; an empty file is refused.
+    pub async fn read_head(file: &mut FileSource) -> Result<Self, GatewayError> {
+        let mut held = Self::default();
+        while held.len < HEAD_LEN {
+            match file.next_chunk().await? {
+                Some(chunk) => held.push(chunk),
+                None => break,
+            }
+        }
+        if held.len == 0 {
+            return Err(GatewayError::BadRequest {
+                detail: "the file is empty".into(),
+            });
+        }
+        Ok(held)
+    }
+
+    fn push(&mut self, chunk: Bytes) {
+        self.len += chunk.len();
+        self.chunks.push(chunk);
+    }
+
+    /// The file's first `HEAD_LEN` bytes (fewer if it is shorter).
+    pub fn first_bytes(&self) -> Vec<u8> {
+        self.chunks
+            .iter()
+            .flat_map(|c| c.iter().copied())
+            .take(HEAD_LEN)
+            .collect()
+    }
+
+    /// Reads on while the file is still within `SMALL_FILE`; `true` when it ended there.
+    pub async fn gather_small(
+        &mut self,
+        file: &mut FileSource,
+        up: &UploadRequest,
+    ) -> Result<bool, GatewayError> {
+        loop {
+            if self.len as u64 > up.limit {
+                return Err(up.too_large(self.len as u64));
+            }
+            if self.len > SMALL_FILE {
+                return Ok(false);
+            }
+            match file.next_chunk().await? {
+                Some(chunk) => self.push(chunk),
+                None => return Ok(true),
+            }
+        }
+    }
+
+    /// SHA-256 of the held (whole) file.
+    pub fn sha256(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        for chunk in &self.chunks {
+            h.update(chunk);
+        }
+        h.finalize().into()
+    }
+}
+
+/// How a pumped file ended.
+#[derive(Debug)]
+pub enum Streamed {
+    /// Every byte went upstream; the digest is final.
+    Complete {
+        /// File bytes.
+        size: u64,
+        /// Their SHA-256.
+        digest: [u8; 32],
+    },
+    /// Fxiaoke stopped reading (it answered early or the connection dropped).
+    UpstreamGone {
+        /// File bytes read from the caller.
+        size: u64,
+    },
+}
+
+/// Where the pump sends, and the limits it keeps.
+#[derive(Debug)]
+pub struct Pump<'a> {
+    /// The upstream body.
+    pub tx: &'a BodySender,
+    /// The file limit (413 beyond).
+    pub limit: u64,
+    /// The route, for the 413.
+    pub route: &'static str,
+    /// How long one chunk may wait for room in the upstream body.
+    pub send_timeout: Duration,
+    /// The caller's byte reservation, grown as the file flows.
+    pub ticket: &'a mut Option<BytesTicket>,
+}
+
+impl Pump<'_> {
+    /// Sends `head`, then the rest of `file`; then waits for the digest, which is final once
+    /// hyper has taken the last byte (which takes as long as sending it).
+    pub async fn run(
+        self,
+        head: Held,
+        file: &mut FileSource,
+        digest: DigestReceiver,
+    ) -> Result<Streamed, GatewayError> {
+        let mut size = 0u64;
+        let mut pending = head.chunks.into_iter();
+        loop {
+            let chunk = match pending.next() {
+                Some(c) => c,
+                None => match file.next_chunk().await? {
+                    Some(c) => c,
+                    None => break,
+                },
+            };
+            size += chunk.len() as u64;
+            if size > self.limit {
+                return Err(GatewayError::PayloadTooLarge {
+                    seen: size,
+                    limit: self.limit,
+                    route: self.route,
+                });
+            }
+            if let Some(t) = self.ticket.as_mut() {
+                t.grow_to(size).await?;
+            }
+            if !self.send(chunk).await? {
+                return Ok(Streamed::UpstreamGone { size });
+            }
+        }
+        let digest = tokio::time::timeout(self.send_timeout, async {
+            match self.tx.end_of_file().await {
+                Ok(()) => digest.await.ok(),
+                Err(_) => None,
+            }
+        })
+        .await
+        .map_err(|_| self.timed_out())?;
+        Ok(match digest {
+            Some(digest) => Streamed::Complete { size, digest },
+            // The body was dropped: the upstream request ended before taking the whole file.
+            None => Streamed::UpstreamGone { size },
+        })
+    }
+
+    /// Queues one chunk; `false` when the upstream request is gone.
+    async fn send(&self, chunk: Bytes) -> Result<bool, GatewayError> {
+        // A deadline (a timer entry) only when the channel is full and we must wait.
+        let chunk = match self.tx.try_send_file(chunk) {
+            Ok(None) => return Ok(true),
+            Ok(Some(c)) => c,
+            Err(_) => return Ok(false),
+        };
+        match tokio::time::timeout(self.send_timeout, self.tx.send_file(chunk)).await {
+            Err(_) => Err(self.timed_out()),
+            Ok(r) => Ok(r.is_ok()),
+        }
+    }
+
+    fn timed_out(&self) -> GatewayError {
+        GatewayError::UpstreamTimeout {
+            after: self.send_timeout,
+        }
+    }
+}

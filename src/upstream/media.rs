@@ -1,0 +1,192 @@
+//! One upload to a Fxiaoke media endpoint (design §4 steps 5–8): the corp's budget is taken
+//! first, then the token, then a fresh `thirdTraceId` goes into the URL, and the file is framed
+//! as Fxiaoke wants it (one part `media`, our boundary). The request then goes out either
+//! streamed (`stream`: the body is a channel the upload pump feeds, the request runs on its own
+//! task) or whole (`whole`: a small file, one write). Either way the caller holds a `Pending`
+//! whose `answer` applies the deadline, reads Fxiaoke's envelope and turns a token rejection or
+//! a rate limit into fxgate's own error. Dropping a `Pending` (or the stream's sender)
+//! unfinished aborts the request, so Fxiaoke stores nothing.
+
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
+use futures_util::future::BoxFuture;
+use futures_util::FutureExt as _;
+use http::{header, Request, Response, Uri};
+use hyper::body::Incoming;
+
+use super::body::{channel, BodySender, DigestReceiver};
+use super::corp::{Answer, Corp};
+use super::envelope::UpstreamCode;
+use super::token::CorpToken;
+use crate::body::{full, Body};
+use crate::error::GatewayError;
+use crate::route::Route;
+
+/// An upstream upload, ready to send: its budget is taken and its token in the URL.
+pub struct MediaCall {
+    corp: Arc<Corp>,
+    route: Route,
+    token: Arc<CorpToken>,
+    uri: Uri,
+    boundary: String,
+    prefix: Bytes,
+    suffix: Bytes,
+    /// The `thirdTraceId` of this attempt, for the access log.
+    pub third_trace_id: String,
+}
+
+impl std::fmt::Debug for MediaCall {
+    // The URI holds the token: never shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("MediaCall")
+            .field("route", &self.route)
+            .field("third_trace_id", &self.third_trace_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl MediaCall {
+    /// Takes the corp's Fxiaoke allowance first, then the token (design §4 step 7), and frames
+    /// the file: `filename` and `part_type` go into the part's header.
+    pub async fn open(
+        corp: &Arc<Corp>,
+        route: Route,
+        type_param: Option<&'static str>,
+        filename: &str,
+        part_type: &str,
+    ) -> Result<Self, GatewayError> {
+        corp.take_budget(route).await?;
+        let token = corp.tokens.get().await?;
+        let extra: Vec<(&str, &str)> = type_param.map(|t| ("type", t)).into_iter().collect();
+        let target = corp.target(route.path(), Some(&token), &extra)?;
+        let boundary = format!("fxgate-{}", uuid::Uuid::new_v4().simple());
+        let prefix = Bytes::from(format!(
+            "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\nContent-Type: {part_type}\r\n\r\n"
+        ));
+        let suffix = Bytes::from(format!("\r\n--{boundary}--\r\n"));
+        Ok(Self {
+            corp: corp.clone(),
+            route,
+            token,
+            uri: target.uri,
+            boundary,
+            prefix,
+            suffix,
+            third_trace_id: target.third_trace_id,
+        })
+    }
+
+    fn request(&self, body: Body, len: Option<u64>) -> Result<Request<Body>, GatewayError> {
+        let mut builder = Request::post(self.uri.clone()).header(
+            header::CONTENT_TYPE,
+            format!("multipart/form-data; boundary={}", self.boundary),
+        );
+        if let Some(n) = len {
+            builder = builder.header(header::CONTENT_LENGTH, n);
+        }
+        builder.body(body).map_err(|e| GatewayError::Internal {
+            detail: format!("building upstream request: {e}"),
+        })
+    }
+
+    /// Starts a streamed upload of a file of `file_len` bytes (when known, the request carries
+    /// `Content-Length`). The prefix is queued; the caller feeds the file into the sender, and
+    /// the body hashes it as hyper takes it.
+    pub async fn stream(
+        self,
+        file_len: Option<u64>,
+    ) -> Result<(BodySender, DigestReceiver, Pending), GatewayError> {
+        let len = file_len.map(|n| (self.prefix.len() + self.suffix.len()) as u64 + n);
+        let (tx, body, digest) = channel(len);
+        let req = self.request(Body::new(body), len)?;
+        // The prefix waits in the channel until hyper connects: it holds four chunks.
+        if tx.send(self.prefix.clone()).await.is_err() {
+            return Err(GatewayError::UpstreamUnreachable {
+                source: "upstream request ended before its body".into(),
+            });
+        }
+        // The request future runs beside the body pump; it resolves once Fxiaoke answers.
+        let request = self.corp.client().request(req);
+        let task = AbortOnDrop(tokio::spawn(async move { Ok(request.await?) }));
+        Ok((tx, digest, Pending::new(self, task.wait().boxed())))
+    }
+
+    /// Sends a small file that is already whole, as one write.
+    pub fn whole(self, chunks: &[Bytes]) -> Result<Pending, GatewayError> {
+        let size: usize = chunks.iter().map(Bytes::len).sum();
+        let mut one = BytesMut::with_capacity(self.prefix.len() + size + self.suffix.len());
+        one.extend_from_slice(&self.prefix);
+        for c in chunks {
+            one.extend_from_slice(c);
+        }
+        one.extend_from_slice(&self.suffix);
+        let len = one.len() as u64;
+        let req = self.request(full(one.freeze()), Some(len))?;
+        let request = self.corp.client().request(req);
+        let answer = async move { Ok(request.await?) }.boxed();
+        Ok(Pending::new(self, answer))
+    }
+}
+
+type AnswerFuture = BoxFuture<'static, Result<Response<Incoming>, GatewayError>>;
+
+/// An upload on its way; dropping it unfinished aborts the request.
+pub struct Pending {
+    call: MediaCall,
+    answer: AnswerFuture,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending").field("call", &self.call).finish()
+    }
+}
+
+impl Pending {
+    fn new(call: MediaCall, answer: AnswerFuture) -> Self {
+        Self { call, answer }
+    }
+
+    /// The closing delimiter: sent (by a streaming caller) only once the file is known new.
+    pub fn suffix(&self) -> Bytes {
+        self.call.suffix.clone()
+    }
+
+    /// Fxiaoke's answer. Its deadline runs from the last byte sent: the upload itself may take
+    /// long. A 20016 invalidates the token and answers 950302 (the body is gone and is never
+    /// replayed: the caller retries); 14001/30004 answer 429.
+    pub async fn answer(self) -> Result<Answer, GatewayError> {
+        let Pending { call, answer } = self;
+        let resp = call.corp.timed(call.route, answer).await?;
+        let answer = call.corp.read_answer(call.route, resp).await?;
+        if answer.code == UpstreamCode::TokenExpired {
+            call.corp.tokens.invalidate(&call.token);
+            return Err(GatewayError::TokenRejected);
+        }
+        if let Some(e) = answer.code.throttled() {
+            return Err(e);
+        }
+        Ok(answer)
+    }
+}
+
+/// Aborts the spawned upstream request when the upload handler is dropped (caller gone).
+struct AbortOnDrop(tokio::task::JoinHandle<Result<Response<Incoming>, GatewayError>>);
+
+impl AbortOnDrop {
+    async fn wait(mut self) -> Result<Response<Incoming>, GatewayError> {
+        match (&mut self.0).await {
+            Ok(r) => r,
+            Err(e) => Err(GatewayError::Internal {
+                detail: format!("upstream task failed: {e}"),
+            }),
+        }
+    }
+}
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
