@@ -110,7 +110,13 @@ fn token_lookup(c: &mut Criterion) {
         let cfg = fxgate::Config::load(&path, Some(Default::default())).expect("config");
         let corp = cfg.corps["default"].clone();
         let metrics = fxgate::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
-        let provider = fxgate::upstream::token::TokenProvider::spawn(corp, sandbox.url(), metrics, None);
+        let provider = fxgate::upstream::token::TokenProvider::spawn(
+            corp,
+            sandbox.url(),
+            metrics,
+            std::sync::Arc::new(fxgate::upstream::token::store::MemoryTokens),
+            fxgate::clock::SystemClock::shared(),
+        );
         provider.get().await.expect("first token");
         (provider, sandbox)
     });
@@ -127,7 +133,11 @@ fn dedupe_index(c: &mut Criterion) {
     let rt = tokio::runtime::Builder::new_current_thread()
         .build()
         .expect("runtime");
-    let store = MemoryStore::new(std::time::Duration::from_secs(3600), 1_000_000);
+    let store = MemoryStore::new(
+        std::time::Duration::from_secs(3600),
+        1_000_000,
+        fxgate::clock::SystemClock::shared(),
+    );
     let mut n = 0u64;
     c.bench_function("dedupe_record_and_lookup", |b| {
         b.iter(|| {

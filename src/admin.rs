@@ -151,8 +151,8 @@ async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
         (&Method::GET, "/admin/clients") => {
             let registry = state.clients.load();
             let mut clients = Vec::with_capacity(registry.all().len());
-            for q in registry.all() {
-                clients.push(q.usage(state.clock.as_ref(), state.quotas.as_ref()).await);
+            for c in registry.all() {
+                clients.push(client_json(c, state.quotas.usage(c).await));
             }
             let corps: serde_json::Map<_, _> = state
                 .corps
@@ -169,6 +169,26 @@ async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
             serde_json::json!({"error": "admin routes: POST /admin/reload, GET /admin/clients"}),
         ),
     }
+}
+
+/// One caller in `/admin/clients`: its limits and its usage (across replicas when shared).
+fn client_json(c: &crate::config::ClientConfig, usage: crate::quota::Usage) -> serde_json::Value {
+    serde_json::json!({
+        "name": c.name,
+        "corp": c.corp,
+        "auth": if c.key_sha256.is_some() { "key" } else { "certificate" },
+        "routes": c.routes.as_ref().map(|r| r.iter().map(|r| r.path()).collect::<Vec<_>>()),
+        "limits": {
+            "requests_per_minute": c.requests_per_minute,
+            "max_concurrent_uploads": c.max_concurrent_uploads,
+            "bytes_per_day": c.bytes_per_day,
+            "max_file_bytes": c.max_file_bytes,
+        },
+        "usage": {
+            "uploads_in_flight": usage.uploads_in_flight,
+            "bytes_today": usage.bytes_today,
+        },
+    })
 }
 
 /// Serves the admin endpoints until the task is aborted.

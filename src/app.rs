@@ -12,6 +12,7 @@ use tower::ServiceBuilder;
 
 use arc_swap::ArcSwap;
 
+use crate::clock::{Clock, SystemClock};
 use crate::config::{BaseUrl, Config};
 use crate::dedupe::Dedupe;
 use crate::metrics::Metrics;
@@ -20,12 +21,15 @@ use crate::middleware::auth::{AuthLayer, ClientRegistry};
 use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::quota::QuotaLayer;
 use crate::middleware::request_id::RequestIdLayer;
-use crate::quota::shared::SharedQuotas;
-use crate::quota::{Clock, SystemClock};
+use crate::quota::memory::MemoryQuotas;
+use crate::quota::redis::RedisQuotas;
+use crate::quota::{QuotaStore, Quotas};
 use crate::routes::Router;
-use crate::sandbox::SandboxOptions;
+use crate::sandbox::{SandboxHandle, SandboxOptions};
 use crate::state::AppState;
-use crate::store::Redis;
+use crate::store::{Backend, FailMode, FailOver, Redis};
+use crate::upstream::token::redis::RedisTokens;
+use crate::upstream::token::store::{MemoryTokens, TokenStore};
 use crate::upstream::Corp;
 use crate::{admin, server};
 
@@ -42,11 +46,7 @@ pub fn service(state: Arc<AppState>) -> crate::server::AppService {
         // Before any body byte is read: who is calling.
         .layer(AuthLayer::new(state.clients.clone()))
         // Needs the Principal; decides rate, concurrency and bytes before the body is read.
-        .layer(QuotaLayer::new(
-            state.clock.clone(),
-            state.metrics.clone(),
-            state.quotas.clone(),
-        ))
+        .layer(QuotaLayer::new(state.quotas.clone(), state.metrics.clone()))
         .service(Router::new(state));
     tower::util::BoxCloneService::new(stack)
 }
@@ -74,66 +74,26 @@ impl Running {
     }
 }
 
-/// Builds the app from `cfg` and starts its listeners.
+/// Builds the app from `cfg` on the system clock and starts its listeners.
 pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
-    let clock: Arc<dyn Clock> = Arc::new(SystemClock);
+    spawn_with(cfg, SystemClock::shared()).await
+}
+
+/// Builds the app from `cfg`, timed by `clock` (tests pass a `ManualClock`), and starts its
+/// listeners.
+pub async fn spawn_with(cfg: Config, clock: Arc<dyn Clock>) -> Result<Running, crate::BoxError> {
     let registry = Registry::new();
     let metrics = Metrics::register(&registry)?;
     metrics.init_series(&cfg);
     let cfg = Arc::new(cfg);
-    let redis = if cfg.store.redis {
-        metrics.register_store(&registry)?;
-        Some(Redis::start(&cfg.store, metrics.clone()).await?)
-    } else {
-        None
-    };
-    let quotas = redis
-        .as_ref()
-        .map(|r| SharedQuotas::new(r.clone(), cfg.store.quota_fail_open));
-
-    let mut sandboxes = Vec::new();
-    let mut corps = BTreeMap::new();
-    for (name, corp_cfg) in &cfg.corps {
-        let base = match &corp_cfg.base_url {
-            BaseUrl::Url(u) => u.clone(),
-            BaseUrl::Sandbox => {
-                // One in-process sandbox accepts whatever credentials the config holds.
-                let opts = SandboxOptions {
-                    app_id: corp_cfg.app_id.clone(),
-                    app_secret: corp_cfg.app_secret.expose().to_string(),
-                    permanent_code: corp_cfg.permanent_code.expose().to_string(),
-                    ..SandboxOptions::default()
-                };
-                let handle = crate::sandbox::spawn("127.0.0.1:0".parse()?, opts).await?;
-                tracing::info!(corp = %name, addr = %handle.addr(), "built-in sandbox started for this corp");
-                let url = handle.url();
-                sandboxes.push(handle);
-                url
-            }
-        };
-        corps.insert(
-            name.clone(),
-            Corp::spawn(
-                corp_cfg.clone(),
-                base,
-                metrics.clone(),
-                clock.clone(),
-                quotas.clone(),
-            ),
-        );
-    }
+    let stores = Stores::open(&cfg, &metrics, &registry, &clock).await?;
+    let (corps, sandboxes) = spawn_corps(&cfg, &metrics, &clock, &stores).await?;
     let state = Arc::new(AppState {
-        clients: Arc::new(ArcSwap::from_pointee(ClientRegistry::new(
-            &cfg.clients,
-            None,
-        ))),
+        clients: Arc::new(ArcSwap::from_pointee(ClientRegistry::new(&cfg.clients))),
+        quotas: Quotas::new(stores.quotas.clone(), clock.clone()),
+        dedupe: stores.dedupe(&cfg, &clock),
+        redis: stores.redis,
         clock,
-        dedupe: match &redis {
-            Some(r) => Dedupe::redis(&cfg.dedupe, r.clone()),
-            None => Dedupe::memory(&cfg.dedupe),
-        },
-        redis,
-        quotas,
         cfg: cfg.clone(),
         corps,
         metrics,
@@ -157,4 +117,98 @@ pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
         server,
         admin,
     })
+}
+
+/// The stores of `[store]`: in memory, or in Redis behind the fail-mode decorator (quotas per
+/// `quota_fail_mode`; the token always falls back to fetching alone; dedupe treats a failing
+/// Redis as a miss by itself).
+struct Stores {
+    redis: Option<Arc<Redis>>,
+    quotas: Arc<dyn QuotaStore>,
+}
+
+impl Stores {
+    async fn open(
+        cfg: &Config,
+        metrics: &Metrics,
+        registry: &Registry,
+        clock: &Arc<dyn Clock>,
+    ) -> Result<Self, crate::BoxError> {
+        let local: Arc<dyn QuotaStore> = Arc::new(MemoryQuotas::new(clock.clone()));
+        Ok(match cfg.store.backend {
+            Backend::Memory => Self {
+                redis: None,
+                quotas: local,
+            },
+            Backend::Redis => {
+                metrics.register_store(registry)?;
+                let redis = Redis::start(&cfg.store, metrics.clone()).await?;
+                let shared: Arc<dyn QuotaStore> = Arc::new(RedisQuotas::new(redis.clone()));
+                Self {
+                    quotas: Arc::new(FailOver::new(shared, local, cfg.store.quota_fail_mode)),
+                    redis: Some(redis),
+                }
+            }
+        })
+    }
+
+    fn tokens(&self, corp: &str, clock: &Arc<dyn Clock>) -> Arc<dyn TokenStore> {
+        let alone: Arc<dyn TokenStore> = Arc::new(MemoryTokens);
+        match &self.redis {
+            None => alone,
+            Some(redis) => {
+                let shared: Arc<dyn TokenStore> =
+                    Arc::new(RedisTokens::new(redis.clone(), corp, clock.clone()));
+                Arc::new(FailOver::new(shared, alone, FailMode::Open))
+            }
+        }
+    }
+
+    fn dedupe(&self, cfg: &Config, clock: &Arc<dyn Clock>) -> Dedupe {
+        match &self.redis {
+            Some(r) => Dedupe::redis(&cfg.dedupe, r.clone()),
+            None => Dedupe::memory(&cfg.dedupe, clock.clone()),
+        }
+    }
+}
+
+/// Each corp with its token refresher; a corp on `base_url = "sandbox"` gets an in-process
+/// sandbox (on the same clock) that accepts whatever credentials the config holds.
+async fn spawn_corps(
+    cfg: &Config,
+    metrics: &Metrics,
+    clock: &Arc<dyn Clock>,
+    stores: &Stores,
+) -> Result<(BTreeMap<String, Arc<Corp>>, Vec<SandboxHandle>), crate::BoxError> {
+    let mut sandboxes = Vec::new();
+    let mut corps = BTreeMap::new();
+    for (name, corp_cfg) in &cfg.corps {
+        let base = match &corp_cfg.base_url {
+            BaseUrl::Url(u) => u.clone(),
+            BaseUrl::Sandbox => {
+                let opts = SandboxOptions {
+                    app_id: corp_cfg.app_id.clone(),
+                    app_secret: corp_cfg.app_secret.expose().to_string(),
+                    permanent_code: corp_cfg.permanent_code.expose().to_string(),
+                    clock: clock.clone(),
+                    ..SandboxOptions::default()
+                };
+                let handle = crate::sandbox::spawn("127.0.0.1:0".parse()?, opts).await?;
+                tracing::info!(corp = %name, addr = %handle.addr(), "built-in sandbox started for this corp");
+                let url = handle.url();
+                sandboxes.push(handle);
+                url
+            }
+        };
+        let corp = Corp::spawn(
+            corp_cfg.clone(),
+            base,
+            metrics.clone(),
+            clock.clone(),
+            stores.quotas.clone(),
+            stores.tokens(name, clock),
+        );
+        corps.insert(name.clone(), corp);
+    }
+    Ok((corps, sandboxes))
 }

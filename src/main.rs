@@ -122,6 +122,7 @@ fn main() -> ExitCode {
                 message_max_bytes,
                 document_max_bytes,
                 discard,
+                clock: fxgate::clock::SystemClock::shared(),
             };
             run(async move {
                 sandbox::run_standalone(listen, opts)

@@ -87,6 +87,71 @@ impl DedupeResult {
     }
 }
 
+/// `fxgate_token_refresh_total{result}`: what a turn at the token gave.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RefreshResult {
+    /// A new token.
+    Ok,
+    /// Fxiaoke handed back the token already held (its same-token window).
+    SameToken,
+    /// The call failed.
+    Error,
+    /// Another replica's token was taken over from the shared store.
+    Shared,
+}
+
+impl RefreshResult {
+    /// Every value, for zero-initialised series.
+    pub const ALL: [Self; 4] = [Self::Ok, Self::SameToken, Self::Error, Self::Shared];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Ok => "ok",
+            Self::SameToken => "same_token",
+            Self::Error => "error",
+            Self::Shared => "shared",
+        }
+    }
+}
+
+/// `fxgate_quota_rejected_total{kind}`: which caller limit refused a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QuotaKind {
+    /// `requests_per_minute`.
+    RequestsPerMinute,
+    /// `max_concurrent_uploads`.
+    MaxConcurrentUploads,
+    /// `bytes_per_day`.
+    BytesPerDay,
+    /// The route allow-list.
+    Route,
+    /// The shared store is down and quotas fail closed.
+    StoreUnavailable,
+}
+
+impl QuotaKind {
+    /// Every value, for zero-initialised series.
+    pub const ALL: [Self; 5] = [
+        Self::RequestsPerMinute,
+        Self::MaxConcurrentUploads,
+        Self::BytesPerDay,
+        Self::Route,
+        Self::StoreUnavailable,
+    ];
+
+    /// The label value (also the `kind` of a 942901).
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::RequestsPerMinute => "requests_per_minute",
+            Self::MaxConcurrentUploads => "max_concurrent_uploads",
+            Self::BytesPerDay => "bytes_per_day",
+            Self::Route => "route",
+            Self::StoreUnavailable => "store_unavailable",
+        }
+    }
+}
+
 /// Buckets from 1 ms to about 9 minutes: small JSON calls and 20 MiB uploads on slow links.
 fn duration_buckets() -> Vec<f64> {
     exponential_buckets(0.001, 2.5, 15).unwrap_or_default()
@@ -237,8 +302,9 @@ impl Metrics {
     /// Creates the zero-valued per-corp and per-caller series (at start and after a reload).
     pub fn init_series(&self, cfg: &crate::config::Config) {
         for (name, corp) in &cfg.corps {
-            for result in ["ok", "same_token", "error", "shared"] {
-                self.token_refresh.with_label_values(&[name, result]);
+            for result in RefreshResult::ALL {
+                self.token_refresh
+                    .with_label_values(&[name, result.as_str()]);
             }
             if let Some(budget) = corp.daily_call_budget {
                 self.upstream_budget_limit
@@ -250,14 +316,9 @@ impl Metrics {
             }
         }
         for client in &cfg.clients {
-            for kind in [
-                "requests_per_minute",
-                "max_concurrent_uploads",
-                "bytes_per_day",
-                "route",
-                "store_unavailable",
-            ] {
-                self.quota_rejected.with_label_values(&[&client.name, kind]);
+            for kind in QuotaKind::ALL {
+                self.quota_rejected
+                    .with_label_values(&[&client.name, kind.as_str()]);
             }
         }
     }

@@ -8,13 +8,13 @@ use std::sync::Arc;
 use arc_swap::ArcSwap;
 use prometheus::Registry;
 
+use crate::clock::Clock;
 use crate::config::Config;
 use crate::dedupe::Dedupe;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::middleware::auth::ClientRegistry;
-use crate::quota::shared::SharedQuotas;
-use crate::quota::Clock;
+use crate::quota::Quotas;
 use crate::sandbox::SandboxHandle;
 use crate::store::Redis;
 use crate::upstream::Corp;
@@ -30,16 +30,16 @@ pub struct AppState {
     pub metrics: Metrics,
     /// The registry `/metrics` encodes.
     pub registry: Registry,
-    /// Callers and their quota state; swapped whole by a reload.
+    /// The callers; swapped whole by a reload (their quota state lives in `quotas`).
     pub clients: Arc<ArcSwap<ClientRegistry>>,
-    /// Time, for quotas (injectable).
+    /// Time (injected).
     pub clock: Arc<dyn Clock>,
     /// The dedupe index.
     pub dedupe: Dedupe,
     /// The shared store, with `backend = "redis"`.
     pub redis: Option<Arc<Redis>>,
-    /// Quotas shared by replicas, with `backend = "redis"`.
-    pub quotas: Option<SharedQuotas>,
+    /// Caller quotas, in the configured store.
+    pub quotas: Quotas,
     /// The in-process sandbox, kept alive while the app runs.
     pub(crate) _sandboxes: Vec<SandboxHandle>,
 }
@@ -61,7 +61,7 @@ impl AppState {
     }
 
     /// Re-reads the config file and applies its `[[clients]]` (callers, keys, quotas). Quota
-    /// state of unchanged callers survives; requests in flight finish under the rules they
+    /// state is kept by caller name in the store, so it survives; requests in flight finish under the rules they
     /// started with. A config that does not load, or names a corp this process does not
     /// run, is rejected and the old one stays.
     pub fn reload(&self) -> Result<usize, String> {
@@ -80,8 +80,7 @@ impl AppState {
             }
         }
         self.metrics.init_series(&new);
-        let old = self.clients.load();
-        let registry = ClientRegistry::new(&new.clients, Some(&old));
+        let registry = ClientRegistry::new(&new.clients);
         let n = registry.all().len();
         self.clients.store(Arc::new(registry));
         Ok(n)

@@ -454,7 +454,8 @@ async fn a_replica_dying_mid_refresh_blocks_the_others_only_until_its_lease_laps
 
 #[tokio::test]
 async fn a_stale_token_written_late_does_not_replace_a_newer_one() {
-    use fxgate::upstream::shared_token::{SharedToken, StoredToken};
+    use fxgate::upstream::token::redis::RedisTokens;
+    use fxgate::upstream::token::store::{StoredToken, TokenStore as _};
     let redis = RedisServer::start();
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fxgate.toml");
@@ -469,8 +470,9 @@ async fn a_stale_token_written_late_does_not_replace_a_newer_one() {
     let store = fxgate::store::Redis::start(&cfg.store, metrics)
         .await
         .unwrap();
-    let shared = SharedToken::new(store, "default");
-    let now = fxgate::upstream::shared_token::unix_ms();
+    let clock = fxgate::clock::SystemClock::shared();
+    let now = clock.unix_ms();
+    let shared = RedisTokens::new(store, "default", clock);
     let token = |name: &str, issued_ms: u64| StoredToken {
         token: name.into(),
         corp_id: "corp".into(),

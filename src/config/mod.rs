@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use crate::route::Route;
 pub use crate::sniff::ImageType;
 pub use file::FileConfig;
 use file::*;
@@ -163,15 +164,33 @@ pub struct DedupeConfig {
     pub claim_scope: ClaimScope,
 }
 
+/// Where shared state lives (`store.backend`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    /// In this process: one replica.
+    Memory,
+    /// In Redis: replicas share it.
+    Redis,
+}
+
+/// What a failing shared store means for the decisions it holds (`store.quota_fail_mode`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailMode {
+    /// Decide on this replica's own state and serve.
+    Open,
+    /// Refuse (942903).
+    Closed,
+}
+
 /// `[store]`, validated.
 #[derive(Debug, Clone)]
 pub struct StoreConfig {
-    /// Whether replicas share state through Redis (`backend = "redis"`).
-    pub redis: bool,
+    /// Where shared state lives.
+    pub backend: Backend,
     /// Redis URL; may hold a password, so `effective()` masks it.
     pub redis_url: Secret,
-    /// Whether quotas fail open with the store down.
-    pub quota_fail_open: bool,
+    /// What quotas do with the store down.
+    pub quota_fail_mode: FailMode,
     /// Prefix of every Redis key, so several deployments can share one Redis.
     pub key_prefix: String,
     /// Bound on one Redis command: a slow or dead Redis must not hold requests.
@@ -198,7 +217,7 @@ pub struct ClientConfig {
     /// Per-file limit.
     pub max_file_bytes: Option<u64>,
     /// Route allow-list.
-    pub routes: Option<Vec<String>>,
+    pub routes: Option<Vec<Route>>,
 }
 
 /// The whole validated configuration.
@@ -221,14 +240,6 @@ pub struct Config {
     /// The file it was loaded from (re-read on reload).
     pub source: Option<PathBuf>,
 }
-
-/// The routes a caller may be allowed, as written in `routes = [...]`.
-pub const ROUTES: [&str; 4] = [
-    "/media/upload/message",
-    "/media/upload",
-    "/media/download",
-    "/media/delete",
-];
 
 impl Config {
     /// Loads `path`, then `local.toml` beside it when present, then the environment
@@ -592,9 +603,9 @@ impl TryFrom<FileConfig> for Config {
         };
 
         let st = f.store;
-        let redis = match st.backend.as_deref().unwrap_or("memory") {
-            "memory" => false,
-            "redis" => true,
+        let backend = match st.backend.as_deref().unwrap_or("memory") {
+            "memory" => Backend::Memory,
+            "redis" => Backend::Redis,
             other => {
                 return Err(invalid(
                     "store.backend",
@@ -605,7 +616,7 @@ impl TryFrom<FileConfig> for Config {
         let redis_url = st
             .redis_url
             .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-        if redis {
+        if backend == Backend::Redis {
             if let Err(e) = redis::Client::open(redis_url.as_str()) {
                 // The crate's message never repeats the URL, so no password leaks.
                 return Err(invalid("store.redis_url", e.to_string()));
@@ -619,13 +630,13 @@ impl TryFrom<FileConfig> for Config {
             ));
         }
         let store = StoreConfig {
-            redis,
+            backend,
             redis_url: Secret::new(redis_url),
             key_prefix,
             timeout: parse_duration("store.timeout", st.timeout.as_deref().unwrap_or("250ms"))?,
-            quota_fail_open: match st.quota_fail_mode.as_deref().unwrap_or("open") {
-                "open" => true,
-                "closed" => false,
+            quota_fail_mode: match st.quota_fail_mode.as_deref().unwrap_or("open") {
+                "open" => FailMode::Open,
+                "closed" => FailMode::Closed,
                 other => {
                     return Err(invalid(
                         "store.quota_fail_mode",
@@ -673,16 +684,22 @@ impl TryFrom<FileConfig> for Config {
                     format!("`{corp}` is not a [corps.*] table"),
                 ));
             }
-            if let Some(routes) = &c.routes {
-                for r in routes {
-                    if !ROUTES.contains(&r.as_str()) {
-                        return Err(invalid(
-                            k("routes"),
-                            format!("`{r}` is not a route; routes are {ROUTES:?}"),
-                        ));
-                    }
-                }
-            }
+            let routes = c
+                .routes
+                .map(|list| {
+                    list.iter()
+                        .map(|r| {
+                            Route::of(r).ok_or_else(|| {
+                                let all: Vec<_> = Route::ALL.iter().map(|r| r.path()).collect();
+                                invalid(
+                                    k("routes"),
+                                    format!("`{r}` is not a route; routes are {all:?}"),
+                                )
+                            })
+                        })
+                        .collect::<Result<Vec<_>, _>>()
+                })
+                .transpose()?;
             clients.push(ClientConfig {
                 name,
                 key_sha256,
@@ -700,7 +717,7 @@ impl TryFrom<FileConfig> for Config {
                     .as_deref()
                     .map(|v| parse_size(&k("max_file_bytes"), v))
                     .transpose()?,
-                routes: c.routes,
+                routes,
             });
         }
         Ok(Config {
@@ -766,9 +783,9 @@ impl Config {
                 "claim_scope": match self.dedupe.claim_scope { ClaimScope::Client => "client", ClaimScope::Corp => "corp" },
             },
             "store": {
-                "backend": if self.store.redis { "redis" } else { "memory" },
+                "backend": match self.store.backend { Backend::Memory => "memory", Backend::Redis => "redis" },
                 "redis_url": mask_url_password(self.store.redis_url.expose()),
-                "quota_fail_mode": if self.store.quota_fail_open { "open" } else { "closed" },
+                "quota_fail_mode": match self.store.quota_fail_mode { FailMode::Open => "open", FailMode::Closed => "closed" },
                 "key_prefix": self.store.key_prefix,
                 "timeout": d(self.store.timeout),
             },
@@ -781,7 +798,7 @@ impl Config {
                 "bytes_per_day": c.bytes_per_day,
                 "max_concurrent_uploads": c.max_concurrent_uploads,
                 "max_file_bytes": c.max_file_bytes,
-                "routes": c.routes,
+                "routes": c.routes.as_ref().map(|r| r.iter().map(|r| r.path()).collect::<Vec<_>>()),
             })).collect::<Vec<_>>(),
         })
     }

@@ -1,10 +1,15 @@
-//! The embedded dedupe index: a moka cache with a TTL and a size bound (one replica).
+//! The embedded dedupe index: a moka cache with a size bound (one replica). An entry is
+//! trusted for `ttl` from its upload (`created_at`, on the injected clock): re-recording it for
+//! a new holder never extends that (moka's own TTL restarts on every insert, so it is only the
+//! eviction bound).
 
-use std::time::Duration;
+use std::sync::Arc;
+use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
 use super::{DedupeKey, DedupeStore, MediaRef};
+use crate::clock::Clock;
 
 /// The embedded store: a moka cache with a TTL and a size bound.
 #[derive(Debug)]
@@ -13,12 +18,16 @@ pub struct MemoryStore {
     /// `mediaId` index: a delete is rare, and a second cache would double the cost of the
     /// insert every upload pays.
     entries: moka::future::Cache<DedupeKey, MediaRef>,
+    ttl: Duration,
+    clock: Arc<dyn Clock>,
 }
 
 impl MemoryStore {
-    /// A store holding at most `max_entries`, each for `ttl`.
-    pub fn new(ttl: Duration, max_entries: u64) -> Self {
+    /// A store holding at most `max_entries`, each trusted for `ttl` of `clock`'s time.
+    pub fn new(ttl: Duration, max_entries: u64, clock: Arc<dyn Clock>) -> Self {
         Self {
+            ttl,
+            clock,
             entries: moka::future::Cache::builder()
                 .time_to_live(ttl)
                 .max_capacity(max_entries)
@@ -30,7 +39,15 @@ impl MemoryStore {
 
 impl DedupeStore for MemoryStore {
     fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>> {
-        Box::pin(self.entries.get(key))
+        Box::pin(async move {
+            let entry = self.entries.get(key).await?;
+            let created_ms = entry
+                .created_at
+                .duration_since(UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis() as u64);
+            let age = Duration::from_millis(self.clock.unix_ms().saturating_sub(created_ms));
+            (age < self.ttl).then_some(entry)
+        })
     }
 
     fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()> {

@@ -8,6 +8,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use crate::clock::Clock;
 use crate::config::DedupeConfig;
 use crate::store::{Lease, Redis};
 use futures_util::future::BoxFuture;
@@ -117,10 +118,10 @@ pub struct Dedupe {
 }
 
 impl Dedupe {
-    /// The embedded (moka) index.
-    pub fn memory(cfg: &DedupeConfig) -> Self {
+    /// The embedded (moka) index, its trust period timed by `clock`.
+    pub fn memory(cfg: &DedupeConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
-            store: Arc::new(MemoryStore::new(cfg.ttl, cfg.max_entries)),
+            store: Arc::new(MemoryStore::new(cfg.ttl, cfg.max_entries, clock)),
             coalescer: Coalescer::default(),
             claim_scope: cfg.claim_scope,
         }
@@ -172,7 +173,11 @@ mod tests {
 
     #[tokio::test]
     async fn delete_evicts_only_the_matching_entry() {
-        let store = MemoryStore::new(Duration::from_secs(60), 100);
+        let store = MemoryStore::new(
+            Duration::from_secs(60),
+            100,
+            crate::clock::SystemClock::shared(),
+        );
         store.put(key(1), media("m1")).await;
         store.put(key(2), media("m2")).await;
         store.forget_media("c", "m1").await;

@@ -18,15 +18,12 @@ use super::access_log::LogContext;
 use super::{BoxFuture, Req, Resp};
 use crate::config::{hash_key, ClientConfig};
 use crate::error::GatewayError;
-use crate::quota::ClientQuota;
 
 /// The authenticated caller, in request extensions.
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// Its configuration (name, corp, limits).
     pub client: Arc<ClientConfig>,
-    /// Its quota state.
-    pub quota: Arc<ClientQuota>,
 }
 
 /// The verified client certificate of the connection, when the caller presented one.
@@ -51,44 +48,32 @@ impl PeerIdentity {
     }
 }
 
-/// The configured callers and their quota state.
+/// The configured callers.
 #[derive(Debug, Default)]
 pub struct ClientRegistry {
-    clients: Vec<Arc<ClientQuota>>,
+    clients: Vec<Arc<ClientConfig>>,
 }
 
 impl ClientRegistry {
-    /// From the `[[clients]]` entries; `previous` hands on the quota state of callers whose
-    /// configuration did not change (and today's bytes of those whose limits did).
-    pub fn new(clients: &[ClientConfig], previous: Option<&ClientRegistry>) -> Self {
-        let clients = clients
-            .iter()
-            .map(|c| {
-                let old = previous.and_then(|p| p.clients.iter().find(|q| q.cfg.name == c.name));
-                match old {
-                    Some(q) if *q.cfg == *c => q.clone(),
-                    _ => Arc::new(ClientQuota::new(
-                        Arc::new(c.clone()),
-                        old.map(|q| q.as_ref()),
-                    )),
-                }
-            })
-            .collect();
-        Self { clients }
+    /// From the `[[clients]]` entries.
+    pub fn new(clients: &[ClientConfig]) -> Self {
+        Self {
+            clients: clients.iter().cloned().map(Arc::new).collect(),
+        }
     }
 
     /// Every caller.
-    pub fn all(&self) -> &[Arc<ClientQuota>] {
+    pub fn all(&self) -> &[Arc<ClientConfig>] {
         &self.clients
     }
 
     /// The caller holding `key`. Every entry is compared, in constant time, so the time taken
     /// says nothing about which (or whether a) key matched.
-    pub fn by_key(&self, key: &str) -> Option<Arc<ClientQuota>> {
+    pub fn by_key(&self, key: &str) -> Option<Arc<ClientConfig>> {
         let presented = hash_key(key);
         let mut found = None;
         for q in &self.clients {
-            if let Some(expected) = &q.cfg.key_sha256 {
+            if let Some(expected) = &q.key_sha256 {
                 if bool::from(presented.ct_eq(expected)) {
                     found = Some(q.clone());
                 }
@@ -98,15 +83,10 @@ impl ClientRegistry {
     }
 
     /// The caller configured for this client certificate.
-    pub fn by_certificate(&self, peer: &PeerIdentity) -> Option<Arc<ClientQuota>> {
+    pub fn by_certificate(&self, peer: &PeerIdentity) -> Option<Arc<ClientConfig>> {
         self.clients
             .iter()
-            .find(|q| {
-                q.cfg
-                    .cert_subject
-                    .as_deref()
-                    .is_some_and(|s| peer.matches(s))
-            })
+            .find(|q| q.cert_subject.as_deref().is_some_and(|s| peer.matches(s)))
             .cloned()
     }
 }
@@ -185,7 +165,7 @@ where
     fn call(&mut self, mut req: Req) -> Self::Future {
         let registry = self.registry.load();
         // A key, when sent, decides: a wrong key never falls back to the certificate.
-        let quota = match presented_key(&req) {
+        let client = match presented_key(&req) {
             Presented::Key(k) => registry.by_key(&k),
             Presented::Unusable => None,
             Presented::Nothing => req
@@ -193,19 +173,16 @@ where
                 .get::<PeerIdentity>()
                 .and_then(|p| registry.by_certificate(p)),
         };
-        let Some(quota) = quota else {
+        let Some(client) = client else {
             return Box::pin(async { Err(GatewayError::Unauthenticated) });
         };
         let headers = req.headers_mut();
         headers.remove(header::AUTHORIZATION);
         headers.remove("x-api-key");
         if let Some(log) = req.extensions().get::<LogContext>() {
-            log.set_client(&quota.cfg.name);
+            log.set_client(&client.name);
         }
-        req.extensions_mut().insert(Principal {
-            client: quota.cfg.clone(),
-            quota,
-        });
+        req.extensions_mut().insert(Principal { client });
         Box::pin(self.inner.call(req))
     }
 }

@@ -17,8 +17,9 @@ use super::auth::Principal;
 use super::{BoxFuture, Req, Resp};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::quota::shared::SharedQuotas;
-use crate::quota::{BytesTicket, Clock, UploadSlot};
+use crate::metrics::QuotaKind;
+use crate::quota::{BytesTicket, Quotas, UploadSlot};
+use crate::route::RouteMatch;
 
 /// The bytes reservation of an upload, for the handler to take.
 #[derive(Debug, Clone)]
@@ -34,20 +35,14 @@ impl TicketSlot {
 /// Enforces caller quotas.
 #[derive(Debug, Clone)]
 pub struct QuotaLayer {
-    clock: Arc<dyn Clock>,
+    quotas: Quotas,
     metrics: Metrics,
-    shared: Option<SharedQuotas>,
 }
 
 impl QuotaLayer {
-    /// Enforces with `clock`, counting rejections into `metrics`; with `shared`, the counters
-    /// live in Redis and hold across replicas.
-    pub fn new(clock: Arc<dyn Clock>, metrics: Metrics, shared: Option<SharedQuotas>) -> Self {
-        Self {
-            clock,
-            metrics,
-            shared,
-        }
+    /// Enforces `quotas`, counting rejections into `metrics`.
+    pub fn new(quotas: Quotas, metrics: Metrics) -> Self {
+        Self { quotas, metrics }
     }
 }
 
@@ -56,9 +51,8 @@ impl<S> Layer<S> for QuotaLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Quota {
             inner,
-            clock: self.clock.clone(),
+            quotas: self.quotas.clone(),
             metrics: self.metrics.clone(),
-            shared: self.shared.clone(),
         }
     }
 }
@@ -67,47 +61,36 @@ impl<S> Layer<S> for QuotaLayer {
 #[derive(Debug, Clone)]
 pub struct Quota<S> {
     inner: S,
-    clock: Arc<dyn Clock>,
+    quotas: Quotas,
     metrics: Metrics,
-    shared: Option<SharedQuotas>,
-}
-
-fn is_upload(path: &str) -> bool {
-    matches!(path, "/media/upload/message" | "/media/upload")
 }
 
 /// Decides rate, concurrency and bytes; the returned slot is held for the whole request.
 async fn admit(
-    clock: Arc<dyn Clock>,
-    shared: Option<SharedQuotas>,
+    quotas: Quotas,
     req: &mut Req,
     principal: &Principal,
 ) -> Result<Option<UploadSlot>, GatewayError> {
-    let path = req.uri().path();
-    if let Some(routes) = &principal.client.routes {
-        if !routes.iter().any(|r| r == path) {
+    let route = req.extensions().get::<RouteMatch>().and_then(|m| m.0);
+    let client = &principal.client;
+    if let Some(allowed) = &client.routes {
+        if !route.is_some_and(|r| allowed.contains(&r)) {
             return Err(GatewayError::RouteForbidden {
-                client: principal.client.name.clone(),
+                client: client.name.clone(),
             });
         }
     }
-    principal
-        .quota
-        .check_rate(clock.as_ref(), shared.as_ref())
-        .await?;
-    if !is_upload(path) {
+    quotas.check_rate(client).await?;
+    if !route.is_some_and(|r| r.is_upload()) {
         return Ok(None);
     }
-    let permit = principal.quota.acquire_upload(shared.as_ref()).await?;
+    let permit = quotas.acquire_upload(client).await?;
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let ticket = principal
-        .quota
-        .bytes_ticket(announced, clock, shared)
-        .await?;
+    let ticket = quotas.bytes_ticket(client, announced).await?;
     req.extensions_mut()
         .insert(TicketSlot(Arc::new(Mutex::new(Some(ticket)))));
     Ok(permit)
@@ -116,8 +99,8 @@ async fn admit(
 fn rejection_kind(e: &GatewayError) -> Option<&'static str> {
     match e {
         GatewayError::QuotaExceeded { kind, .. } => Some(kind),
-        GatewayError::RouteForbidden { .. } => Some("route"),
-        GatewayError::QuotaStoreDown => Some("store_unavailable"),
+        GatewayError::RouteForbidden { .. } => Some(QuotaKind::Route.as_str()),
+        GatewayError::QuotaStoreDown => Some(QuotaKind::StoreUnavailable.as_str()),
         _ => None,
     }
 }
@@ -153,13 +136,13 @@ where
                     .inc();
             }
         };
-        let (clock, shared) = (self.clock.clone(), self.shared.clone());
+        let quotas = self.quotas.clone();
         // Take the service that was driven ready, leave a fresh clone behind (tower's rule
         // for calling an inner service from a future).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let permit = match admit(clock, shared, &mut req, &principal).await {
+            let permit = match admit(quotas, &mut req, &principal).await {
                 Ok(p) => p,
                 Err(e) => {
                     count(&e);

@@ -24,6 +24,7 @@ use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{full, Body};
+use crate::clock::{Clock, SystemClock};
 use crate::route::query_param;
 use crate::sniff::ImageType;
 use state::{Faults, Media, State};
@@ -49,6 +50,8 @@ pub struct SandboxOptions {
     pub document_max_bytes: u64,
     /// Read and count uploaded bytes, but neither hash nor keep them (a benchmark sink).
     pub discard: bool,
+    /// Time, for token lifetimes (tests share a `ManualClock` with the gateway).
+    pub clock: Arc<dyn Clock>,
 }
 
 impl Default for SandboxOptions {
@@ -62,6 +65,7 @@ impl Default for SandboxOptions {
             message_max_bytes: 5 * 1024 * 1024,
             document_max_bytes: 20 * 1024 * 1024,
             discard: false,
+            clock: SystemClock::shared(),
         }
     }
 }

@@ -250,7 +250,7 @@ impl State {
     /// Fxiaoke forbids concurrent token calls and allows at most 10 a minute.
     pub(super) fn enter_token_call(&self) -> Result<TokenCall<'_>, &'static str> {
         let mut book = self.tokens.lock();
-        let now = Instant::now();
+        let now = self.opts.clock.now();
         while book
             .recent_calls
             .front()
@@ -275,7 +275,7 @@ impl State {
     pub(super) fn issue_token(&self) -> (String, u64) {
         let ttl = self.opts.token_ttl;
         let mut book = self.tokens.lock();
-        let now = Instant::now();
+        let now = self.opts.clock.now();
         book.valid
             .retain(|_, issued| now.duration_since(*issued) < ttl);
         if let Some((token, issued)) = &book.current {
@@ -295,9 +295,9 @@ impl State {
 
     pub(super) fn token_valid(&self, token: &str) -> bool {
         let book = self.tokens.lock();
-        book.valid
-            .get(token)
-            .is_some_and(|issued| issued.elapsed() < self.opts.token_ttl)
+        book.valid.get(token).is_some_and(|issued| {
+            self.opts.clock.now().duration_since(*issued) < self.opts.token_ttl
+        })
     }
 
     pub(super) fn issued_tokens(&self) -> Vec<String> {

@@ -289,7 +289,8 @@ async fn record(
             media_id: media_id.to_string(),
             size,
             content_type: part.content_type,
-            created_at: std::time::SystemTime::now(),
+            created_at: std::time::UNIX_EPOCH
+                + std::time::Duration::from_millis(state.clock.unix_ms()),
             caller: up.caller.clone(),
             holders: vec![up.caller.clone()],
         };

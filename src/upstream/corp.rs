@@ -5,16 +5,17 @@
 use std::sync::Arc;
 use std::time::Instant;
 
+use super::budget::UpstreamBudget;
 use super::envelope::{Envelope, UpstreamCode};
-use super::shared_token::SharedToken;
+use super::token::store::TokenStore;
 use super::token::{CorpToken, TokenProvider};
 use super::transport::{self, HttpClient};
 use crate::body::Body;
+use crate::clock::Clock;
 use crate::config::CorpConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::quota::shared::SharedQuotas;
-use crate::quota::{Clock, UpstreamBudget};
+use crate::quota::QuotaStore;
 use crate::route::Route;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -44,24 +45,26 @@ pub struct Target {
 }
 
 impl Corp {
-    /// Builds the corp and starts its token refresher; with `shared`, its token and budget
-    /// live in Redis, shared by replicas.
+    /// Builds the corp and starts its token refresher. Its token is shared through `tokens`
+    /// and its budget counted in `quotas` (memory, or Redis behind a fail-mode decorator).
     pub fn spawn(
         cfg: CorpConfig,
         base: String,
         metrics: Metrics,
         clock: Arc<dyn Clock>,
-        shared: Option<SharedQuotas>,
+        quotas: Arc<dyn QuotaStore>,
+        tokens: Arc<dyn TokenStore>,
     ) -> Arc<Self> {
-        let mut budget =
-            UpstreamBudget::new(cfg.upstream_requests_per_20s, cfg.daily_call_budget, clock);
-        let mut shared_token = None;
-        if let Some(sh) = shared {
-            shared_token = Some(SharedToken::new(sh.redis().clone(), &cfg.name));
-            budget = budget.shared(sh, &cfg.name);
-        }
+        let budget = UpstreamBudget::new(
+            &cfg.name,
+            cfg.upstream_requests_per_20s,
+            cfg.daily_call_budget,
+            clock.clone(),
+            quotas,
+        );
         let client = transport::pooled(cfg.connect_timeout);
-        let tokens = TokenProvider::spawn(cfg.clone(), base.clone(), metrics.clone(), shared_token);
+        let tokens =
+            TokenProvider::spawn(cfg.clone(), base.clone(), metrics.clone(), tokens, clock);
         Arc::new(Self {
             cfg,
             base,

@@ -2,10 +2,10 @@
 //! provider (`token`), and the reading of Fxiaoke's answers (`envelope`).
 
 pub mod body;
+pub mod budget;
 pub mod corp;
 pub mod envelope;
 pub mod media;
-pub mod shared_token;
 pub mod token;
 pub mod transport;
 

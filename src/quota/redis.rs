@@ -1,4 +1,4 @@
-//! Quotas and the upstream budget in Redis, global across replicas. Every decision is one Lua
+//! `RedisQuotas`: quotas and the upstream budget in Redis, global across replicas. Every decision is one Lua
 //! script (atomic in Redis) using Redis's own clock (`TIME`), so replicas with skewed clocks
 //! still share one limit. Keys (under `store.key_prefix`):
 //!
@@ -11,11 +11,13 @@
 //! * `budget:{corp}:daily:{cst_day}` — calls today (expires after two days).
 
 use std::sync::{Arc, LazyLock};
+
+use futures_util::future::BoxFuture;
 use std::time::Duration;
 
 use redis::Script;
 
-use super::cst_day;
+use super::{cst_day, BudgetAnswer, QuotaStore, Reserved, Slot, StoreFuture, UploadSlot};
 use crate::store::{Lease, Redis, StoreError};
 
 /// How long an upload slot outlives a replica that stopped renewing it.
@@ -132,43 +134,25 @@ return {0, 0, -1}
     )
 });
 
-/// What the upstream budget said.
-#[derive(Debug, PartialEq, Eq)]
-pub enum BudgetAnswer {
-    /// One call taken; calls left today when a daily budget is set.
-    Taken(Option<u64>),
-    /// The 20 s window is full for this long.
-    Window(Duration),
-    /// Today's budget is spent.
-    DaySpent,
-}
-
-/// Quota state shared by replicas.
+/// Quota state shared by replicas; cheap to clone.
 #[derive(Debug, Clone)]
-pub struct SharedQuotas {
+pub struct RedisQuotas {
     redis: Arc<Redis>,
-    /// With Redis down: serve on this replica's own counters (`true`) or refuse.
-    pub fail_open: bool,
 }
 
 fn unique() -> String {
     uuid::Uuid::new_v4().simple().to_string()
 }
 
-impl SharedQuotas {
+impl RedisQuotas {
     /// Quotas in `redis`.
-    pub fn new(redis: Arc<Redis>, fail_open: bool) -> Self {
-        Self { redis, fail_open }
-    }
-
-    /// The store underneath.
-    pub fn redis(&self) -> &Arc<Redis> {
-        &self.redis
+    pub fn new(redis: Arc<Redis>) -> Self {
+        Self { redis }
     }
 
     /// GCRA: `per_minute` requests may come at once, then one per 60 s / `per_minute`.
     /// `Ok(Err(wait))` when over.
-    pub async fn rate(
+    async fn take_rate(
         &self,
         client: &str,
         per_minute: u32,
@@ -193,7 +177,7 @@ impl SharedQuotas {
     }
 
     /// Leases one of `max` concurrent-upload slots; `Ok(None)` when all are taken.
-    pub async fn acquire_slot(&self, client: &str, max: u32) -> Result<Option<Lease>, StoreError> {
+    async fn take_slot(&self, client: &str, max: u32) -> Result<Option<UploadSlot>, StoreError> {
         let key = self.redis.key(&["quota", client, "uploads"]);
         let member = unique();
         let (k, m) = (key.clone(), member.clone());
@@ -245,11 +229,13 @@ impl SharedQuotas {
                 })
                 .await;
         };
-        Ok(Some(Lease::hold(SLOT_LEASE, renew, release)))
+        Ok(Some(UploadSlot::from(Slot::Leased(Lease::hold(
+            SLOT_LEASE, renew, release,
+        )))))
     }
 
     /// Uploads in flight across replicas.
-    pub async fn slots_in_use(&self, client: &str) -> Result<u64, StoreError> {
+    async fn count_slots(&self, client: &str) -> Result<u64, StoreError> {
         let key = self.redis.key(&["quota", client, "uploads"]);
         self.redis
             .run("quota", "uploads", |mut c| async move {
@@ -265,7 +251,7 @@ impl SharedQuotas {
 
     /// Reserves `n` of `limit` bytes on the CST day of `unix_secs`; answers the day, or how
     /// long until the next one.
-    pub async fn reserve_bytes(
+    async fn take_bytes(
         &self,
         client: &str,
         n: u64,
@@ -293,7 +279,7 @@ impl SharedQuotas {
     }
 
     /// Gives back `n` bytes reserved on `day`.
-    pub async fn refund_bytes(&self, client: &str, n: u64, day: u64) -> Result<(), StoreError> {
+    async fn give_bytes(&self, client: &str, n: u64, day: u64) -> Result<(), StoreError> {
         let key = self.bytes_key(client, day);
         let _: i64 = self
             .redis
@@ -305,7 +291,7 @@ impl SharedQuotas {
     }
 
     /// Bytes used on the CST day of `unix_secs`.
-    pub async fn bytes_today(&self, client: &str, unix_secs: u64) -> Result<u64, StoreError> {
+    async fn used_bytes(&self, client: &str, unix_secs: u64) -> Result<u64, StoreError> {
         let key = self.bytes_key(client, cst_day(unix_secs).0);
         let v: Option<u64> = self
             .redis
@@ -318,7 +304,7 @@ impl SharedQuotas {
 
     /// Takes one call on `interface` of `corp`: at most `per_20s` in any 20 s, and at most
     /// `daily` on the CST day of `unix_secs`.
-    pub async fn budget(
+    async fn take_call(
         &self,
         corp: &str,
         interface: &str,
@@ -351,5 +337,53 @@ impl SharedQuotas {
         } else {
             BudgetAnswer::Taken((left >= 0).then_some(left as u64))
         })
+    }
+}
+
+impl QuotaStore for RedisQuotas {
+    fn rate<'a>(&'a self, client: &'a str, rpm: u32) -> StoreFuture<'a, Result<(), Duration>> {
+        Box::pin(self.take_rate(client, rpm))
+    }
+    fn acquire_slot<'a>(
+        &'a self,
+        client: &'a str,
+        max: u32,
+    ) -> StoreFuture<'a, Option<UploadSlot>> {
+        Box::pin(self.take_slot(client, max))
+    }
+    fn slots_in_use<'a>(&'a self, client: &'a str) -> StoreFuture<'a, u64> {
+        Box::pin(self.count_slots(client))
+    }
+    fn reserve_bytes<'a>(
+        &'a self,
+        client: &'a str,
+        n: u64,
+        limit: u64,
+        unix_secs: u64,
+    ) -> StoreFuture<'a, Result<Reserved, Duration>> {
+        Box::pin(async move {
+            let answer = self.take_bytes(client, n, limit, unix_secs).await?;
+            let by: Arc<dyn QuotaStore> = Arc::new(self.clone());
+            Ok(answer.map(|day| Reserved { day, by }))
+        })
+    }
+    fn refund_bytes(&self, client: &str, n: u64, day: u64) -> BoxFuture<'static, ()> {
+        let (this, client) = (self.clone(), client.to_string());
+        Box::pin(async move {
+            let _ = this.give_bytes(&client, n, day).await;
+        })
+    }
+    fn bytes_today<'a>(&'a self, client: &'a str, unix_secs: u64) -> StoreFuture<'a, u64> {
+        Box::pin(self.used_bytes(client, unix_secs))
+    }
+    fn budget<'a>(
+        &'a self,
+        corp: &'a str,
+        interface: &'a str,
+        per_20s: u32,
+        daily: Option<u64>,
+        unix_secs: u64,
+    ) -> StoreFuture<'a, BudgetAnswer> {
+        Box::pin(self.take_call(corp, interface, per_20s, daily, unix_secs))
     }
 }

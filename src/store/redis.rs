@@ -1,4 +1,4 @@
-//! The shared store (`[store] backend = "redis"`): one Redis connection per process, its
+//! The Redis backend (`[store] backend = "redis"`): one Redis connection per process, its
 //! health, and the one place every Redis command goes through. Each command is bounded by
 //! `store.timeout`; a failure marks the store down, after which commands fail at once (no
 //! request waits on a dead Redis) until the supervisor task reconnects. Callers decide what a
@@ -18,6 +18,7 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::Notify;
 
+use super::StoreError;
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
 
@@ -25,20 +26,6 @@ use crate::metrics::Metrics;
 /// unnoticed; the ping finds out before a request does).
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
-
-/// Why a store command did not give an answer.
-#[derive(Debug, Clone, thiserror::Error)]
-pub enum StoreError {
-    /// Known down: not even tried.
-    #[error("redis store unavailable")]
-    Down,
-    /// Took longer than `store.timeout`.
-    #[error("redis command timed out")]
-    Timeout,
-    /// Redis or the connection said no.
-    #[error("redis: {0}")]
-    Redis(String),
-}
 
 /// A process's handle on Redis; cheap to share behind an `Arc`.
 #[derive(Debug)]

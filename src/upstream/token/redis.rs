@@ -1,4 +1,4 @@
-//! The corp token in Redis, shared by replicas (`[store] backend = "redis"`).
+//! `RedisTokens`: the corp token in Redis, shared by replicas (`[store] backend = "redis"`).
 //!
 //! * `{prefix}:token:{corp}` — hash `token, corp_id, issued_ms, expires_ms, refresh_ms`, with
 //!   a TTL of the token's remaining life. Written by a Lua script only when its `issued_ms` is
@@ -10,36 +10,16 @@
 //!   stay under Fxiaoke's 10 calls a minute (only the lease holder reads or writes it).
 
 use std::sync::{Arc, LazyLock};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use redis::Script;
 
-use crate::store::{Lease, Redis, StoreError};
+use super::store::{StoreFuture, StoredToken, TokenStore, Turn};
+use crate::clock::Clock;
+use crate::store::{Redis, StoreError};
 
 /// How long a refresh lease lasts without renewal.
 pub const LEASE: Duration = Duration::from_secs(10);
-
-/// A token as stored in Redis.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct StoredToken {
-    /// `corpAccessToken`.
-    pub token: String,
-    /// `corpId`.
-    pub corp_id: String,
-    /// Unix ms when its fetch started: the order of tokens.
-    pub issued_ms: u64,
-    /// Unix ms when it expires.
-    pub expires_ms: u64,
-    /// Unix ms when its successor is due.
-    pub refresh_ms: u64,
-}
-
-/// Unix time in ms.
-pub fn unix_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map_or(0, |d| d.as_millis() as u64)
-}
 
 const WRITE_IF_NEWER: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'issued_ms')
@@ -66,8 +46,9 @@ return 1
 
 /// The shared token of one corp.
 #[derive(Debug, Clone)]
-pub struct SharedToken {
+pub struct RedisTokens {
     redis: Arc<Redis>,
+    clock: Arc<dyn Clock>,
     token_key: String,
     lease_key: String,
     calls_key: String,
@@ -76,10 +57,11 @@ pub struct SharedToken {
 static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_IF_NEWER));
 static CALL_SLOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_CALL_SLOT));
 
-impl SharedToken {
+impl RedisTokens {
     /// The shared token of `corp`.
-    pub fn new(redis: Arc<Redis>, corp: &str) -> Self {
+    pub fn new(redis: Arc<Redis>, corp: &str, clock: Arc<dyn Clock>) -> Self {
         Self {
+            clock,
             token_key: redis.key(&["token", corp]),
             lease_key: redis.key(&["token-lease", corp]),
             calls_key: redis.key(&["token-calls", corp]),
@@ -88,7 +70,7 @@ impl SharedToken {
     }
 
     /// The stored token, if any.
-    pub async fn read(&self) -> Result<Option<StoredToken>, StoreError> {
+    async fn get(&self) -> Result<Option<StoredToken>, StoreError> {
         let key = self.token_key.clone();
         let fields: Vec<Option<String>> = self
             .redis
@@ -127,8 +109,8 @@ impl SharedToken {
 
     /// Stores `t` unless a token issued at the same time or later is already there.
     /// `Ok(false)`: a newer one was kept.
-    pub async fn write_if_newer(&self, t: &StoredToken) -> Result<bool, StoreError> {
-        let ttl = t.expires_ms.saturating_sub(unix_ms()).max(1);
+    async fn put(&self, t: &StoredToken) -> Result<bool, StoreError> {
+        let ttl = t.expires_ms.saturating_sub(self.clock.unix_ms()).max(1);
         let key = self.token_key.clone();
         let t = t.clone();
         let written: i64 = self
@@ -150,14 +132,16 @@ impl SharedToken {
     }
 
     /// Takes the refresh lease if nobody holds it; dropping it releases it.
-    pub async fn try_lease(&self) -> Result<Option<Lease>, StoreError> {
-        self.redis
+    async fn lease(&self) -> Result<Option<Turn>, StoreError> {
+        let lease = self
+            .redis
             .try_lease("token", self.lease_key.clone(), LEASE)
-            .await
+            .await?;
+        Ok(lease.map(|l| Turn(Some(l))))
     }
 
     /// Whether anybody holds the lease.
-    pub async fn lease_held(&self) -> Result<bool, StoreError> {
+    async fn lease_held(&self) -> Result<bool, StoreError> {
         let key = self.lease_key.clone();
         let n: i64 = self
             .redis
@@ -170,9 +154,9 @@ impl SharedToken {
 
     /// Records a token call if all replicas together made fewer than `max` in the last
     /// minute; otherwise how long until one is allowed.
-    pub async fn take_call_slot(&self, max: usize) -> Result<Option<Duration>, StoreError> {
+    async fn call_slot(&self, max: usize) -> Result<Option<Duration>, StoreError> {
         let key = self.calls_key.clone();
-        let now = unix_ms();
+        let now = self.clock.unix_ms();
         let member = format!("{now}-{}", uuid::Uuid::new_v4().simple());
         let r: i64 = self
             .redis
@@ -187,5 +171,23 @@ impl SharedToken {
             })
             .await?;
         Ok((r < 0).then(|| Duration::from_millis(r.unsigned_abs().max(1))))
+    }
+}
+
+impl TokenStore for RedisTokens {
+    fn read(&self) -> StoreFuture<'_, Option<StoredToken>> {
+        Box::pin(self.get())
+    }
+    fn write_if_newer<'a>(&'a self, t: &'a StoredToken) -> StoreFuture<'a, bool> {
+        Box::pin(self.put(t))
+    }
+    fn try_turn(&self) -> StoreFuture<'_, Option<Turn>> {
+        Box::pin(self.lease())
+    }
+    fn turn_taken(&self) -> StoreFuture<'_, bool> {
+        Box::pin(self.lease_held())
+    }
+    fn take_call_slot(&self, max: usize) -> StoreFuture<'_, Option<Duration>> {
+        Box::pin(self.call_slot(max))
     }
 }

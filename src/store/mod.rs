@@ -1,0 +1,106 @@
+//! Where state that replicas may share lives (design §2 `[store]`): the corp token, the dedupe
+//! index, caller quotas and the corp's upstream budget. Each concern has a store trait with a
+//! memory and a Redis implementation (`quota::QuotaStore`, `upstream::token::TokenStore`,
+//! `dedupe::DedupeStore`); `FailOver` is the one decorator that decides, by `FailMode`, what a
+//! failing Redis means, so no caller knows which backend it has. `redis` is the connection
+//! every Redis implementation goes through.
+
+pub mod redis;
+
+use std::sync::Arc;
+
+use futures_util::future::BoxFuture;
+
+pub use crate::config::{Backend, FailMode};
+pub use redis::{Lease, Redis};
+
+/// Why a store command did not give an answer.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum StoreError {
+    /// Known down: not even tried.
+    #[error("redis store unavailable")]
+    Down,
+    /// Took longer than `store.timeout`.
+    #[error("redis command timed out")]
+    Timeout,
+    /// Redis or the connection said no.
+    #[error("redis: {0}")]
+    Redis(String),
+}
+
+/// A shared store in front of a local one: every operation goes to `primary`; when it fails,
+/// `FailMode::Open` answers from `fallback` (this replica's own state) and `FailMode::Closed`
+/// passes the failure on.
+#[derive(Debug)]
+pub struct FailOver<S: ?Sized> {
+    primary: Arc<S>,
+    fallback: Arc<S>,
+    mode: FailMode,
+}
+
+impl<S: ?Sized> FailOver<S> {
+    /// `primary`, falling back to `fallback` per `mode`.
+    pub fn new(primary: Arc<S>, fallback: Arc<S>, mode: FailMode) -> Self {
+        Self {
+            primary,
+            fallback,
+            mode,
+        }
+    }
+
+    /// Runs `op` on the primary, and on the fallback when the primary fails and the mode is
+    /// open.
+    pub async fn run<'a, T>(
+        &'a self,
+        op: impl Fn(&'a S) -> BoxFuture<'a, Result<T, StoreError>>,
+    ) -> Result<T, StoreError> {
+        match op(&self.primary).await {
+            Ok(v) => Ok(v),
+            Err(e) => match self.mode {
+                FailMode::Open => op(&self.fallback).await,
+                FailMode::Closed => Err(e),
+            },
+        }
+    }
+
+    /// Runs a read on both and adds the answers (usage reports: with the primary failing
+    /// open, some of the state is in the fallback); the primary's failure counts as zero.
+    pub async fn sum<'a>(
+        &'a self,
+        op: impl Fn(&'a S) -> BoxFuture<'a, Result<u64, StoreError>>,
+    ) -> Result<u64, StoreError> {
+        let local = op(&self.fallback).await?;
+        Ok(local + op(&self.primary).await.unwrap_or(0))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Fixed(Result<u64, StoreError>);
+
+    impl Fixed {
+        fn get(&self) -> BoxFuture<'_, Result<u64, StoreError>> {
+            let r = self.0.clone();
+            Box::pin(async move { r })
+        }
+    }
+
+    #[tokio::test]
+    async fn open_falls_back_closed_passes_the_failure_on() {
+        let down = Arc::new(Fixed(Err(StoreError::Down)));
+        let local = Arc::new(Fixed(Ok(7)));
+        let open = FailOver::new(down.clone(), local.clone(), FailMode::Open);
+        assert_eq!(open.run(Fixed::get).await.unwrap(), 7);
+        let closed = FailOver::new(down, local.clone(), FailMode::Closed);
+        assert!(matches!(
+            closed.run(Fixed::get).await,
+            Err(StoreError::Down)
+        ));
+        let up = FailOver::new(Arc::new(Fixed(Ok(2))), local, FailMode::Closed);
+        assert_eq!(up.run(Fixed::get).await.unwrap(), 2);
+        assert_eq!(up.sum(Fixed::get).await.unwrap(), 9);
+    }
+}

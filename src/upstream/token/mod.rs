@@ -1,0 +1,211 @@
+//! The corp access token (design §5). One refresher task per corp (`refresher`) owns every
+//! call to the token endpoint, which makes "never two token calls in flight" structural;
+//! readers only look at the published state (`watch`) and, when it holds no usable token,
+//! wake the refresher and wait for its next attempt. Replicas share the token through a
+//! `TokenStore` (`store`: alone in memory, or `redis`). Lifetimes and the refresh schedule run
+//! on the injected `Clock`, so tests cover hours of token life in milliseconds.
+
+pub mod redis;
+mod refresher;
+pub mod store;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::{watch, Notify};
+
+use crate::clock::Clock;
+use crate::config::{CorpConfig, Secret};
+use crate::error::GatewayError;
+use crate::metrics::Metrics;
+use refresher::Refresher;
+use store::{StoredToken, TokenStore};
+
+/// A token this close to its expiry is not handed out: the request could outlive it. Capped
+/// at 2% of the lifetime so that it never reaches past `refresh_at` for short-lived tokens.
+const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
+/// How long a request waits for a token before answering 950301.
+const READER_WAIT: Duration = Duration::from_secs(15);
+
+/// A corp access token. `Debug` never shows the token itself.
+#[derive(Debug, Clone)]
+pub struct CorpToken {
+    /// The `corpAccessToken`.
+    pub access_token: Secret,
+    /// The `corpId` it belongs to.
+    pub corp_id: String,
+    /// When it was fetched.
+    pub fetched_at: Instant,
+    /// When it stops being accepted.
+    pub expires_at: Instant,
+    /// When the refresher fetches its successor.
+    pub refresh_at: Instant,
+    /// Unix ms when its fetch started: orders tokens across replicas.
+    pub issued_ms: u64,
+}
+
+impl CorpToken {
+    /// A token another replica fetched, placed on this process's clock.
+    fn from_stored(t: StoredToken, clock: &dyn Clock) -> Self {
+        let now = clock.now();
+        let now_ms = clock.unix_ms();
+        let at = |ms: u64| now + Duration::from_millis(ms.saturating_sub(now_ms));
+        Self {
+            access_token: Secret::new(t.token),
+            corp_id: t.corp_id,
+            fetched_at: now
+                .checked_sub(Duration::from_millis(now_ms.saturating_sub(t.issued_ms)))
+                .unwrap_or(now),
+            expires_at: at(t.expires_ms),
+            refresh_at: at(t.refresh_ms),
+            issued_ms: t.issued_ms,
+        }
+    }
+
+    /// As stored for other replicas.
+    fn to_stored(&self, clock: &dyn Clock) -> StoredToken {
+        let now = clock.now();
+        let now_ms = clock.unix_ms();
+        let ms = |at: Instant| now_ms + at.saturating_duration_since(now).as_millis() as u64;
+        StoredToken {
+            token: self.access_token.expose().to_string(),
+            corp_id: self.corp_id.clone(),
+            issued_ms: self.issued_ms,
+            expires_ms: ms(self.expires_at),
+            refresh_ms: ms(self.refresh_at),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default)]
+struct TokenState {
+    token: Option<Arc<CorpToken>>,
+    /// Fxiaoke rejected `token` (20016); a fetch is due.
+    invalidated: bool,
+    /// Completed fetch attempts, successful or not.
+    attempts: u64,
+    /// The last attempt failed, and why (free of secrets).
+    last_error: Option<String>,
+}
+
+impl TokenState {
+    fn usable(&self, now: Instant) -> Option<Arc<CorpToken>> {
+        let t = self.token.as_ref()?;
+        let margin = EXPIRY_MARGIN.min((t.expires_at - t.fetched_at) / 50);
+        (!self.invalidated && now + margin < t.expires_at).then(|| t.clone())
+    }
+}
+
+/// Hands out the corp's token; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct TokenProvider {
+    corp: String,
+    state: watch::Receiver<TokenState>,
+    shared: Arc<Shared>,
+    clock: Arc<dyn Clock>,
+}
+
+#[derive(Debug)]
+struct Shared {
+    publish: watch::Sender<TokenState>,
+    wake: Notify,
+}
+
+impl TokenProvider {
+    /// Starts the corp's refresher task, which fetches the first token at once, taking turns
+    /// with other replicas through `store`.
+    pub fn spawn(
+        cfg: CorpConfig,
+        base: String,
+        metrics: Metrics,
+        store: Arc<dyn TokenStore>,
+        clock: Arc<dyn Clock>,
+    ) -> Self {
+        let (publish, state) = watch::channel(TokenState::default());
+        let shared = Arc::new(Shared {
+            publish,
+            wake: Notify::new(),
+        });
+        let corp = cfg.name.clone();
+        let refresher = Refresher::new(cfg, base, metrics, shared.clone(), store, clock.clone());
+        tokio::spawn(refresher.run());
+        Self {
+            corp,
+            state,
+            shared,
+            clock,
+        }
+    }
+
+    /// A usable token: the cached one, or the next one the refresher fetches.
+    pub async fn get(&self) -> Result<Arc<CorpToken>, GatewayError> {
+        let mut rx = self.state.clone();
+        let seen_attempts = {
+            let s = rx.borrow_and_update();
+            if let Some(t) = s.usable(self.clock.now()) {
+                return Ok(t);
+            }
+            // During an outage answer at once rather than queue behind the backoff.
+            if s.last_error.is_some() {
+                self.shared.wake.notify_one();
+                return Err(self.no_token());
+            }
+            s.attempts
+        };
+        self.shared.wake.notify_one();
+        let wait = async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return Err(self.no_token());
+                }
+                let s = rx.borrow_and_update();
+                if let Some(t) = s.usable(self.clock.now()) {
+                    return Ok(t);
+                }
+                if s.attempts > seen_attempts && !s.invalidated {
+                    return Err(self.no_token());
+                }
+            }
+        };
+        tokio::time::timeout(READER_WAIT, wait)
+            .await
+            .unwrap_or_else(|_| Err(self.no_token()))
+    }
+
+    /// Marks `token` rejected by Fxiaoke (20016) and wakes the refresher, once per token:
+    /// a later rejection of an already-replaced token changes nothing.
+    pub fn invalidate(&self, token: &CorpToken) {
+        let changed = self.shared.publish.send_if_modified(|s| match &s.token {
+            Some(cur) if cur.access_token == token.access_token && !s.invalidated => {
+                s.invalidated = true;
+                true
+            }
+            _ => false,
+        });
+        if changed {
+            tracing::warn!(corp = %self.corp, "Fxiaoke rejected the corp token (20016); refreshing");
+            self.shared.wake.notify_one();
+        }
+    }
+
+    /// Whether a usable token is held right now (`/readyz`).
+    pub fn ready(&self) -> bool {
+        self.state.borrow().usable(self.clock.now()).is_some()
+    }
+
+    /// Age of the current token, for `fxgate_token_age_seconds`.
+    pub fn age(&self) -> Option<Duration> {
+        let now = self.clock.now();
+        self.state
+            .borrow()
+            .token
+            .as_ref()
+            .map(|t| now.saturating_duration_since(t.fetched_at))
+    }
+
+    fn no_token(&self) -> GatewayError {
+        GatewayError::NoToken {
+            corp: self.corp.clone(),
+        }
+    }
+}
