@@ -1,10 +1,14 @@
 //! The corp token as callers experience it: one fetch for a cold-start stampede, background
 //! refresh of short-lived tokens, one 950302 after an upstream revocation, and a failing token
-//! endpoint that is retried with backoff, never concurrently, while `/readyz` says so.
+//! endpoint that is retried with backoff, never concurrently, while `/readyz` says so. The
+//! tests of time run gateway and sandbox in-process on one hand-moved clock (`InProcess`), so
+//! they cover minutes of token life in milliseconds and assert the exact schedule.
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
+
+use fxgate::sandbox::SandboxOptions;
 
 use support::*;
 
@@ -37,41 +41,65 @@ async fn cold_start_with_500_concurrent_uploads_makes_one_token_call() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn short_lived_tokens_are_refreshed_in_the_background() {
-    // 6 s tokens: the gateway refreshes at 93% (5.6 s), inside the new-token window (> 5.5 s).
-    let (sandbox, gw) = pair(&["--token-ttl", "6s"], "", "");
+    // 6 s tokens on a shared hand-moved clock: the gateway refreshes at 93% (5.58 s), inside
+    // the sandbox's new-token window (after 5.5 s), and callers never meet an expired token.
+    let opts = SandboxOptions {
+        token_ttl: Duration::from_secs(6),
+        ..SandboxOptions::default()
+    };
+    let t = InProcess::spawn(opts, "").await;
     let http = client();
-    let deadline = Instant::now() + Duration::from_secs(14);
-    let mut n = 0u32;
-    // Bounded in time and count: about 14 s, at most 2000 uploads.
-    while Instant::now() < deadline && n < 2000 {
+    t.wait("tokens_issued", 1).await;
+    for round in 1..=4u32 {
         let (status, _, body) = upload_multipart(
             &http,
-            &gw.upload_url(),
+            &t.upload_url(),
             ALPHA_KEY,
-            unique_jpeg(500, n),
+            unique_jpeg(500, round),
             "r.jpg",
         )
         .await;
         assert_eq!(
             (status, &body["errorCode"]),
             (200, &serde_json::json!(0)),
-            "upload {n}: {body}"
+            "{body}"
         );
-        n += 1;
-        tokio::time::sleep(Duration::from_millis(20)).await; // pacing of the load, not synchronisation
+        // Just past the refresh point: exactly one new token, fetched in the background.
+        t.advance(Duration::from_millis(5_700));
+        t.wait("tokens_issued", u64::from(round) + 1).await;
     }
-    let stats = sandbox.stats().await;
+    let (status, _, body) = upload_multipart(
+        &http,
+        &t.upload_url(),
+        ALPHA_KEY,
+        unique_jpeg(500, 9),
+        "r.jpg",
+    )
+    .await;
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (200, &serde_json::json!(0)),
+        "{body}"
+    );
+    let stats = t.stats();
     assert_eq!(
         stats["token_rejected"], 0,
-        "a caller's upload met an expired token: {stats}"
+        "a caller met an expired token: {stats}"
     );
-    assert!(stats["tokens_issued"].as_u64().unwrap() >= 3, "{stats}");
+    assert_eq!(stats["tokens_issued"], 5, "{stats}");
+    assert_eq!(
+        stats["token_calls"], 5,
+        "one call per refresh, no more: {stats}"
+    );
     assert_eq!(stats["token_rejected_concurrent"], 0);
     assert_eq!(stats["token_rejected_rate"], 0);
-    assert!(gw
-        .metrics()
-        .await
-        .contains("fxgate_token_refresh_total{corp=\"default\",result=\"ok\"}"));
+    assert_eq!(
+        metric(
+            &t.metrics().await,
+            "fxgate_token_refresh_total{corp=\"default\",result=\"ok\"}"
+        ),
+        5.0
+    );
 }
 
 #[tokio::test]
@@ -115,33 +143,44 @@ async fn revoked_token_gives_one_950302_then_success() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn failing_token_endpoint_backs_off_and_readyz_says_so() {
-    let sandbox = Sandbox::spawn(&[]);
-    let toml = config(&sandbox.url, "", "").replace(
-        &format!("app_secret = \"{APP_SECRET}\""),
-        "app_secret = \"wrong-secret\"",
-    );
-    let gw = Gateway::spawn(&toml);
+    let opts = SandboxOptions {
+        app_secret: "the-real-secret".into(),
+        ..SandboxOptions::default()
+    };
+    let t = InProcess::spawn(opts, "").await;
     let http = client();
-    sandbox.wait("token_failures", 1).await;
-    assert!(!gw.ready().await);
-    let started = Instant::now();
+    t.wait("token_failures", 1).await;
+    assert!(!t.ready().await);
     // Callers during the outage get 950301 at once, and do not cause extra token calls.
     for i in 0..50u8 {
         let (status, headers, body) =
-            upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(100, i), "x.jpg").await;
+            upload_multipart(&http, &t.upload_url(), ALPHA_KEY, jpeg(100, i), "x.jpg").await;
         assert_eq!(status, 503, "{body}");
         assert_eq!(body["errorCode"], 950301);
         assert!(headers.contains_key("retry-after"));
     }
-    // Observe a fixed window: backoff 1 s, 2 s, 4 s allows at most 4 calls in 6 s.
-    tokio::time::sleep(Duration::from_secs(6).saturating_sub(started.elapsed())).await;
-    let stats = sandbox.stats().await;
-    let calls = stats["token_calls"].as_u64().unwrap();
-    assert!((2..=5).contains(&calls), "token calls in ~6 s: {stats}");
+    assert_eq!(t.stats()["token_calls"], 1);
+    // The backoff doubles: 1 s, 2 s, 4 s, 8 s. Just short of each step nothing is called;
+    // at the step exactly one call.
+    let mut calls = 1;
+    for backoff_s in [1u64, 2, 4, 8] {
+        t.advance(Duration::from_millis(backoff_s * 1000 - 100));
+        assert_eq!(
+            t.stats()["token_calls"],
+            calls,
+            "called before its backoff of {backoff_s} s"
+        );
+        t.advance(Duration::from_millis(100));
+        calls += 1;
+        t.wait("token_calls", calls).await;
+        t.wait("token_failures", calls).await;
+    }
+    let stats = t.stats();
+    assert_eq!(stats["token_calls"], calls, "{stats}");
     assert_eq!(stats["token_rejected_concurrent"], 0);
     assert_eq!(stats["token_rejected_rate"], 0);
     assert_eq!(stats["upload_requests"], 0);
-    assert!(!gw.ready().await);
+    assert!(!t.ready().await);
 }
 
 #[tokio::test]
