@@ -144,8 +144,10 @@ impl Refresher {
         self.not_before = self.clock.now();
     }
 
-    fn back_off(&mut self) {
-        self.not_before = self.clock.now() + self.backoff;
+    /// The next call waits `backoff` from the start of the attempt that failed (measured from
+    /// its start, not its answer, so the schedule does not drift with the endpoint's latency).
+    fn back_off(&mut self, started: Instant) {
+        self.not_before = started + self.backoff;
         self.backoff = (self.backoff * 2).min(MAX_BACKOFF);
     }
 
@@ -175,7 +177,7 @@ impl Refresher {
                     // Still inside Fxiaoke's same-token window: try again later, the old
                     // token stays in service meanwhile.
                     self.count(RefreshResult::SameToken);
-                    self.back_off();
+                    self.back_off(started);
                     self.shared.publish.send_modify(|s| s.attempts += 1);
                     return;
                 }
@@ -196,7 +198,7 @@ impl Refresher {
             Fetched::Failed(why) => {
                 self.count(RefreshResult::Error);
                 tracing::warn!(corp = %self.cfg.name, error = %why, retry_in_ms = self.backoff.as_millis() as u64, "corp token fetch failed");
-                self.back_off();
+                self.back_off(started);
                 self.shared.publish.send_modify(|s| {
                     s.attempts += 1;
                     s.last_error = Some(why);
