@@ -157,145 +157,147 @@ fn duration_buckets() -> Vec<f64> {
     exponential_buckets(0.001, 2.5, 15).unwrap_or_default()
 }
 
-impl Metrics {
-    /// Creates every family and registers it into `registry`.
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let m = Families {
-            requests: IntCounterVec::new(
-                Opts::new(
-                    "fxgate_requests_total",
-                    "Requests answered, by route, caller and HTTP status",
-                ),
+fn counters(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
+    IntCounterVec::new(Opts::new(name, help), labels)
+}
+
+fn gauges(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+    IntGaugeVec::new(Opts::new(name, help), labels)
+}
+
+fn histograms(name: &str, help: &str) -> prometheus::Result<HistogramVec> {
+    HistogramVec::new(
+        HistogramOpts::new(name, help).buckets(duration_buckets()),
+        &["route"],
+    )
+}
+
+impl Families {
+    fn new() -> prometheus::Result<Self> {
+        Ok(Self {
+            requests: counters(
+                "fxgate_requests_total",
+                "Requests answered, by route, caller and HTTP status",
                 &["route", "client", "status"],
             )?,
-            request_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "fxgate_request_duration_seconds",
-                    "Time from request head to response head",
-                )
-                .buckets(duration_buckets()),
-                &["route"],
+            request_duration: histograms(
+                "fxgate_request_duration_seconds",
+                "Time from request head to response head",
             )?,
-            upload_bytes: IntCounterVec::new(
-                Opts::new(
-                    "fxgate_upload_bytes_total",
-                    "File bytes received from callers",
-                ),
+            upload_bytes: counters(
+                "fxgate_upload_bytes_total",
+                "File bytes received from callers",
                 &["client", "route"],
             )?,
             inflight_uploads: IntGauge::new(
                 "fxgate_inflight_uploads",
                 "Uploads being streamed right now",
             )?,
-            upstream_requests: IntCounterVec::new(
-                Opts::new(
-                    "fxgate_upstream_requests_total",
-                    "Calls to Fxiaoke by errorCode of the answer",
-                ),
+            upstream_requests: counters(
+                "fxgate_upstream_requests_total",
+                "Calls to Fxiaoke by errorCode of the answer",
                 &["corp", "route", "error_code"],
             )?,
-            upstream_duration: HistogramVec::new(
-                HistogramOpts::new(
-                    "fxgate_upstream_duration_seconds",
-                    "Time Fxiaoke took to answer",
-                )
-                .buckets(duration_buckets()),
-                &["route"],
+            upstream_duration: histograms(
+                "fxgate_upstream_duration_seconds",
+                "Time Fxiaoke took to answer",
             )?,
-            token_refresh: IntCounterVec::new(
-                Opts::new(
-                    "fxgate_token_refresh_total",
-                    "Token endpoint calls by result (ok, same_token, error)",
-                ),
+            token_refresh: counters(
+                "fxgate_token_refresh_total",
+                "Token endpoint calls by result (ok, same_token, error, shared)",
                 &["corp", "result"],
             )?,
-            token_age: IntGaugeVec::new(
-                Opts::new("fxgate_token_age_seconds", "Age of the corp token in use"),
+            token_age: gauges(
+                "fxgate_token_age_seconds",
+                "Age of the corp token in use",
                 &["corp"],
             )?,
-            dedupe: IntCounterVec::new(
-                Opts::new(
-                    "fxgate_dedupe_total",
-                    "Dedupe lookups by result (hit_claim, hit_stream, miss)",
-                ),
+            dedupe: counters(
+                "fxgate_dedupe_total",
+                "Dedupe lookups by result (hit_claim, hit_stream, miss)",
                 &["result"],
             )?,
             dedupe_bytes_saved: IntCounter::new(
                 "fxgate_dedupe_bytes_saved_total",
                 "File bytes not uploaded to Fxiaoke thanks to dedupe",
             )?,
-            quota_rejected: IntCounterVec::new(
-                Opts::new(
-                    "fxgate_quota_rejected_total",
-                    "Requests refused by a caller quota",
-                ),
+            quota_rejected: counters(
+                "fxgate_quota_rejected_total",
+                "Requests refused by a caller quota",
                 &["client", "kind"],
             )?,
-            upstream_budget_remaining: IntGaugeVec::new(
-                Opts::new(
-                    "fxgate_upstream_budget_remaining",
-                    "Calls left in the corp's daily budget",
-                ),
+            upstream_budget_remaining: gauges(
+                "fxgate_upstream_budget_remaining",
+                "Calls left in the corp's daily budget",
                 &["corp"],
             )?,
-            build_info: IntGaugeVec::new(
-                Opts::new("fxgate_build_info", "Build version"),
-                &["version"],
-            )?,
-            token_valid: IntGaugeVec::new(
-                Opts::new(
-                    "fxgate_token_valid",
-                    "1 while the corp holds a usable access token",
-                ),
+            build_info: gauges("fxgate_build_info", "Build version", &["version"])?,
+            token_valid: gauges(
+                "fxgate_token_valid",
+                "1 while the corp holds a usable access token",
                 &["corp"],
             )?,
-            upstream_budget_limit: IntGaugeVec::new(
-                Opts::new(
-                    "fxgate_upstream_budget_daily_limit",
-                    "The corp's configured daily call budget",
-                ),
+            upstream_budget_limit: gauges(
+                "fxgate_upstream_budget_daily_limit",
+                "The corp's configured daily call budget",
                 &["corp"],
             )?,
-            store_errors: IntCounterVec::new(
-                Opts::new(
-                    "fxgate_store_errors_total",
-                    "Shared-store (Redis) commands that failed, by store and operation",
-                ),
+            store_errors: counters(
+                "fxgate_store_errors_total",
+                "Shared-store (Redis) commands that failed, by store and operation",
                 &["store", "op"],
             )?,
             store_up: IntGauge::new(
                 "fxgate_store_up",
                 "1 while the shared store (Redis) answers; 0 while fxgate runs on its fail modes",
             )?,
-        };
-        registry.register(Box::new(m.token_valid.clone()))?;
-        registry.register(Box::new(m.store_errors.clone()))?;
-        registry.register(Box::new(m.upstream_budget_limit.clone()))?;
-        // Zero-valued series from the start, so rate() and alerts see them before the first event.
-        for result in DedupeResult::ALL {
-            m.dedupe.with_label_values(&[result.as_str()]);
+        })
+    }
+
+    /// Registers every family (`fxgate_store_up` only with a shared store: `register_store`).
+    fn register_into(&self, registry: &Registry) -> prometheus::Result<()> {
+        let all: [Box<dyn prometheus::core::Collector>; 16] = [
+            Box::new(self.requests.clone()),
+            Box::new(self.request_duration.clone()),
+            Box::new(self.upload_bytes.clone()),
+            Box::new(self.inflight_uploads.clone()),
+            Box::new(self.upstream_requests.clone()),
+            Box::new(self.upstream_duration.clone()),
+            Box::new(self.token_refresh.clone()),
+            Box::new(self.token_age.clone()),
+            Box::new(self.dedupe.clone()),
+            Box::new(self.dedupe_bytes_saved.clone()),
+            Box::new(self.quota_rejected.clone()),
+            Box::new(self.upstream_budget_remaining.clone()),
+            Box::new(self.build_info.clone()),
+            Box::new(self.token_valid.clone()),
+            Box::new(self.upstream_budget_limit.clone()),
+            Box::new(self.store_errors.clone()),
+        ];
+        for c in all {
+            registry.register(c)?;
         }
-        registry.register(Box::new(m.requests.clone()))?;
-        registry.register(Box::new(m.request_duration.clone()))?;
-        registry.register(Box::new(m.upload_bytes.clone()))?;
-        registry.register(Box::new(m.inflight_uploads.clone()))?;
-        registry.register(Box::new(m.upstream_requests.clone()))?;
-        registry.register(Box::new(m.upstream_duration.clone()))?;
-        registry.register(Box::new(m.token_refresh.clone()))?;
-        registry.register(Box::new(m.token_age.clone()))?;
-        registry.register(Box::new(m.dedupe.clone()))?;
-        registry.register(Box::new(m.dedupe_bytes_saved.clone()))?;
-        registry.register(Box::new(m.quota_rejected.clone()))?;
-        registry.register(Box::new(m.upstream_budget_remaining.clone()))?;
-        registry.register(Box::new(m.build_info.clone()))?;
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
         // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, …
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
+        Ok(())
+    }
+}
+
+impl Metrics {
+    /// Creates every family and registers it into `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let m = Families::new()?;
+        m.register_into(registry)?;
+        // Zero-valued series from the start, so rate() and alerts see them before the first event.
+        for result in DedupeResult::ALL {
+            m.dedupe.with_label_values(&[result.as_str()]);
+        }
+        m.build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
         Ok(Self(Arc::new(m)))
     }
 

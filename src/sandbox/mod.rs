@@ -7,6 +7,7 @@
 //! which read its counters over HTTP (`GET /_sandbox/stats`) and script faults
 //! (`POST /_sandbox/faults`), so the same checks work whether it runs in or out of process.
 
+mod media;
 mod state;
 
 use std::convert::Infallible;
@@ -19,15 +20,13 @@ use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
 use crate::body::{full, Body};
 use crate::clock::{Clock, SystemClock};
 use crate::route::query_param;
-use crate::sniff::ImageType;
-use state::{Faults, Media, State};
+use state::{Faults, State};
 pub use state::{Stats, StatsSnapshot};
 
 /// How the sandbox behaves; the defaults are Fxiaoke's documented values.
@@ -167,17 +166,19 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
         (&Method::POST, "/cgi/corpAccessToken/get/V2") => token(&state, req).await,
-        (&Method::POST, "/media/upload/message") => upload(&state, req, Route::Message).await,
+        (&Method::POST, "/media/upload/message") => {
+            media::upload(&state, req, media::Route::Message).await
+        }
         (&Method::POST, "/media/upload") => {
             let route = match query_param(req.uri(), "type").as_deref() {
-                Some("image") => Route::Image,
-                Some("document") => Route::Document,
+                Some("image") => media::Route::Image,
+                Some("document") => media::Route::Document,
                 _ => return fx_error(10002, "type must be image or document"),
             };
-            upload(&state, req, route).await
+            media::upload(&state, req, route).await
         }
-        (&Method::POST, "/media/download") => download(&state, req).await,
-        (&Method::POST, "/media/delete") => delete(&state, req).await,
+        (&Method::POST, "/media/download") => media::download(&state, req).await,
+        (&Method::POST, "/media/delete") => media::delete(&state, req).await,
         (&Method::GET, "/_sandbox/stats") => stats(&state, req).await,
         (&Method::POST, "/_sandbox/faults") => faults(&state, req).await,
         // Lets tests check that no issued token ever reaches a log line.
@@ -267,211 +268,6 @@ fn authorize(
                 "the cropId,cropAccessToken or authorization is error",
             ))
         }
-    }
-}
-
-#[derive(Debug, Clone, Copy)]
-enum Route {
-    Message,
-    Image,
-    Document,
-}
-
-async fn upload(state: &State, req: Request<Incoming>, route: Route) -> Response<Body> {
-    state.stats.bump(|s| &s.upload_requests);
-    let _active = state.stats.active_uploads();
-    let refused = match authorize(
-        state,
-        query_param(req.uri(), "corpAccessToken").as_deref(),
-        query_param(req.uri(), "corpId").as_deref(),
-    ) {
-        Err(resp) => Some(resp),
-        Ok(()) if !valid_trace_id(&req) => Some(fx_error(10002, "thirdTraceId must be a UUID v4")),
-        Ok(()) => None,
-    };
-    if let Some(resp) = refused {
-        // Fxiaoke sits behind a buffering front end: the body is read before any answer, so
-        // the connection stays reusable. Do the same.
-        let mut body = req.into_body();
-        while let Some(Ok(_)) = body.frame().await {}
-        return resp;
-    }
-    let boundary = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|ct| multer::parse_boundary(ct).ok());
-    let Some(boundary) = boundary else {
-        return fx_error(10002, "multipart/form-data with part `media` is required");
-    };
-    let limit = match route {
-        Route::Message | Route::Image => state.opts.message_max_bytes,
-        Route::Document => state.opts.document_max_bytes,
-    };
-    let stream = req.into_body().into_data_stream();
-    let mut multipart = multer::Multipart::new(stream, boundary);
-    let mut stored: Option<Media> = None;
-    loop {
-        let mut field = match multipart.next_field().await {
-            Ok(Some(field)) => field,
-            Ok(None) => break,
-            Err(e) => return aborted(state, &e),
-        };
-        if field.name() != Some("media") || stored.is_some() {
-            state.stats.bump(|s| &s.uploads_rejected);
-            return fx_error(10002, "exactly one part named `media` is expected");
-        }
-        let Some(filename) = field.file_name().map(str::to_owned) else {
-            state.stats.bump(|s| &s.uploads_rejected);
-            return fx_error(10002, "the `media` part needs a filename");
-        };
-        let content_type = field.content_type().map(|m| m.to_string());
-        let mut hasher = Sha256::new();
-        let mut kept = Vec::new();
-        let mut size = 0u64;
-        let mut head = Vec::with_capacity(16);
-        loop {
-            match field.chunk().await {
-                Ok(Some(chunk)) => {
-                    size += chunk.len() as u64;
-                    // A benchmark sink only counts: it must not be the bottleneck.
-                    if !state.opts.discard {
-                        hasher.update(&chunk);
-                    }
-                    if head.len() < 16 {
-                        head.extend_from_slice(&chunk[..chunk.len().min(16 - head.len())]);
-                    }
-                    if !state.opts.discard {
-                        kept.extend_from_slice(&chunk);
-                    }
-                }
-                Ok(None) => break,
-                Err(e) => return aborted(state, &e),
-            }
-        }
-        if size > limit {
-            state.stats.bump(|s| &s.uploads_rejected);
-            return fx_error(10002, "media is larger than this interface allows");
-        }
-        if !matches!(route, Route::Document) && ImageType::sniff(&head).is_none() {
-            state.stats.bump(|s| &s.uploads_rejected);
-            return fx_error(10002, "only JPG/PNG/GIF/BMP/JPEG images are accepted");
-        }
-        stored = Some(Media {
-            bytes: Bytes::from(kept),
-            sha256: hasher.finalize().into(),
-            size,
-            filename,
-            content_type,
-            route: match route {
-                Route::Message => "message",
-                Route::Image => "image",
-                Route::Document => "document",
-            },
-        });
-    }
-    let Some(media) = stored else {
-        state.stats.bump(|s| &s.uploads_rejected);
-        return fx_error(10002, "exactly one part named `media` is expected");
-    };
-    let delay = state.faults.lock().upload_delay;
-    if !delay.is_zero() {
-        tokio::time::sleep(delay).await;
-    }
-    if let Some(code) = state.faults.lock().fail_next_upload.take() {
-        state.stats.bump(|s| &s.uploads_rejected);
-        return fx_error(code, "scripted failure");
-    }
-    let id = uuid::Uuid::new_v4().simple().to_string();
-    if !state.opts.discard {
-        state.media.lock().insert(id.clone(), media);
-    }
-    state.stats.bump(|s| &s.uploads_completed);
-    json(serde_json::json!({
-        "errorCode": 0,
-        "errorMessage": "success",
-        "mediaId": id,
-        "traceId": format!("E-O.sandbox.{}", uuid::Uuid::new_v4().simple()),
-    }))
-}
-
-fn aborted(state: &State, e: &multer::Error) -> Response<Body> {
-    // The client is usually gone; the answer matters only for a malformed body.
-    state.stats.bump(|s| &s.uploads_aborted);
-    tracing::debug!(error = %e, "sandbox upload body ended abnormally");
-    fx_error(10002, "malformed or interrupted multipart body")
-}
-
-/// Legacy-style JSON calls carry the token in the body; the gateway also sends it in the query.
-#[allow(clippy::result_large_err)]
-async fn json_call(
-    state: &State,
-    req: Request<Incoming>,
-) -> Result<serde_json::Value, Response<Body>> {
-    let q_token = query_param(req.uri(), "corpAccessToken");
-    let q_corp = query_param(req.uri(), "corpId");
-    let body = read_json(req)
-        .await
-        .ok_or_else(|| fx_error(10002, "JSON body expected"))?;
-    let token = q_token.or_else(|| {
-        body.get("corpAccessToken")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    });
-    let corp = q_corp.or_else(|| {
-        body.get("corpId")
-            .and_then(|v| v.as_str())
-            .map(str::to_owned)
-    });
-    authorize(state, token.as_deref(), corp.as_deref())?;
-    Ok(body)
-}
-
-async fn download(state: &State, req: Request<Incoming>) -> Response<Body> {
-    state.stats.bump(|s| &s.downloads);
-    let body = match json_call(state, req).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let id = body
-        .get("mediaId")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    let found = state
-        .media
-        .lock()
-        .get(id)
-        .map(|m| (m.bytes.clone(), m.content_type.clone()));
-    match found {
-        Some((bytes, ct)) => {
-            let mut resp = Response::new(full(bytes));
-            let ct = ct.unwrap_or_else(|| "application/octet-stream".into());
-            if let Ok(v) = header::HeaderValue::from_str(&ct) {
-                resp.headers_mut().insert(header::CONTENT_TYPE, v);
-            }
-            resp
-        }
-        None => fx_error(10002, "mediaId does not exist"),
-    }
-}
-
-async fn delete(state: &State, req: Request<Incoming>) -> Response<Body> {
-    state.stats.bump(|s| &s.deletes);
-    let body = match json_call(state, req).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let id = body
-        .get("mediaId")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    if state.media.lock().remove(id).is_some() {
-        json(
-            serde_json::json!({"errorCode": 0, "errorMessage": "success",
-            "traceId": format!("E-O.sandbox.{}", uuid::Uuid::new_v4().simple())}),
-        )
-    } else {
-        fx_error(10002, "mediaId does not exist")
     }
 }
 

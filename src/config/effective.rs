@@ -1,0 +1,77 @@
+//! The effective settings, defaults filled in and secrets masked (`fxgate check-config`).
+
+use std::time::Duration;
+
+use super::parse::mask_url_password;
+use super::*;
+
+impl Config {
+    /// The effective settings, defaults filled in and secrets masked (`check-config`).
+    pub fn effective(&self) -> serde_json::Value {
+        use serde_json::json;
+        let d = |d: Duration| humantime::format_duration(d).to_string();
+        let s = &self.server;
+        let corps: serde_json::Map<_, _> = self
+            .corps
+            .iter()
+            .map(|(name, c)| {
+                (
+                    name.clone(),
+                    json!({
+                        "base_url": match &c.base_url { BaseUrl::Sandbox => "sandbox".to_string(), BaseUrl::Url(u) => u.clone() },
+                        "app_id": c.app_id,
+                        "app_secret": "****",
+                        "permanent_code": "****",
+                        "refresh_at": c.refresh_at,
+                        "upstream_requests_per_20s": c.upstream_requests_per_20s,
+                        "daily_call_budget": c.daily_call_budget,
+                        "upstream_timeout": d(c.upstream_timeout),
+                        "connect_timeout": d(c.connect_timeout),
+                    }),
+                )
+            })
+            .collect();
+        json!({
+            "server": {
+                "listen": s.listen.to_string(),
+                "admin_listen": s.admin_listen.to_string(),
+                "tls_cert": s.tls.as_ref().map(|t| t.cert.display().to_string()),
+                "tls_key": s.tls.as_ref().map(|t| t.key.display().to_string()),
+                "client_ca": s.tls.as_ref().and_then(|t| t.client_ca.as_ref()).map(|p| p.display().to_string()),
+                "request_header_timeout": d(s.request_header_timeout),
+                "shutdown_grace": d(s.shutdown_grace),
+                "admin_key_sha256": s.admin_key_sha256.map(hex::encode),
+            },
+            "log": { "format": match self.log_format { LogFormat::Pretty => "pretty", LogFormat::Json => "json" } },
+            "corps": corps,
+            "upload": {
+                "message_max_bytes": self.upload.message_max_bytes,
+                "message_types": self.upload.message_types.iter().map(|t| t.mime()).collect::<Vec<_>>(),
+                "document_max_bytes": self.upload.document_max_bytes,
+            },
+            "dedupe": {
+                "ttl": d(self.dedupe.ttl),
+                "max_entries": self.dedupe.max_entries,
+                "claim_scope": match self.dedupe.claim_scope { ClaimScope::Client => "client", ClaimScope::Corp => "corp" },
+            },
+            "store": {
+                "backend": match self.store.backend { Backend::Memory => "memory", Backend::Redis => "redis" },
+                "redis_url": mask_url_password(self.store.redis_url.expose()),
+                "quota_fail_mode": match self.store.quota_fail_mode { FailMode::Open => "open", FailMode::Closed => "closed" },
+                "key_prefix": self.store.key_prefix,
+                "timeout": d(self.store.timeout),
+            },
+            "clients": self.clients.iter().map(|c| json!({
+                "name": c.name,
+                "key_sha256": c.key_sha256.map(hex::encode),
+                "cert_subject": c.cert_subject,
+                "corp": c.corp,
+                "requests_per_minute": c.requests_per_minute,
+                "bytes_per_day": c.bytes_per_day,
+                "max_concurrent_uploads": c.max_concurrent_uploads,
+                "max_file_bytes": c.max_file_bytes,
+                "routes": c.routes.as_ref().map(|r| r.iter().map(|r| r.path()).collect::<Vec<_>>()),
+            })).collect::<Vec<_>>(),
+        })
+    }
+}

@@ -1,0 +1,368 @@
+//! `TryFrom<FileConfig> for Config`: every value and cross-field rule checked, one function per
+//! section, each error naming its key. Defaults are the documented `DEFAULT_*` constants of
+//! `file`.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use super::file::*;
+use super::parse::{parse_addr, parse_duration, parse_sha256, parse_size, read_secret};
+use super::*;
+
+impl TryFrom<FileConfig> for Config {
+    type Error = ConfigError;
+
+    fn try_from(f: FileConfig) -> Result<Self, ConfigError> {
+        let corps = corps(f.corps)?;
+        Ok(Config {
+            server: server(f.server)?,
+            log_format: log_format(&f.log)?,
+            upload: upload(f.upload)?,
+            dedupe: dedupe(f.dedupe)?,
+            store: store(f.store)?,
+            clients: clients(f.clients, &corps)?,
+            corps,
+            source: None,
+        })
+    }
+}
+
+fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
+    let listen = parse_addr(
+        "server.listen",
+        s.listen.as_deref().unwrap_or(DEFAULT_LISTEN),
+    )?;
+    let admin_listen = parse_addr(
+        "server.admin_listen",
+        s.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
+    )?;
+    let tls = match (s.tls_cert, s.tls_key) {
+        (Some(cert), Some(key)) => Some(TlsConfig {
+            cert: cert.into(),
+            key: key.into(),
+            client_ca: s.client_ca.map(PathBuf::from),
+        }),
+        (None, None) => {
+            if s.client_ca.is_some() {
+                return Err(invalid(
+                    "server.client_ca",
+                    "needs `tls_cert` and `tls_key`",
+                ));
+            }
+            None
+        }
+        (Some(_), None) => return Err(invalid("server.tls_key", "missing: `tls_cert` is set")),
+        (None, Some(_)) => return Err(invalid("server.tls_cert", "missing: `tls_key` is set")),
+    };
+    let admin_key_sha256 = s
+        .admin_key_sha256
+        .as_deref()
+        .map(|v| parse_sha256("server.admin_key_sha256", v))
+        .transpose()?;
+    let server = ServerConfig {
+        listen,
+        admin_listen,
+        tls,
+        request_header_timeout: parse_duration(
+            "server.request_header_timeout",
+            s.request_header_timeout
+                .as_deref()
+                .unwrap_or(DEFAULT_REQUEST_HEADER_TIMEOUT),
+        )?,
+        shutdown_grace: parse_duration(
+            "server.shutdown_grace",
+            s.shutdown_grace
+                .as_deref()
+                .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
+        )?,
+        admin_key_sha256,
+    };
+    Ok(server)
+}
+
+fn log_format(log: &LogFile) -> Result<LogFormat, ConfigError> {
+    let log_format = match log.format.as_deref().unwrap_or("pretty") {
+        "pretty" => LogFormat::Pretty,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(invalid(
+                "log.format",
+                format!("`{other}`: use \"pretty\" or \"json\""),
+            ))
+        }
+    };
+    Ok(log_format)
+}
+
+fn corps(files: BTreeMap<String, CorpFile>) -> Result<BTreeMap<String, CorpConfig>, ConfigError> {
+    if files.is_empty() {
+        return Err(invalid(
+            "corps",
+            "at least one [corps.NAME] table is required",
+        ));
+    }
+    let mut corps = BTreeMap::new();
+    for (name, c) in files {
+        let k = |field: &str| format!("corps.{name}.{field}");
+        let base_url = base_url(&k("base_url"), c.base_url.as_deref())?;
+        let app_id = c
+            .app_id
+            .filter(|v| !v.is_empty())
+            .ok_or_else(|| invalid(k("app_id"), "missing"))?;
+        let app_secret = read_secret(&k("app_secret"), c.app_secret, c.app_secret_file)?;
+        let permanent_code = read_secret(
+            &k("permanent_code"),
+            c.permanent_code,
+            c.permanent_code_file,
+        )?;
+        let refresh_at = c.refresh_at.unwrap_or(DEFAULT_REFRESH_AT);
+        if !(0.5..1.0).contains(&refresh_at) {
+            return Err(invalid(
+                k("refresh_at"),
+                format!("{refresh_at} must be in [0.5, 1.0)"),
+            ));
+        }
+        let upstream_requests_per_20s = c
+            .upstream_requests_per_20s
+            .unwrap_or(DEFAULT_UPSTREAM_REQUESTS_PER_20S);
+        if upstream_requests_per_20s == 0 {
+            return Err(invalid(
+                k("upstream_requests_per_20s"),
+                "must be at least 1",
+            ));
+        }
+        let corp = CorpConfig {
+            name: name.clone(),
+            base_url,
+            app_id,
+            app_secret,
+            permanent_code,
+            refresh_at,
+            upstream_requests_per_20s,
+            daily_call_budget: c.daily_call_budget,
+            upstream_timeout: parse_duration(
+                &k("upstream_timeout"),
+                c.upstream_timeout
+                    .as_deref()
+                    .unwrap_or(DEFAULT_UPSTREAM_TIMEOUT),
+            )?,
+            connect_timeout: parse_duration(
+                &k("connect_timeout"),
+                c.connect_timeout
+                    .as_deref()
+                    .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
+            )?,
+        };
+        corps.insert(name, corp);
+    }
+    Ok(corps)
+}
+
+fn upload(u: UploadFile) -> Result<UploadConfig, ConfigError> {
+    let message_types = match u.message_types {
+        None => vec![
+            ImageType::Jpeg,
+            ImageType::Png,
+            ImageType::Gif,
+            ImageType::Bmp,
+        ],
+        Some(list) => list
+            .iter()
+            .map(|m| {
+                ImageType::from_mime(m).ok_or_else(|| {
+                    invalid(
+                        "upload.message_types",
+                        format!("`{m}`: supported are image/jpeg, image/png, image/gif, image/bmp"),
+                    )
+                })
+            })
+            .collect::<Result<_, _>>()?,
+    };
+    let upload = UploadConfig {
+        message_max_bytes: parse_size(
+            "upload.message_max_bytes",
+            u.message_max_bytes
+                .as_deref()
+                .unwrap_or(DEFAULT_MESSAGE_MAX_BYTES),
+        )?,
+        message_types,
+        document_max_bytes: parse_size(
+            "upload.document_max_bytes",
+            u.document_max_bytes
+                .as_deref()
+                .unwrap_or(DEFAULT_DOCUMENT_MAX_BYTES),
+        )?,
+    };
+    Ok(upload)
+}
+
+fn dedupe(d: DedupeFile) -> Result<DedupeConfig, ConfigError> {
+    let dedupe = DedupeConfig {
+        ttl: parse_duration("dedupe.ttl", d.ttl.as_deref().unwrap_or("72h"))?,
+        max_entries: d.max_entries.unwrap_or(1_000_000),
+        claim_scope: match d.claim_scope.as_deref().unwrap_or("client") {
+            "client" => ClaimScope::Client,
+            "corp" => ClaimScope::Corp,
+            other => {
+                return Err(invalid(
+                    "dedupe.claim_scope",
+                    format!("`{other}`: use \"client\" or \"corp\""),
+                ))
+            }
+        },
+    };
+    Ok(dedupe)
+}
+
+fn store(st: StoreFile) -> Result<StoreConfig, ConfigError> {
+    let backend = match st.backend.as_deref().unwrap_or("memory") {
+        "memory" => Backend::Memory,
+        "redis" => Backend::Redis,
+        other => {
+            return Err(invalid(
+                "store.backend",
+                format!("`{other}`: use \"memory\" or \"redis\""),
+            ))
+        }
+    };
+    let redis_url = st
+        .redis_url
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    if backend == Backend::Redis {
+        if let Err(e) = redis::Client::open(redis_url.as_str()) {
+            // The crate's message never repeats the URL, so no password leaks.
+            return Err(invalid("store.redis_url", e.to_string()));
+        }
+    }
+    let key_prefix = st.key_prefix.unwrap_or_else(|| "fxgate".into());
+    if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+        return Err(invalid(
+            "store.key_prefix",
+            "must be non-empty and without whitespace",
+        ));
+    }
+    let store = StoreConfig {
+        backend,
+        redis_url: Secret::new(redis_url),
+        key_prefix,
+        timeout: parse_duration("store.timeout", st.timeout.as_deref().unwrap_or("250ms"))?,
+        quota_fail_mode: match st.quota_fail_mode.as_deref().unwrap_or("open") {
+            "open" => FailMode::Open,
+            "closed" => FailMode::Closed,
+            other => {
+                return Err(invalid(
+                    "store.quota_fail_mode",
+                    format!("`{other}`: use \"open\" or \"closed\""),
+                ))
+            }
+        },
+    };
+    Ok(store)
+}
+
+fn clients(
+    files: Vec<ClientFile>,
+    corps: &BTreeMap<String, CorpConfig>,
+) -> Result<Vec<ClientConfig>, ConfigError> {
+    let mut clients = Vec::with_capacity(files.len());
+    for (i, c) in files.into_iter().enumerate() {
+        let k = |field: &str| format!("clients[{i}].{field}");
+        let name = c
+            .name
+            .filter(|n| !n.is_empty())
+            .ok_or_else(|| invalid(k("name"), "missing"))?;
+        if name == "unknown"
+            || !name
+                .chars()
+                .all(|ch| ch.is_ascii_alphanumeric() || "-_.".contains(ch))
+        {
+            return Err(invalid(
+                k("name"),
+                format!("`{name}`: use letters, digits, - _ . (and not \"unknown\")"),
+            ));
+        }
+        if clients.iter().any(|o: &ClientConfig| o.name == name) {
+            return Err(invalid(k("name"), format!("`{name}` is defined twice")));
+        }
+        let key_sha256 = c
+            .key_sha256
+            .as_deref()
+            .map(|v| parse_sha256(&k("key_sha256"), v))
+            .transpose()?;
+        if key_sha256.is_none() && c.cert_subject.is_none() {
+            return Err(invalid(
+                k("key_sha256"),
+                "missing (or set `cert_subject` for an mTLS caller)",
+            ));
+        }
+        let corp = c.corp.unwrap_or_else(|| "default".into());
+        if !corps.contains_key(&corp) {
+            return Err(invalid(
+                k("corp"),
+                format!("`{corp}` is not a [corps.*] table"),
+            ));
+        }
+        let routes = c
+            .routes
+            .map(|list| {
+                list.iter()
+                    .map(|r| {
+                        Route::of(r).ok_or_else(|| {
+                            let all: Vec<_> = Route::ALL.iter().map(|r| r.path()).collect();
+                            invalid(
+                                k("routes"),
+                                format!("`{r}` is not a route; routes are {all:?}"),
+                            )
+                        })
+                    })
+                    .collect::<Result<Vec<_>, _>>()
+            })
+            .transpose()?;
+        clients.push(ClientConfig {
+            name,
+            key_sha256,
+            cert_subject: c.cert_subject,
+            corp,
+            requests_per_minute: c.requests_per_minute,
+            bytes_per_day: c
+                .bytes_per_day
+                .as_deref()
+                .map(|v| parse_size(&k("bytes_per_day"), v))
+                .transpose()?,
+            max_concurrent_uploads: c.max_concurrent_uploads,
+            max_file_bytes: c
+                .max_file_bytes
+                .as_deref()
+                .map(|v| parse_size(&k("max_file_bytes"), v))
+                .transpose()?,
+            routes,
+        });
+    }
+    Ok(clients)
+}
+
+/// `corps.*.base_url`: `"sandbox"`, or an http(s) URL without a query (trailing `/` dropped).
+fn base_url(key: &str, value: Option<&str>) -> Result<BaseUrl, ConfigError> {
+    Ok(match value.map(str::trim) {
+        None => return Err(invalid(key, "missing")),
+        Some("sandbox") => BaseUrl::Sandbox,
+        Some(url) => {
+            let uri: http::Uri = url
+                .parse()
+                .map_err(|_| invalid(key, format!("`{url}` is not a URL")))?;
+            match (uri.scheme_str(), uri.host()) {
+                (Some("http" | "https"), Some(_)) => {}
+                _ => {
+                    return Err(invalid(
+                        key,
+                        format!("`{url}`: use \"sandbox\" or an http(s) URL"),
+                    ))
+                }
+            }
+            if uri.query().is_some() {
+                return Err(invalid(key, "must not hold a query string"));
+            }
+            BaseUrl::Url(url.trim_end_matches('/').to_string())
+        }
+    })
+}
