@@ -10,9 +10,7 @@ use std::sync::Arc;
 use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use prometheus::{Encoder, TextEncoder};
-use tokio::net::TcpListener;
 
 use crate::body::{full, Body};
 use crate::state::AppState;
@@ -191,23 +189,21 @@ fn client_json(c: &crate::config::ClientConfig, usage: crate::quota::Usage) -> s
     })
 }
 
-/// Serves the admin endpoints until the task is aborted.
-pub async fn serve(listener: TcpListener, state: Arc<AppState>) {
-    loop {
-        let Ok((stream, _)) = listener.accept().await else {
-            continue;
-        };
+/// The admin endpoints as a service, for `server::serve`.
+pub fn service(
+    state: Arc<AppState>,
+) -> impl tower::Service<
+    Request<Incoming>,
+    Response = Response<Body>,
+    Error = Infallible,
+    Future = impl std::future::Future<Output = Result<Response<Body>, Infallible>> + Send,
+> + Clone
+       + Send
+       + 'static {
+    tower::service_fn(move |req| {
         let state = state.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, req).await) }
-            });
-            let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                .serve_connection(TokioIo::new(stream), svc)
-                .await;
-        });
-    }
+        async move { Ok::<_, Infallible>(handle(state, req).await) }
+    })
 }
 
 #[cfg(test)]

@@ -18,14 +18,18 @@ use crate::dedupe::Dedupe;
 use crate::metrics::Metrics;
 use crate::middleware::access_log::AccessLogLayer;
 use crate::middleware::auth::{AuthLayer, ClientRegistry};
+use crate::middleware::catch_panic::CatchPanicLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::quota::QuotaLayer;
 use crate::middleware::request_id::RequestIdLayer;
+use crate::middleware::sensitive::SensitiveHeadersLayer;
+use crate::middleware::shed;
 use crate::quota::memory::MemoryQuotas;
 use crate::quota::redis::RedisQuotas;
 use crate::quota::{QuotaStore, Quotas};
 use crate::routes::Router;
 use crate::sandbox::{SandboxHandle, SandboxOptions};
+use crate::server::{AppService, ServeOptions};
 use crate::state::AppState;
 use crate::store::{Backend, FailMode, FailOver, Redis};
 use crate::upstream::token::redis::RedisTokens;
@@ -34,15 +38,25 @@ use crate::upstream::Corp;
 use crate::{admin, server};
 
 /// The caller-facing service, outermost layer first.
-pub fn service(state: Arc<AppState>) -> crate::server::AppService {
+pub fn service(state: Arc<AppState>) -> AppService {
     let stack = ServiceBuilder::new()
-        // First: every response, synthesised errors included, carries the request id, and
-        // every log line below can name it.
+        // First: credentials are marked sensitive before anything can log or print them.
+        .layer(SensitiveHeadersLayer)
+        // Every response, synthesised errors included, carries the request id, and every log
+        // line below can name it.
         .layer(RequestIdLayer)
-        // Outside the error conversion, so 401s, 413s and 5xx are logged and counted too.
+        // Outside the error conversion, so 401s, 413s, 503s and 5xx are logged and counted too;
+        // resolves the request's route once for every layer below.
         .layer(AccessLogLayer::new(state.metrics.clone()))
         // The one place a GatewayError becomes an envelope (and is logged once).
         .layer(ErrorResponseLayer)
+        // A panic below becomes a 500 envelope instead of a dropped connection.
+        .layer(CatchPanicLayer::new(state.metrics.clone()))
+        // Before any auth or crypto work: at most `max_inflight` requests inside, the rest
+        // shed at once with 503 rather than queued (a queue only adds latency under overload).
+        .map_err(shed::into_gateway_error(state.metrics.clone()))
+        .load_shed()
+        .concurrency_limit(state.cfg.server.max_inflight)
         // Before any body byte is read: who is calling.
         .layer(AuthLayer::new(state.clients.clone()))
         // Needs the Principal; decides rate, concurrency and bytes before the body is read.
@@ -70,7 +84,7 @@ impl Running {
     pub async fn shutdown(self) {
         self.shutdown.cancel();
         let _ = self.server.await;
-        self.admin.abort();
+        let _ = self.admin.await;
     }
 }
 
@@ -104,11 +118,21 @@ pub async fn spawn_with(cfg: Config, clock: Arc<dyn Clock>) -> Result<Running, c
     let shutdown = CancellationToken::new();
     let listener = server::Listener::bind(&cfg.server).await?;
     let addr = listener.local_addr()?;
-    let admin_listener = tokio::net::TcpListener::bind(cfg.server.admin_listen).await?;
+    let admin_listener =
+        server::Listener::plain(tokio::net::TcpListener::bind(cfg.server.admin_listen).await?);
     let admin_addr = admin_listener.local_addr()?;
-    let server =
-        tokio::spawn(listener.serve(service(state.clone()), cfg.server.clone(), shutdown.clone()));
-    let admin = tokio::spawn(admin::serve(admin_listener, state.clone()));
+    let server = tokio::spawn(server::serve(
+        listener,
+        service(state.clone()),
+        ServeOptions::gateway(&cfg.server),
+        shutdown.clone(),
+    ));
+    let admin = tokio::spawn(server::serve(
+        admin_listener,
+        admin::service(state.clone()),
+        ServeOptions::admin(&cfg.server),
+        shutdown.clone(),
+    ));
     Ok(Running {
         addr,
         admin_addr,

@@ -123,6 +123,9 @@ pub enum GatewayError {
         /// The deadline that passed.
         after: Duration,
     },
+    /// `server.max_inflight` requests are in flight: shed rather than queued.
+    #[error("gateway overloaded")]
+    Overloaded,
     /// The caller stopped sending (or hung up) mid-body.
     #[error("request body interrupted")]
     BodyInterrupted,
@@ -157,6 +160,7 @@ impl GatewayError {
             UpstreamInvalid { .. } => (StatusCode::BAD_GATEWAY, 950202),
             NoToken { .. } => (StatusCode::SERVICE_UNAVAILABLE, 950301),
             TokenRejected => (StatusCode::SERVICE_UNAVAILABLE, 950302),
+            Overloaded => (StatusCode::SERVICE_UNAVAILABLE, 950303),
             UpstreamTimeout { .. } => (StatusCode::GATEWAY_TIMEOUT, 950401),
         }
     }
@@ -182,7 +186,7 @@ impl GatewayError {
             | NoToken { .. }
             | TokenRejected
             | UpstreamTimeout { .. } => ErrorSource::Upstream,
-            Internal { .. } | QuotaStoreDown => ErrorSource::Internal,
+            Internal { .. } | QuotaStoreDown | Overloaded => ErrorSource::Internal,
         }
     }
 
@@ -193,7 +197,9 @@ impl GatewayError {
             QuotaExceeded { retry_after, .. } | UpstreamBudget { retry_after, .. } => {
                 Some(*retry_after)
             }
-            TokenRejected | NoToken { .. } | QuotaStoreDown => Some(Duration::from_secs(1)),
+            TokenRejected | NoToken { .. } | QuotaStoreDown | Overloaded => {
+                Some(Duration::from_secs(1))
+            }
             _ => None,
         }
     }
@@ -242,6 +248,10 @@ impl GatewayError {
             BodyInterrupted => "the request body ended early or could not be read".into(),
             QuotaStoreDown => {
                 "the shared quota store is unavailable and quotas fail closed; retry after 1s"
+                    .into()
+            }
+            Overloaded => {
+                "fxgate is at its limit of requests in flight (server.max_inflight); retry after 1s"
                     .into()
             }
             Internal { .. } => "internal error".into(),

@@ -60,6 +60,11 @@ pub struct Families {
     pub store_errors: IntCounterVec,
     /// `fxgate_store_up`: 1 while the shared store answers (only with `backend = "redis"`).
     pub store_up: IntGauge,
+    /// `fxgate_panics_total`: handler panics turned into 500s (a bug each).
+    pub panics: IntCounter,
+    /// `fxgate_shed_total`: requests refused with 503 because `server.max_inflight` were in
+    /// flight.
+    pub shed: IntCounter,
 }
 
 /// `fxgate_dedupe_total{result}`: how an upload met the index.
@@ -189,10 +194,7 @@ impl Families {
                 "File bytes received from callers",
                 &["client", "route"],
             )?,
-            inflight_uploads: IntGauge::new(
-                "fxgate_inflight_uploads",
-                "Uploads being streamed right now",
-            )?,
+            inflight_uploads: IntGauge::new("fxgate_inflight_uploads", "Uploads streaming now")?,
             upstream_requests: counters(
                 "fxgate_upstream_requests_total",
                 "Calls to Fxiaoke by errorCode of the answer",
@@ -251,12 +253,16 @@ impl Families {
                 "fxgate_store_up",
                 "1 while the shared store (Redis) answers; 0 while fxgate runs on its fail modes",
             )?,
+            panics: IntCounter::new("fxgate_panics_total", "Handler panics answered with a 500")?,
+            shed: IntCounter::new("fxgate_shed_total", "Requests shed with 503 (max_inflight)")?,
         })
     }
 
     /// Registers every family (`fxgate_store_up` only with a shared store: `register_store`).
     fn register_into(&self, registry: &Registry) -> prometheus::Result<()> {
-        let all: [Box<dyn prometheus::core::Collector>; 16] = [
+        let all: [Box<dyn prometheus::core::Collector>; 18] = [
+            Box::new(self.panics.clone()),
+            Box::new(self.shed.clone()),
             Box::new(self.requests.clone()),
             Box::new(self.request_duration.clone()),
             Box::new(self.upload_bytes.clone()),

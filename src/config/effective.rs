@@ -41,6 +41,7 @@ impl Config {
                 "request_header_timeout": d(s.request_header_timeout),
                 "shutdown_grace": d(s.shutdown_grace),
                 "admin_key_sha256": s.admin_key_sha256.map(hex::encode),
+                "max_inflight": s.max_inflight,
             },
             "log": { "format": match self.log_format { LogFormat::Pretty => "pretty", LogFormat::Json => "json" } },
             "corps": corps,

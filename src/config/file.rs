@@ -11,6 +11,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Default time a client has to send its request head.
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: &str = "10s";
+/// Default bound on requests in flight on the caller listener (beyond it: 503, 950303).
+pub const DEFAULT_MAX_INFLIGHT: usize = 1024;
 /// Default drain deadline on shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 /// Default fraction of a token's lifetime after which it is refreshed.
@@ -73,6 +75,8 @@ pub struct ServerFile {
     pub shutdown_grace: Option<String>,
     /// SHA-256 (hex) of the admin key; required for `/admin/*` off loopback.
     pub admin_key_sha256: Option<String>,
+    /// Requests in flight on `listen` at most, default 1024; more are shed with 503 (950303).
+    pub max_inflight: Option<usize>,
 }
 
 /// `[log]`

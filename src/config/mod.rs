@@ -79,6 +79,8 @@ pub struct ServerConfig {
     pub shutdown_grace: Duration,
     /// SHA-256 of the admin key.
     pub admin_key_sha256: Option<[u8; 32]>,
+    /// Requests in flight on `listen` at most; more are shed (503).
+    pub max_inflight: usize,
 }
 
 /// PEM paths for inbound TLS.

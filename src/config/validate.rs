@@ -76,6 +76,10 @@ fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
                 .unwrap_or(DEFAULT_SHUTDOWN_GRACE),
         )?,
         admin_key_sha256,
+        max_inflight: match s.max_inflight.unwrap_or(DEFAULT_MAX_INFLIGHT) {
+            0 => return Err(invalid("server.max_inflight", "must be at least 1")),
+            n => n,
+        },
     };
     Ok(server)
 }

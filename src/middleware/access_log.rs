@@ -12,7 +12,7 @@ use parking_lot::Mutex;
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
-use super::{BoxFuture, Req, Resp};
+use super::{BoxFuture, Resp};
 use crate::error::ErrorCode;
 use crate::metrics::{DedupeResult, Metrics};
 use crate::route::{Route, RouteMatch};
@@ -84,9 +84,10 @@ pub struct AccessLog<S> {
     metrics: Metrics,
 }
 
-impl<S> Service<Req> for AccessLog<S>
+impl<S, B> Service<http::Request<B>> for AccessLog<S>
 where
-    S: Service<Req, Response = Resp> + Clone + Send + 'static,
+    B: Send + 'static,
+    S: Service<http::Request<B>, Response = Resp> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Resp;
@@ -97,7 +98,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Req) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let started = Instant::now();
         let ctx = LogContext::default();
         req.extensions_mut().insert(ctx.clone());

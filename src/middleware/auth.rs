@@ -15,7 +15,7 @@ use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
 use super::access_log::LogContext;
-use super::{BoxFuture, Req, Resp};
+use super::{BoxFuture, Resp};
 use crate::config::{hash_key, ClientConfig};
 use crate::error::GatewayError;
 
@@ -99,7 +99,7 @@ enum Presented {
     Unusable,
 }
 
-fn presented_key(req: &Req) -> Presented {
+fn presented_key<B>(req: &http::Request<B>) -> Presented {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         let key = v.to_str().ok().and_then(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
@@ -149,9 +149,10 @@ pub struct Auth<S> {
     registry: Arc<ArcSwap<ClientRegistry>>,
 }
 
-impl<S> Service<Req> for Auth<S>
+impl<S, B> Service<http::Request<B>> for Auth<S>
 where
-    S: Service<Req, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    B: Send + 'static,
+    S: Service<http::Request<B>, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Resp;
@@ -162,7 +163,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Req) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let registry = self.registry.load();
         // A key, when sent, decides: a wrong key never falls back to the certificate.
         let client = match presented_key(&req) {

@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use tower::{Layer, Service};
 
 use super::request_id::RequestId;
-use super::{BoxFuture, Req, Resp};
+use super::{BoxFuture, Resp};
 use crate::error::{ErrorSource, GatewayError};
 
 /// Converts errors to envelopes.
@@ -28,9 +28,10 @@ pub struct ErrorResponse<S> {
     inner: S,
 }
 
-impl<S> Service<Req> for ErrorResponse<S>
+impl<S, B> Service<http::Request<B>> for ErrorResponse<S>
 where
-    S: Service<Req, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    B: Send + 'static,
+    S: Service<http::Request<B>, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Resp;
@@ -49,7 +50,7 @@ where
         }
     }
 
-    fn call(&mut self, req: Req) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let id = req
             .extensions()
             .get::<RequestId>()

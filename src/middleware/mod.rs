@@ -3,9 +3,12 @@
 
 pub mod access_log;
 pub mod auth;
+pub mod catch_panic;
 pub mod error_response;
 pub mod quota;
 pub mod request_id;
+pub mod sensitive;
+pub mod shed;
 
 /// The request type every layer sees.
 pub type Req = http::Request<hyper::body::Incoming>;

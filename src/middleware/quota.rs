@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use tower::{Layer, Service};
 
 use super::auth::Principal;
-use super::{BoxFuture, Req, Resp};
+use super::{BoxFuture, Resp};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::metrics::QuotaKind;
@@ -66,9 +66,9 @@ pub struct Quota<S> {
 }
 
 /// Decides rate, concurrency and bytes; the returned slot is held for the whole request.
-async fn admit(
+async fn admit<B>(
     quotas: Quotas,
-    req: &mut Req,
+    req: &mut http::Request<B>,
     principal: &Principal,
 ) -> Result<Option<UploadSlot>, GatewayError> {
     let route = req.extensions().get::<RouteMatch>().and_then(|m| m.0);
@@ -105,9 +105,10 @@ fn rejection_kind(e: &GatewayError) -> Option<&'static str> {
     }
 }
 
-impl<S> Service<Req> for Quota<S>
+impl<S, B> Service<http::Request<B>> for Quota<S>
 where
-    S: Service<Req, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
+    B: Send + 'static,
+    S: Service<http::Request<B>, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Resp;
@@ -118,7 +119,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Req) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let Some(principal) = req.extensions().get::<Principal>().cloned() else {
             return Box::pin(async {
                 Err(GatewayError::Internal {

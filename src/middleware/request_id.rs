@@ -8,7 +8,7 @@ use std::task::{Context, Poll};
 use http::HeaderValue;
 use tower::{Layer, Service};
 
-use super::{BoxFuture, Req, Resp};
+use super::{BoxFuture, Resp};
 
 /// The request id, in request extensions.
 #[derive(Debug, Clone)]
@@ -43,9 +43,10 @@ fn acceptable(id: &str) -> bool {
             .all(|b| b.is_ascii_alphanumeric() || b"-_.:".contains(&b))
 }
 
-impl<S> Service<Req> for RequestIdService<S>
+impl<S, B> Service<http::Request<B>> for RequestIdService<S>
 where
-    S: Service<Req, Response = Resp> + Clone + Send + 'static,
+    B: Send + 'static,
+    S: Service<http::Request<B>, Response = Resp> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
     type Response = Resp;
@@ -56,7 +57,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: Req) -> Self::Future {
+    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
         let id: Arc<str> = match req
             .headers()
             .get(X_REQUEST_ID)

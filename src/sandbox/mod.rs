@@ -19,7 +19,6 @@ use bytes::Bytes;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -104,37 +103,21 @@ pub async fn spawn(addr: SocketAddr, opts: SandboxOptions) -> std::io::Result<Sa
     let addr = listener.local_addr()?;
     let state = Arc::new(State::new(opts));
     let stop = CancellationToken::new();
-    tokio::spawn(accept_loop(listener, state.clone(), stop.clone()));
-    Ok(SandboxHandle { addr, state, stop })
-}
-
-async fn accept_loop(listener: TcpListener, state: Arc<State>, stop: CancellationToken) {
-    loop {
-        let stream = tokio::select! {
-            _ = stop.cancelled() => return,
-            accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
-                Err(e) => {
-                    tracing::warn!(error = %e, "sandbox accept failed");
-                    continue;
-                }
-            },
-        };
+    let svc = tower::service_fn({
         let state = state.clone();
-        let stop = stop.clone();
-        tokio::spawn(async move {
-            let svc = hyper::service::service_fn(move |req| {
-                let state = state.clone();
-                async move { Ok::<_, Infallible>(handle(state, req).await) }
-            });
-            let builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-            let conn = builder.serve_connection(TokioIo::new(stream), svc);
-            tokio::select! {
-                _ = conn => {}
-                _ = stop.cancelled() => {}
-            }
-        });
-    }
+        move |req| {
+            let state = state.clone();
+            async move { Ok::<_, Infallible>(handle(state, req).await) }
+        }
+    });
+    let listener = crate::server::Listener::plain(listener);
+    tokio::spawn(crate::server::serve(
+        listener,
+        svc,
+        crate::server::ServeOptions::sandbox(),
+        stop.clone(),
+    ));
+    Ok(SandboxHandle { addr, state, stop })
 }
 
 fn json(value: serde_json::Value) -> Response<Body> {

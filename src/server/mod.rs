@@ -1,7 +1,10 @@
-//! The caller-facing listener: accept loop, optional TLS, HTTP/1.1 + HTTP/2 (hyper-util
-//! `auto::Builder`), header-read timeout, graceful drain. On shutdown the listener closes at
-//! once; connections finish their in-flight requests (HTTP/1 closes after the current one,
-//! HTTP/2 sends GOAWAY) until `shutdown_grace`, after which the rest are dropped.
+//! Every listener fxgate runs — the caller-facing gateway, the admin listener and the sandbox —
+//! is served by one loop, `serve`: accept (with a back-off on accept errors such as running
+//! out of file descriptors), optional TLS (handshake in the connection's own task, under a
+//! deadline), HTTP/1.1 + HTTP/2 (hyper-util `auto::Builder`) with a header-read timeout, and a
+//! graceful drain. On shutdown the listener closes at once; connections finish their in-flight
+//! requests (HTTP/1 closes after the current one, HTTP/2 sends GOAWAY) until the grace ends,
+//! after which the rest are dropped.
 
 pub mod tls;
 
@@ -12,13 +15,13 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::GracefulShutdown;
+use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
 use tower::util::BoxCloneService;
-use tower::ServiceExt as _;
+use tower::{Service, ServiceExt as _};
 
 use crate::config::ServerConfig;
 use crate::middleware::{Req, Resp};
@@ -28,8 +31,10 @@ pub type AppService = BoxCloneService<Req, Resp, Infallible>;
 
 /// Deadline for a TLS handshake; slow or silent clients are dropped after it.
 const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (EMFILE and friends), instead of spinning.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 
-/// A bound caller-facing listener.
+/// A bound listener, plain or TLS.
 pub struct Listener {
     tcp: TcpListener,
     tls: Option<TlsAcceptor>,
@@ -45,119 +50,197 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// Binds `listen`, loading the TLS material when configured.
+    /// Binds the caller-facing `listen`, loading the TLS material when configured.
     pub async fn bind(cfg: &ServerConfig) -> Result<Self, crate::BoxError> {
         let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
         let tcp = TcpListener::bind(cfg.listen).await?;
         Ok(Self { tcp, tls })
     }
 
+    /// A plain-HTTP listener (admin, sandbox).
+    pub fn plain(tcp: TcpListener) -> Self {
+        Self { tcp, tls: None }
+    }
+
     /// The bound address (port 0 resolved).
     pub fn local_addr(&self) -> std::io::Result<SocketAddr> {
         self.tcp.local_addr()
     }
+}
 
-    /// Serves until `shutdown`, then drains for at most `shutdown_grace`.
-    pub async fn serve(self, svc: AppService, cfg: ServerConfig, shutdown: CancellationToken) {
-        let mut builder = Builder::new(TokioExecutor::new());
-        builder
-            .http1()
-            .timer(TokioTimer::new())
-            .header_read_timeout(cfg.request_header_timeout)
+/// How one listener serves.
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    /// What the listener is, for its log lines.
+    pub name: &'static str,
+    /// Time a client has to send a request head.
+    pub header_timeout: Duration,
+    /// Drain deadline on shutdown.
+    pub shutdown_grace: Duration,
+    /// hyper's per-connection read buffer bound (`None`: hyper's default, ~400 KiB).
+    pub max_buf: Option<usize>,
+}
+
+impl ServeOptions {
+    /// The caller-facing listener.
+    pub fn gateway(cfg: &ServerConfig) -> Self {
+        Self {
+            name: "gateway",
+            header_timeout: cfg.request_header_timeout,
+            shutdown_grace: cfg.shutdown_grace,
             // hyper's read buffer may grow to ~400 KiB per connection. Measured (benches/e2e):
             // 16 KiB halved 5 MiB throughput; since the multipart reader slices these buffers
             // instead of copying them, 64 KiB costs 43 MiB peak RSS for 256 slow uploads
             // (32 KiB: 33 MiB) and brings 5 MiB at c=16/64 to nginx + SHA-256's CPU.
-            .max_buf_size(64 * 1024)
+            max_buf: Some(64 * 1024),
+        }
+    }
+
+    /// The admin listener: small requests, a short drain.
+    pub fn admin(cfg: &ServerConfig) -> Self {
+        Self {
+            name: "admin",
+            header_timeout: cfg.request_header_timeout,
+            shutdown_grace: cfg.shutdown_grace.min(Duration::from_secs(5)),
+            max_buf: Some(64 * 1024),
+        }
+    }
+
+    /// The sandbox (a benchmark sink too: hyper's default buffer, as before).
+    pub fn sandbox() -> Self {
+        Self {
+            name: "sandbox",
+            header_timeout: Duration::from_secs(10),
+            shutdown_grace: Duration::from_secs(1),
+            max_buf: None,
+        }
+    }
+
+    fn builder(&self) -> Builder<TokioExecutor> {
+        let mut builder = Builder::new(TokioExecutor::new());
+        let mut http1 = builder.http1();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(self.header_timeout)
             .keep_alive(true);
+        if let Some(n) = self.max_buf {
+            http1.max_buf_size(n);
+        }
         builder
             .http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(256);
-        let builder = Arc::new(builder);
-        let graceful = GracefulShutdown::new();
-        loop {
-            let (stream, peer) = tokio::select! {
-                _ = shutdown.cancelled() => break,
-                accepted = self.tcp.accept() => match accepted {
-                    Ok(a) => a,
-                    Err(e) => {
-                        // EMFILE and friends: back off briefly instead of spinning.
-                        tracing::warn!(error = %e, "accept failed");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                        continue;
-                    }
-                },
-            };
-            let _ = stream.set_nodelay(true);
-            let svc = svc.clone();
-            let builder = builder.clone();
-            let watcher = graceful.watcher();
-            match &self.tls {
-                None => {
-                    tokio::spawn(async move {
-                        let svc = TowerToHyperService::new(svc);
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                            .into_owned();
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                }
-                Some(acceptor) => {
-                    let acceptor = acceptor.clone();
-                    tokio::spawn(async move {
-                        let tls = match tokio::time::timeout(
-                            TLS_HANDSHAKE_TIMEOUT,
-                            acceptor.accept(stream),
-                        )
-                        .await
-                        {
-                            Ok(Ok(s)) => s,
-                            Ok(Err(e)) => {
-                                tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                                return;
-                            }
-                            Err(_) => {
-                                tracing::debug!(%peer, "TLS handshake timed out");
-                                return;
-                            }
-                        };
-                        // A verified client certificate identifies the caller on every request
-                        // of this connection (mTLS callers need no key).
-                        let identity = tls
-                            .get_ref()
-                            .1
-                            .peer_certificates()
-                            .and_then(|c| c.first())
-                            .and_then(tls::identity);
-                        let svc = TowerToHyperService::new(svc.map_request(move |mut req: Req| {
-                            if let Some(p) = &identity {
-                                req.extensions_mut().insert(p.clone());
-                            }
-                            req
-                        }));
-                        let conn = builder
-                            .serve_connection_with_upgrades(TokioIo::new(tls), svc)
-                            .into_owned();
-                        if let Err(e) = watcher.watch(conn).await {
-                            tracing::debug!(%peer, error = %e, "connection ended with an error");
-                        }
-                    });
-                }
+        builder
+    }
+}
+
+/// Serves `svc` on `listener` until `shutdown`, then drains for at most the grace.
+pub async fn serve<S>(listener: Listener, svc: S, opts: ServeOptions, shutdown: CancellationToken)
+where
+    S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+{
+    let builder = Arc::new(opts.builder());
+    let graceful = GracefulShutdown::new();
+    loop {
+        let (stream, peer) = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = accept(&listener.tcp, opts.name) => accepted,
+        };
+        let _ = stream.set_nodelay(true);
+        let conn = Connection {
+            builder: builder.clone(),
+            watcher: graceful.watcher(),
+            peer,
+        };
+        match &listener.tls {
+            None => tokio::spawn(conn.serve(stream, svc.clone())),
+            Some(acceptor) => tokio::spawn(conn.serve_tls(acceptor.clone(), stream, svc.clone())),
+        };
+    }
+    drop(listener);
+    drain(graceful, &opts).await;
+}
+
+async fn accept(tcp: &TcpListener, name: &'static str) -> (TcpStream, SocketAddr) {
+    loop {
+        match tcp.accept().await {
+            Ok(accepted) => return accepted,
+            Err(e) => {
+                tracing::warn!(listener = name, error = %e, "accept failed");
+                tokio::time::sleep(ACCEPT_BACKOFF).await;
             }
         }
-        drop(self.tcp);
-        tracing::info!(
-            grace_s = cfg.shutdown_grace.as_secs(),
-            "listener closed; draining connections"
-        );
-        tokio::select! {
-            _ = graceful.shutdown() => tracing::info!("all connections drained"),
-            _ = tokio::time::sleep(cfg.shutdown_grace) => {
-                tracing::warn!("shutdown grace elapsed; dropping remaining connections")
-            }
+    }
+}
+
+async fn drain(graceful: GracefulShutdown, opts: &ServeOptions) {
+    tracing::info!(
+        listener = opts.name,
+        grace_s = opts.shutdown_grace.as_secs(),
+        "listener closed; draining connections"
+    );
+    tokio::select! {
+        _ = graceful.shutdown() => tracing::info!(listener = opts.name, "all connections drained"),
+        _ = tokio::time::sleep(opts.shutdown_grace) => {
+            tracing::warn!(listener = opts.name, "shutdown grace elapsed; dropping remaining connections")
         }
+    }
+}
+
+/// One accepted connection.
+struct Connection {
+    builder: Arc<Builder<TokioExecutor>>,
+    watcher: Watcher,
+    peer: SocketAddr,
+}
+
+impl Connection {
+    async fn serve<I, S>(self, io: I, svc: S)
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let conn = self
+            .builder
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
+            .into_owned();
+        if let Err(e) = self.watcher.watch(conn).await {
+            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+        }
+    }
+
+    async fn serve_tls<S>(self, acceptor: TlsAcceptor, stream: TcpStream, svc: S)
+    where
+        S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+    {
+        let tls = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+            Ok(Ok(s)) => s,
+            Ok(Err(e)) => {
+                tracing::debug!(peer = %self.peer, error = %e, "TLS handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(peer = %self.peer, "TLS handshake timed out");
+                return;
+            }
+        };
+        // A verified client certificate identifies the caller on every request of this
+        // connection (mTLS callers need no key).
+        let identity = tls
+            .get_ref()
+            .1
+            .peer_certificates()
+            .and_then(|c| c.first())
+            .and_then(tls::identity);
+        let svc = svc.map_request(move |mut req: Req| {
+            if let Some(p) = &identity {
+                req.extensions_mut().insert(p.clone());
+            }
+            req
+        });
+        self.serve(tls, svc).await;
     }
 }
