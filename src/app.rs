@@ -89,13 +89,16 @@ impl Running {
 }
 
 /// Builds the app from `cfg` on the system clock and starts its listeners.
-pub async fn spawn(cfg: Config) -> Result<Running, crate::BoxError> {
+pub async fn spawn(cfg: Config) -> Result<Running, crate::body::BoxError> {
     spawn_with(cfg, SystemClock::shared()).await
 }
 
 /// Builds the app from `cfg`, timed by `clock` (tests pass a `ManualClock`), and starts its
 /// listeners.
-pub async fn spawn_with(cfg: Config, clock: Arc<dyn Clock>) -> Result<Running, crate::BoxError> {
+pub async fn spawn_with(
+    cfg: Config,
+    clock: Arc<dyn Clock>,
+) -> Result<Running, crate::body::BoxError> {
     let registry = Registry::new();
     let metrics = Metrics::register(&registry)?;
     metrics.init_series(&cfg);
@@ -157,7 +160,7 @@ impl Stores {
         metrics: &Metrics,
         registry: &Registry,
         clock: &Arc<dyn Clock>,
-    ) -> Result<Self, crate::BoxError> {
+    ) -> Result<Self, crate::body::BoxError> {
         let local: Arc<dyn QuotaStore> = Arc::new(MemoryQuotas::new(clock.clone()));
         Ok(match cfg.store.backend {
             Backend::Memory => Self {
@@ -203,7 +206,7 @@ async fn spawn_corps(
     metrics: &Metrics,
     clock: &Arc<dyn Clock>,
     stores: &Stores,
-) -> Result<(BTreeMap<String, Arc<Corp>>, Vec<SandboxHandle>), crate::BoxError> {
+) -> Result<(BTreeMap<String, Arc<Corp>>, Vec<SandboxHandle>), crate::body::BoxError> {
     let mut sandboxes = Vec::new();
     let mut corps = BTreeMap::new();
     for (name, corp_cfg) in &cfg.corps {

@@ -3,7 +3,8 @@
 use bytes::Bytes;
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 
-use crate::BoxError;
+/// The boxed error type used where causes are heterogeneous.
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// The body of every response fxgate produces, and of every request it sends upstream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;

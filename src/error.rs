@@ -100,7 +100,7 @@ pub enum GatewayError {
     UpstreamUnreachable {
         /// The transport error, already free of URLs that could hold a token.
         #[source]
-        source: crate::BoxError,
+        source: crate::body::BoxError,
     },
     /// Fxiaoke answered something that is not its envelope.
     #[error("upstream answered an unreadable response")]

@@ -29,5 +29,4 @@ pub mod upstream;
 pub use config::Config;
 pub use error::GatewayError;
 
-/// The boxed error type used where causes are heterogeneous.
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+pub use body::BoxError;

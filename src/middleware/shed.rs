@@ -6,9 +6,9 @@
 
 use tower::load_shed::error::Overloaded;
 
+use crate::body::BoxError;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::BoxError;
 
 /// The error adapter below `ErrorResponseLayer`, counting sheds into `metrics`.
 pub fn into_gateway_error(metrics: Metrics) -> impl Fn(BoxError) -> GatewayError + Clone {

@@ -134,7 +134,7 @@ fn is_file(resp: &Response<Incoming>) -> bool {
 fn stream_back(resp: Response<Incoming>) -> Resp {
     let (parts, body) = resp.into_parts();
     let mut out = Response::new(Body::new(
-        body.map_err(|e| -> crate::BoxError { Box::new(e) }),
+        body.map_err(|e| -> crate::body::BoxError { Box::new(e) }),
     ));
     *out.status_mut() = parts.status;
     for name in [

@@ -51,7 +51,7 @@ impl std::fmt::Debug for Listener {
 
 impl Listener {
     /// Binds the caller-facing `listen`, loading the TLS material when configured.
-    pub async fn bind(cfg: &ServerConfig) -> Result<Self, crate::BoxError> {
+    pub async fn bind(cfg: &ServerConfig) -> Result<Self, crate::body::BoxError> {
         let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
         let tcp = TcpListener::bind(cfg.listen).await?;
         Ok(Self { tcp, tls })

@@ -28,13 +28,13 @@ pub fn identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
     })
 }
 
-fn open(path: &Path, what: &str) -> Result<BufReader<File>, crate::BoxError> {
+fn open(path: &Path, what: &str) -> Result<BufReader<File>, crate::body::BoxError> {
     File::open(path)
         .map(BufReader::new)
         .map_err(|e| format!("{what} {}: {e}", path.display()).into())
 }
 
-fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, crate::BoxError> {
+fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, crate::body::BoxError> {
     let certs = rustls_pemfile::certs(&mut open(path, what)?).collect::<Result<Vec<_>, _>>()?;
     if certs.is_empty() {
         return Err(format!("{what} {}: no PEM certificate in it", path.display()).into());
@@ -43,7 +43,7 @@ fn certs(path: &Path, what: &str) -> Result<Vec<CertificateDer<'static>>, crate:
 }
 
 /// Builds the acceptor.
-pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, crate::BoxError> {
+pub fn acceptor(cfg: &TlsConfig) -> Result<TlsAcceptor, crate::body::BoxError> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let chain = certs(&cfg.cert, "server.tls_cert")?;
     let key: PrivateKeyDer<'static> =

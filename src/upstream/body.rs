@@ -17,7 +17,7 @@ use http_body::{Frame, SizeHint};
 use sha2::{Digest, Sha256};
 use tokio::sync::{mpsc, oneshot};
 
-use crate::BoxError;
+use crate::body::BoxError;
 
 /// Chunks in flight between the upload task and hyper; with 64 KiB reads that is ≤ 256 KiB.
 const CHANNEL_CHUNKS: usize = 4;
