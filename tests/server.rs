@@ -93,6 +93,38 @@ async fn sigterm_lets_the_in_flight_upload_finish_and_stops_accepting() {
 }
 
 #[tokio::test]
+async fn beyond_max_inflight_requests_are_shed_with_503_and_the_next_one_is_served() {
+    let sandbox = Sandbox::spawn(&[]);
+    let toml = config(&sandbox.url, "", "").replace(
+        "shutdown_grace = \"10s\"",
+        "shutdown_grace = \"10s\"\nmax_inflight = 1",
+    );
+    let gw = Gateway::spawn(&toml);
+    // Fxiaoke takes 1.5 s to answer the first upload, which holds the only place.
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 1500}))
+        .await;
+    let http = client();
+    let url = gw.upload_url();
+    let in_flight = tokio::spawn({
+        let http = http.clone();
+        async move { upload_multipart(&http, &url, ALPHA_KEY, jpeg(1000, 1), "a.jpg").await }
+    });
+    sandbox.wait("uploads_active", 1).await;
+    let (status, headers, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 2), "b.jpg").await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["errorCode"], 950303, "{body}");
+    assert_eq!(headers["retry-after"], "1");
+    assert_eq!(in_flight.await.unwrap().0, 200);
+    sandbox.faults(serde_json::json!({})).await;
+    let (status, _, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 3), "c.jpg").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(metric(&gw.metrics().await, "fxgate_shed_total"), 1.0);
+}
+
+#[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let sandbox = Sandbox::spawn(&[]);
     let toml = config(&sandbox.url, "", "").replace(

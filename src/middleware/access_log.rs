@@ -144,3 +144,41 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::testing::{body, metrics, request};
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn every_request_is_counted_under_its_route_or_other() {
+        let m = metrics();
+        // Answers with the route label it found in the extensions, naming the caller as the
+        // auth layer would.
+        let inner = tower::service_fn(|req: http::Request<()>| async move {
+            let label = req.extensions().get::<RouteMatch>().map(|m| m.label());
+            if let Some(log) = req.extensions().get::<LogContext>() {
+                log.set_client("alpha");
+            }
+            let label = label.unwrap_or("missing");
+            Ok::<Resp, crate::error::GatewayError>(http::Response::new(crate::body::full(label)))
+        });
+        let layer = AccessLogLayer::new(m.clone());
+        for (path, label) in [
+            ("/media/download", "/media/download"),
+            ("/media/download", "/media/download"),
+            ("/nope", "other"),
+        ] {
+            let resp = layer
+                .layer(inner)
+                .oneshot(request(path, &[]))
+                .await
+                .unwrap();
+            assert_eq!(body(resp).await, label);
+        }
+        let count = |route: &str| m.requests.with_label_values(&[route, "alpha", "200"]).get();
+        assert_eq!(count("/media/download"), 2);
+        assert_eq!(count("other"), 1);
+    }
+}

@@ -187,3 +187,82 @@ where
         Box::pin(self.inner.call(req))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::testing::{caller, registry, request};
+    use tower::ServiceExt as _;
+
+    /// An inner service answering with the name of the principal it saw, and whether any
+    /// credential header reached it.
+    fn echo(
+    ) -> impl Service<http::Request<()>, Response = Resp, Error = GatewayError, Future = impl Send>
+           + Clone
+           + Send
+           + 'static {
+        tower::service_fn(|req: http::Request<()>| async move {
+            let name = req
+                .extensions()
+                .get::<Principal>()
+                .map(|p| p.client.name.clone())
+                .unwrap_or_default();
+            let leaked = req.headers().contains_key(header::AUTHORIZATION)
+                || req.headers().contains_key("x-api-key");
+            Ok(http::Response::new(crate::body::full(format!(
+                "{name} {leaked}"
+            ))))
+        })
+    }
+
+    async fn seen(req: http::Request<()>) -> Result<String, GatewayError> {
+        let layer = AuthLayer::new(registry(&[caller("alpha"), caller("beta")]));
+        let resp = layer.layer(echo()).oneshot(req).await?;
+        let body = crate::middleware::testing::body(resp).await;
+        Ok(String::from_utf8(body.to_vec()).unwrap())
+    }
+
+    #[tokio::test]
+    async fn a_key_in_either_header_names_the_caller_and_never_goes_further() {
+        let bearer = request("/x", &[("authorization", "Bearer beta-key")]);
+        assert_eq!(seen(bearer).await.unwrap(), "beta false");
+        let api_key = request("/x", &[("x-api-key", "alpha-key")]);
+        assert_eq!(seen(api_key).await.unwrap(), "alpha false");
+    }
+
+    #[tokio::test]
+    async fn no_key_or_a_wrong_one_is_refused_even_with_a_certificate() {
+        assert!(matches!(
+            seen(request("/x", &[])).await,
+            Err(GatewayError::Unauthenticated)
+        ));
+        let mut wrong = request("/x", &[("authorization", "Bearer nope")]);
+        let mut cert_caller = caller("gamma");
+        cert_caller.cert_subject = Some("CN=gamma".into());
+        wrong.extensions_mut().insert(PeerIdentity {
+            subject: "CN=gamma".into(),
+            common_name: Some("gamma".into()),
+        });
+        let layer = AuthLayer::new(registry(&[cert_caller]));
+        let err = layer.layer(echo()).oneshot(wrong).await.unwrap_err();
+        assert!(matches!(err, GatewayError::Unauthenticated));
+    }
+
+    #[tokio::test]
+    async fn a_verified_certificate_names_its_caller_without_a_key() {
+        let mut c = caller("gamma");
+        c.key_sha256 = None;
+        c.cert_subject = Some("CN=gamma".into());
+        let mut req = request("/x", &[]);
+        req.extensions_mut().insert(PeerIdentity {
+            subject: "CN=gamma, O=Example".into(),
+            common_name: Some("gamma".into()),
+        });
+        let resp = AuthLayer::new(registry(&[c]))
+            .layer(echo())
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(crate::middleware::testing::body(resp).await, "gamma false");
+    }
+}

@@ -83,3 +83,33 @@ where
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::testing::{metrics, request};
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_panic_while_serving_becomes_an_internal_error_and_is_counted() {
+        let m = metrics();
+        let boom = tower::service_fn(|req: http::Request<()>| async move {
+            if req.uri().path() == "/boom" {
+                panic!("the handler broke");
+            }
+            Ok::<Resp, GatewayError>(http::Response::new(crate::body::full("ok")))
+        });
+        let layer = CatchPanicLayer::new(m.clone());
+        let err = layer
+            .layer(boom)
+            .oneshot(request("/boom", &[]))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(&err, GatewayError::Internal { detail } if detail.contains("the handler broke"))
+        );
+        assert_eq!(m.panics.get(), 1);
+        // The next request is served as usual.
+        assert!(layer.layer(boom).oneshot(request("/ok", &[])).await.is_ok());
+    }
+}

@@ -98,3 +98,56 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::testing::{envelope, request};
+    use std::time::Duration;
+    use tower::ServiceExt as _;
+
+    fn failing(
+        err: fn() -> GatewayError,
+    ) -> impl Service<http::Request<()>, Response = Resp, Error = GatewayError, Future = impl Send>
+           + Clone
+           + Send
+           + 'static {
+        tower::service_fn(move |_req: http::Request<()>| async move { Err::<Resp, _>(err()) })
+    }
+
+    #[tokio::test]
+    async fn an_error_becomes_its_envelope_with_status_code_and_retry_after() {
+        let mut req = request("/media/upload", &[]);
+        req.extensions_mut().insert(RequestId("rid-1".into()));
+        let resp = ErrorResponseLayer
+            .layer(failing(|| GatewayError::QuotaExceeded {
+                kind: "requests_per_minute",
+                retry_after: Duration::from_millis(1500),
+            }))
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 429);
+        assert_eq!(resp.headers()[http::header::RETRY_AFTER], "2");
+        let env = envelope(resp).await;
+        assert_eq!(env["errorCode"], 942901);
+        assert_eq!(env["traceId"], "rid-1");
+    }
+
+    #[tokio::test]
+    async fn an_internal_error_shows_no_detail_and_an_unread_body_closes_the_connection() {
+        let req = request("/media/upload", &[("content-length", "10")]);
+        let resp = ErrorResponseLayer
+            .layer(failing(|| GatewayError::Internal {
+                detail: "secret internals".into(),
+            }))
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 500);
+        assert_eq!(resp.headers()[http::header::CONNECTION], "close");
+        let env = envelope(resp).await;
+        assert_eq!(env["errorCode"], 950001);
+        assert!(!env.to_string().contains("secret internals"));
+    }
+}

@@ -16,3 +16,80 @@ pub type Req = http::Request<hyper::body::Incoming>;
 pub type Resp = http::Response<crate::body::Body>;
 /// The boxed future of a layer.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
+
+/// Helpers for the layer tests: an inner service, a caller, a body reader.
+#[cfg(test)]
+pub(crate) mod testing {
+    use std::sync::Arc;
+
+    use bytes::Bytes;
+    use http_body_util::BodyExt as _;
+
+    use super::Resp;
+    use crate::body::full;
+    use crate::config::ClientConfig;
+    use crate::error::GatewayError;
+    use crate::metrics::Metrics;
+
+    /// An inner service that answers 200 `ok`.
+    pub(crate) fn ok<B: Send + 'static>() -> impl tower::Service<
+        http::Request<B>,
+        Response = Resp,
+        Error = GatewayError,
+        Future = impl Send,
+    > + Clone
+           + Send
+           + 'static {
+        tower::service_fn(|_req: http::Request<B>| async {
+            Ok::<Resp, GatewayError>(http::Response::new(full("ok")))
+        })
+    }
+
+    /// A caller named `name` with the key `name-key` and no limits.
+    pub(crate) fn caller(name: &str) -> ClientConfig {
+        ClientConfig {
+            name: name.into(),
+            key_sha256: Some(crate::config::hash_key(&format!("{name}-key"))),
+            cert_subject: None,
+            corp: "default".into(),
+            requests_per_minute: None,
+            bytes_per_day: None,
+            max_concurrent_uploads: None,
+            max_file_bytes: None,
+            routes: None,
+        }
+    }
+
+    /// Fresh metric families.
+    pub(crate) fn metrics() -> Metrics {
+        Metrics::register(&prometheus::Registry::new()).expect("metrics register")
+    }
+
+    /// The whole body of a response.
+    pub(crate) async fn body(resp: Resp) -> Bytes {
+        resp.into_body().collect().await.expect("body").to_bytes()
+    }
+
+    /// The envelope of an error response.
+    pub(crate) async fn envelope(resp: Resp) -> serde_json::Value {
+        serde_json::from_slice(&body(resp).await).expect("an envelope")
+    }
+
+    /// A request to `path` with `headers`.
+    pub(crate) fn request(path: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        let mut b = http::Request::post(path);
+        for (k, v) in headers {
+            b = b.header(*k, *v);
+        }
+        b.body(()).expect("request")
+    }
+
+    /// An `Arc`ed caller registry of `callers`.
+    pub(crate) fn registry(
+        callers: &[ClientConfig],
+    ) -> Arc<arc_swap::ArcSwap<super::auth::ClientRegistry>> {
+        Arc::new(arc_swap::ArcSwap::from_pointee(
+            super::auth::ClientRegistry::new(callers),
+        ))
+    }
+}

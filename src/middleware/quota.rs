@@ -159,3 +159,116 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::middleware::testing::{caller, metrics, ok, request};
+    use crate::quota::memory::MemoryQuotas;
+    use crate::route::Route;
+    use tower::ServiceExt as _;
+
+    fn layer(metrics: &Metrics) -> QuotaLayer {
+        let clock = ManualClock::new(1_795_500_000_000);
+        let store = Arc::new(MemoryQuotas::new(clock.clone()));
+        QuotaLayer::new(Quotas::new(store, clock), metrics.clone())
+    }
+
+    fn to(route: Route, c: &crate::config::ClientConfig) -> http::Request<()> {
+        let mut req = request(route.path(), &[("content-length", "100")]);
+        req.extensions_mut().insert(RouteMatch(Some(route)));
+        req.extensions_mut().insert(Principal {
+            client: Arc::new(c.clone()),
+        });
+        req
+    }
+
+    #[tokio::test]
+    async fn a_route_outside_the_allow_list_is_refused_and_counted() {
+        let m = metrics();
+        let mut c = caller("alpha");
+        c.routes = Some(vec![Route::UploadMessage]);
+        let err = layer(&m)
+            .layer(ok())
+            .oneshot(to(Route::Delete, &c))
+            .await
+            .unwrap_err();
+        assert!(matches!(err, GatewayError::RouteForbidden { .. }));
+        assert_eq!(
+            m.quota_rejected
+                .with_label_values(&["alpha", "route"])
+                .get(),
+            1
+        );
+    }
+
+    #[tokio::test]
+    async fn the_rate_is_per_minute_and_refusals_say_when() {
+        let m = metrics();
+        let mut c = caller("alpha");
+        c.requests_per_minute = Some(2);
+        let quota = layer(&m);
+        for _ in 0..2 {
+            let svc = quota.layer(ok());
+            assert!(svc.oneshot(to(Route::Download, &c)).await.is_ok());
+        }
+        let err = quota
+            .layer(ok())
+            .oneshot(to(Route::Download, &c))
+            .await
+            .unwrap_err();
+        assert!(
+            matches!(err, GatewayError::QuotaExceeded { kind: "requests_per_minute", retry_after } if retry_after.as_secs() == 30)
+        );
+    }
+
+    #[tokio::test]
+    async fn an_upload_holds_its_slot_until_it_ends_and_gets_a_byte_ticket() {
+        let m = metrics();
+        let mut c = caller("alpha");
+        c.max_concurrent_uploads = Some(1);
+        c.bytes_per_day = Some(1000);
+        let quota = layer(&m);
+        let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let gate = Arc::new(Mutex::new(Some((entered_tx, wait))));
+        let slow = tower::service_fn(move |req: http::Request<()>| {
+            let gate = gate.lock().take();
+            async move {
+                let ticket = req
+                    .extensions()
+                    .get::<TicketSlot>()
+                    .and_then(TicketSlot::take);
+                assert!(ticket.is_some(), "an upload gets its byte reservation");
+                if let Some((entered, wait)) = gate {
+                    let _ = entered.send(());
+                    let _ = wait.await;
+                }
+                Ok::<Resp, GatewayError>(http::Response::new(crate::body::full("ok")))
+            }
+        });
+        let first = tokio::spawn(quota.layer(slow.clone()).oneshot(to(Route::Upload, &c)));
+        entered.await.unwrap();
+        // The first upload is inside, holding the only slot.
+        let second = quota
+            .layer(slow)
+            .oneshot(to(Route::Upload, &c))
+            .await
+            .unwrap_err();
+        assert!(matches!(
+            second,
+            GatewayError::QuotaExceeded {
+                kind: "max_concurrent_uploads",
+                ..
+            }
+        ));
+        let _ = release.send(());
+        assert!(first.await.unwrap().is_ok());
+        assert!(quota
+            .layer(ok())
+            .oneshot(to(Route::Upload, &c))
+            .await
+            .is_ok());
+    }
+}

@@ -77,3 +77,43 @@ where
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::testing::{ok, request};
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn a_plain_id_is_kept_and_echoed_a_hostile_one_replaced() {
+        let resp = RequestIdLayer
+            .layer(ok())
+            .oneshot(request("/x", &[(X_REQUEST_ID, "abc-123.4:5")]))
+            .await
+            .unwrap();
+        assert_eq!(resp.headers()[X_REQUEST_ID], "abc-123.4:5");
+        let resp = RequestIdLayer
+            .layer(ok())
+            .oneshot(request("/x", &[(X_REQUEST_ID, "a b\"<script>")]))
+            .await
+            .unwrap();
+        let minted = resp.headers()[X_REQUEST_ID].to_str().unwrap();
+        assert!(uuid::Uuid::parse_str(minted).is_ok(), "{minted}");
+    }
+
+    #[tokio::test]
+    async fn the_inner_service_sees_the_same_id() {
+        let inner = tower::service_fn(|req: http::Request<()>| async move {
+            let id = req.extensions().get::<RequestId>().unwrap().0.to_string();
+            Ok::<Resp, std::convert::Infallible>(http::Response::new(crate::body::full(id)))
+        });
+        let resp = RequestIdLayer
+            .layer(inner)
+            .oneshot(request("/x", &[]))
+            .await
+            .unwrap();
+        let header = resp.headers()[X_REQUEST_ID].to_str().unwrap().to_string();
+        let seen = crate::middleware::testing::body(resp).await;
+        assert_eq!(seen, header.as_bytes());
+    }
+}

@@ -55,3 +55,42 @@ where
         self.inner.call(req)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::testing::request;
+    use tower::ServiceExt as _;
+
+    #[tokio::test]
+    async fn credentials_are_marked_and_nothing_else() {
+        let inner = tower::service_fn(|req: http::Request<()>| async move {
+            let h = req.headers();
+            let marked = |n: &str| h.get_all(n).iter().all(|v| v.is_sensitive());
+            let debug = format!("{h:?}");
+            assert!(
+                !debug.contains("alpha-key") && !debug.contains("sess=1"),
+                "{debug}"
+            );
+            Ok::<_, std::convert::Infallible>((
+                marked("authorization") && marked("x-api-key") && marked("cookie"),
+                h.get("x-request-id").is_some_and(|v| !v.is_sensitive()),
+            ))
+        });
+        let req = request(
+            "/x",
+            &[
+                ("authorization", "Bearer alpha-key"),
+                ("x-api-key", "alpha-key"),
+                ("cookie", "sess=1"),
+                ("x-request-id", "r1"),
+            ],
+        );
+        let seen = SensitiveHeadersLayer
+            .layer(inner)
+            .oneshot(req)
+            .await
+            .unwrap();
+        assert_eq!(seen, (true, true));
+    }
+}

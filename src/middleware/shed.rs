@@ -25,3 +25,52 @@ pub fn into_gateway_error(metrics: Metrics) -> impl Fn(BoxError) -> GatewayError
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::middleware::testing::{metrics, request};
+    use crate::middleware::Resp;
+    use std::sync::Arc;
+    use tower::{ServiceBuilder, ServiceExt as _};
+
+    #[tokio::test]
+    async fn beyond_the_limit_requests_are_shed_not_queued() {
+        let m = metrics();
+        let (entered_tx, entered) = tokio::sync::oneshot::channel::<()>();
+        let (release, wait) = tokio::sync::oneshot::channel::<()>();
+        let gate = Arc::new(parking_lot::Mutex::new(Some((entered_tx, wait))));
+        let inner = tower::service_fn(move |_req: http::Request<()>| {
+            let gate = gate.lock().take();
+            async move {
+                if let Some((entered, wait)) = gate {
+                    let _ = entered.send(());
+                    let _ = wait.await;
+                }
+                Ok::<Resp, GatewayError>(http::Response::new(crate::body::full("ok")))
+            }
+        });
+        let svc = ServiceBuilder::new()
+            .map_err(into_gateway_error(m.clone()))
+            .load_shed()
+            .concurrency_limit(1)
+            .service(inner);
+        let first = tokio::spawn(svc.clone().oneshot(request("/a", &[])));
+        entered.await.unwrap();
+        let err = svc.clone().oneshot(request("/b", &[])).await.unwrap_err();
+        assert!(matches!(err, GatewayError::Overloaded));
+        assert_eq!(m.shed.get(), 1);
+        let _ = release.send(());
+        assert!(first.await.unwrap().is_ok());
+        assert!(svc.oneshot(request("/c", &[])).await.is_ok());
+    }
+
+    #[test]
+    fn other_errors_pass_through_as_they_were() {
+        let m = metrics();
+        let map = into_gateway_error(m.clone());
+        let err = map(Box::new(GatewayError::NotFound));
+        assert!(matches!(err, GatewayError::NotFound));
+        assert_eq!(m.shed.get(), 0);
+    }
+}

@@ -253,3 +253,74 @@ impl http_body::Body for ChannelBody {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt as _;
+
+    /// Reads every frame; `Err` if the body ended in an error (an abort).
+    async fn drain(mut body: ChannelBody) -> Result<Vec<Bytes>, BoxError> {
+        let mut frames = Vec::new();
+        while let Some(frame) = body.frame().await {
+            if let Some(data) = frame?.data_ref() {
+                frames.push(data.clone());
+            }
+        }
+        Ok(frames)
+    }
+
+    #[tokio::test]
+    async fn the_digest_covers_the_file_and_not_its_framing() {
+        let (tx, body, digest) = channel(None);
+        let reader = tokio::spawn(drain(body));
+        let file = vec![7u8; 100 * 1024];
+        tx.send(Bytes::from_static(b"--prefix\r\n")).await.unwrap();
+        for piece in file.chunks(30 * 1024) {
+            tx.send_file(Bytes::copy_from_slice(piece)).await.unwrap();
+        }
+        tx.end_of_file().await.unwrap();
+        let sha: [u8; 32] = Sha256::digest(&file).into();
+        assert_eq!(digest.await.unwrap(), sha);
+        tx.send(Bytes::from_static(b"\r\n--suffix--"))
+            .await
+            .unwrap();
+        tx.finish().await.unwrap();
+        let sent: Vec<u8> = reader.await.unwrap().unwrap().concat();
+        assert_eq!(sent.len(), 10 + file.len() + 12);
+        assert!(sent.starts_with(b"--prefix") && sent.ends_with(b"--suffix--"));
+    }
+
+    #[tokio::test]
+    async fn a_sender_dropped_before_finish_aborts_the_body() {
+        let (tx, body, _digest) = channel(Some(1000));
+        let reader = tokio::spawn(drain(body));
+        tx.send_file(Bytes::from_static(b"part of the file"))
+            .await
+            .unwrap();
+        drop(tx);
+        let err = reader.await.unwrap().unwrap_err();
+        assert!(err.is::<Aborted>(), "{err}");
+    }
+
+    #[tokio::test]
+    async fn small_queued_pieces_go_out_as_one_frame() {
+        let (tx, body, _digest) = channel(None);
+        tx.send(Bytes::from_static(b"head ")).await.unwrap();
+        tx.send_file(Bytes::from_static(b"small file"))
+            .await
+            .unwrap();
+        tx.send(Bytes::from_static(b" tail")).await.unwrap();
+        tx.finish().await.unwrap();
+        let frames = drain(body).await.unwrap();
+        assert_eq!(frames, vec![Bytes::from_static(b"head small file tail")]);
+    }
+
+    #[tokio::test]
+    async fn a_gone_reader_is_reported_to_the_sender() {
+        let (tx, body, _digest) = channel(None);
+        drop(body);
+        assert!(tx.send_file(Bytes::from_static(b"x")).await.is_err());
+        assert!(tx.try_send_file(Bytes::from_static(b"y")).is_err());
+    }
+}
