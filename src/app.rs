@@ -151,6 +151,7 @@ pub async fn spawn_with(
 /// Redis as a miss by itself).
 struct Stores {
     redis: Option<Arc<Redis>>,
+    lease_ttl: std::time::Duration,
     quotas: Arc<dyn QuotaStore>,
 }
 
@@ -165,6 +166,7 @@ impl Stores {
         Ok(match cfg.store.backend {
             Backend::Memory => Self {
                 redis: None,
+                lease_ttl: cfg.store.lease_ttl,
                 quotas: local,
             },
             Backend::Redis => {
@@ -172,6 +174,7 @@ impl Stores {
                 let redis = Redis::start(&cfg.store, metrics.clone()).await?;
                 let shared: Arc<dyn QuotaStore> = Arc::new(RedisQuotas::new(redis.clone()));
                 Self {
+                    lease_ttl: cfg.store.lease_ttl,
                     quotas: Arc::new(FailOver::new(shared, local, cfg.store.quota_fail_mode)),
                     redis: Some(redis),
                 }
@@ -184,8 +187,12 @@ impl Stores {
         match &self.redis {
             None => alone,
             Some(redis) => {
-                let shared: Arc<dyn TokenStore> =
-                    Arc::new(RedisTokens::new(redis.clone(), corp, clock.clone()));
+                let shared: Arc<dyn TokenStore> = Arc::new(RedisTokens::new(
+                    redis.clone(),
+                    corp,
+                    clock.clone(),
+                    self.lease_ttl,
+                ));
                 Arc::new(FailOver::new(shared, alone, FailMode::Open))
             }
         }
@@ -193,7 +200,7 @@ impl Stores {
 
     fn dedupe(&self, cfg: &Config, clock: &Arc<dyn Clock>) -> Dedupe {
         match &self.redis {
-            Some(r) => Dedupe::redis(&cfg.dedupe, r.clone()),
+            Some(r) => Dedupe::redis(&cfg.dedupe, r.clone(), self.lease_ttl),
             None => Dedupe::memory(&cfg.dedupe, clock.clone()),
         }
     }

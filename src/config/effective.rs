@@ -61,6 +61,7 @@ impl Config {
                 "quota_fail_mode": match self.store.quota_fail_mode { FailMode::Open => "open", FailMode::Closed => "closed" },
                 "key_prefix": self.store.key_prefix,
                 "timeout": d(self.store.timeout),
+                "lease_ttl": d(self.store.lease_ttl),
             },
             "clients": self.clients.iter().map(|c| json!({
                 "name": c.name,

@@ -11,6 +11,8 @@ pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
 pub const DEFAULT_ADMIN_LISTEN: &str = "127.0.0.1:9090";
 /// Default time a client has to send its request head.
 pub const DEFAULT_REQUEST_HEADER_TIMEOUT: &str = "10s";
+/// Default life of a Redis lease (token refresh turn, dedupe upload lock) without renewal.
+pub const DEFAULT_LEASE_TTL: &str = "10s";
 /// Default bound on requests in flight on the caller listener (beyond it: 503, 950303).
 pub const DEFAULT_MAX_INFLIGHT: usize = 1024;
 /// Default drain deadline on shutdown.
@@ -153,6 +155,9 @@ pub struct StoreFile {
     pub key_prefix: Option<String>,
     /// Bound on one Redis command (default `"250ms"`).
     pub timeout: Option<String>,
+    /// How long a Redis lease (a replica's turn at the token endpoint, a claimed upload's
+    /// lock) outlives a replica that stopped renewing it, default `10s`.
+    pub lease_ttl: Option<String>,
 }
 
 /// `[[clients]]`

@@ -199,6 +199,8 @@ pub struct StoreConfig {
     pub key_prefix: String,
     /// Bound on one Redis command: a slow or dead Redis must not hold requests.
     pub timeout: Duration,
+    /// Life of a lease without renewal (renewed every third of it while held).
+    pub lease_ttl: Duration,
 }
 
 /// One `[[clients]]` entry, validated.

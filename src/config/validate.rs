@@ -4,6 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use super::file::*;
 use super::parse::{parse_addr, parse_duration, parse_sha256, parse_size, read_secret};
@@ -250,6 +251,7 @@ fn store(st: StoreFile) -> Result<StoreConfig, ConfigError> {
         redis_url: Secret::new(redis_url),
         key_prefix,
         timeout: parse_duration("store.timeout", st.timeout.as_deref().unwrap_or("250ms"))?,
+        lease_ttl: lease_ttl(st.lease_ttl.as_deref())?,
         quota_fail_mode: match st.quota_fail_mode.as_deref().unwrap_or("open") {
             "open" => FailMode::Open,
             "closed" => FailMode::Closed,
@@ -369,4 +371,13 @@ fn base_url(key: &str, value: Option<&str>) -> Result<BaseUrl, ConfigError> {
             BaseUrl::Url(url.trim_end_matches('/').to_string())
         }
     })
+}
+
+/// `store.lease_ttl`: at least 300 ms, so renewal (every third of it) outpaces expiry.
+fn lease_ttl(value: Option<&str>) -> Result<Duration, ConfigError> {
+    let ttl = parse_duration("store.lease_ttl", value.unwrap_or(DEFAULT_LEASE_TTL))?;
+    if ttl < Duration::from_millis(300) {
+        return Err(invalid("store.lease_ttl", "must be at least 300ms"));
+    }
+    Ok(ttl)
 }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 use std::sync::Arc;
-use std::time::SystemTime;
+use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
 use crate::config::DedupeConfig;
@@ -128,9 +128,9 @@ impl Dedupe {
     }
 
     /// The index in Redis, shared by replicas.
-    pub fn redis(cfg: &DedupeConfig, redis: Arc<Redis>) -> Self {
+    pub fn redis(cfg: &DedupeConfig, redis: Arc<Redis>, lock_ttl: Duration) -> Self {
         Self {
-            store: Arc::new(redis::RedisStore::new(redis, cfg.ttl)),
+            store: Arc::new(redis::RedisStore::new(redis, cfg.ttl, lock_ttl)),
             coalescer: Coalescer::default(),
             claim_scope: cfg.claim_scope,
         }
@@ -149,7 +149,6 @@ impl Dedupe {
 mod tests {
     use super::*;
     use coalesce::{follow, Outcome, Role};
-    use std::time::Duration;
 
     fn key(n: u8) -> DedupeKey {
         DedupeKey {

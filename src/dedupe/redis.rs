@@ -20,9 +20,6 @@ use sha2::{Digest, Sha256};
 use super::{DedupeKey, DedupeStore, LockOutcome, MediaRef};
 use crate::store::Redis;
 
-/// How long a claimed-digest upload lease lasts without renewal.
-pub const LOCK_TTL: Duration = Duration::from_secs(10);
-
 static FORGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
@@ -44,12 +41,18 @@ return 0
 pub struct RedisStore {
     redis: Arc<Redis>,
     ttl: Duration,
+    lock_ttl: Duration,
 }
 
 impl RedisStore {
-    /// An index in `redis` whose entries live `ttl`.
-    pub fn new(redis: Arc<Redis>, ttl: Duration) -> Self {
-        Self { redis, ttl }
+    /// An index in `redis` whose entries live `ttl`; claimed uploads hold a lock that lapses
+    /// `lock_ttl` after its holder stops renewing it.
+    pub fn new(redis: Arc<Redis>, ttl: Duration, lock_ttl: Duration) -> Self {
+        Self {
+            redis,
+            ttl,
+            lock_ttl,
+        }
     }
 
     /// `{kind}:{corp}:{route}:{sha256}[:{filename hash}][:{scope}]`.
@@ -170,7 +173,7 @@ impl DedupeStore for RedisStore {
     ) -> BoxFuture<'a, LockOutcome> {
         Box::pin(async move {
             let k = self.key("dedupe-lock", key, scope);
-            match self.redis.try_lease("dedupe", k, LOCK_TTL).await {
+            match self.redis.try_lease("dedupe", k, self.lock_ttl).await {
                 Ok(Some(lease)) => LockOutcome::Held(Some(lease)),
                 Ok(None) => LockOutcome::Busy,
                 // Nobody to coordinate with: upload without the lock.

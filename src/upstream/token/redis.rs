@@ -18,9 +18,6 @@ use super::store::{StoreFuture, StoredToken, TokenStore, Turn};
 use crate::clock::Clock;
 use crate::store::{Redis, StoreError};
 
-/// How long a refresh lease lasts without renewal.
-pub const LEASE: Duration = Duration::from_secs(10);
-
 const WRITE_IF_NEWER: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'issued_ms')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
@@ -49,6 +46,7 @@ return 1
 pub struct RedisTokens {
     redis: Arc<Redis>,
     clock: Arc<dyn Clock>,
+    lease_ttl: Duration,
     token_key: String,
     lease_key: String,
     calls_key: String,
@@ -59,9 +57,10 @@ static CALL_SLOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_CA
 
 impl RedisTokens {
     /// The shared token of `corp`.
-    pub fn new(redis: Arc<Redis>, corp: &str, clock: Arc<dyn Clock>) -> Self {
+    pub fn new(redis: Arc<Redis>, corp: &str, clock: Arc<dyn Clock>, lease_ttl: Duration) -> Self {
         Self {
             clock,
+            lease_ttl,
             token_key: redis.key(&["token", corp]),
             lease_key: redis.key(&["token-lease", corp]),
             calls_key: redis.key(&["token-calls", corp]),
@@ -135,7 +134,7 @@ impl RedisTokens {
     async fn lease(&self) -> Result<Option<Turn>, StoreError> {
         let lease = self
             .redis
-            .try_lease("token", self.lease_key.clone(), LEASE)
+            .try_lease("token", self.lease_key.clone(), self.lease_ttl)
             .await?;
         Ok(lease.map(|l| Turn(Some(l))))
     }
