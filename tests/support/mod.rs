@@ -116,23 +116,7 @@ impl Sandbox {
 
     /// Waits (server-side, no polling) until `counter` reaches `value`, then returns the stats.
     pub async fn wait(&self, counter: &str, value: u64) -> serde_json::Value {
-        let stats: serde_json::Value = self
-            .http
-            .get(format!(
-                "{}/_sandbox/stats?until={counter}:{value}&timeout_ms=20000",
-                self.url
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(
-            stats[counter].as_u64().unwrap() >= value,
-            "{counter} never reached {value}: {stats}"
-        );
-        stats
+        await_counter(&self.http, &self.url, counter, value).await
     }
 
     pub async fn faults(&self, faults: serde_json::Value) {
@@ -553,23 +537,7 @@ impl InProcess {
 
     /// Waits (server-side, no polling) until the sandbox's `counter` reaches `value`.
     pub async fn wait(&self, counter: &str, value: u64) -> serde_json::Value {
-        let stats: serde_json::Value = self
-            .http
-            .get(format!(
-                "{}/_sandbox/stats?until={counter}:{value}&timeout_ms=10000",
-                self.sandbox.url()
-            ))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap();
-        assert!(
-            stats[counter].as_u64().unwrap() >= value,
-            "{counter} never reached {value}: {stats}"
-        );
-        stats
+        await_counter(&self.http, &self.sandbox.url(), counter, value).await
     }
 
     pub async fn ready(&self) -> bool {
@@ -592,4 +560,29 @@ impl InProcess {
             .await
             .unwrap()
     }
+}
+
+/// Asks the sandbox at `url` to answer once `counter` reaches `value` (at most 20 s), and
+/// checks that it did.
+async fn await_counter(
+    http: &reqwest::Client,
+    url: &str,
+    counter: &str,
+    value: u64,
+) -> serde_json::Value {
+    let stats: serde_json::Value = http
+        .get(format!(
+            "{url}/_sandbox/stats?until={counter}:{value}&timeout_ms=20000"
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(
+        stats[counter].as_u64().unwrap() >= value,
+        "{counter} never reached {value}: {stats}"
+    );
+    stats
 }
