@@ -46,6 +46,15 @@ impl Drop for SlotGuard {
     }
 }
 
+/// The entry for `key`, allocating the key only the first time (these run per request). Never
+/// `None` in fact; callers treat it as a refusal rather than panic.
+fn entry<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> Option<&'m mut V> {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key)
+}
+
 fn ready<'a, T: Send + 'a>(v: T) -> StoreFuture<'a, T> {
     Box::pin(std::future::ready(Ok(v)))
 }
@@ -88,7 +97,7 @@ impl MemoryQuotas {
 
     fn take_slot(&self, client: &str, max: u32) -> Option<UploadSlot> {
         let mut slots = self.0.slots.lock();
-        let n = slots.entry(client.to_string()).or_default();
+        let n = entry(&mut slots, client)?;
         if *n >= u64::from(max) {
             return None;
         }
@@ -108,7 +117,7 @@ impl MemoryQuotas {
     ) -> Result<u64, Duration> {
         let (day, to_midnight) = cst_day(unix_secs);
         let mut bytes = self.0.bytes.lock();
-        let used = bytes.entry(client.to_string()).or_default();
+        let used = entry(&mut bytes, client).ok_or(Duration::from_secs(to_midnight))?;
         if used.0 != day {
             *used = (day, 0);
         }
@@ -130,7 +139,9 @@ impl MemoryQuotas {
         let now = self.0.clock.now();
         let day = cst_day(unix_secs).0;
         let mut calls = self.0.daily.lock();
-        let today = calls.entry(corp.to_string()).or_default();
+        let Some(today) = entry(&mut calls, corp) else {
+            return BudgetAnswer::Window(WINDOW);
+        };
         if today.0 != day {
             *today = (day, 0);
         }
@@ -138,11 +149,9 @@ impl MemoryQuotas {
             return BudgetAnswer::DaySpent;
         }
         let mut windows = self.0.windows.lock();
-        let w = windows
-            .entry(corp.to_string())
-            .or_default()
-            .entry(interface.to_string())
-            .or_default();
+        let Some(w) = entry(&mut windows, corp).and_then(|c| entry(c, interface)) else {
+            return BudgetAnswer::Window(WINDOW);
+        };
         while w.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
             w.pop_front();
         }
