@@ -1,3 +1,4 @@
+//! Compiled only under #[cfg(test)] (declared so in `upload/multipart.rs`).
 //! The multipart reader against multer (differential, random splits), slices not copies,
 //! malformed and truncated bodies, and garbage that must get an answer.
 use super::*;
