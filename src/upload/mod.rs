@@ -149,7 +149,7 @@ impl Upstream {
             }
             Upstream::Held(held) => {
                 let call = open(up, part, log).await?;
-                call.whole(&held.chunks)?.answer().await?
+                call.whole(held.chunks)?.answer().await?
             }
         };
         log.set_upstream_trace_id(answer.env.trace_id());

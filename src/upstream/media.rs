@@ -112,13 +112,17 @@ impl MediaCall {
         Ok((tx, digest, Pending::new(self, task.wait().boxed())))
     }
 
-    /// Sends a small file that is already whole, as one write.
-    pub fn whole(self, chunks: &[Bytes]) -> Result<Pending, GatewayError> {
+    /// Sends a small file that is already whole, as one write. The chunks are released as
+    /// soon as they are copied, before Fxiaoke answers: they are slices of the caller
+    /// connection's read buffer, which hyper can reuse only once nothing refers to it
+    /// (holding them across the round trip cost 10 % of small-upload throughput and 40 MiB of
+    /// peak RSS in `benches/e2e`).
+    pub fn whole(self, chunks: Vec<Bytes>) -> Result<Pending, GatewayError> {
         let size: usize = chunks.iter().map(Bytes::len).sum();
         let mut one = BytesMut::with_capacity(self.prefix.len() + size + self.suffix.len());
         one.extend_from_slice(&self.prefix);
         for c in chunks {
-            one.extend_from_slice(c);
+            one.extend_from_slice(&c);
         }
         one.extend_from_slice(&self.suffix);
         let len = one.len() as u64;
