@@ -540,25 +540,20 @@ impl InProcess {
         await_counter(&self.http, &self.sandbox.url(), counter, value).await
     }
 
-    pub async fn ready(&self) -> bool {
+    async fn admin_get(&self, path: &str) -> reqwest::Response {
         self.http
-            .get(format!("{}/readyz", self.admin))
+            .get(format!("{}{path}", self.admin))
             .send()
             .await
             .unwrap()
-            .status()
-            == 200
+    }
+
+    pub async fn ready(&self) -> bool {
+        self.admin_get("/readyz").await.status() == 200
     }
 
     pub async fn metrics(&self) -> String {
-        self.http
-            .get(format!("{}/metrics", self.admin))
-            .send()
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap()
+        self.admin_get("/metrics").await.text().await.unwrap()
     }
 }
 
