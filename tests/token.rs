@@ -183,6 +183,40 @@ async fn failing_token_endpoint_backs_off_and_readyz_says_so() {
     assert!(!t.ready().await);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_answer_that_stalls_after_its_head_is_given_up_and_retried() {
+    // Issue 14 (high): the deadline covered only the head, so the one refresher task waited on
+    // the body forever and the corp never had a token again. Deadline here: 1 s + 1 s.
+    let t = InProcess::spawn_faulted(
+        SandboxOptions::default(),
+        "upstream_timeout = \"1s\"\nconnect_timeout = \"1s\"",
+        serde_json::json!({"token_stall_calls": 1}),
+    )
+    .await;
+    t.wait("token_calls", 1).await;
+    // Past the backoff of the first attempt (counted from its start): the retry is due as
+    // soon as the stalled call is given up.
+    t.advance(Duration::from_secs(1));
+    t.wait("tokens_issued", 1).await;
+    let (status, _, body) =
+        upload_multipart(&client(), &t.upload_url(), ALPHA_KEY, jpeg(300, 1), "s.jpg").await;
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (200, &serde_json::json!(0)),
+        "{body}"
+    );
+    let stats = t.stats();
+    assert_eq!(stats["token_calls"], 2, "{stats}");
+    assert_eq!(stats["token_rejected_concurrent"], 0, "{stats}");
+    assert_eq!(
+        metric(
+            &t.metrics().await,
+            "fxgate_token_refresh_total{corp=\"default\",result=\"error\"}"
+        ),
+        1.0
+    );
+}
+
 #[tokio::test]
 async fn readyz_is_ok_once_a_token_is_held() {
     let (sandbox, gw) = pair(&[], "", "");

@@ -16,6 +16,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::StreamExt as _;
 use http::{header, Method, Request, Response, StatusCode};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -201,6 +202,9 @@ async fn token(state: &State, req: Request<Incoming>) -> Response<Body> {
     }
     let body = read_json(req).await;
     tokio::time::sleep(state.opts.token_latency).await;
+    if state.faults.lock().take_token_stall() {
+        return stalled();
+    }
     if state.faults.lock().take_token_failure() {
         state.stats.bump(|s| &s.token_failures);
         return fx_error(-1, "system busy");
@@ -231,6 +235,21 @@ async fn token(state: &State, req: Request<Incoming>) -> Response<Body> {
         "expiresIn": expires_in,
         "traceId": format!("E-O.sandbox.{}", uuid::Uuid::new_v4().simple()),
     }))
+}
+
+/// An answer whose head comes at once and whose body stops after a few bytes, for good: a
+/// client that bounds only the head waits forever.
+fn stalled() -> Response<Body> {
+    let start = futures_util::stream::iter([Ok::<_, crate::body::BoxError>(
+        http_body::Frame::data(Bytes::from_static(b"{\"errorCode\":0,")),
+    )]);
+    let body = http_body_util::StreamBody::new(start.chain(futures_util::stream::pending()));
+    let mut resp = Response::new(Body::new(body));
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        header::HeaderValue::from_static("application/json"),
+    );
+    resp
 }
 
 /// Checks the token carried in the query (media uploads) or the JSON body (legacy style).

@@ -175,6 +175,9 @@ pub(super) struct Faults {
     /// Answer the next upload with this errorCode.
     #[serde(default)]
     pub(super) fail_next_upload: Option<i64>,
+    /// Answer the next N token calls with a head and the start of a body that never ends.
+    #[serde(default)]
+    pub(super) token_stall_calls: u32,
 }
 
 mod millis {
@@ -192,6 +195,13 @@ impl Faults {
         self.upload_delay = new.upload_delay;
         self.token_fail_calls = new.token_fail_calls;
         self.fail_next_upload = new.fail_next_upload;
+        self.token_stall_calls = new.token_stall_calls;
+    }
+
+    pub(super) fn take_token_stall(&mut self) -> bool {
+        let stall = self.token_stall_calls > 0;
+        self.token_stall_calls = self.token_stall_calls.saturating_sub(1);
+        stall
     }
 
     pub(super) fn take_token_failure(&mut self) -> bool {

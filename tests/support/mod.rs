@@ -497,12 +497,30 @@ pub struct InProcess {
 impl InProcess {
     /// Starts a sandbox with `opts` (its clock replaced by a fresh `ManualClock`) and a gateway
     /// on the standard test config, with `corp_extra` in its corp table.
-    pub async fn spawn(mut opts: fxgate::sandbox::SandboxOptions, corp_extra: &str) -> Self {
+    pub async fn spawn(opts: fxgate::sandbox::SandboxOptions, corp_extra: &str) -> Self {
+        Self::spawn_faulted(opts, corp_extra, serde_json::json!({})).await
+    }
+
+    /// As `spawn`, with `faults` scripted in the sandbox before the gateway starts (so they
+    /// meet its very first token call).
+    pub async fn spawn_faulted(
+        mut opts: fxgate::sandbox::SandboxOptions,
+        corp_extra: &str,
+        faults: serde_json::Value,
+    ) -> Self {
         let clock = fxgate::clock::ManualClock::at_now();
         opts.clock = clock.clone();
         let sandbox = fxgate::sandbox::spawn("127.0.0.1:0".parse().unwrap(), opts)
             .await
             .expect("sandbox starts");
+        let http = reqwest::Client::new();
+        let scripted = http
+            .post(format!("{}/_sandbox/faults", sandbox.url()))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(scripted.status().is_success());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fxgate.toml");
         std::fs::write(&path, config(&sandbox.url(), corp_extra, "")).unwrap();
@@ -516,7 +534,7 @@ impl InProcess {
             clock,
             sandbox,
             running,
-            http: reqwest::Client::new(),
+            http,
             _dir: dir,
         }
     }

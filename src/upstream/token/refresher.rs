@@ -301,17 +301,21 @@ impl Refresher {
             Ok(r) => r,
             Err(why) => return Fetched::Failed(why),
         };
-        let deadline =
-            self.cfg.connect_timeout + self.cfg.upstream_timeout.min(Duration::from_secs(30));
-        let resp = match tokio::time::timeout(deadline, self.client.request(req)).await {
+        // One deadline for the whole call, head and body: this task is the corp's only way to
+        // a token, so an answer that stalls after its head must not hold it (issue 14).
+        let deadline = tokio::time::Instant::now()
+            + self.cfg.connect_timeout
+            + self.cfg.upstream_timeout.min(Duration::from_secs(30));
+        let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => return Fetched::Failed("token endpoint timed out".into()),
             Ok(Err(e)) => return Fetched::Failed(transport::transport_detail(&e)),
             Ok(Ok(r)) => r,
         };
         let status = resp.status();
-        let env = match Envelope::read(resp.into_body()).await {
-            Ok(e) => e,
-            Err(e) => return Fetched::Failed(e.description()),
+        let env = match tokio::time::timeout_at(deadline, Envelope::read(resp.into_body())).await {
+            Err(_) => return Fetched::Failed("token endpoint stalled in its answer's body".into()),
+            Ok(Err(e)) => return Fetched::Failed(e.description()),
+            Ok(Ok(e)) => e,
         };
         let code = env.code();
         self.metrics
