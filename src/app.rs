@@ -151,7 +151,6 @@ pub async fn spawn_with(
 /// Redis as a miss by itself).
 struct Stores {
     redis: Option<Arc<Redis>>,
-    lease_ttl: std::time::Duration,
     quotas: Arc<dyn QuotaStore>,
 }
 
@@ -166,7 +165,6 @@ impl Stores {
         Ok(match cfg.store.backend {
             Backend::Memory => Self {
                 redis: None,
-                lease_ttl: cfg.store.lease_ttl,
                 quotas: local,
             },
             Backend::Redis => {
@@ -174,7 +172,6 @@ impl Stores {
                 let redis = Redis::start(&cfg.store, metrics.clone()).await?;
                 let shared: Arc<dyn QuotaStore> = Arc::new(RedisQuotas::new(redis.clone()));
                 Self {
-                    lease_ttl: cfg.store.lease_ttl,
                     quotas: Arc::new(FailOver::new(shared, local, cfg.store.quota_fail_mode)),
                     redis: Some(redis),
                 }
@@ -182,7 +179,7 @@ impl Stores {
         })
     }
 
-    fn tokens(&self, corp: &str, clock: &Arc<dyn Clock>) -> Arc<dyn TokenStore> {
+    fn tokens(&self, cfg: &Config, corp: &str, clock: &Arc<dyn Clock>) -> Arc<dyn TokenStore> {
         let alone: Arc<dyn TokenStore> = Arc::new(MemoryTokens);
         match &self.redis {
             None => alone,
@@ -191,7 +188,7 @@ impl Stores {
                     redis.clone(),
                     corp,
                     clock.clone(),
-                    self.lease_ttl,
+                    cfg.store.lease_ttl,
                 ));
                 Arc::new(FailOver::new(shared, alone, FailMode::Open))
             }
@@ -200,7 +197,7 @@ impl Stores {
 
     fn dedupe(&self, cfg: &Config, clock: &Arc<dyn Clock>) -> Dedupe {
         match &self.redis {
-            Some(r) => Dedupe::redis(&cfg.dedupe, r.clone(), self.lease_ttl),
+            Some(r) => Dedupe::redis(&cfg.dedupe, r.clone(), cfg.store.lease_ttl),
             None => Dedupe::memory(&cfg.dedupe, clock.clone()),
         }
     }
@@ -240,7 +237,7 @@ async fn spawn_corps(
             metrics.clone(),
             clock.clone(),
             stores.quotas.clone(),
-            stores.tokens(name, clock),
+            stores.tokens(cfg, name, clock),
         );
         corps.insert(name.clone(), corp);
     }

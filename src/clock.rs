@@ -25,10 +25,6 @@ pub trait Clock: Send + Sync + fmt::Debug {
     fn unix_secs(&self) -> u64 {
         self.unix_ms() / 1000
     }
-    /// Resolves after `d` of this clock's time.
-    fn sleep(&self, d: Duration) -> BoxFuture<'static, ()> {
-        self.sleep_until(self.now() + d)
-    }
 }
 
 /// The process's own clock.

@@ -203,11 +203,6 @@ impl Quotas {
         Self { store, clock }
     }
 
-    /// The store (the corp budgets are kept there too).
-    pub fn store(&self) -> &Arc<dyn QuotaStore> {
-        &self.store
-    }
-
     /// The caller's request rate.
     pub async fn check_rate(&self, c: &ClientConfig) -> Result<(), GatewayError> {
         let Some(rpm) = c.requests_per_minute else {

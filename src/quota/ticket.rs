@@ -77,13 +77,9 @@ impl BytesTicket {
     /// reservations first).
     pub fn settle(mut self, size: u64) {
         let mut excess = self.reserved().saturating_sub(size);
-        let mut refunds = Vec::new();
         for s in self.segments.iter().rev() {
             let give = excess.min(s.bytes);
             excess -= give;
-            refunds.push((s, give));
-        }
-        for (s, give) in refunds {
             self.refund(s, give);
         }
         self.settled = true;
