@@ -49,7 +49,9 @@ pub async fn handle(
     if let Some(key) = up.claim_key() {
         let bound = up.corp.cfg.upstream_timeout * 2;
         match state.dedupe.claim(&key, &up.caller, bound).await {
-            Claim::Hit(media) => return Ok(claim_hit(state, req, &up, &media, log).await),
+            Claim::Hit(media) => {
+                return Ok(claim_hit(state, req, &up, &key.sha256, &media, log).await)
+            }
             Claim::Lead(guard) => up.leader = Some(guard),
             Claim::Alone => {}
         }
@@ -225,6 +227,7 @@ async fn claim_hit(
     state: &AppState,
     req: Request<Incoming>,
     up: &UploadRequest,
+    sha256: &[u8; 32],
     media: &MediaRef,
     log: &LogContext,
 ) -> Response<Body> {
@@ -233,8 +236,7 @@ async fn claim_hit(
         .count_dedupe(DedupeResult::HitClaim, media.size);
     log.set_dedupe(DedupeResult::HitClaim);
     let reusable = answer::finish_unread_body(req, up.limit).await;
-    let sha256 = up.claim.unwrap_or_default();
-    let mut resp = answer::hit_response(media, &sha256, &up.request_id);
+    let mut resp = answer::hit_response(media, sha256, &up.request_id);
     if !reusable {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));

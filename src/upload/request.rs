@@ -40,14 +40,17 @@ pub enum UploadKind {
 impl UploadKind {
     /// The kind of an upload to `route`.
     pub fn of(route: Route, uri: &Uri) -> Result<Self, GatewayError> {
-        match (route, query_param(uri, "type").as_deref()) {
-            (Route::UploadMessage, _) => Ok(Self::Message),
-            (Route::Upload, Some("image")) => Ok(Self::Image),
-            (Route::Upload, Some("document")) => Ok(Self::Document),
-            (Route::Upload, _) => Err(GatewayError::BadRequest {
-                detail: "query parameter `type` must be `image` or `document`".into(),
-            }),
-            (other, _) => Err(GatewayError::Internal {
+        match route {
+            Route::UploadMessage => Ok(Self::Message),
+            // Only this route reads the query here (message uploads may carry long ones).
+            Route::Upload => match query_param(uri, "type").as_deref() {
+                Some("image") => Ok(Self::Image),
+                Some("document") => Ok(Self::Document),
+                _ => Err(GatewayError::BadRequest {
+                    detail: "query parameter `type` must be `image` or `document`".into(),
+                }),
+            },
+            other => Err(GatewayError::Internal {
                 detail: format!("{other} routed to the upload handler"),
             }),
         }
