@@ -212,20 +212,27 @@ async fn json_call(
     Ok(body)
 }
 
-pub(super) async fn download(state: &State, req: Request<Incoming>) -> Response<Body> {
-    state.stats.bump(|s| &s.downloads);
-    let body = match json_call(state, req).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let id = body
+/// The `mediaId` of an authorised JSON call (empty when absent: answered "does not exist").
+#[allow(clippy::result_large_err)]
+async fn requested_media(state: &State, req: Request<Incoming>) -> Result<String, Response<Body>> {
+    let body = json_call(state, req).await?;
+    Ok(body
         .get("mediaId")
         .and_then(|v| v.as_str())
-        .unwrap_or_default();
+        .unwrap_or_default()
+        .to_string())
+}
+
+pub(super) async fn download(state: &State, req: Request<Incoming>) -> Response<Body> {
+    state.stats.bump(|s| &s.downloads);
+    let id = match requested_media(state, req).await {
+        Ok(id) => id,
+        Err(resp) => return resp,
+    };
     let found = state
         .media
         .lock()
-        .get(id)
+        .get(&id)
         .map(|m| (m.bytes.clone(), m.content_type.clone()));
     match found {
         Some((bytes, ct)) => {
@@ -242,15 +249,11 @@ pub(super) async fn download(state: &State, req: Request<Incoming>) -> Response<
 
 pub(super) async fn delete(state: &State, req: Request<Incoming>) -> Response<Body> {
     state.stats.bump(|s| &s.deletes);
-    let body = match json_call(state, req).await {
-        Ok(b) => b,
+    let id = match requested_media(state, req).await {
+        Ok(id) => id,
         Err(resp) => return resp,
     };
-    let id = body
-        .get("mediaId")
-        .and_then(|v| v.as_str())
-        .unwrap_or_default();
-    if state.media.lock().remove(id).is_some() {
+    if state.media.lock().remove(&id).is_some() {
         json(
             serde_json::json!({"errorCode": 0, "errorMessage": "success",
             "traceId": format!("E-O.sandbox.{}", uuid::Uuid::new_v4().simple())}),
