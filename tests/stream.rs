@@ -4,6 +4,8 @@
 
 mod support;
 
+use std::time::Duration;
+
 use support::*;
 use tokio::io::AsyncWriteExt;
 
@@ -183,6 +185,35 @@ async fn unreachable_upstream_is_502() {
         upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 2), "b.jpg").await;
     assert_eq!(status, 502, "{body}");
     assert_eq!(body["errorCode"], 950201);
+}
+
+#[tokio::test]
+async fn an_upstream_answer_that_stalls_after_its_head_is_504_and_records_nothing() {
+    // The head came in time; the body never ends. The caller must get its answer anyway.
+    let (sandbox, gw) = pair(&[], "upstream_timeout = \"1s\"", "");
+    sandbox
+        .faults(serde_json::json!({"upload_stall_answers": 1}))
+        .await;
+    let http = client();
+    let file = jpeg(1000, 7);
+    let started = std::time::Instant::now();
+    let (status, _, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, file.clone(), "a.jpg").await;
+    assert_eq!(status, 504, "{body}");
+    assert_eq!(body["errorCode"], 950401);
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    // Nothing was recorded: the same file is a miss and uploads normally.
+    let (status, _, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, file, "a.jpg").await;
+    assert_eq!(
+        (status, &body["deduplicated"]),
+        (200, &serde_json::json!(false)),
+        "{body}"
+    );
 }
 
 #[tokio::test]

@@ -163,6 +163,10 @@ async fn keep(state: &State, media: Media) -> Response<Body> {
     if !delay.is_zero() {
         tokio::time::sleep(delay).await;
     }
+    if state.faults.lock().take_upload_stall() {
+        state.stats.bump(|s| &s.uploads_rejected);
+        return super::stalled();
+    }
     if let Some(code) = state.faults.lock().fail_next_upload.take() {
         state.stats.bump(|s| &s.uploads_rejected);
         return fx_error(code, "scripted failure");

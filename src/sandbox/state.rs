@@ -178,6 +178,9 @@ pub(super) struct Faults {
     /// Answer the next N token calls with a head and the start of a body that never ends.
     #[serde(default)]
     pub(super) token_stall_calls: u32,
+    /// Answer the next N uploads (body read, nothing stored) likewise.
+    #[serde(default)]
+    pub(super) upload_stall_answers: u32,
 }
 
 mod millis {
@@ -196,6 +199,13 @@ impl Faults {
         self.token_fail_calls = new.token_fail_calls;
         self.fail_next_upload = new.fail_next_upload;
         self.token_stall_calls = new.token_stall_calls;
+        self.upload_stall_answers = new.upload_stall_answers;
+    }
+
+    pub(super) fn take_upload_stall(&mut self) -> bool {
+        let stall = self.upload_stall_answers > 0;
+        self.upload_stall_answers = self.upload_stall_answers.saturating_sub(1);
+        stall
     }
 
     pub(super) fn take_token_stall(&mut self) -> bool {

@@ -138,14 +138,19 @@ impl Corp {
         }
     }
 
-    /// Reads Fxiaoke's JSON answer and counts it by its `errorCode`.
+    /// Reads Fxiaoke's JSON answer, within `upstream_timeout` (the head's deadline bounds only
+    /// the head: an answer that stalls in its body must not hold the caller, its slot or a
+    /// coalesced claim), and counts it by its `errorCode`.
     pub async fn read_answer(
         &self,
         route: Route,
         resp: Response<Incoming>,
     ) -> Result<Answer, GatewayError> {
         let status = resp.status();
-        let env = Envelope::read(resp.into_body()).await?;
+        let after = self.cfg.upstream_timeout;
+        let env = tokio::time::timeout(after, Envelope::read(resp.into_body()))
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout { after })??;
         let code = env.code();
         self.count(route, code);
         Ok(Answer { status, env, code })
