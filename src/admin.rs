@@ -14,6 +14,7 @@ use prometheus::{Encoder, TextEncoder};
 
 use crate::body::{full, Body};
 use crate::state::AppState;
+use crate::upstream::token::TokenProvider;
 
 fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     let mut r = Response::new(full(body.into()));
@@ -25,6 +26,17 @@ fn text(status: StatusCode, body: impl Into<Bytes>) -> Response<Body> {
     r
 }
 
+/// A flow's token as `/readyz` and `/admin/clients` show it. Only the legacy token decides
+/// readiness: uploads need it, while an OAuth token failing affects only OAuth-style callers
+/// and taking every replica out of rotation would not bring it back.
+fn token_state(tokens: &TokenProvider) -> &'static str {
+    match (tokens.ready(), tokens.in_use()) {
+        (true, _) => "ok",
+        (false, false) => "idle (fetched when first needed)",
+        (false, true) => "no valid token",
+    }
+}
+
 async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
@@ -32,12 +44,13 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
             let mut lines = String::new();
             for (name, corp) in &state.corps {
                 lines.push_str(&format!(
-                    "corp {name}: {}\n",
+                    "corp {name}: {}; oauth {}\n",
                     if corp.tokens.ready() {
                         "token ok"
                     } else {
                         "no valid token"
-                    }
+                    },
+                    token_state(&corp.oauth),
                 ));
             }
             if let Some(redis) = &state.redis {
@@ -54,13 +67,19 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
         }
         (&Method::GET, "/metrics") => {
             for (name, corp) in &state.corps {
-                let age = corp.tokens.age().map_or(0, |a| a.as_secs() as i64);
-                state.metrics.token_age.with_label_values(&[name]).set(age);
-                state
-                    .metrics
-                    .token_valid
-                    .with_label_values(&[name])
-                    .set(i64::from(corp.tokens.ready()));
+                // An OAuth token nobody has asked for yet is no alert: its series appear once used.
+                for tokens in [&corp.tokens, &corp.oauth].into_iter().filter(|t| {
+                    t.flow() == crate::upstream::token::Flow::Legacy || t.in_use()
+                }) {
+                    let labels = [name.as_str(), tokens.flow().label()];
+                    let age = tokens.age().map_or(0, |a| a.as_secs() as i64);
+                    state.metrics.token_age.with_label_values(&labels).set(age);
+                    state
+                        .metrics
+                        .token_valid
+                        .with_label_values(&labels)
+                        .set(i64::from(tokens.ready()));
+                }
             }
             let mut buf = Vec::new();
             let encoder = TextEncoder::new();
@@ -155,7 +174,14 @@ async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
             let corps: serde_json::Map<_, _> = state
                 .corps
                 .iter()
-                .map(|(name, c)| (name.clone(), serde_json::json!({"daily_calls_left": c.budget.remaining_today(), "token_ok": c.tokens.ready()})))
+                .map(|(name, c)| {
+                    let corp = serde_json::json!({
+                        "daily_calls_left": c.budget.remaining_today(),
+                        "token_ok": c.tokens.ready(),
+                        "tokens": {"legacy": token_state(&c.tokens), "oauth": token_state(&c.oauth)},
+                    });
+                    (name.clone(), corp)
+                })
                 .collect();
             json(
                 StatusCode::OK,

@@ -34,6 +34,7 @@ use crate::state::AppState;
 use crate::store::{Backend, FailMode, FailOver, Redis};
 use crate::upstream::token::redis::RedisTokens;
 use crate::upstream::token::store::{MemoryTokens, TokenStore};
+use crate::upstream::token::Flow;
 use crate::upstream::Corp;
 use crate::{admin, server};
 
@@ -179,14 +180,26 @@ impl Stores {
         })
     }
 
-    fn tokens(&self, cfg: &Config, corp: &str, clock: &Arc<dyn Clock>) -> Arc<dyn TokenStore> {
+    /// Where `corp`'s `flow` token is shared. The legacy token keeps the keys it always had
+    /// (`token:<corp>`), so replicas of an older release share it during a rolling upgrade.
+    fn tokens(
+        &self,
+        cfg: &Config,
+        corp: &str,
+        flow: Flow,
+        clock: &Arc<dyn Clock>,
+    ) -> Arc<dyn TokenStore> {
         let alone: Arc<dyn TokenStore> = Arc::new(MemoryTokens);
         match &self.redis {
             None => alone,
             Some(redis) => {
+                let scope = match flow {
+                    Flow::Legacy => corp.to_string(),
+                    Flow::OAuth => format!("{corp}:oauth"),
+                };
                 let shared: Arc<dyn TokenStore> = Arc::new(RedisTokens::new(
                     redis.clone(),
-                    corp,
+                    &scope,
                     clock.clone(),
                     cfg.store.lease_ttl,
                 ));
@@ -237,7 +250,7 @@ async fn spawn_corps(
             metrics.clone(),
             clock.clone(),
             stores.quotas.clone(),
-            stores.tokens(cfg, name, clock),
+            |flow| stores.tokens(cfg, name, flow, clock),
         );
         corps.insert(name.clone(), corp);
     }

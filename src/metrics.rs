@@ -36,9 +36,9 @@ pub struct Families {
     pub upstream_requests: IntCounterVec,
     /// `fxgate_upstream_duration_seconds{route}`
     pub upstream_duration: HistogramVec,
-    /// `fxgate_token_refresh_total{corp,result}`
+    /// `fxgate_token_refresh_total{corp,flow,result}`
     pub token_refresh: IntCounterVec,
-    /// `fxgate_token_age_seconds{corp}`, set at scrape time.
+    /// `fxgate_token_age_seconds{corp,flow}`, set at scrape time.
     pub token_age: IntGaugeVec,
     /// `fxgate_dedupe_total{result}`
     pub dedupe: IntCounterVec,
@@ -50,7 +50,7 @@ pub struct Families {
     pub upstream_budget_remaining: IntGaugeVec,
     /// `fxgate_build_info{version}`
     pub build_info: IntGaugeVec,
-    /// `fxgate_token_valid{corp}`: 1 while a usable token is held (beyond design §7, for the
+    /// `fxgate_token_valid{corp,flow}`: 1 while a usable token is held (beyond design §7, for the
     /// "no valid token" alert), set at scrape time.
     pub token_valid: IntGaugeVec,
     /// `fxgate_upstream_budget_daily_limit{corp}`: the configured daily budget (beyond design
@@ -206,13 +206,13 @@ impl Families {
             )?,
             token_refresh: counters(
                 "fxgate_token_refresh_total",
-                "Token endpoint calls by result (ok, same_token, error, shared)",
-                &["corp", "result"],
+                "Token endpoint calls by flow (legacy, oauth) and result (ok, same_token, error, shared)",
+                &["corp", "flow", "result"],
             )?,
             token_age: gauges(
                 "fxgate_token_age_seconds",
-                "Age of the corp token in use",
-                &["corp"],
+                "Age of the corp token in use, by flow",
+                &["corp", "flow"],
             )?,
             dedupe: counters(
                 "fxgate_dedupe_total",
@@ -236,8 +236,8 @@ impl Families {
             build_info: gauges("fxgate_build_info", "Build version", &["version"])?,
             token_valid: gauges(
                 "fxgate_token_valid",
-                "1 while the corp holds a usable access token",
-                &["corp"],
+                "1 while the corp holds a usable access token of that flow",
+                &["corp", "flow"],
             )?,
             upstream_budget_limit: gauges(
                 "fxgate_upstream_budget_daily_limit",
@@ -310,9 +310,11 @@ impl Metrics {
     /// Creates the zero-valued per-corp and per-caller series (at start and after a reload).
     pub fn init_series(&self, cfg: &crate::config::Config) {
         for (name, corp) in &cfg.corps {
-            for result in RefreshResult::ALL {
-                self.token_refresh
-                    .with_label_values(&[name, result.as_str()]);
+            for flow in crate::upstream::token::Flow::ALL {
+                for result in RefreshResult::ALL {
+                    self.token_refresh
+                        .with_label_values(&[name, flow.label(), result.as_str()]);
+                }
             }
             if let Some(budget) = corp.daily_call_budget {
                 self.upstream_budget_limit

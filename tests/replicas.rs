@@ -100,13 +100,13 @@ async fn cold_start_of_two_replicas_with_500_uploads_makes_one_token_call() {
     let fetched = |m: &str| {
         metric(
             m,
-            r#"fxgate_token_refresh_total{corp="default",result="ok"}"#,
+            r#"fxgate_token_refresh_total{corp="default",flow="legacy",result="ok"}"#,
         )
     };
     let shared = |m: &str| {
         metric(
             m,
-            r#"fxgate_token_refresh_total{corp="default",result="shared"}"#,
+            r#"fxgate_token_refresh_total{corp="default",flow="legacy",result="shared"}"#,
         )
     };
     assert_eq!(fetched(&ma) + fetched(&mb), 1.0);

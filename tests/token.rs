@@ -96,7 +96,7 @@ async fn short_lived_tokens_are_refreshed_in_the_background() {
     assert_eq!(
         metric(
             &t.metrics().await,
-            "fxgate_token_refresh_total{corp=\"default\",result=\"ok\"}"
+            "fxgate_token_refresh_total{corp=\"default\",flow=\"legacy\",result=\"ok\"}"
         ),
         5.0
     );
@@ -211,7 +211,7 @@ async fn a_token_answer_that_stalls_after_its_head_is_given_up_and_retried() {
     assert_eq!(
         metric(
             &t.metrics().await,
-            "fxgate_token_refresh_total{corp=\"default\",result=\"error\"}"
+            "fxgate_token_refresh_total{corp=\"default\",flow=\"legacy\",result=\"error\"}"
         ),
         1.0
     );

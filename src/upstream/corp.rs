@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::budget::UpstreamBudget;
 use super::envelope::{Envelope, UpstreamCode};
 use super::token::store::TokenStore;
-use super::token::{CorpToken, TokenProvider};
+use super::token::{CorpToken, Flow, TokenProvider};
 use super::transport::{self, HttpClient};
 use crate::body::Body;
 use crate::clock::Clock;
@@ -28,8 +28,10 @@ pub struct Corp {
     /// Base URL without trailing slash (the sandbox's, for `base_url = "sandbox"`).
     pub base: String,
     client: HttpClient,
-    /// Its token.
+    /// Its legacy token (`corpAccessToken`), which media routes use.
     pub tokens: TokenProvider,
+    /// Its OAuth token (`accessToken`), fetched when an OAuth-style call first needs it.
+    pub oauth: TokenProvider,
     /// Its allowance at Fxiaoke.
     pub budget: UpstreamBudget,
     metrics: Metrics,
@@ -53,7 +55,7 @@ impl Corp {
         metrics: Metrics,
         clock: Arc<dyn Clock>,
         quotas: Arc<dyn QuotaStore>,
-        tokens: Arc<dyn TokenStore>,
+        tokens: impl Fn(Flow) -> Arc<dyn TokenStore>,
     ) -> Arc<Self> {
         let budget = UpstreamBudget::new(
             &cfg.name,
@@ -63,13 +65,23 @@ impl Corp {
             quotas,
         );
         let client = transport::pooled(cfg.connect_timeout);
-        let tokens =
-            TokenProvider::spawn(cfg.clone(), base.clone(), metrics.clone(), tokens, clock);
+        let provider = |flow| {
+            TokenProvider::spawn(
+                cfg.clone(),
+                flow,
+                base.clone(),
+                metrics.clone(),
+                tokens(flow),
+                clock.clone(),
+            )
+        };
+        let (legacy, oauth) = (provider(Flow::Legacy), provider(Flow::OAuth));
         Arc::new(Self {
             cfg,
             base,
             client,
-            tokens,
+            tokens: legacy,
+            oauth,
             budget,
             metrics,
         })
@@ -101,6 +113,14 @@ impl Corp {
             uri,
             third_trace_id,
         })
+    }
+
+    /// The provider of `flow`'s token.
+    pub fn provider(&self, flow: Flow) -> &TokenProvider {
+        match flow {
+            Flow::Legacy => &self.tokens,
+            Flow::OAuth => &self.oauth,
+        }
     }
 
     /// Sends a request and waits for the answer's head, at most `upstream_timeout` (measured

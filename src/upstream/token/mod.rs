@@ -27,12 +27,65 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
 /// How long a request waits for a token before answering 950301.
 const READER_WAIT: Duration = Duration::from_secs(15);
 
+/// Which of Fxiaoke's two token endpoints a token comes from (fxiaoke.md §1a, §1b). Each corp
+/// keeps one token per flow, each with its own refresher, budget of calls and shared state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Flow {
+    /// `/cgi/corpAccessToken/get/V2`: `corpAccessToken` + `corpId` in the body or the query.
+    Legacy,
+    /// `/oauth2.0/token` (`grantType: app_secret`): `authorization: Bearer`, `x-fs-ea`.
+    OAuth,
+}
+
+impl Flow {
+    /// Both flows.
+    pub const ALL: [Flow; 2] = [Flow::Legacy, Flow::OAuth];
+
+    /// The `flow` metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Legacy => "legacy",
+            Self::OAuth => "oauth",
+        }
+    }
+
+    /// The token endpoint's path.
+    pub const fn path(self) -> &'static str {
+        match self {
+            Self::Legacy => "/cgi/corpAccessToken/get/V2",
+            Self::OAuth => "/oauth2.0/token",
+        }
+    }
+
+    /// The answer's fields holding the token and the account it belongs to.
+    pub(crate) const fn fields(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Legacy => ("corpAccessToken", "corpId"),
+            Self::OAuth => ("accessToken", "ea"),
+        }
+    }
+
+    /// Whether an upstream `errorCode` says this flow's token was refused (20016 for both;
+    /// 20005, "accessToken missing or expired", in the OAuth style too: fxiaoke.md §2).
+    pub fn rejects(self, code: crate::upstream::envelope::UpstreamCode) -> bool {
+        use crate::upstream::envelope::UpstreamCode;
+        code == UpstreamCode::TokenExpired
+            || (self == Self::OAuth && code == UpstreamCode::Other(20005))
+    }
+}
+
+impl std::fmt::Display for Flow {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
 /// A corp access token. `Debug` never shows the token itself.
 #[derive(Debug, Clone)]
 pub struct CorpToken {
     /// The `corpAccessToken`.
     pub access_token: Secret,
-    /// The `corpId` it belongs to.
+    /// The account it belongs to: the `corpId` (legacy) or the `ea` (OAuth).
     pub corp_id: String,
     /// When it was fetched.
     pub fetched_at: Instant,
@@ -100,6 +153,7 @@ impl TokenState {
 #[derive(Debug, Clone)]
 pub struct TokenProvider {
     corp: String,
+    flow: Flow,
     state: watch::Receiver<TokenState>,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
@@ -112,10 +166,12 @@ struct Shared {
 }
 
 impl TokenProvider {
-    /// Starts the corp's refresher task, which fetches the first token at once, taking turns
-    /// with other replicas through `store`.
+    /// Starts the refresher task of the corp's `flow` token, taking turns with other replicas
+    /// through `store`. The legacy token is fetched at once (uploads need it and `/readyz`
+    /// waits for it); the OAuth token when a call first needs it.
     pub fn spawn(
         cfg: CorpConfig,
+        flow: Flow,
         base: String,
         metrics: Metrics,
         store: Arc<dyn TokenStore>,
@@ -127,10 +183,19 @@ impl TokenProvider {
             wake: Notify::new(),
         });
         let corp = cfg.name.clone();
-        let refresher = Refresher::new(cfg, base, metrics, shared.clone(), store, clock.clone());
-        tokio::spawn(refresher.run());
+        let refresher = Refresher::new(
+            cfg,
+            flow,
+            base,
+            metrics,
+            shared.clone(),
+            store,
+            clock.clone(),
+        );
+        tokio::spawn(refresher.run(flow == Flow::Legacy));
         Self {
             corp,
+            flow,
             state,
             shared,
             clock,
@@ -183,7 +248,7 @@ impl TokenProvider {
             _ => false,
         });
         if changed {
-            tracing::warn!(corp = %self.corp, "Fxiaoke rejected the corp token (20016); refreshing");
+            tracing::warn!(corp = %self.corp, flow = %self.flow, "Fxiaoke rejected the corp token; refreshing");
             self.shared.wake.notify_one();
         }
     }
@@ -191,6 +256,17 @@ impl TokenProvider {
     /// Whether a usable token is held right now (`/readyz`).
     pub fn ready(&self) -> bool {
         self.state.borrow().usable(self.clock.now()).is_some()
+    }
+
+    /// Whether a token was ever asked for or fetched (a lazy flow nobody used is idle).
+    pub fn in_use(&self) -> bool {
+        let s = self.state.borrow();
+        s.token.is_some() || s.attempts > 0
+    }
+
+    /// Its flow.
+    pub fn flow(&self) -> Flow {
+        self.flow
     }
 
     /// Age of the current token, for `fxgate_token_age_seconds`.

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use http::{header, Request};
 
 use super::store::{StoredToken, TokenStore, Turn};
-use super::{CorpToken, Shared, TokenState};
+use super::{CorpToken, Flow, Shared, TokenState};
 use crate::body::full;
 use crate::clock::Clock;
 use crate::config::{CorpConfig, Secret};
@@ -37,6 +37,7 @@ const TURN_WAIT: Duration = Duration::from_secs(12);
 
 pub(super) struct Refresher {
     cfg: CorpConfig,
+    flow: Flow,
     base: String,
     client: HttpClient,
     metrics: Metrics,
@@ -73,6 +74,7 @@ enum Fetched {
 impl Refresher {
     pub(super) fn new(
         cfg: CorpConfig,
+        flow: Flow,
         base: String,
         metrics: Metrics,
         shared: Arc<Shared>,
@@ -85,6 +87,7 @@ impl Refresher {
         let not_before = clock.now();
         Self {
             cfg,
+            flow,
             base,
             client,
             metrics,
@@ -97,7 +100,11 @@ impl Refresher {
         }
     }
 
-    pub(super) async fn run(mut self) {
+    /// Runs until every provider is gone; `eager`: fetch at once, else when first asked.
+    pub(super) async fn run(mut self, eager: bool) {
+        if !eager {
+            self.shared.wake.notified().await;
+        }
         loop {
             let state = self.shared.publish.borrow().clone();
             let due = self.due(&state);
@@ -154,7 +161,7 @@ impl Refresher {
     fn count(&self, result: RefreshResult) {
         self.metrics
             .token_refresh
-            .with_label_values(&[&self.cfg.name, result.as_str()])
+            .with_label_values(&[&self.cfg.name, self.flow.label(), result.as_str()])
             .inc();
     }
 
@@ -191,13 +198,13 @@ impl Refresher {
                 };
                 self.count(RefreshResult::Ok);
                 self.share(&token).await;
-                tracing::info!(corp = %self.cfg.name, expires_in_s = expires_in.as_secs(), same_token = same, "corp token fetched");
+                tracing::info!(corp = %self.cfg.name, flow = %self.flow, expires_in_s = expires_in.as_secs(), same_token = same, "corp token fetched");
                 self.succeeded();
                 self.publish(token);
             }
             Fetched::Failed(why) => {
                 self.count(RefreshResult::Error);
-                tracing::warn!(corp = %self.cfg.name, error = %why, retry_in_ms = self.backoff.as_millis() as u64, "corp token fetch failed");
+                tracing::warn!(corp = %self.cfg.name, flow = %self.flow, error = %why, retry_in_ms = self.backoff.as_millis() as u64, "corp token fetch failed");
                 self.back_off(started);
                 self.shared.publish.send_modify(|s| {
                     s.attempts += 1;
@@ -259,7 +266,7 @@ impl Refresher {
             return false;
         }
         let token = CorpToken::from_stored(stored, self.clock.as_ref());
-        tracing::info!(corp = %self.cfg.name, "corp token taken over from the shared store");
+        tracing::info!(corp = %self.cfg.name, flow = %self.flow, "corp token taken over from the shared store");
         self.count(RefreshResult::Shared);
         self.publish(token);
         true
@@ -320,7 +327,7 @@ impl Refresher {
         let code = env.code();
         self.metrics
             .upstream_requests
-            .with_label_values(&[&self.cfg.name, "/cgi/corpAccessToken/get/V2", &code.label()])
+            .with_label_values(&[&self.cfg.name, self.flow.path(), &code.label()])
             .inc();
         if code != UpstreamCode::Success {
             // errorMessage is Fxiaoke's text, free of our secrets; traceId helps their support.
@@ -331,22 +338,22 @@ impl Refresher {
                 env.trace_id().unwrap_or_default()
             ));
         }
-        parse_token(&env)
+        parse_token(&env, self.flow)
     }
 
     fn token_request(&self) -> Result<Request<crate::body::Body>, String> {
         let trace = uuid::Uuid::new_v4();
-        let uri = format!(
-            "{}/cgi/corpAccessToken/get/V2?thirdTraceId={trace}",
-            self.base
-        )
-        .parse::<http::Uri>()
-        .map_err(|_| "invalid base_url".to_string())?;
-        let body = serde_json::json!({
+        let uri = format!("{}{}?thirdTraceId={trace}", self.base, self.flow.path())
+            .parse::<http::Uri>()
+            .map_err(|_| "invalid base_url".to_string())?;
+        let mut body = serde_json::json!({
             "appId": self.cfg.app_id,
             "appSecret": self.cfg.app_secret.expose(),
             "permanentCode": self.cfg.permanent_code.expose(),
         });
+        if self.flow == Flow::OAuth {
+            body["grantType"] = "app_secret".into();
+        }
         Request::post(uri)
             .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
             .body(full(body.to_string()))
@@ -354,13 +361,16 @@ impl Refresher {
     }
 }
 
-fn parse_token(env: &Envelope) -> Fetched {
+fn parse_token(env: &Envelope, flow: Flow) -> Fetched {
+    let (token_field, account_field) = flow.fields();
     let json = env.json.as_ref();
     let token = json
-        .and_then(|j| j.get("corpAccessToken"))
+        .and_then(|j| j.get(token_field))
         .and_then(|v| v.as_str())
         .filter(|t| !t.is_empty());
-    let corp_id = json.and_then(|j| j.get("corpId")).and_then(|v| v.as_str());
+    let corp_id = json
+        .and_then(|j| j.get(account_field))
+        .and_then(|v| v.as_str());
     let expires_in = json
         .and_then(|j| j.get("expiresIn"))
         .and_then(|v| v.as_u64())
@@ -371,9 +381,9 @@ fn parse_token(env: &Envelope) -> Fetched {
             corp_id: c.to_string(),
             expires_in: Duration::from_secs(e.min(7200)),
         },
-        _ => Fetched::Failed(
-            "token answer lacks corpAccessToken, corpId or a positive expiresIn".into(),
-        ),
+        _ => Fetched::Failed(format!(
+            "token answer lacks {token_field}, {account_field} or a positive expiresIn"
+        )),
     }
 }
 
