@@ -65,6 +65,9 @@ enum Command {
         /// Read and count uploads but neither hash nor keep them (a benchmark sink).
         #[arg(long)]
         discard: bool,
+        /// Lift Fxiaoke's per-interface limit (100 calls per 20 s per path) for benchmarks.
+        #[arg(long)]
+        no_path_limit: bool,
     },
     /// Read a caller key on stdin and print its key_sha256.
     HashKey,
@@ -111,6 +114,7 @@ fn main() -> ExitCode {
             message_max_bytes,
             document_max_bytes,
             discard,
+            no_path_limit,
         } => {
             fxgate::telemetry::init(LogFormat::Pretty);
             let opts = SandboxOptions {
@@ -122,6 +126,7 @@ fn main() -> ExitCode {
                 message_max_bytes,
                 document_max_bytes,
                 discard,
+                per_path_limit: (!no_path_limit).then_some(100),
                 clock: fxgate::clock::SystemClock::shared(),
             };
             run(async move {

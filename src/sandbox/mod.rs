@@ -8,6 +8,7 @@
 //! (`POST /_sandbox/faults`), so the same checks work whether it runs in or out of process.
 
 mod media;
+mod openapi;
 mod state;
 
 use std::convert::Infallible;
@@ -26,7 +27,7 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{full, Body};
 use crate::clock::{Clock, SystemClock};
 use crate::route::query_param;
-use state::{Faults, State};
+use state::{Endpoint, Faults, State};
 pub use state::{Stats, StatsSnapshot};
 
 /// How the sandbox behaves; the defaults are Fxiaoke's documented values.
@@ -49,6 +50,9 @@ pub struct SandboxOptions {
     pub document_max_bytes: u64,
     /// Read and count uploaded bytes, but neither hash nor keep them (a benchmark sink).
     pub discard: bool,
+    /// Fxiaoke's per-interface limit on `/cgi/` business calls (100 per 20 s per path,
+    /// answered 14001 beyond); `None` lifts it (benchmarks).
+    pub per_path_limit: Option<u32>,
     /// Time, for token lifetimes (tests share a `ManualClock` with the gateway).
     pub clock: Arc<dyn Clock>,
 }
@@ -64,6 +68,7 @@ impl Default for SandboxOptions {
             message_max_bytes: 5 * 1024 * 1024,
             document_max_bytes: 20 * 1024 * 1024,
             discard: false,
+            per_path_limit: Some(100),
             clock: SystemClock::shared(),
         }
     }
@@ -149,7 +154,10 @@ fn valid_trace_id(req: &Request<Incoming>) -> bool {
 async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path().to_string();
     match (req.method(), path.as_str()) {
-        (&Method::POST, "/cgi/corpAccessToken/get/V2") => token(&state, req).await,
+        (&Method::POST, "/cgi/corpAccessToken/get/V2") => {
+            token(&state, req, Endpoint::Legacy).await
+        }
+        (&Method::POST, "/oauth2.0/token") => token(&state, req, Endpoint::OAuth).await,
         (&Method::POST, "/media/upload/message") => {
             media::upload(&state, req, media::Route::Message).await
         }
@@ -167,6 +175,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/_sandbox/faults") => faults(&state, req).await,
         // Lets tests check that no issued token ever reaches a log line.
         (&Method::GET, "/_sandbox/tokens") => json(serde_json::json!(state.issued_tokens())),
+        (&Method::GET, "/_sandbox/received") => {
+            json(serde_json::json!(state.received.lock().iter().collect::<Vec<_>>()))
+        }
+        (&Method::GET, "/_sandbox/messages") => json(serde_json::json!(*state.messages.lock())),
+        (&Method::POST, p) if p.starts_with("/cgi/") => openapi::call(&state, req).await,
         (&Method::GET, p) if p.starts_with("/_sandbox/media/") => {
             let id = &p["/_sandbox/media/".len()..];
             match state.media.lock().get(id) {
@@ -191,9 +204,12 @@ async fn read_json(req: Request<Incoming>) -> Option<serde_json::Value> {
     serde_json::from_slice(&body.to_bytes()).ok()
 }
 
-async fn token(state: &State, req: Request<Incoming>) -> Response<Body> {
-    state.stats.bump(|s| &s.token_calls);
-    let _in_flight = match state.enter_token_call() {
+async fn token(state: &State, req: Request<Incoming>, endpoint: Endpoint) -> Response<Body> {
+    match endpoint {
+        Endpoint::Legacy => state.stats.bump(|s| &s.token_calls),
+        Endpoint::OAuth => state.stats.bump(|s| &s.oauth_token_calls),
+    }
+    let _in_flight = match state.enter_token_call(endpoint) {
         Ok(guard) => guard,
         Err(why) => return fx_error(14001, why),
     };
@@ -226,15 +242,32 @@ async fn token(state: &State, req: Request<Incoming>) -> Response<Body> {
         state.stats.bump(|s| &s.token_failures);
         return fx_error(20015, "permanentCode is wrong");
     }
-    let (token, expires_in) = state.issue_token();
-    json(serde_json::json!({
-        "errorCode": 0,
-        "errorMessage": "success",
-        "corpAccessToken": token,
-        "corpId": state::CORP_ID,
-        "expiresIn": expires_in,
-        "traceId": format!("E-O.sandbox.{}", uuid::Uuid::new_v4().simple()),
-    }))
+    if endpoint == Endpoint::OAuth && field("grantType").as_deref() != Some("app_secret") {
+        state.stats.bump(|s| &s.token_failures);
+        return fx_error(10002, "grantType must be app_secret");
+    }
+    let (token, expires_in) = state.issue_token(endpoint);
+    let trace_id = format!("E-O.sandbox.{}", uuid::Uuid::new_v4().simple());
+    json(match endpoint {
+        Endpoint::Legacy => serde_json::json!({
+            "errorCode": 0,
+            "errorMessage": "success",
+            "corpAccessToken": token,
+            "corpId": state::CORP_ID,
+            "expiresIn": expires_in,
+            "traceId": trace_id,
+        }),
+        Endpoint::OAuth => serde_json::json!({
+            "errorCode": 0,
+            "errorMessage": "success",
+            "accessToken": token,
+            "expiresIn": expires_in,
+            "appId": o.app_id,
+            "ea": state::EA,
+            "openUserId": state::CORP_ID,
+            "traceId": trace_id,
+        }),
+    })
 }
 
 /// An answer whose head comes at once and whose body stops after a few bytes, for good: a
@@ -262,7 +295,9 @@ fn authorize(
 ) -> Result<(), Response<Body>> {
     match (token, corp_id) {
         (None, _) | (_, None) => Err(fx_error(20017, "corpAccessToken为必填项")),
-        (Some(t), Some(c)) if c == state::CORP_ID && state.token_valid(t) => Ok(()),
+        (Some(t), Some(c)) if c == state::CORP_ID && state.token_valid(Endpoint::Legacy, t) => {
+            Ok(())
+        }
         _ => {
             state.stats.bump(|s| &s.token_rejected);
             Err(fx_error(

@@ -13,6 +13,10 @@ use super::SandboxOptions;
 
 /// The `corpId` the sandbox issues.
 pub(super) const CORP_ID: &str = "FSCID_SANDBOX0000000000000000000";
+/// The enterprise account (`ea`) the OAuth token endpoint answers.
+pub(super) const EA: &str = "sandbox_ea";
+/// Fxiaoke's per-interface limit: calls per path in any 20 s (fxiaoke.md §5).
+const PATH_WINDOW: Duration = Duration::from_secs(20);
 
 /// Fxiaoke re-issues the same token for the first 6600 of its 7200 seconds.
 const SAME_TOKEN_FRACTION: f64 = 6600.0 / 7200.0;
@@ -46,6 +50,16 @@ pub struct Stats {
     pub downloads: AtomicU64,
     /// Delete calls.
     pub deletes: AtomicU64,
+    /// OAuth token endpoint calls, answered or refused.
+    pub oauth_token_calls: AtomicU64,
+    /// OAuth token calls refused because another was in flight.
+    pub oauth_token_rejected_concurrent: AtomicU64,
+    /// Calls to `/cgi/` business paths (token endpoints excluded), answered or refused.
+    pub cgi_calls: AtomicU64,
+    /// Business calls refused by the per-path limit (14001).
+    pub cgi_rate_limited: AtomicU64,
+    /// Messages accepted by `/cgi/message/send`.
+    pub messages_sent: AtomicU64,
     changed: Notify,
 }
 
@@ -78,6 +92,16 @@ pub struct StatsSnapshot {
     pub downloads: u64,
     /// See [`Stats`].
     pub deletes: u64,
+    /// See [`Stats`].
+    pub oauth_token_calls: u64,
+    /// See [`Stats`].
+    pub oauth_token_rejected_concurrent: u64,
+    /// See [`Stats`].
+    pub cgi_calls: u64,
+    /// See [`Stats`].
+    pub cgi_rate_limited: u64,
+    /// See [`Stats`].
+    pub messages_sent: u64,
 }
 
 /// Decrements `uploads_active` when an upload handler ends, however it ends.
@@ -118,6 +142,11 @@ impl Stats {
             uploads_active: g(&self.uploads_active),
             downloads: g(&self.downloads),
             deletes: g(&self.deletes),
+            oauth_token_calls: g(&self.oauth_token_calls),
+            oauth_token_rejected_concurrent: g(&self.oauth_token_rejected_concurrent),
+            cgi_calls: g(&self.cgi_calls),
+            cgi_rate_limited: g(&self.cgi_rate_limited),
+            messages_sent: g(&self.messages_sent),
         }
     }
 
@@ -181,6 +210,10 @@ pub(super) struct Faults {
     /// Answer the next N uploads (body read, nothing stored) likewise.
     #[serde(default)]
     pub(super) upload_stall_answers: u32,
+    /// Answer the next N business calls with 20016, whatever token they carry (a token that
+    /// Fxiaoke stopped accepting before its time).
+    #[serde(default)]
+    pub(super) reject_calls: u32,
 }
 
 mod millis {
@@ -200,6 +233,13 @@ impl Faults {
         self.fail_next_upload = new.fail_next_upload;
         self.token_stall_calls = new.token_stall_calls;
         self.upload_stall_answers = new.upload_stall_answers;
+        self.reject_calls = new.reject_calls;
+    }
+
+    pub(super) fn take_call_rejection(&mut self) -> bool {
+        let reject = self.reject_calls > 0;
+        self.reject_calls = self.reject_calls.saturating_sub(1);
+        reject
     }
 
     pub(super) fn take_upload_stall(&mut self) -> bool {
@@ -237,39 +277,78 @@ struct TokenBook {
     in_flight: bool,
 }
 
+/// A business call as the sandbox received it, for tests that compare bytes.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct Received {
+    pub(super) path: String,
+    pub(super) query: String,
+    pub(super) headers: Vec<(String, String)>,
+    pub(super) body: String,
+}
+
+/// A message `/cgi/message/send` accepted.
+#[derive(Debug, Clone, Serialize)]
+pub(super) struct SentMessage {
+    pub(super) to_user: serde_json::Value,
+    pub(super) msg_type: String,
+    pub(super) media_id: Option<String>,
+    /// The user the call acted as (`currentOpenUserId` or `x-fs-userid`).
+    pub(super) sender: Option<String>,
+    /// `legacy` or `oauth`: how the call authenticated.
+    pub(super) style: &'static str,
+}
+
 /// The whole sandbox state.
 #[derive(Debug)]
 pub(super) struct State {
     pub(super) opts: SandboxOptions,
-    tokens: Mutex<TokenBook>,
+    /// The legacy (`/cgi/corpAccessToken/get/V2`) and OAuth (`/oauth2.0/token`) books.
+    tokens: [Mutex<TokenBook>; 2],
     pub(super) media: Mutex<HashMap<String, Media>>,
+    /// Business calls per path in the last 20 s.
+    windows: Mutex<HashMap<String, VecDeque<Instant>>>,
+    pub(super) received: Mutex<VecDeque<Received>>,
+    pub(super) messages: Mutex<Vec<SentMessage>>,
     pub(super) stats: Stats,
     pub(super) faults: Mutex<Faults>,
 }
 
 /// Marks the token endpoint busy while a call is being answered.
-pub(super) struct TokenCall<'a>(&'a State);
+pub(super) struct TokenCall<'a>(&'a Mutex<TokenBook>);
 
 impl Drop for TokenCall<'_> {
     fn drop(&mut self) {
-        self.0.tokens.lock().in_flight = false;
+        self.0.lock().in_flight = false;
     }
+}
+
+/// Which token endpoint.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Endpoint {
+    Legacy = 0,
+    OAuth = 1,
 }
 
 impl State {
     pub(super) fn new(opts: SandboxOptions) -> Self {
         Self {
             opts,
-            tokens: Mutex::default(),
+            tokens: Default::default(),
             media: Mutex::default(),
+            windows: Mutex::default(),
+            received: Mutex::default(),
+            messages: Mutex::default(),
             stats: Stats::default(),
             faults: Mutex::default(),
         }
     }
 
     /// Fxiaoke forbids concurrent token calls and allows at most 10 a minute.
-    pub(super) fn enter_token_call(&self) -> Result<TokenCall<'_>, &'static str> {
-        let mut book = self.tokens.lock();
+    pub(super) fn enter_token_call(
+        &self,
+        endpoint: Endpoint,
+    ) -> Result<TokenCall<'_>, &'static str> {
+        let mut book = self.tokens[endpoint as usize].lock();
         let now = self.opts.clock.now();
         while book
             .recent_calls
@@ -279,7 +358,10 @@ impl State {
             book.recent_calls.pop_front();
         }
         if book.in_flight {
-            self.stats.bump(|s| &s.token_rejected_concurrent);
+            match endpoint {
+                Endpoint::Legacy => self.stats.bump(|s| &s.token_rejected_concurrent),
+                Endpoint::OAuth => self.stats.bump(|s| &s.oauth_token_rejected_concurrent),
+            }
             return Err("concurrent token calls are not allowed");
         }
         if book.recent_calls.len() >= 10 {
@@ -288,13 +370,13 @@ impl State {
         }
         book.recent_calls.push_back(now);
         book.in_flight = true;
-        Ok(TokenCall(self))
+        Ok(TokenCall(&self.tokens[endpoint as usize]))
     }
 
     /// The current token while it is young, else a new one; `expiresIn` is the remaining life.
-    pub(super) fn issue_token(&self) -> (String, u64) {
+    pub(super) fn issue_token(&self, endpoint: Endpoint) -> (String, u64) {
         let ttl = self.opts.token_ttl;
-        let mut book = self.tokens.lock();
+        let mut book = self.tokens[endpoint as usize].lock();
         let now = self.opts.clock.now();
         book.valid
             .retain(|_, issued| now.duration_since(*issued) < ttl);
@@ -305,7 +387,11 @@ impl State {
                 return (token.clone(), remaining);
             }
         }
-        let token = format!("sbx{}", uuid::Uuid::new_v4().simple());
+        let prefix = match endpoint {
+            Endpoint::Legacy => "sbx",
+            Endpoint::OAuth => "sbxo",
+        };
+        let token = format!("{prefix}{}", uuid::Uuid::new_v4().simple());
         book.current = Some((token.clone(), now));
         book.valid.insert(token.clone(), now);
         book.issued.push(token.clone());
@@ -313,20 +399,53 @@ impl State {
         (token, ttl.as_secs())
     }
 
-    pub(super) fn token_valid(&self, token: &str) -> bool {
-        let book = self.tokens.lock();
+    pub(super) fn token_valid(&self, endpoint: Endpoint, token: &str) -> bool {
+        let book = self.tokens[endpoint as usize].lock();
         book.valid.get(token).is_some_and(|issued| {
             self.opts.clock.now().duration_since(*issued) < self.opts.token_ttl
         })
     }
 
     pub(super) fn issued_tokens(&self) -> Vec<String> {
-        self.tokens.lock().issued.clone()
+        self.tokens
+            .iter()
+            .flat_map(|b| b.lock().issued.clone())
+            .collect()
     }
 
     pub(super) fn revoke_tokens(&self) {
-        let mut book = self.tokens.lock();
-        book.current = None;
-        book.valid.clear();
+        for book in &self.tokens {
+            let mut book = book.lock();
+            book.current = None;
+            book.valid.clear();
+        }
+    }
+
+    /// Takes one call on `path` from Fxiaoke's per-interface limit (`per_20s` calls in any
+    /// 20 s); `false`: the limit is reached (14001).
+    pub(super) fn take_path_call(&self, path: &str, per_20s: u32) -> bool {
+        let now = self.opts.clock.now();
+        let mut windows = self.windows.lock();
+        let window = windows.entry(path.to_string()).or_default();
+        while window
+            .front()
+            .is_some_and(|t| now.duration_since(*t) >= PATH_WINDOW)
+        {
+            window.pop_front();
+        }
+        if window.len() >= per_20s as usize {
+            return false;
+        }
+        window.push_back(now);
+        true
+    }
+
+    /// Keeps the last business calls (a short ring: tests look at the latest).
+    pub(super) fn remember(&self, call: Received) {
+        let mut received = self.received.lock();
+        if received.len() >= 64 {
+            received.pop_front();
+        }
+        received.push_back(call);
     }
 }
