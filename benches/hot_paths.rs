@@ -112,6 +112,7 @@ fn token_lookup(c: &mut Criterion) {
         let metrics = fxgate::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
         let provider = fxgate::upstream::token::TokenProvider::spawn(
             corp,
+            fxgate::upstream::token::ApiStyle::Legacy,
             sandbox.url(),
             metrics,
             std::sync::Arc::new(fxgate::upstream::token::store::MemoryTokens),

@@ -68,9 +68,10 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
         (&Method::GET, "/metrics") => {
             for (name, corp) in &state.corps {
                 // An OAuth token nobody has asked for yet is no alert: its series appear once used.
-                for tokens in [&corp.tokens, &corp.oauth].into_iter().filter(|t| {
-                    t.flow() == crate::upstream::token::Flow::Legacy || t.in_use()
-                }) {
+                for tokens in [&corp.tokens, &corp.oauth]
+                    .into_iter()
+                    .filter(|t| t.flow() == crate::upstream::token::ApiStyle::Legacy || t.in_use())
+                {
                     let labels = [name.as_str(), tokens.flow().label()];
                     let age = tokens.age().map_or(0, |a| a.as_secs() as i64);
                     state.metrics.token_age.with_label_values(&labels).set(age);
@@ -201,7 +202,9 @@ fn client_json(c: &crate::config::ClientConfig, usage: crate::quota::Usage) -> s
         "name": c.name,
         "corp": c.corp,
         "auth": if c.key_sha256.is_some() { "key" } else { "certificate" },
-        "routes": c.routes.as_ref().map(|r| r.iter().map(|r| r.path()).collect::<Vec<_>>()),
+        "routes": c.routes.as_ref().map(|r| r.iter().map(crate::route::RoutePattern::to_config).collect::<Vec<_>>()),
+        "api_style": c.api_style.label(),
+        "act_as": c.act_as,
         "limits": {
             "requests_per_minute": c.requests_per_minute,
             "max_concurrent_uploads": c.max_concurrent_uploads,

@@ -30,13 +30,18 @@ use crate::quota::{QuotaStore, Quotas};
 use crate::routes::Router;
 use crate::sandbox::{SandboxHandle, SandboxOptions};
 use crate::server::{AppService, ServeOptions};
+use crate::session::redis::RedisSessions;
+use crate::session::{MemorySessions, SessionStore, Sessions};
 use crate::state::AppState;
 use crate::store::{Backend, FailMode, FailOver, Redis};
 use crate::upstream::token::redis::RedisTokens;
 use crate::upstream::token::store::{MemoryTokens, TokenStore};
-use crate::upstream::token::Flow;
+use crate::upstream::token::ApiStyle;
 use crate::upstream::Corp;
 use crate::{admin, server};
+
+/// Bound on `fxg_` tokens one replica keeps in memory (an SDK re-fetches one every ~2 h).
+const SESSIONS_MAX: u64 = 100_000;
 
 /// The caller-facing service, outermost layer first.
 pub fn service(state: Arc<AppState>) -> AppService {
@@ -59,7 +64,11 @@ pub fn service(state: Arc<AppState>) -> AppService {
         .load_shed()
         .concurrency_limit(state.cfg.server.max_inflight)
         // Before any body byte is read: who is calling.
-        .layer(AuthLayer::new(state.clients.clone()))
+        .layer(AuthLayer::new(
+            state.clients.clone(),
+            state.sessions.clone(),
+            state.cfg.passthrough.max_body as usize,
+        ))
         // Needs the Principal; decides rate, concurrency and bytes before the body is read.
         .layer(QuotaLayer::new(state.quotas.clone(), state.metrics.clone()))
         .service(Router::new(state));
@@ -109,6 +118,7 @@ pub async fn spawn_with(
     let state = Arc::new(AppState {
         clients: Arc::new(ArcSwap::from_pointee(ClientRegistry::new(&cfg.clients))),
         quotas: Quotas::new(stores.quotas.clone(), clock.clone()),
+        sessions: Sessions::new(stores.sessions.clone(), clock.clone()),
         dedupe: stores.dedupe(&cfg, &clock),
         redis: stores.redis,
         clock,
@@ -153,6 +163,7 @@ pub async fn spawn_with(
 struct Stores {
     redis: Option<Arc<Redis>>,
     quotas: Arc<dyn QuotaStore>,
+    sessions: Arc<dyn SessionStore>,
 }
 
 impl Stores {
@@ -163,17 +174,23 @@ impl Stores {
         clock: &Arc<dyn Clock>,
     ) -> Result<Self, crate::body::BoxError> {
         let local: Arc<dyn QuotaStore> = Arc::new(MemoryQuotas::new(clock.clone()));
+        let own_sessions: Arc<dyn SessionStore> = Arc::new(MemorySessions::new(SESSIONS_MAX));
         Ok(match cfg.store.backend {
             Backend::Memory => Self {
                 redis: None,
                 quotas: local,
+                sessions: own_sessions,
             },
             Backend::Redis => {
                 metrics.register_store(registry)?;
                 let redis = Redis::start(&cfg.store, metrics.clone()).await?;
                 let shared: Arc<dyn QuotaStore> = Arc::new(RedisQuotas::new(redis.clone()));
+                let sessions: Arc<dyn SessionStore> = Arc::new(RedisSessions::new(redis.clone()));
                 Self {
                     quotas: Arc::new(FailOver::new(shared, local, cfg.store.quota_fail_mode)),
+                    // Open: with Redis down a replica issues and checks its own tokens; an SDK
+                    // holding one this replica does not know gets 20016 and fetches another.
+                    sessions: Arc::new(FailOver::new(sessions, own_sessions, FailMode::Open)),
                     redis: Some(redis),
                 }
             }
@@ -186,7 +203,7 @@ impl Stores {
         &self,
         cfg: &Config,
         corp: &str,
-        flow: Flow,
+        flow: ApiStyle,
         clock: &Arc<dyn Clock>,
     ) -> Arc<dyn TokenStore> {
         let alone: Arc<dyn TokenStore> = Arc::new(MemoryTokens);
@@ -194,8 +211,8 @@ impl Stores {
             None => alone,
             Some(redis) => {
                 let scope = match flow {
-                    Flow::Legacy => corp.to_string(),
-                    Flow::OAuth => format!("{corp}:oauth"),
+                    ApiStyle::Legacy => corp.to_string(),
+                    ApiStyle::OAuth => format!("{corp}:oauth"),
                 };
                 let shared: Arc<dyn TokenStore> = Arc::new(RedisTokens::new(
                     redis.clone(),

@@ -46,11 +46,24 @@ pub enum GatewayError {
     /// No caller key, or one that matches no configured caller.
     #[error("unknown or missing caller key")]
     Unauthenticated,
+    /// An `fxg_` token fxgate does not know (never issued, expired, or its caller removed):
+    /// answered in Fxiaoke's own shape, HTTP 200 and `errorCode` 20016, so an SDK's usual
+    /// refresh logic fetches a new one.
+    #[error("corpAccessToken missing or expired")]
+    TokenUnknown,
     /// The caller may not use this route.
     #[error("route not allowed for caller")]
     RouteForbidden {
         /// The caller's configured name.
         client: String,
+    },
+    /// The caller may not act as the user its call names (`act_as`).
+    #[error("user not allowed for caller")]
+    UserForbidden {
+        /// The caller's configured name.
+        client: String,
+        /// The user it asked for.
+        user: String,
     },
     /// No such route.
     #[error("no such route")]
@@ -147,7 +160,9 @@ impl GatewayError {
             BadRequest { .. } => (StatusCode::BAD_REQUEST, 940003),
             BodyInterrupted => (StatusCode::BAD_REQUEST, 940004),
             Unauthenticated => (StatusCode::UNAUTHORIZED, 940101),
+            TokenUnknown => (StatusCode::OK, 20016),
             RouteForbidden { .. } => (StatusCode::FORBIDDEN, 940301),
+            UserForbidden { .. } => (StatusCode::FORBIDDEN, 940302),
             NotFound => (StatusCode::NOT_FOUND, 940401),
             MethodNotAllowed => (StatusCode::METHOD_NOT_ALLOWED, 940501),
             PayloadTooLarge { .. } => (StatusCode::PAYLOAD_TOO_LARGE, 941301),
@@ -174,7 +189,9 @@ impl GatewayError {
             | BadRequest { .. }
             | BodyInterrupted
             | Unauthenticated
+            | TokenUnknown
             | RouteForbidden { .. }
+            | UserForbidden { .. }
             | NotFound
             | MethodNotAllowed
             | PayloadTooLarge { .. }
@@ -215,7 +232,11 @@ impl GatewayError {
             Unauthenticated => {
                 "send a gateway key as `Authorization: Bearer <key>` or `X-Api-Key: <key>`".into()
             }
+            TokenUnknown => "the token is unknown or expired; fetch a new one from /cgi/corpAccessToken/get/V2 or /oauth2.0/token".into(),
             RouteForbidden { client } => format!("caller `{client}` may not use this route"),
+            UserForbidden { client, user } => format!(
+                "caller `{client}` may not act as user `{user}`; its `act_as` lists the users it may"
+            ),
             NotFound => "no such route; see the README for the routes fxgate serves".into(),
             MethodNotAllowed => "this route accepts POST only".into(),
             PayloadTooLarge { seen, limit, route } => {
@@ -312,6 +333,7 @@ mod tests {
             },
         ];
         for err in samples {
+            // TokenUnknown alone is Fxiaoke's code, not ours: an SDK must recognise it.
             let (status, code) = err.status_and_code();
             assert_eq!((code / 100) % 1000, u32::from(status.as_u16()), "{err:?}");
         }

@@ -19,6 +19,7 @@ pub mod route;
 pub mod routes;
 pub mod sandbox;
 pub mod server;
+pub mod session;
 pub mod sniff;
 pub mod state;
 pub mod store;

@@ -17,33 +17,47 @@ pub enum Route {
     Download,
     /// `POST /media/delete`: also evicts the dedupe index.
     Delete,
+    /// `POST /cgi/corpAccessToken/get/V2` or `/oauth2.0/token`: answered by fxgate itself
+    /// with a caller-bound `fxg_` token (SDK drop-in, design §9).
+    Token(ApiStyle),
+    /// Any other `POST /cgi/*`: passed through to Fxiaoke with the corp's token.
+    Passthrough,
 }
 
 impl Route {
-    /// Every route, in the README's order.
-    pub const ALL: [Route; 4] = [
+    /// Every route with a path of its own, in the README's order.
+    pub const ALL: [Route; 6] = [
         Route::UploadMessage,
         Route::Upload,
         Route::Download,
         Route::Delete,
+        Route::Token(ApiStyle::Legacy),
+        Route::Token(ApiStyle::OAuth),
     ];
 
     /// The route serving `path`, if fxgate serves it.
     pub fn of(path: &str) -> Option<Route> {
-        Self::ALL.into_iter().find(|r| r.path() == path)
+        Self::ALL
+            .into_iter()
+            .find(|r| r.path() == path)
+            .or_else(|| path.starts_with("/cgi/").then_some(Route::Passthrough))
     }
 
-    /// Its path, at fxgate and at Fxiaoke alike.
+    /// Its path, at fxgate and at Fxiaoke alike (`/cgi/*` for the passthrough, whose upstream
+    /// path is the request's own).
     pub const fn path(self) -> &'static str {
         match self {
             Self::UploadMessage => "/media/upload/message",
             Self::Upload => "/media/upload",
             Self::Download => "/media/download",
             Self::Delete => "/media/delete",
+            Self::Token(style) => style.token_path(),
+            Self::Passthrough => "/cgi/*",
         }
     }
 
-    /// Its metric label value (the path: dashboards and alerts already use it).
+    /// Its metric label value (the path: dashboards and alerts already use it). A
+    /// passthrough call's label is its path's (`path_label`).
     pub const fn label(self) -> &'static str {
         self.path()
     }
@@ -60,14 +74,166 @@ impl fmt::Display for Route {
     }
 }
 
-/// The route a request was matched to, in its extensions (`None`: fxgate serves no such path).
+/// Fxiaoke's two ways of carrying a token (fxiaoke.md §1a, §1b, §4): a caller's style
+/// (`api_style`), and the token flow a corp keeps one token for, each fetched from its own
+/// endpoint by its own refresher (the `flow` metric label).
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, Default, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum ApiStyle {
+    /// `/cgi/corpAccessToken/get/V2`: `corpAccessToken` + `corpId` in the body or the query.
+    #[default]
+    Legacy,
+    /// `/oauth2.0/token` (`grantType: app_secret`): `authorization: Bearer`, `x-fs-ea`.
+    #[serde(rename = "oauth")]
+    OAuth,
+}
+
+impl ApiStyle {
+    /// Both styles.
+    pub const ALL: [ApiStyle; 2] = [ApiStyle::Legacy, ApiStyle::OAuth];
+
+    /// Its name in config (`api_style`) and the `flow` metric label.
+    pub const fn label(self) -> &'static str {
+        match self {
+            Self::Legacy => "legacy",
+            Self::OAuth => "oauth",
+        }
+    }
+
+    /// The path of its token endpoint.
+    pub const fn token_path(self) -> &'static str {
+        match self {
+            Self::Legacy => "/cgi/corpAccessToken/get/V2",
+            Self::OAuth => "/oauth2.0/token",
+        }
+    }
+
+    /// The answer's fields holding the token and the account it belongs to.
+    pub const fn fields(self) -> (&'static str, &'static str) {
+        match self {
+            Self::Legacy => ("corpAccessToken", "corpId"),
+            Self::OAuth => ("accessToken", "ea"),
+        }
+    }
+}
+
+impl std::fmt::Display for ApiStyle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.label())
+    }
+}
+
+/// The route a request was matched to, in its extensions.
 #[derive(Debug, Clone, Copy)]
-pub struct RouteMatch(pub Option<Route>);
+pub struct RouteMatch {
+    /// `None`: fxgate serves no such path.
+    pub route: Option<Route>,
+    /// The metric label (bounded: see `path_label`).
+    pub label: &'static str,
+}
 
 impl RouteMatch {
-    /// The metric label: the route's, or `other` (keeps label values bounded).
+    /// Resolves `path`.
+    pub fn of(path: &str) -> Self {
+        let route = Route::of(path);
+        let label = match route {
+            None => "other",
+            Some(Route::Passthrough) => path_label(path),
+            Some(r) => r.label(),
+        };
+        Self { route, label }
+    }
+
+    /// The metric label.
     pub fn label(self) -> &'static str {
-        self.0.map_or("other", Route::label)
+        self.label
+    }
+}
+
+/// Fxiaoke interfaces that get a label of their own without being configured (fxiaoke.md;
+/// the ones services call most). Every other `/cgi/` path is `other` unless a caller's
+/// `routes` names it exactly.
+pub const KNOWN_PATHS: &[&str] = &[
+    "/cgi/message/send",
+    "/cgi/crm/v2/data/query",
+    "/cgi/crm/v2/data/get",
+    "/cgi/crm/v2/data/create",
+    "/cgi/crm/v2/data/update",
+    "/cgi/crm/v2/data/invalid",
+    "/cgi/crm/v2/data/delete",
+    "/cgi/crm/v2/object/list",
+    "/cgi/crm/v2/object/describe",
+    "/cgi/crm/v2/generatorFileUploadCredential",
+    "/cgi/crm/v2/generateDownloadSignatureUrlByAuth",
+    "/cgi/user/get",
+    "/cgi/user/list",
+    "/cgi/department/list",
+];
+
+/// Exact paths named in callers' `routes`, interned for labels. Leaked on purpose: label
+/// values must be `'static` for the hot path, and the set only grows by paths an operator
+/// writes into config (a reload that repeats them adds nothing).
+static CONFIGURED: std::sync::LazyLock<
+    parking_lot::RwLock<std::collections::HashSet<&'static str>>,
+> = std::sync::LazyLock::new(Default::default);
+
+/// Makes these configured exact paths labels of their own.
+pub fn register_labels<'a>(paths: impl IntoIterator<Item = &'a str>) {
+    let mut set = CONFIGURED.write();
+    for p in paths {
+        if p.starts_with("/cgi/") && !set.contains(p) && !KNOWN_PATHS.contains(&p) {
+            set.insert(Box::leak(p.to_string().into_boxed_str()));
+        }
+    }
+}
+
+/// The metric label of a passthrough path: itself when known or configured, else `other`.
+pub fn path_label(path: &str) -> &'static str {
+    if let Some(known) = KNOWN_PATHS.iter().find(|k| **k == path) {
+        return known;
+    }
+    CONFIGURED.read().get(path).copied().unwrap_or("other")
+}
+
+/// One entry of a caller's `routes`: an exact path, or a prefix ending in `*` (design §9).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RoutePattern {
+    /// This path only.
+    Exact(String),
+    /// Every path starting with this (the `*` removed).
+    Prefix(String),
+}
+
+impl RoutePattern {
+    /// Parses `/cgi/message/send` or `/cgi/crm/v2/data/*`.
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let s = s.trim();
+        if !s.starts_with('/') {
+            return Err(format!("`{s}` must start with `/`"));
+        }
+        match s.strip_suffix('*') {
+            Some(prefix) if !prefix.contains('*') => Ok(Self::Prefix(prefix.to_string())),
+            None if !s.contains('*') => Ok(Self::Exact(s.to_string())),
+            _ => Err(format!("`{s}`: `*` may only end a pattern")),
+        }
+    }
+
+    /// Whether `path` is allowed by this pattern.
+    pub fn matches(&self, path: &str) -> bool {
+        match self {
+            Self::Exact(p) => p == path,
+            Self::Prefix(p) => path.starts_with(p.as_str()),
+        }
+    }
+
+    /// As written in config.
+    pub fn to_config(&self) -> String {
+        match self {
+            Self::Exact(p) => p.clone(),
+            Self::Prefix(p) => format!("{p}*"),
+        }
     }
 }
 
@@ -89,8 +255,38 @@ mod tests {
             assert_eq!(Route::of(r.path()), Some(r));
         }
         assert_eq!(Route::of("/media/upload/"), None);
-        assert_eq!(RouteMatch(None).label(), "other");
+        assert_eq!(Route::of("/cgi/anything"), Some(Route::Passthrough));
+        assert_eq!(RouteMatch::of("/nope").label(), "other");
         assert!(Route::Upload.is_upload() && !Route::Delete.is_upload());
+    }
+
+    #[test]
+    fn passthrough_labels_are_bounded_to_known_and_configured_paths() {
+        assert_eq!(
+            RouteMatch::of("/cgi/message/send").label(),
+            "/cgi/message/send"
+        );
+        assert_eq!(RouteMatch::of("/cgi/custom/thing/1").label(), "other");
+        register_labels(["/cgi/custom/thing/2"]);
+        assert_eq!(
+            RouteMatch::of("/cgi/custom/thing/2").label(),
+            "/cgi/custom/thing/2"
+        );
+        assert_eq!(
+            RouteMatch::of("/oauth2.0/token").route,
+            Some(Route::Token(ApiStyle::OAuth))
+        );
+    }
+
+    #[test]
+    fn patterns_are_exact_or_prefixes() {
+        let p = RoutePattern::parse("/cgi/crm/v2/data/*").unwrap();
+        assert!(p.matches("/cgi/crm/v2/data/query") && !p.matches("/cgi/crm/v2/other"));
+        let e = RoutePattern::parse("/cgi/message/send").unwrap();
+        assert!(e.matches("/cgi/message/send") && !e.matches("/cgi/message/send/x"));
+        assert!(RoutePattern::parse("cgi/x").is_err());
+        assert!(RoutePattern::parse("/cgi/*/send").is_err());
+        assert_eq!(p.to_config(), "/cgi/crm/v2/data/*");
     }
 
     #[test]

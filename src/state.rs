@@ -16,6 +16,7 @@ use crate::metrics::Metrics;
 use crate::middleware::auth::ClientRegistry;
 use crate::quota::Quotas;
 use crate::sandbox::SandboxHandle;
+use crate::session::Sessions;
 use crate::store::Redis;
 use crate::upstream::Corp;
 
@@ -40,6 +41,8 @@ pub struct AppState {
     pub redis: Option<Arc<Redis>>,
     /// Caller quotas, in the configured store.
     pub quotas: Quotas,
+    /// The `fxg_` tokens fxgate issued (SDK drop-in).
+    pub sessions: Sessions,
     /// The in-process sandbox, kept alive while the app runs.
     pub(crate) _sandboxes: Vec<SandboxHandle>,
 }

@@ -145,7 +145,10 @@ async fn counters_move_by_the_right_amounts() {
         ),
         2.0
     );
-    assert_eq!(metric(&m, "fxgate_token_valid{corp=\"default\",flow=\"legacy\"}"), 1.0);
+    assert_eq!(
+        metric(&m, "fxgate_token_valid{corp=\"default\",flow=\"legacy\"}"),
+        1.0
+    );
     assert_eq!(metric(&m, "fxgate_inflight_uploads"), 0.0);
     assert_eq!(metric(&m, "fxgate_build_info{version=\"0.1.0\"}"), 1.0);
     assert!(metric(&m, "process_resident_memory_bytes") > 1e6);

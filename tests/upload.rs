@@ -220,7 +220,7 @@ async fn bad_requests_get_clear_envelopes() {
     assert_eq!(r.status(), 400);
     // Unknown route, wrong method.
     let r = http
-        .post(format!("{}/cgi/crm/v2/data/query", gw.url))
+        .post(format!("{}/api/nothing", gw.url))
         .bearer_auth(ALPHA_KEY)
         .send()
         .await

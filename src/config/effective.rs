@@ -63,6 +63,7 @@ impl Config {
                 "timeout": d(self.store.timeout),
                 "lease_ttl": d(self.store.lease_ttl),
             },
+            "passthrough": {"max_body": self.passthrough.max_body},
             "clients": self.clients.iter().map(|c| json!({
                 "name": c.name,
                 "key_sha256": c.key_sha256.map(hex::encode),
@@ -72,7 +73,9 @@ impl Config {
                 "bytes_per_day": c.bytes_per_day,
                 "max_concurrent_uploads": c.max_concurrent_uploads,
                 "max_file_bytes": c.max_file_bytes,
-                "routes": c.routes.as_ref().map(|r| r.iter().map(|r| r.path()).collect::<Vec<_>>()),
+                "routes": c.routes.as_ref().map(|r| r.iter().map(RoutePattern::to_config).collect::<Vec<_>>()),
+                "api_style": c.api_style.label(),
+                "act_as": c.act_as,
             })).collect::<Vec<_>>(),
         })
     }

@@ -27,6 +27,8 @@ pub const DEFAULT_UPSTREAM_TIMEOUT: &str = "60s";
 pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
 /// Default message-material limit (Fxiaoke: images ≤ 5 MB).
 pub const DEFAULT_MESSAGE_MAX_BYTES: &str = "5MiB";
+/// Default bound on a `/cgi/*` call's JSON body.
+pub const DEFAULT_PASSTHROUGH_MAX_BODY: &str = "1MiB";
 /// Default CRM document limit (Fxiaoke: ≤ 20 MB).
 pub const DEFAULT_DOCUMENT_MAX_BYTES: &str = "20MiB";
 
@@ -52,6 +54,9 @@ pub struct FileConfig {
     /// Where shared state lives.
     #[serde(default)]
     pub store: StoreFile,
+    /// `/cgi/*` calls passed through to Fxiaoke.
+    #[serde(default)]
+    pub passthrough: PassthroughFile,
     /// The callers.
     #[serde(default)]
     pub clients: Vec<ClientFile>,
@@ -160,6 +165,14 @@ pub struct StoreFile {
     pub lease_ttl: Option<String>,
 }
 
+/// `[passthrough]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PassthroughFile {
+    /// Largest JSON body of a `/cgi/*` call, default `1MiB`.
+    pub max_body: Option<String>,
+}
+
 /// `[[clients]]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -180,6 +193,10 @@ pub struct ClientFile {
     pub max_concurrent_uploads: Option<u32>,
     /// Per-file limit below the route's.
     pub max_file_bytes: Option<String>,
-    /// Route allow-list; all routes when absent.
+    /// Route allow-list (exact paths, or prefixes ending in `*`); all routes when absent.
     pub routes: Option<Vec<String>>,
+    /// `"legacy"` (default: token in the body) or `"oauth"` (Bearer + `x-fs-*` headers).
+    pub api_style: Option<String>,
+    /// User ids this caller may act as; the first is the default. None when absent.
+    pub act_as: Option<Vec<String>>,
 }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::route::Route;
+use crate::route::{ApiStyle, RoutePattern};
 pub use crate::sniff::ImageType;
 pub use file::FileConfig;
 
@@ -223,7 +223,27 @@ pub struct ClientConfig {
     /// Per-file limit.
     pub max_file_bytes: Option<u64>,
     /// Route allow-list.
-    pub routes: Option<Vec<Route>>,
+    pub routes: Option<Vec<RoutePattern>>,
+    /// How its `/cgi/*` calls carry the token upstream.
+    pub api_style: ApiStyle,
+    /// The users it may act as; the first is the default (empty: it names none).
+    pub act_as: Vec<String>,
+}
+
+impl ClientConfig {
+    /// Whether this caller may call `path`.
+    pub fn may_call(&self, path: &str) -> bool {
+        self.routes
+            .as_ref()
+            .is_none_or(|r| r.iter().any(|p| p.matches(path)))
+    }
+}
+
+/// `[passthrough]`, validated.
+#[derive(Debug, Clone)]
+pub struct PassthroughConfig {
+    /// Largest JSON body of a `/cgi/*` call.
+    pub max_body: u64,
 }
 
 /// The whole validated configuration.
@@ -241,6 +261,8 @@ pub struct Config {
     pub dedupe: DedupeConfig,
     /// `[store]`
     pub store: StoreConfig,
+    /// `[passthrough]`
+    pub passthrough: PassthroughConfig,
     /// `[[clients]]`
     pub clients: Vec<ClientConfig>,
     /// The file it was loaded from (re-read on reload).

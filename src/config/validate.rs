@@ -21,6 +21,15 @@ impl TryFrom<FileConfig> for Config {
             upload: upload(f.upload)?,
             dedupe: dedupe(f.dedupe)?,
             store: store(f.store)?,
+            passthrough: PassthroughConfig {
+                max_body: parse_size(
+                    "passthrough.max_body",
+                    f.passthrough
+                        .max_body
+                        .as_deref()
+                        .unwrap_or(DEFAULT_PASSTHROUGH_MAX_BODY),
+                )?,
+            },
             clients: clients(f.clients, &corps)?,
             corps,
             source: None,
@@ -312,18 +321,27 @@ fn clients(
             .routes
             .map(|list| {
                 list.iter()
-                    .map(|r| {
-                        Route::of(r).ok_or_else(|| {
-                            let all: Vec<_> = Route::ALL.iter().map(|r| r.path()).collect();
-                            invalid(
-                                k("routes"),
-                                format!("`{r}` is not a route; routes are {all:?}"),
-                            )
-                        })
-                    })
+                    .map(|r| RoutePattern::parse(r).map_err(|e| invalid(k("routes"), e)))
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
+        let api_style = match c.api_style.as_deref().map(str::trim) {
+            None | Some("legacy") => ApiStyle::Legacy,
+            Some("oauth") => ApiStyle::OAuth,
+            Some(other) => {
+                return Err(invalid(
+                    k("api_style"),
+                    format!("`{other}`: use \"legacy\" or \"oauth\""),
+                ))
+            }
+        };
+        let act_as = c.act_as.unwrap_or_default();
+        if let Some(bad) = act_as.iter().find(|u| u.trim().is_empty() || u.len() > 64) {
+            return Err(invalid(
+                k("act_as"),
+                format!("`{bad}`: user ids are 1 to 64 characters"),
+            ));
+        }
         clients.push(ClientConfig {
             name,
             key_sha256,
@@ -342,6 +360,8 @@ fn clients(
                 .map(|v| parse_size(&k("max_file_bytes"), v))
                 .transpose()?,
             routes,
+            api_style,
+            act_as,
         });
     }
     Ok(clients)

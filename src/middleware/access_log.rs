@@ -15,7 +15,7 @@ use super::request_id::RequestId;
 use super::{BoxFuture, Resp};
 use crate::error::ErrorCode;
 use crate::metrics::{DedupeResult, Metrics};
-use crate::route::{Route, RouteMatch};
+use crate::route::RouteMatch;
 
 /// What inner layers add to the access-log line.
 #[derive(Debug, Default)]
@@ -105,7 +105,7 @@ where
         let id = req.extensions().get::<RequestId>().map(|r| r.0.clone());
         let method = req.method().clone();
         // The one place a request's route is resolved; the layers below read it.
-        let matched = RouteMatch(Route::of(req.uri().path()));
+        let matched = RouteMatch::of(req.uri().path());
         req.extensions_mut().insert(matched);
         let route = matched.label();
         let version = req.version();

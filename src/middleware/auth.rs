@@ -1,16 +1,29 @@
-//! `AuthLayer`: identifies the caller by its gateway key (`Authorization: Bearer <key>` or
-//! `X-Api-Key: <key>`), compared in constant time against every configured `key_sha256`, or,
-//! without a key, by the subject of its verified TLS client certificate (`PeerIdentity`, put
-//! into the extensions by the server), and inserts a `Principal`. Unknown or missing
-//! credentials: `Unauthenticated` (401, 940101). The key headers are removed from the request,
-//! so nothing below (logs included) can see them. Sits inside `ErrorResponseLayer` and outside
-//! `QuotaLayer`, which is keyed by `Principal`. The registry is swapped whole on reload.
+//! `AuthLayer`: identifies the caller and inserts a `Principal`. A caller proves who it is
+//! (design §3, §9) with, in this order:
+//!
+//! * its gateway key: `Authorization: Bearer <key>` or `X-Api-Key: <key>`, compared in
+//!   constant time against every configured `key_sha256`;
+//! * an `fxg_` token fxgate issued it (SDK drop-in): `Authorization: Bearer fxg_…`, the query's
+//!   `corpAccessToken`, or the JSON body's `corpAccessToken`; unknown or expired is Fxiaoke's own
+//!   20016 (HTTP 200), so the SDK fetches a new one;
+//! * at a token endpoint, `appId = <client name>`, `appSecret = <gateway key>` in the body;
+//! * the subject of its verified TLS client certificate (`PeerIdentity`).
+//!
+//! A credential in a header decides; the body is only read (JSON routes, bounded, within
+//! `BODY_WAIT`) when the head carries none, and is then kept in the extensions (`CallerBody`)
+//! for the handler. Unknown or missing credentials: 401, 940101. The key headers are removed
+//! from the request, so nothing below (logs included) can see them. Sits inside
+//! `ErrorResponseLayer` and outside `QuotaLayer`, which is keyed by `Principal`. The registry
+//! is swapped whole on reload.
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
 
 use arc_swap::ArcSwap;
+use bytes::{Bytes, BytesMut};
 use http::header;
+use http_body_util::BodyExt as _;
 use subtle::ConstantTimeEq;
 use tower::{Layer, Service};
 
@@ -18,13 +31,34 @@ use super::access_log::LogContext;
 use super::{BoxFuture, Resp};
 use crate::config::{hash_key, ClientConfig};
 use crate::error::GatewayError;
+use crate::route::{query_param, ApiStyle, Route, RouteMatch};
+use crate::session::{Sessions, PREFIX};
+
+/// How long an unauthenticated caller may take to send a body that carries its credential.
+const BODY_WAIT: Duration = Duration::from_secs(30);
+/// Largest body read at a token endpoint.
+const TOKEN_BODY_MAX: usize = 64 * 1024;
 
 /// The authenticated caller, in request extensions.
 #[derive(Debug, Clone)]
 pub struct Principal {
     /// Its configuration (name, corp, limits).
     pub client: Arc<ClientConfig>,
+    /// The token style its calls speak: its `api_style`, or that of the `fxg_` token it sent.
+    pub style: ApiStyle,
 }
+
+impl Principal {
+    /// `client`, speaking its configured style.
+    pub fn new(client: Arc<ClientConfig>) -> Self {
+        let style = client.api_style;
+        Self { client, style }
+    }
+}
+
+/// A body the auth layer had to read to find the credential, for the handler.
+#[derive(Debug, Clone)]
+pub struct CallerBody(pub Bytes);
 
 /// The verified client certificate of the connection, when the caller presented one.
 #[derive(Debug, Clone)]
@@ -55,8 +89,14 @@ pub struct ClientRegistry {
 }
 
 impl ClientRegistry {
-    /// From the `[[clients]]` entries.
+    /// From the `[[clients]]` entries; the exact `/cgi/` paths they name become metric labels.
     pub fn new(clients: &[ClientConfig]) -> Self {
+        crate::route::register_labels(clients.iter().flat_map(|c| {
+            c.routes.iter().flatten().filter_map(|p| match p {
+                crate::route::RoutePattern::Exact(path) => Some(path.as_str()),
+                crate::route::RoutePattern::Prefix(_) => None,
+            })
+        }));
         Self {
             clients: clients.iter().cloned().map(Arc::new).collect(),
         }
@@ -65,6 +105,11 @@ impl ClientRegistry {
     /// Every caller.
     pub fn all(&self) -> &[Arc<ClientConfig>] {
         &self.clients
+    }
+
+    /// The caller named `name`.
+    pub fn by_name(&self, name: &str) -> Option<Arc<ClientConfig>> {
+        self.clients.iter().find(|c| c.name == name).cloned()
     }
 
     /// The caller holding `key`. Every entry is compared, in constant time, so the time taken
@@ -82,6 +127,11 @@ impl ClientRegistry {
         found
     }
 
+    /// The caller named `name` whose key is `key` (an SDK's `appId` / `appSecret`).
+    pub fn by_app(&self, name: &str, key: &str) -> Option<Arc<ClientConfig>> {
+        self.by_key(key).filter(|c| c.name == name)
+    }
+
     /// The caller configured for this client certificate.
     pub fn by_certificate(&self, peer: &PeerIdentity) -> Option<Arc<ClientConfig>> {
         self.clients
@@ -91,44 +141,133 @@ impl ClientRegistry {
     }
 }
 
-/// What the caller presented as its key.
+/// What the caller presented.
+#[derive(Debug)]
 enum Presented {
     Nothing,
     Key(String),
-    /// A header was sent but holds no usable key (wrong scheme, empty, not ASCII).
+    /// An `fxg_` token.
+    Token(String),
+    /// An SDK's `appId` / `appSecret` at a token endpoint.
+    App {
+        id: String,
+        secret: String,
+    },
+    /// A header was sent but holds no usable credential (wrong scheme, empty, not ASCII).
     Unusable,
 }
 
-fn presented_key<B>(req: &http::Request<B>) -> Presented {
+impl Presented {
+    fn bearer(value: String) -> Self {
+        if value.starts_with(PREFIX) {
+            Self::Token(value)
+        } else {
+            Self::Key(value)
+        }
+    }
+}
+
+fn from_head<B>(req: &http::Request<B>) -> Presented {
     if let Some(v) = req.headers().get(header::AUTHORIZATION) {
         let key = v.to_str().ok().and_then(|v| {
             let (scheme, rest) = v.trim().split_once(' ')?;
             (scheme.eq_ignore_ascii_case("bearer") && !rest.trim().is_empty())
                 .then(|| rest.trim().to_string())
         });
-        return key.map_or(Presented::Unusable, Presented::Key);
+        return key.map_or(Presented::Unusable, Presented::bearer);
     }
     match req
         .headers()
         .get("x-api-key")
         .map(|v| v.to_str().map(str::trim))
     {
-        None => Presented::Nothing,
-        Some(Ok(v)) if !v.is_empty() => Presented::Key(v.to_string()),
-        Some(_) => Presented::Unusable,
+        Some(Ok(v)) if !v.is_empty() => return Presented::Key(v.to_string()),
+        Some(_) => return Presented::Unusable,
+        None => {}
     }
+    // The seed's `?corpAccessToken=…&corpId=…` (a real Fxiaoke token there is just dropped).
+    match query_param(req.uri(), "corpAccessToken") {
+        Some(t) if t.starts_with(PREFIX) => Presented::Token(t),
+        _ => Presented::Nothing,
+    }
+}
+
+/// The credential fields an SDK puts into a JSON body (anything else in it is ignored here).
+#[derive(serde::Deserialize)]
+struct BodyCredentials {
+    #[serde(rename = "corpAccessToken")]
+    token: Option<String>,
+    #[serde(rename = "appId")]
+    app_id: Option<String>,
+    #[serde(rename = "appSecret")]
+    app_secret: Option<String>,
+}
+
+/// Reads the body (at most `limit` bytes, within `BODY_WAIT`) into `CallerBody` and finds the
+/// credential in it.
+async fn from_body<B>(
+    req: &mut http::Request<B>,
+    route: Route,
+    limit: usize,
+) -> Result<Presented, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut buf = BytesMut::new();
+    let read = async {
+        while let Some(frame) = req.body_mut().frame().await {
+            let frame = frame.map_err(|_| GatewayError::BodyInterrupted)?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(GatewayError::PayloadTooLarge {
+                        seen: (buf.len() + data.len()) as u64,
+                        limit: limit as u64,
+                        route: route.label(),
+                    });
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(BODY_WAIT, read)
+        .await
+        .map_err(|_| GatewayError::BodyInterrupted)??;
+    let body = buf.freeze();
+    let found = match serde_json::from_slice::<BodyCredentials>(&body) {
+        Ok(BodyCredentials {
+            app_id: Some(id),
+            app_secret: Some(secret),
+            ..
+        }) if matches!(route, Route::Token(_)) => Presented::App { id, secret },
+        Ok(BodyCredentials { token: Some(t), .. }) if t.starts_with(PREFIX) => Presented::Token(t),
+        _ => Presented::Nothing,
+    };
+    req.extensions_mut().insert(CallerBody(body));
+    Ok(found)
 }
 
 /// Authenticates callers.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     registry: Arc<ArcSwap<ClientRegistry>>,
+    sessions: Sessions,
+    max_body: usize,
 }
 
 impl AuthLayer {
-    /// Authenticates against the registry in force (reloads swap it).
-    pub fn new(registry: Arc<ArcSwap<ClientRegistry>>) -> Self {
-        Self { registry }
+    /// Authenticates against the registry in force (reloads swap it) and the `fxg_` tokens in
+    /// `sessions`; a body carrying the credential is read up to `max_body` bytes.
+    pub fn new(
+        registry: Arc<ArcSwap<ClientRegistry>>,
+        sessions: Sessions,
+        max_body: usize,
+    ) -> Self {
+        Self {
+            registry,
+            sessions,
+            max_body,
+        }
     }
 }
 
@@ -137,7 +276,7 @@ impl<S> Layer<S> for AuthLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Auth {
             inner,
-            registry: self.registry.clone(),
+            auth: self.clone(),
         }
     }
 }
@@ -146,12 +285,61 @@ impl<S> Layer<S> for AuthLayer {
 #[derive(Debug, Clone)]
 pub struct Auth<S> {
     inner: S,
-    registry: Arc<ArcSwap<ClientRegistry>>,
+    auth: AuthLayer,
+}
+
+impl AuthLayer {
+    /// Who is calling, from whatever the request carries.
+    async fn identify<B>(&self, req: &mut http::Request<B>) -> Result<Principal, GatewayError>
+    where
+        B: http_body::Body<Data = Bytes> + Unpin,
+    {
+        let route = req.extensions().get::<RouteMatch>().and_then(|m| m.route);
+        let mut presented = from_head(req);
+        if matches!(presented, Presented::Nothing) {
+            let limit = match route {
+                Some(Route::Token(_)) => Some(TOKEN_BODY_MAX),
+                Some(Route::Passthrough) => Some(self.max_body),
+                Some(Route::Download | Route::Delete) => Some(TOKEN_BODY_MAX),
+                _ => None,
+            };
+            if let (Some(limit), Some(route)) = (limit, route) {
+                presented = from_body(req, route, limit).await?;
+            }
+        }
+        let registry = self.registry.load();
+        let client = match presented {
+            Presented::Key(k) => registry.by_key(&k),
+            Presented::App { id, secret } => registry.by_app(&id, &secret),
+            Presented::Unusable => None,
+            Presented::Token(t) => {
+                let session = self
+                    .sessions
+                    .check(&t)
+                    .await
+                    .map_err(|_| GatewayError::QuotaStoreDown)?;
+                // A token of a caller since removed from config is as dead as an expired one.
+                let found = session.and_then(|s| Some((registry.by_name(&s.client)?, s.style)));
+                let (client, style) = found.ok_or(GatewayError::TokenUnknown)?;
+                return Ok(Principal { client, style });
+            }
+            Presented::Nothing => req
+                .extensions()
+                .get::<PeerIdentity>()
+                .and_then(|p| registry.by_certificate(p)),
+        };
+        let client = client.ok_or(GatewayError::Unauthenticated)?;
+        Ok(match route {
+            // An SDK asking a token endpoint speaks that endpoint's style.
+            Some(Route::Token(style)) => Principal { client, style },
+            _ => Principal::new(client),
+        })
+    }
 }
 
 impl<S, B> Service<http::Request<B>> for Auth<S>
 where
-    B: Send + 'static,
+    B: http_body::Body<Data = Bytes> + Unpin + Send + 'static,
     S: Service<http::Request<B>, Response = Resp, Error = GatewayError> + Clone + Send + 'static,
     S::Future: Send + 'static,
 {
@@ -164,44 +352,42 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        let registry = self.registry.load();
-        // A key, when sent, decides: a wrong key never falls back to the certificate.
-        let client = match presented_key(&req) {
-            Presented::Key(k) => registry.by_key(&k),
-            Presented::Unusable => None,
-            Presented::Nothing => req
-                .extensions()
-                .get::<PeerIdentity>()
-                .and_then(|p| registry.by_certificate(p)),
-        };
-        let Some(client) = client else {
-            return Box::pin(async { Err(GatewayError::Unauthenticated) });
-        };
-        let headers = req.headers_mut();
-        headers.remove(header::AUTHORIZATION);
-        headers.remove("x-api-key");
-        if let Some(log) = req.extensions().get::<LogContext>() {
-            log.set_client(&client.name);
-        }
-        req.extensions_mut().insert(Principal { client });
-        Box::pin(self.inner.call(req))
+        let auth = self.auth.clone();
+        // The inner service was made ready by `poll_ready`: it is the one to call.
+        let clone = self.inner.clone();
+        let mut inner = std::mem::replace(&mut self.inner, clone);
+        Box::pin(async move {
+            let principal = auth.identify(&mut req).await?;
+            let headers = req.headers_mut();
+            headers.remove(header::AUTHORIZATION);
+            headers.remove("x-api-key");
+            if let Some(log) = req.extensions().get::<LogContext>() {
+                log.set_client(&principal.client.name);
+            }
+            req.extensions_mut().insert(principal);
+            inner.call(req).await
+        })
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::middleware::testing::{caller, registry, request};
+    use crate::middleware::testing::{caller, registry, sessions, with_body, TestBody};
+    use crate::route::RouteMatch;
     use tower::ServiceExt as _;
 
     /// An inner service answering with the name of the principal it saw, and whether any
     /// credential header reached it.
-    fn echo(
-    ) -> impl Service<http::Request<()>, Response = Resp, Error = GatewayError, Future = impl Send>
-           + Clone
+    fn echo() -> impl Service<
+        http::Request<TestBody>,
+        Response = Resp,
+        Error = GatewayError,
+        Future = impl Send,
+    > + Clone
            + Send
            + 'static {
-        tower::service_fn(|req: http::Request<()>| async move {
+        tower::service_fn(|req: http::Request<TestBody>| async move {
             let name = req
                 .extensions()
                 .get::<Principal>()
@@ -215,8 +401,12 @@ mod tests {
         })
     }
 
-    async fn seen(req: http::Request<()>) -> Result<String, GatewayError> {
-        let layer = AuthLayer::new(registry(&[caller("alpha"), caller("beta")]));
+    async fn seen(req: http::Request<TestBody>) -> Result<String, GatewayError> {
+        let layer = AuthLayer::new(
+            registry(&[caller("alpha"), caller("beta")]),
+            sessions(),
+            1024,
+        );
         let resp = layer.layer(echo()).oneshot(req).await?;
         let body = crate::middleware::testing::body(resp).await;
         Ok(String::from_utf8(body.to_vec()).unwrap())
@@ -224,26 +414,26 @@ mod tests {
 
     #[tokio::test]
     async fn a_key_in_either_header_names_the_caller_and_never_goes_further() {
-        let bearer = request("/x", &[("authorization", "Bearer beta-key")]);
+        let bearer = with_body("/x", &[("authorization", "Bearer beta-key")], "");
         assert_eq!(seen(bearer).await.unwrap(), "beta false");
-        let api_key = request("/x", &[("x-api-key", "alpha-key")]);
+        let api_key = with_body("/x", &[("x-api-key", "alpha-key")], "");
         assert_eq!(seen(api_key).await.unwrap(), "alpha false");
     }
 
     #[tokio::test]
     async fn no_key_or_a_wrong_one_is_refused_even_with_a_certificate() {
         assert!(matches!(
-            seen(request("/x", &[])).await,
+            seen(with_body("/x", &[], "")).await,
             Err(GatewayError::Unauthenticated)
         ));
-        let mut wrong = request("/x", &[("authorization", "Bearer nope")]);
+        let mut wrong = with_body("/x", &[("authorization", "Bearer nope")], "");
         let mut cert_caller = caller("gamma");
         cert_caller.cert_subject = Some("CN=gamma".into());
         wrong.extensions_mut().insert(PeerIdentity {
             subject: "CN=gamma".into(),
             common_name: Some("gamma".into()),
         });
-        let layer = AuthLayer::new(registry(&[cert_caller]));
+        let layer = AuthLayer::new(registry(&[cert_caller]), sessions(), 1024);
         let err = layer.layer(echo()).oneshot(wrong).await.unwrap_err();
         assert!(matches!(err, GatewayError::Unauthenticated));
     }
@@ -253,16 +443,60 @@ mod tests {
         let mut c = caller("gamma");
         c.key_sha256 = None;
         c.cert_subject = Some("CN=gamma".into());
-        let mut req = request("/x", &[]);
+        let mut req = with_body("/x", &[], "");
         req.extensions_mut().insert(PeerIdentity {
             subject: "CN=gamma, O=Example".into(),
             common_name: Some("gamma".into()),
         });
-        let resp = AuthLayer::new(registry(&[c]))
+        let resp = AuthLayer::new(registry(&[c]), sessions(), 1024)
             .layer(echo())
             .oneshot(req)
             .await
             .unwrap();
         assert_eq!(crate::middleware::testing::body(resp).await, "gamma false");
+    }
+
+    #[tokio::test]
+    async fn an_issued_token_names_its_caller_in_any_place_and_an_unknown_one_is_20016() {
+        let sessions = sessions();
+        let token = sessions
+            .issue("beta", ApiStyle::OAuth, Duration::from_secs(60))
+            .await
+            .unwrap();
+        let t = token.expose().to_string();
+        let layer = AuthLayer::new(registry(&[caller("alpha"), caller("beta")]), sessions, 1024);
+        let bearer = format!("Bearer {t}");
+        let query = format!("/media/upload/message?corpAccessToken={t}&corpId=x");
+        let body: &'static str = Box::leak(format!(r#"{{"corpAccessToken":"{t}","x":1}}"#).into());
+        let mut in_body = with_body("/cgi/message/send", &[], body);
+        in_body
+            .extensions_mut()
+            .insert(RouteMatch::of("/cgi/message/send"));
+        for req in [
+            with_body("/cgi/x", &[("authorization", &bearer)], ""),
+            with_body(&query, &[], ""),
+            in_body,
+        ] {
+            let resp = layer.clone().layer(echo()).oneshot(req).await.unwrap();
+            assert_eq!(crate::middleware::testing::body(resp).await, "beta false");
+        }
+        let unknown = with_body("/cgi/x", &[("authorization", "Bearer fxg_nope")], "");
+        let err = layer.layer(echo()).oneshot(unknown).await.unwrap_err();
+        assert!(matches!(err, GatewayError::TokenUnknown));
+        assert_eq!(err.status_and_code(), (http::StatusCode::OK, 20016));
+    }
+
+    #[tokio::test]
+    async fn an_sdk_proves_itself_at_a_token_endpoint_with_name_and_key_in_the_body() {
+        let layer = AuthLayer::new(registry(&[caller("alpha")]), sessions(), 1024);
+        let good = r#"{"appId":"alpha","appSecret":"alpha-key","permanentCode":"any"}"#;
+        let wrong_name = r#"{"appId":"beta","appSecret":"alpha-key","permanentCode":"any"}"#;
+        for (body, ok) in [(good, true), (wrong_name, false)] {
+            let mut req = with_body("/oauth2.0/token", &[], body);
+            req.extensions_mut()
+                .insert(RouteMatch::of("/oauth2.0/token"));
+            let r = layer.clone().layer(echo()).oneshot(req).await;
+            assert_eq!(r.is_ok(), ok, "{body}");
+        }
     }
 }

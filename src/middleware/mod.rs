@@ -57,6 +57,8 @@ pub(crate) mod testing {
             max_concurrent_uploads: None,
             max_file_bytes: None,
             routes: None,
+            api_style: crate::route::ApiStyle::Legacy,
+            act_as: Vec::new(),
         }
     }
 
@@ -75,13 +77,36 @@ pub(crate) mod testing {
         serde_json::from_slice(&body(resp).await).expect("an envelope")
     }
 
-    /// A request to `path` with `headers`.
+    /// The body of a layer test's request that reads it.
+    pub(crate) type TestBody = http_body_util::Full<Bytes>;
+
+    /// A request to `path` with `headers` and no body.
     pub(crate) fn request(path: &str, headers: &[(&str, &str)]) -> http::Request<()> {
+        with_body(path, headers, "").map(|_| ())
+    }
+
+    /// A request to `path` with `headers` and `body`.
+    pub(crate) fn with_body(
+        path: &str,
+        headers: &[(&str, &str)],
+        body: &'static str,
+    ) -> http::Request<TestBody> {
         let mut b = http::Request::post(path);
         for (k, v) in headers {
             b = b.header(*k, *v);
         }
-        b.body(()).expect("request")
+        b.body(http_body_util::Full::new(Bytes::from_static(
+            body.as_bytes(),
+        )))
+        .expect("request")
+    }
+
+    /// An in-memory token store on the system clock.
+    pub(crate) fn sessions() -> crate::session::Sessions {
+        crate::session::Sessions::new(
+            Arc::new(crate::session::MemorySessions::new(100)),
+            crate::clock::SystemClock::shared(),
+        )
     }
 
     /// An `Arc`ed caller registry of `callers`.

@@ -19,7 +19,7 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::metrics::QuotaKind;
 use crate::quota::{BytesTicket, Quotas, UploadSlot};
-use crate::route::RouteMatch;
+use crate::route::{Route, RouteMatch};
 
 /// The bytes reservation of an upload, for the handler to take.
 #[derive(Debug, Clone)]
@@ -71,14 +71,14 @@ async fn admit<B>(
     req: &mut http::Request<B>,
     principal: &Principal,
 ) -> Result<Option<UploadSlot>, GatewayError> {
-    let route = req.extensions().get::<RouteMatch>().and_then(|m| m.0);
+    let route = req.extensions().get::<RouteMatch>().and_then(|m| m.route);
     let client = &principal.client;
-    if let Some(allowed) = &client.routes {
-        if !route.is_some_and(|r| allowed.contains(&r)) {
-            return Err(GatewayError::RouteForbidden {
-                client: client.name.clone(),
-            });
-        }
+    // The token endpoints only hand out a token that carries this caller's own rights.
+    let exempt = matches!(route, Some(Route::Token(_)));
+    if !exempt && !client.may_call(req.uri().path()) {
+        return Err(GatewayError::RouteForbidden {
+            client: client.name.clone(),
+        });
     }
     quotas.check_rate(client).await?;
     if !route.is_some_and(|r| r.is_upload()) {
@@ -177,10 +177,9 @@ mod tests {
 
     fn to(route: Route, c: &crate::config::ClientConfig) -> http::Request<()> {
         let mut req = request(route.path(), &[("content-length", "100")]);
-        req.extensions_mut().insert(RouteMatch(Some(route)));
-        req.extensions_mut().insert(Principal {
-            client: Arc::new(c.clone()),
-        });
+        req.extensions_mut().insert(RouteMatch::of(route.path()));
+        req.extensions_mut()
+            .insert(Principal::new(Arc::new(c.clone())));
         req
     }
 
@@ -188,7 +187,9 @@ mod tests {
     async fn a_route_outside_the_allow_list_is_refused_and_counted() {
         let m = metrics();
         let mut c = caller("alpha");
-        c.routes = Some(vec![Route::UploadMessage]);
+        c.routes = Some(vec![crate::route::RoutePattern::Exact(
+            Route::UploadMessage.path().into(),
+        )]);
         let err = layer(&m)
             .layer(ok())
             .oneshot(to(Route::Delete, &c))

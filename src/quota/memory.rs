@@ -280,6 +280,8 @@ mod tests {
             max_concurrent_uploads: None,
             max_file_bytes: None,
             routes: None,
+            api_style: crate::route::ApiStyle::Legacy,
+            act_as: Vec::new(),
         });
         let today = || {
             futures_util::FutureExt::now_or_never(store.bytes_today("c", clock.unix_secs()))

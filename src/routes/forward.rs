@@ -17,7 +17,6 @@ use crate::middleware::auth::Principal;
 use crate::middleware::{Req, Resp};
 use crate::route::Route;
 use crate::state::AppState;
-use crate::upload::source::read_small;
 use crate::upstream::envelope::{UpstreamCode, MAX_ENVELOPE_BYTES};
 use crate::upstream::token::CorpToken;
 use crate::upstream::Corp;
@@ -34,15 +33,15 @@ pub async fn json_call(
     log: &LogContext,
 ) -> Result<Resp, GatewayError> {
     let corp = state.corp(&principal.client.corp)?;
-    let body = caller_body(req).await?;
+    let body = caller_body(req, route).await?;
     for attempt in 0..2 {
         let (resp, token) = send_once(&corp, route, &body, log).await?;
         if route == Route::Download && is_file(&resp) {
             // The file itself: stream it back as it comes.
-            corp.count(route, UpstreamCode::Success);
+            corp.count(route.label(), UpstreamCode::Success);
             return Ok(stream_back(resp));
         }
-        let answer = corp.read_answer(route, resp).await?;
+        let answer = corp.read_answer(route.label(), resp).await?;
         log.set_upstream_trace_id(answer.env.trace_id());
         if answer.code == UpstreamCode::TokenExpired {
             corp.tokens.invalidate(&token);
@@ -71,8 +70,8 @@ pub async fn json_call(
 }
 
 /// The caller's JSON object, without any Fxiaoke credentials of its own (never forwarded).
-async fn caller_body(req: Req) -> Result<Map<String, Value>, GatewayError> {
-    let raw = read_small(req.into_body(), MAX_JSON_BODY).await?;
+async fn caller_body(req: Req, route: Route) -> Result<Map<String, Value>, GatewayError> {
+    let raw = super::caller_json(req, MAX_JSON_BODY as u64, route.label()).await?;
     let mut body = match serde_json::from_slice::<Value>(&raw) {
         Ok(Value::Object(map)) => map,
         _ => {
@@ -98,7 +97,7 @@ async fn send_once(
     body: &Map<String, Value>,
     log: &LogContext,
 ) -> Result<(Response<Incoming>, Arc<CorpToken>), GatewayError> {
-    corp.take_budget(route).await?;
+    corp.take_budget(route.path()).await?;
     let token = corp.tokens.get().await?;
     let target = corp.target(route.path(), Some(&token), &[])?;
     log.set_third_trace_id(&target.third_trace_id);
@@ -112,7 +111,7 @@ async fn send_once(
         .map_err(|e| GatewayError::Internal {
             detail: format!("building upstream request: {e}"),
         })?;
-    Ok((corp.send(route, req).await?, token))
+    Ok((corp.send(route.label(), req).await?, token))
 }
 
 /// Whether a download answer is the file rather than Fxiaoke's (small JSON) envelope.

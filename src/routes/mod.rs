@@ -2,6 +2,9 @@
 //! it finds the `Principal` and `LogContext` the outer layers put into the extensions.
 
 pub mod forward;
+pub mod issue;
+pub mod members;
+pub mod passthrough;
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -11,7 +14,8 @@ use tower::Service;
 
 use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
-use crate::middleware::auth::Principal;
+use crate::middleware::auth::{CallerBody, Principal};
+use crate::middleware::request_id::RequestId;
 use crate::middleware::{BoxFuture, Req, Resp};
 use crate::route::{Route, RouteMatch};
 use crate::state::AppState;
@@ -46,7 +50,7 @@ async fn route(state: Arc<AppState>, req: Req) -> Result<Resp, GatewayError> {
     let route = req
         .extensions()
         .get::<RouteMatch>()
-        .map_or_else(|| Route::of(req.uri().path()), |m| m.0)
+        .map_or_else(|| Route::of(req.uri().path()), |m| m.route)
         .ok_or(GatewayError::NotFound)?;
     // Every route fxgate serves is a POST (design §3).
     if req.method() != Method::POST {
@@ -59,7 +63,38 @@ async fn route(state: Arc<AppState>, req: Req) -> Result<Resp, GatewayError> {
         Route::Download | Route::Delete => {
             forward::json_call(&state, req, route, &principal, &log).await
         }
+        Route::Passthrough => passthrough::call(&state, req, &principal, &log).await,
+        Route::Token(style) => {
+            let id = req
+                .extensions()
+                .get::<RequestId>()
+                .map(|r| r.0.to_string())
+                .unwrap_or_default();
+            issue::issue(&state, style, &principal, &id).await
+        }
     }
+}
+
+/// A JSON route's body: the one the auth layer already read for a credential, or read now,
+/// at most `limit` bytes (413, 941301 beyond).
+pub(crate) async fn caller_json(
+    req: Req,
+    limit: u64,
+    label: &'static str,
+) -> Result<bytes::Bytes, GatewayError> {
+    if let Some(body) = req.extensions().get::<CallerBody>() {
+        return Ok(body.0.clone());
+    }
+    crate::upload::source::read_small(req.into_body(), limit as usize)
+        .await
+        .map_err(|e| match e {
+            GatewayError::BadRequest { .. } => GatewayError::PayloadTooLarge {
+                seen: limit + 1,
+                limit,
+                route: label,
+            },
+            e => e,
+        })
 }
 
 impl Service<Req> for Router {

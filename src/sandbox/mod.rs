@@ -175,9 +175,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/_sandbox/faults") => faults(&state, req).await,
         // Lets tests check that no issued token ever reaches a log line.
         (&Method::GET, "/_sandbox/tokens") => json(serde_json::json!(state.issued_tokens())),
-        (&Method::GET, "/_sandbox/received") => {
-            json(serde_json::json!(state.received.lock().iter().collect::<Vec<_>>()))
-        }
+        (&Method::GET, "/_sandbox/received") => json(serde_json::json!(state
+            .received
+            .lock()
+            .iter()
+            .collect::<Vec<_>>())),
         (&Method::GET, "/_sandbox/messages") => json(serde_json::json!(*state.messages.lock())),
         (&Method::POST, p) if p.starts_with("/cgi/") => openapi::call(&state, req).await,
         (&Method::GET, p) if p.starts_with("/_sandbox/media/") => {

@@ -55,7 +55,10 @@ pub(super) async fn call(state: &State, req: Request<Incoming>) -> Response<Body
     };
     if state.faults.lock().take_call_rejection() {
         state.stats.bump(|s| &s.token_rejected);
-        return fx_error(20016, "the cropId,cropAccessToken or authorization is error");
+        return fx_error(
+            20016,
+            "the cropId,cropAccessToken or authorization is error",
+        );
     }
     if let Some(limit) = state.opts.per_path_limit {
         if !state.take_path_call(&path, limit) {
@@ -87,7 +90,10 @@ fn authenticate(
         });
     };
     if body.contains_key("corpAccessToken") || body.contains_key("corpId") {
-        return Err(fx_error(10002, "do not mix the header and body token styles"));
+        return Err(fx_error(
+            10002,
+            "do not mix the header and body token styles",
+        ));
     }
     let bearer = auth.strip_prefix("Bearer ").unwrap_or_default();
     if !state.token_valid(Endpoint::OAuth, bearer) || header("x-fs-ea") != Some(state::EA) {
@@ -113,7 +119,10 @@ fn trace_id() -> String {
 /// `/cgi/message/send`: `toUser`, `msgType` and, per type, `text.content` or `image.mediaId`.
 fn send(state: &State, body: &Map<String, Value>, caller: Caller) -> Response<Body> {
     let to_user = body.get("toUser").cloned().unwrap_or(Value::Null);
-    if !to_user.as_array().is_some_and(|a| !a.is_empty() && a.len() <= 500) {
+    if !to_user
+        .as_array()
+        .is_some_and(|a| !a.is_empty() && a.len() <= 500)
+    {
         return fx_error(10002, "toUser must list 1 to 500 users");
     }
     let msg_type = body.get("msgType").and_then(Value::as_str).unwrap_or("");

@@ -8,7 +8,7 @@ use std::time::Instant;
 use super::budget::UpstreamBudget;
 use super::envelope::{Envelope, UpstreamCode};
 use super::token::store::TokenStore;
-use super::token::{CorpToken, Flow, TokenProvider};
+use super::token::{ApiStyle, CorpToken, TokenProvider};
 use super::transport::{self, HttpClient};
 use crate::body::Body;
 use crate::clock::Clock;
@@ -16,7 +16,6 @@ use crate::config::CorpConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::quota::QuotaStore;
-use crate::route::Route;
 use http::{Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
@@ -55,7 +54,7 @@ impl Corp {
         metrics: Metrics,
         clock: Arc<dyn Clock>,
         quotas: Arc<dyn QuotaStore>,
-        tokens: impl Fn(Flow) -> Arc<dyn TokenStore>,
+        tokens: impl Fn(ApiStyle) -> Arc<dyn TokenStore>,
     ) -> Arc<Self> {
         let budget = UpstreamBudget::new(
             &cfg.name,
@@ -75,7 +74,7 @@ impl Corp {
                 clock.clone(),
             )
         };
-        let (legacy, oauth) = (provider(Flow::Legacy), provider(Flow::OAuth));
+        let (legacy, oauth) = (provider(ApiStyle::Legacy), provider(ApiStyle::OAuth));
         Arc::new(Self {
             cfg,
             base,
@@ -116,10 +115,10 @@ impl Corp {
     }
 
     /// The provider of `flow`'s token.
-    pub fn provider(&self, flow: Flow) -> &TokenProvider {
+    pub fn provider(&self, flow: ApiStyle) -> &TokenProvider {
         match flow {
-            Flow::Legacy => &self.tokens,
-            Flow::OAuth => &self.oauth,
+            ApiStyle::Legacy => &self.tokens,
+            ApiStyle::OAuth => &self.oauth,
         }
     }
 
@@ -127,17 +126,17 @@ impl Corp {
     /// from the call: for streamed uploads the caller applies its own deadlines while sending).
     pub async fn send(
         &self,
-        route: Route,
+        label: &str,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        self.timed(route, self.client.request(req)).await
+        self.timed(label, self.client.request(req)).await
     }
 
     /// Waits for an answer's head (a request future already running, e.g. beside an upload's
     /// body pump), at most `upstream_timeout`, and records how long Fxiaoke took.
     pub async fn timed<F, E>(
         &self,
-        route: Route,
+        label: &str,
         answer: F,
     ) -> Result<Response<Incoming>, GatewayError>
     where
@@ -148,7 +147,7 @@ impl Corp {
         let result = tokio::time::timeout(self.cfg.upstream_timeout, answer).await;
         self.metrics
             .upstream_duration
-            .with_label_values(&[route.label()])
+            .with_label_values(&[label])
             .observe(started.elapsed().as_secs_f64());
         match result {
             Err(_) => Err(GatewayError::UpstreamTimeout {
@@ -163,7 +162,7 @@ impl Corp {
     /// coalesced claim), and counts it by its `errorCode`.
     pub async fn read_answer(
         &self,
-        route: Route,
+        label: &str,
         resp: Response<Incoming>,
     ) -> Result<Answer, GatewayError> {
         let status = resp.status();
@@ -172,7 +171,7 @@ impl Corp {
             .await
             .map_err(|_| GatewayError::UpstreamTimeout { after })??;
         let code = env.code();
-        self.count(route, code);
+        self.count(label, code);
         Ok(Answer { status, env, code })
     }
 
@@ -181,10 +180,10 @@ impl Corp {
         &self.client
     }
 
-    /// Takes one call on `route` from the corp's budget (waiting briefly for the 20 s
-    /// window), and publishes what is left of the day's budget.
-    pub async fn take_budget(&self, route: Route) -> Result<(), GatewayError> {
-        let r = self.budget.acquire(route.path()).await;
+    /// Takes one call on the interface at `path` from the corp's budget (each path has its
+    /// own 20 s window; waiting briefly for it), and publishes what is left of the day's budget.
+    pub async fn take_budget(&self, path: &str) -> Result<(), GatewayError> {
+        let r = self.budget.acquire(path).await;
         if let Some(left) = self.budget.remaining_today() {
             self.metrics
                 .upstream_budget_remaining
@@ -194,11 +193,11 @@ impl Corp {
         r
     }
 
-    /// Counts one upstream answer by its `errorCode`.
-    pub fn count(&self, route: Route, code: UpstreamCode) {
+    /// Counts one upstream answer on the route labelled `label` by its `errorCode`.
+    pub fn count(&self, label: &str, code: UpstreamCode) {
         self.metrics
             .upstream_requests
-            .with_label_values(&[&self.cfg.name, route.label(), &code.label()])
+            .with_label_values(&[&self.cfg.name, label, &code.label()])
             .inc();
     }
 }

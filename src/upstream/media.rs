@@ -56,7 +56,7 @@ impl MediaCall {
         filename: &str,
         part_type: &str,
     ) -> Result<Self, GatewayError> {
-        corp.take_budget(route).await?;
+        corp.take_budget(route.path()).await?;
         let token = corp.tokens.get().await?;
         let extra: Vec<(&str, &str)> = type_param.map(|t| ("type", t)).into_iter().collect();
         let target = corp.target(route.path(), Some(&token), &extra)?;
@@ -162,8 +162,8 @@ impl Pending {
     /// replayed: the caller retries); 14001/30004 answer 429.
     pub async fn answer(self) -> Result<Answer, GatewayError> {
         let Pending { call, answer } = self;
-        let resp = call.corp.timed(call.route, answer).await?;
-        let answer = call.corp.read_answer(call.route, resp).await?;
+        let resp = call.corp.timed(call.route.label(), answer).await?;
+        let answer = call.corp.read_answer(call.route.label(), resp).await?;
         if answer.code == UpstreamCode::TokenExpired {
             call.corp.tokens.invalidate(&call.token);
             return Err(GatewayError::TokenRejected);

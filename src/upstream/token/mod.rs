@@ -18,6 +18,7 @@ use crate::clock::Clock;
 use crate::config::{CorpConfig, Secret};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
+pub use crate::route::ApiStyle;
 use refresher::Refresher;
 use store::{StoredToken, TokenStore};
 
@@ -27,57 +28,12 @@ const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
 /// How long a request waits for a token before answering 950301.
 const READER_WAIT: Duration = Duration::from_secs(15);
 
-/// Which of Fxiaoke's two token endpoints a token comes from (fxiaoke.md §1a, §1b). Each corp
-/// keeps one token per flow, each with its own refresher, budget of calls and shared state.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Flow {
-    /// `/cgi/corpAccessToken/get/V2`: `corpAccessToken` + `corpId` in the body or the query.
-    Legacy,
-    /// `/oauth2.0/token` (`grantType: app_secret`): `authorization: Bearer`, `x-fs-ea`.
-    OAuth,
-}
-
-impl Flow {
-    /// Both flows.
-    pub const ALL: [Flow; 2] = [Flow::Legacy, Flow::OAuth];
-
-    /// The `flow` metric label.
-    pub const fn label(self) -> &'static str {
-        match self {
-            Self::Legacy => "legacy",
-            Self::OAuth => "oauth",
-        }
-    }
-
-    /// The token endpoint's path.
-    pub const fn path(self) -> &'static str {
-        match self {
-            Self::Legacy => "/cgi/corpAccessToken/get/V2",
-            Self::OAuth => "/oauth2.0/token",
-        }
-    }
-
-    /// The answer's fields holding the token and the account it belongs to.
-    pub(crate) const fn fields(self) -> (&'static str, &'static str) {
-        match self {
-            Self::Legacy => ("corpAccessToken", "corpId"),
-            Self::OAuth => ("accessToken", "ea"),
-        }
-    }
-
-    /// Whether an upstream `errorCode` says this flow's token was refused (20016 for both;
-    /// 20005, "accessToken missing or expired", in the OAuth style too: fxiaoke.md §2).
-    pub fn rejects(self, code: crate::upstream::envelope::UpstreamCode) -> bool {
-        use crate::upstream::envelope::UpstreamCode;
-        code == UpstreamCode::TokenExpired
-            || (self == Self::OAuth && code == UpstreamCode::Other(20005))
-    }
-}
-
-impl std::fmt::Display for Flow {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.label())
-    }
+/// Whether Fxiaoke rejected a token of `style` with `code`: 20016 for both; 20005,
+/// "accessToken missing or expired", in the OAuth style too (fxiaoke.md §2).
+pub fn rejects(style: ApiStyle, code: crate::upstream::envelope::UpstreamCode) -> bool {
+    use crate::upstream::envelope::UpstreamCode;
+    code == UpstreamCode::TokenExpired
+        || (style == ApiStyle::OAuth && code == UpstreamCode::Other(20005))
 }
 
 /// A corp access token. `Debug` never shows the token itself.
@@ -153,7 +109,7 @@ impl TokenState {
 #[derive(Debug, Clone)]
 pub struct TokenProvider {
     corp: String,
-    flow: Flow,
+    flow: ApiStyle,
     state: watch::Receiver<TokenState>,
     shared: Arc<Shared>,
     clock: Arc<dyn Clock>,
@@ -171,7 +127,7 @@ impl TokenProvider {
     /// waits for it); the OAuth token when a call first needs it.
     pub fn spawn(
         cfg: CorpConfig,
-        flow: Flow,
+        flow: ApiStyle,
         base: String,
         metrics: Metrics,
         store: Arc<dyn TokenStore>,
@@ -192,7 +148,7 @@ impl TokenProvider {
             store,
             clock.clone(),
         );
-        tokio::spawn(refresher.run(flow == Flow::Legacy));
+        tokio::spawn(refresher.run(flow == ApiStyle::Legacy));
         Self {
             corp,
             flow,
@@ -265,7 +221,7 @@ impl TokenProvider {
     }
 
     /// Its flow.
-    pub fn flow(&self) -> Flow {
+    pub fn flow(&self) -> ApiStyle {
         self.flow
     }
 

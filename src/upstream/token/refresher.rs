@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use http::{header, Request};
 
 use super::store::{StoredToken, TokenStore, Turn};
-use super::{CorpToken, Flow, Shared, TokenState};
+use super::{ApiStyle, CorpToken, Shared, TokenState};
 use crate::body::full;
 use crate::clock::Clock;
 use crate::config::{CorpConfig, Secret};
@@ -37,7 +37,7 @@ const TURN_WAIT: Duration = Duration::from_secs(12);
 
 pub(super) struct Refresher {
     cfg: CorpConfig,
-    flow: Flow,
+    flow: ApiStyle,
     base: String,
     client: HttpClient,
     metrics: Metrics,
@@ -74,7 +74,7 @@ enum Fetched {
 impl Refresher {
     pub(super) fn new(
         cfg: CorpConfig,
-        flow: Flow,
+        flow: ApiStyle,
         base: String,
         metrics: Metrics,
         shared: Arc<Shared>,
@@ -327,7 +327,7 @@ impl Refresher {
         let code = env.code();
         self.metrics
             .upstream_requests
-            .with_label_values(&[&self.cfg.name, self.flow.path(), &code.label()])
+            .with_label_values(&[&self.cfg.name, self.flow.token_path(), &code.label()])
             .inc();
         if code != UpstreamCode::Success {
             // errorMessage is Fxiaoke's text, free of our secrets; traceId helps their support.
@@ -343,15 +343,19 @@ impl Refresher {
 
     fn token_request(&self) -> Result<Request<crate::body::Body>, String> {
         let trace = uuid::Uuid::new_v4();
-        let uri = format!("{}{}?thirdTraceId={trace}", self.base, self.flow.path())
-            .parse::<http::Uri>()
-            .map_err(|_| "invalid base_url".to_string())?;
+        let uri = format!(
+            "{}{}?thirdTraceId={trace}",
+            self.base,
+            self.flow.token_path()
+        )
+        .parse::<http::Uri>()
+        .map_err(|_| "invalid base_url".to_string())?;
         let mut body = serde_json::json!({
             "appId": self.cfg.app_id,
             "appSecret": self.cfg.app_secret.expose(),
             "permanentCode": self.cfg.permanent_code.expose(),
         });
-        if self.flow == Flow::OAuth {
+        if self.flow == ApiStyle::OAuth {
             body["grantType"] = "app_secret".into();
         }
         Request::post(uri)
@@ -361,7 +365,7 @@ impl Refresher {
     }
 }
 
-fn parse_token(env: &Envelope, flow: Flow) -> Fetched {
+fn parse_token(env: &Envelope, flow: ApiStyle) -> Fetched {
     let (token_field, account_field) = flow.fields();
     let json = env.json.as_ref();
     let token = json
