@@ -484,3 +484,45 @@ async fn a_stale_token_written_late_does_not_replace_a_newer_one() {
         .unwrap());
     assert_eq!(shared.read().await.unwrap().unwrap().token, "newest");
 }
+
+#[tokio::test]
+async fn an_fxg_token_issued_by_one_replica_is_accepted_by_the_other() {
+    let sandbox = Sandbox::spawn(&[]);
+    let redis = RedisServer::start();
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", "");
+    // An unmodified SDK fetches its token from A (`appId` = caller name, `appSecret` = key).
+    let sdk = support::sdk::FxiaokeSdk::new(&a.url, "alpha", ALPHA_KEY, "any");
+    let (token, corp_id) = sdk.token().await;
+    assert!(token.starts_with("fxg_"));
+    // …and B, which never issued it, takes it in the query (the seed's curl form)…
+    let http = client();
+    let part = reqwest::multipart::Part::bytes(jpeg(2000, 9))
+        .file_name("b.jpg")
+        .mime_str("image/jpeg")
+        .unwrap();
+    let url = format!(
+        "{}/media/upload/message?corpAccessToken={token}&corpId={corp_id}",
+        b.url
+    );
+    let r = http
+        .post(url)
+        .multipart(reqwest::multipart::Form::new().part("media", part))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let up: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(up["errorCode"], 0, "{up}");
+    // …and in a JSON body.
+    let r: serde_json::Value = http
+        .post(format!("{}/media/delete", b.url))
+        .json(&serde_json::json!({"corpAccessToken": token, "corpId": corp_id, "mediaId": up["mediaId"]}))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(r["errorCode"], 0, "{r}");
+    assert_eq!(sandbox.stats().await["deletes"], 1);
+}

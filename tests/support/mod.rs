@@ -13,6 +13,8 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+pub mod sdk;
+
 pub const ALPHA_KEY: &str = "alpha-key-7d1f0c2e9b";
 pub const BETA_KEY: &str = "beta-key-4a8e2b6f13";
 pub const APP_SECRET: &str = "sandbox-secret";
@@ -147,6 +149,27 @@ impl Sandbox {
     pub async fn tokens(&self) -> Vec<String> {
         self.http
             .get(format!("{}/_sandbox/tokens", self.url))
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap()
+    }
+
+    /// The business calls it received, oldest first (path, query, headers, body).
+    pub async fn received(&self) -> Vec<serde_json::Value> {
+        self.get_json("/_sandbox/received").await
+    }
+
+    /// The messages `/cgi/message/send` accepted.
+    pub async fn messages(&self) -> Vec<serde_json::Value> {
+        self.get_json("/_sandbox/messages").await
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, path: &str) -> T {
+        self.http
+            .get(format!("{}{path}", self.url))
             .send()
             .await
             .unwrap()
@@ -451,6 +474,14 @@ pub fn redis_store(redis: &RedisServer, fail_mode: &str) -> String {
     )
 }
 
+/// A caller `name` holding `key`, with more settings (TOML lines).
+pub fn client_entry(name: &str, key: &str, lines: &str) -> String {
+    format!(
+        "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{lines}\n",
+        key_hash(key)
+    )
+}
+
 /// A caller `gamma` with its own limits (TOML lines), for tests that need one.
 pub fn gamma_client(limits: &str) -> String {
     format!(
@@ -504,8 +535,18 @@ impl InProcess {
     /// As `spawn`, with `faults` scripted in the sandbox before the gateway starts (so they
     /// meet its very first token call).
     pub async fn spawn_faulted(
+        opts: fxgate::sandbox::SandboxOptions,
+        corp_extra: &str,
+        faults: serde_json::Value,
+    ) -> Self {
+        Self::spawn_full(opts, corp_extra, "", faults).await
+    }
+
+    /// As `spawn_faulted`, with `extra` sections (more callers, say) in the config.
+    pub async fn spawn_full(
         mut opts: fxgate::sandbox::SandboxOptions,
         corp_extra: &str,
+        extra: &str,
         faults: serde_json::Value,
     ) -> Self {
         let clock = fxgate::clock::ManualClock::at_now();
@@ -523,7 +564,7 @@ impl InProcess {
         assert!(scripted.status().is_success());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fxgate.toml");
-        std::fs::write(&path, config(&sandbox.url(), corp_extra, "")).unwrap();
+        std::fs::write(&path, config(&sandbox.url(), corp_extra, extra)).unwrap();
         let cfg = fxgate::Config::load(&path, Some(Default::default())).expect("config loads");
         let running = fxgate::app::spawn_with(cfg, clock.clone())
             .await
