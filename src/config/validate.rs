@@ -325,23 +325,7 @@ fn clients(
                     .collect::<Result<Vec<_>, _>>()
             })
             .transpose()?;
-        let api_style = match c.api_style.as_deref().map(str::trim) {
-            None | Some("legacy") => ApiStyle::Legacy,
-            Some("oauth") => ApiStyle::OAuth,
-            Some(other) => {
-                return Err(invalid(
-                    k("api_style"),
-                    format!("`{other}`: use \"legacy\" or \"oauth\""),
-                ))
-            }
-        };
-        let act_as = c.act_as.unwrap_or_default();
-        if let Some(bad) = act_as.iter().find(|u| u.trim().is_empty() || u.len() > 64) {
-            return Err(invalid(
-                k("act_as"),
-                format!("`{bad}`: user ids are 1 to 64 characters"),
-            ));
-        }
+        let (api_style, act_as) = style_and_users(c.api_style.as_deref(), c.act_as, &k)?;
         clients.push(ClientConfig {
             name,
             key_sha256,
@@ -365,6 +349,32 @@ fn clients(
         });
     }
     Ok(clients)
+}
+
+/// `clients.*.api_style` and `act_as`.
+fn style_and_users(
+    style: Option<&str>,
+    act_as: Option<Vec<String>>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<(ApiStyle, Vec<String>), ConfigError> {
+    let api_style = match style.map(str::trim) {
+        None | Some("legacy") => ApiStyle::Legacy,
+        Some("oauth") => ApiStyle::OAuth,
+        Some(other) => {
+            return Err(invalid(
+                k("api_style"),
+                format!("`{other}`: use \"legacy\" or \"oauth\""),
+            ))
+        }
+    };
+    let act_as = act_as.unwrap_or_default();
+    if let Some(bad) = act_as.iter().find(|u| u.trim().is_empty() || u.len() > 64) {
+        return Err(invalid(
+            k("act_as"),
+            format!("`{bad}`: user ids are 1 to 64 characters"),
+        ));
+    }
+    Ok((api_style, act_as))
 }
 
 /// `corps.*.base_url`: `"sandbox"`, or an http(s) URL without a query (trailing `/` dropped).

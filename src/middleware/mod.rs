@@ -4,6 +4,7 @@
 pub mod access_log;
 pub mod auth;
 pub mod catch_panic;
+pub mod credentials;
 pub mod error_response;
 pub mod quota;
 pub mod request_id;
