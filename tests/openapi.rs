@@ -471,3 +471,43 @@ async fn an_expired_fxg_token_is_20016_and_the_sdk_fetches_another() {
         .iter()
         .any(|s| s.contains("\"errorCode\":20016")));
 }
+
+#[tokio::test]
+async fn a_reload_applies_new_users_styles_and_routes() {
+    let (sandbox, gw) = setup(&[], "");
+    let as_c = json!({"currentOpenUserId": "FSUID_C", "toUser": ["FSUID_X"], "msgType": "text", "text": {"content": "hi"}});
+    let (s, _, _) = post(&gw, "/cgi/message/send", LEGACY_KEY, &as_c.to_string()).await;
+    assert_eq!(s, 403);
+    let toml = config(&sandbox.url, "", &callers(""))
+        .replace(
+            r#"act_as = ["FSUID_A", "FSUID_B"]"#,
+            r#"act_as = ["FSUID_C"]"#,
+        )
+        .replace(r#"api_style = "oauth""#, r#"api_style = "legacy""#);
+    gw.rewrite_config(&toml);
+    let r = client()
+        .post(format!("{}/admin/reload", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let (s, _, a) = post(&gw, "/cgi/message/send", LEGACY_KEY, &as_c.to_string()).await;
+    assert_eq!((s, &a["errorCode"]), (200, &json!(0)), "{a}");
+    // `oauth` now speaks legacy: its default user goes into the body.
+    let text = json!({"toUser": ["FSUID_X"], "msgType": "text", "text": {"content": "hi"}});
+    let (s, _, a) = post(&gw, "/cgi/message/send", OAUTH_KEY, &text.to_string()).await;
+    assert_eq!((s, &a["errorCode"]), (200, &json!(0)), "{a}");
+    let messages = sandbox.messages().await;
+    assert_eq!(
+        (&messages[1]["style"], &messages[1]["sender"]),
+        (&json!("legacy"), &json!("1000"))
+    );
+    let clients = gw.admin_clients().await;
+    let legacy = clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "legacy")
+        .unwrap();
+    assert_eq!(legacy["act_as"], json!(["FSUID_C"]));
+}
