@@ -70,7 +70,10 @@ pub fn service(state: Arc<AppState>) -> AppService {
             state.cfg.passthrough.max_body as usize,
         ))
         // Needs the Principal; decides rate, concurrency and bytes before the body is read.
-        .layer(QuotaLayer::new(state.quotas.clone(), state.metrics.clone()))
+        .layer(
+            QuotaLayer::new(state.quotas.clone(), state.metrics.clone())
+                .with_file_limits(&state.cfg.upload),
+        )
         .service(Router::new(state));
     tower::util::BoxCloneService::new(stack)
 }

@@ -137,6 +137,10 @@ pub struct CorpConfig {
     pub connect_timeout: Duration,
 }
 
+/// Multipart framing a caller may add around the file before a `Content-Length` above the
+/// file limit is refused outright; the file itself is still held to the exact limit.
+pub const MULTIPART_FRAMING_ALLOWANCE: u64 = 16 * 1024;
+
 /// `[upload]`, validated.
 #[derive(Debug, Clone)]
 pub struct UploadConfig {

@@ -19,7 +19,7 @@ use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::metrics::QuotaKind;
 use crate::quota::{BytesTicket, Quotas, UploadSlot};
-use crate::route::{Route, RouteMatch};
+use crate::route::{query_param, Route, RouteMatch};
 
 /// The bytes reservation of an upload, for the handler to take.
 #[derive(Debug, Clone)]
@@ -37,13 +37,59 @@ impl TicketSlot {
 pub struct QuotaLayer {
     quotas: Quotas,
     metrics: Metrics,
+    limits: Option<FileLimits>,
+}
+
+/// The route limits a `Content-Length` is held against before bytes are reserved.
+#[derive(Debug, Clone, Copy)]
+struct FileLimits {
+    message: u64,
+    document: u64,
 }
 
 impl QuotaLayer {
     /// Enforces `quotas`, counting rejections into `metrics`.
     pub fn new(quotas: Quotas, metrics: Metrics) -> Self {
-        Self { quotas, metrics }
+        Self {
+            quotas,
+            metrics,
+            limits: None,
+        }
     }
+
+    /// Refuses (413) an upload whose `Content-Length` no file on its route could have, before
+    /// reserving any of the caller's daily bytes: otherwise a caller near its byte quota would
+    /// be told 429 "retry tomorrow" for a request that can never succeed (issue 14).
+    pub fn with_file_limits(mut self, upload: &crate::config::UploadConfig) -> Self {
+        self.limits = Some(FileLimits {
+            message: upload.message_max_bytes,
+            document: upload.document_max_bytes,
+        });
+        self
+    }
+}
+
+/// The 413 for an upload announcing more than its route's limit (plus multipart framing).
+fn impossible<B>(
+    req: &http::Request<B>,
+    route: Route,
+    limits: Option<FileLimits>,
+    announced: u64,
+) -> Option<GatewayError> {
+    let limits = limits?;
+    let limit = match route {
+        Route::Upload if query_param(req.uri(), "type").as_deref() == Some("document") => {
+            limits.document
+        }
+        _ => limits.message,
+    };
+    (announced > limit.saturating_add(crate::config::MULTIPART_FRAMING_ALLOWANCE)).then(|| {
+        GatewayError::PayloadTooLarge {
+            seen: announced,
+            limit,
+            route: route.path(),
+        }
+    })
 }
 
 impl<S> Layer<S> for QuotaLayer {
@@ -53,6 +99,7 @@ impl<S> Layer<S> for QuotaLayer {
             inner,
             quotas: self.quotas.clone(),
             metrics: self.metrics.clone(),
+            limits: self.limits,
         }
     }
 }
@@ -63,11 +110,13 @@ pub struct Quota<S> {
     inner: S,
     quotas: Quotas,
     metrics: Metrics,
+    limits: Option<FileLimits>,
 }
 
 /// Decides rate, concurrency and bytes; the returned slot is held for the whole request.
 async fn admit<B>(
     quotas: Quotas,
+    limits: Option<FileLimits>,
     req: &mut http::Request<B>,
     principal: &Principal,
 ) -> Result<Option<UploadSlot>, GatewayError> {
@@ -81,15 +130,18 @@ async fn admit<B>(
         });
     }
     quotas.check_rate(client).await?;
-    if !route.is_some_and(|r| r.is_upload()) {
+    let Some(route) = route.filter(|r| r.is_upload()) else {
         return Ok(None);
-    }
-    let permit = quotas.acquire_upload(client).await?;
+    };
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
+    if let Some(e) = announced.and_then(|n| impossible(req, route, limits, n)) {
+        return Err(e);
+    }
+    let permit = quotas.acquire_upload(client).await?;
     let ticket = quotas.bytes_ticket(client, announced).await?;
     req.extensions_mut()
         .insert(TicketSlot(Arc::new(Mutex::new(Some(ticket)))));
@@ -138,12 +190,13 @@ where
             }
         };
         let quotas = self.quotas.clone();
+        let limits = self.limits;
         // Take the service that was driven ready, leave a fresh clone behind (tower's rule
         // for calling an inner service from a future).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let permit = match admit(quotas, &mut req, &principal).await {
+            let permit = match admit(quotas, limits, &mut req, &principal).await {
                 Ok(p) => p,
                 Err(e) => {
                     count(&e);

@@ -22,9 +22,7 @@ use crate::sniff::{self, ImageType};
 use crate::state::AppState;
 use crate::upstream::Corp;
 
-/// Multipart framing a caller may add around the file before a `Content-Length` above the
-/// file limit is refused outright; the file itself is still held to the exact limit.
-pub const MULTIPART_FRAMING_ALLOWANCE: u64 = 16 * 1024;
+pub use crate::config::MULTIPART_FRAMING_ALLOWANCE;
 
 /// The upload routes, refined by `?type=`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
