@@ -310,7 +310,7 @@ impl Config {
             )
             .add_source(environment)
             .build()
-            .map_err(|e| ConfigError::Source(e.to_string()))?;
+            .map_err(|e| ConfigError::Source(without_snippet(&e.to_string())))?;
         serde_path_to_error::deserialize(layered).map_err(|e| {
             let key = e.path().to_string();
             ConfigError::Source(format!("`{key}`: {}", e.into_inner()))
@@ -318,9 +318,44 @@ impl Config {
     }
 }
 
+/// A parse error without the source lines the TOML parser quotes: the offending line may be
+/// an unterminated `app_secret = "…`, and this message is printed by `check-config`, returned
+/// by `/admin/reload` and logged. The line and column stay, which is enough to find it.
+fn without_snippet(message: &str) -> String {
+    message
+        .lines()
+        .filter(|l| {
+            let t = l.trim_start();
+            !(t.starts_with('|')
+                || t.split_once(" |")
+                    .is_some_and(|(n, _)| n.trim().chars().all(|c| c.is_ascii_digit())))
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Issue 14: the parser's error quoted the line, and with it an unterminated secret.
+    #[test]
+    fn a_parse_error_names_the_place_but_never_quotes_the_line() {
+        let dir = std::env::temp_dir().join(format!("fxgate-cfg-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("bad.toml");
+        std::fs::write(
+            &path,
+            "[corps.default]\nbase_url = \"sandbox\"\napp_secret = \"TOPSECRET123\n",
+        )
+        .unwrap();
+        let err = Config::load(&path, Some(HashMap::new()))
+            .unwrap_err()
+            .to_string();
+        assert!(!err.contains("TOPSECRET123"), "{err}");
+        assert!(err.contains("line 3"), "{err}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 
     #[test]
     fn sizes_and_durations() {

@@ -36,13 +36,22 @@ pub struct Corp {
     metrics: Metrics,
 }
 
-/// A prepared upstream URL and the trace id it carries.
-#[derive(Debug)]
+/// A prepared upstream URL and the trace id it carries. `Debug` shows the path only: the
+/// query holds the token.
 pub struct Target {
     /// The full URL; holds the token: never log it.
     pub uri: Uri,
     /// The `thirdTraceId` in it.
     pub third_trace_id: String,
+}
+
+impl std::fmt::Debug for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Target")
+            .field("path", &self.uri.path())
+            .field("third_trace_id", &self.third_trace_id)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Corp {
@@ -211,4 +220,24 @@ pub struct Answer {
     pub env: Envelope,
     /// Its `errorCode`, classified.
     pub code: UpstreamCode,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_never_prints_its_query() {
+        let t = Target {
+            uri: "http://x/media/upload?corpAccessToken=SECRET&corpId=c"
+                .parse()
+                .unwrap(),
+            third_trace_id: "t".into(),
+        };
+        let shown = format!("{t:?}");
+        assert!(
+            shown.contains("/media/upload") && !shown.contains("SECRET"),
+            "{shown}"
+        );
+    }
 }
