@@ -526,3 +526,33 @@ async fn an_fxg_token_issued_by_one_replica_is_accepted_by_the_other() {
     assert_eq!(r["errorCode"], 0, "{r}");
     assert_eq!(sandbox.stats().await["deletes"], 1);
 }
+
+#[tokio::test]
+async fn the_oauth_token_is_fetched_once_for_all_replicas() {
+    let sandbox = Sandbox::spawn(&[]);
+    let redis = RedisServer::start();
+    let oauth = client_entry(
+        "oauth",
+        GAMMA_KEY,
+        "api_style = \"oauth\"\nact_as = [\"1000\"]",
+    );
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", &oauth);
+    let query = serde_json::json!({"data": {"dataObjectApiName": "AccountObj"}});
+    for gw in [&a, &b, &a, &b] {
+        let r: serde_json::Value = client()
+            .post(format!("{}/cgi/crm/v2/data/query", gw.url))
+            .bearer_auth(GAMMA_KEY)
+            .json(&query)
+            .send()
+            .await
+            .unwrap()
+            .json()
+            .await
+            .unwrap();
+        assert_eq!(r["errorCode"], 0, "{r}");
+    }
+    let stats = sandbox.stats().await;
+    assert_eq!(stats["oauth_token_calls"], 1, "{stats}");
+    let shared = r#"fxgate_token_refresh_total{corp="default",flow="oauth",result="shared"}"#;
+    assert_eq!(metric(&b.metrics().await, shared), 1.0);
+}
