@@ -1,7 +1,11 @@
 //! Body types shared by the server, the upstream client and the sandbox.
 
-use bytes::Bytes;
+use std::time::Duration;
+
+use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
+
+use crate::error::GatewayError;
 
 /// The boxed error type used where causes are heterogeneous.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -14,4 +18,70 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
     Full::new(bytes.into())
         .map_err(|never| match never {})
         .boxed_unsync()
+}
+
+/// Reads a small body (a JSON call's) whole, in place: at most `limit` bytes (413, 941301,
+/// labelled `route`, beyond) and within `wait` (400, 940004, for a caller that stalls). The
+/// request keeps its (now spent) body, so a layer can read it and still pass the request on.
+pub async fn read_capped<B>(
+    body: &mut B,
+    limit: usize,
+    route: &'static str,
+    wait: Duration,
+) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut buf = BytesMut::new();
+    let read = async {
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|_| GatewayError::BodyInterrupted)?;
+            if let Ok(data) = frame.into_data() {
+                if buf.len() + data.len() > limit {
+                    return Err(GatewayError::PayloadTooLarge {
+                        seen: (buf.len() + data.len()) as u64,
+                        limit: limit as u64,
+                        route,
+                    });
+                }
+                buf.extend_from_slice(&data);
+            }
+        }
+        Ok(())
+    };
+    tokio::time::timeout(wait, read)
+        .await
+        .map_err(|_| GatewayError::BodyInterrupted)??;
+    Ok(buf.freeze())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A caller that sends part of its body and then nothing: answered, never waited on.
+    #[tokio::test]
+    async fn a_body_that_stalls_halfway_is_given_up_after_the_wait() {
+        let start = futures_util::stream::iter([Ok::<_, std::convert::Infallible>(
+            http_body::Frame::data(Bytes::from_static(b"{\"corpAccessToken\":")),
+        )]);
+        let stalled = futures_util::StreamExt::chain(start, futures_util::stream::pending());
+        let mut body = http_body_util::StreamBody::new(stalled);
+        // The deadline is the caller's to choose; a short one keeps the test short.
+        let r = read_capped(&mut body, 1024, "/cgi/*", Duration::from_millis(50)).await;
+        assert!(matches!(r, Err(GatewayError::BodyInterrupted)), "{r:?}");
+    }
+
+    #[tokio::test]
+    async fn a_body_over_the_limit_is_413_and_one_within_is_read_whole() {
+        let mut big = Full::new(Bytes::from(vec![b'x'; 2000]));
+        let r = read_capped(&mut big, 1024, "/cgi/*", Duration::from_secs(1)).await;
+        assert!(matches!(
+            r,
+            Err(GatewayError::PayloadTooLarge { limit: 1024, .. })
+        ));
+        let mut ok = Full::new(Bytes::from_static(b"{}"));
+        let r = read_capped(&mut ok, 1024, "/cgi/*", Duration::from_secs(1)).await;
+        assert_eq!(r.unwrap(), "{}");
+    }
 }

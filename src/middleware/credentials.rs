@@ -4,10 +4,10 @@
 
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header;
-use http_body_util::BodyExt as _;
 
+use crate::body::read_capped;
 use crate::error::GatewayError;
 use crate::route::{query_param, Route};
 use crate::session::PREFIX;
@@ -91,27 +91,7 @@ pub(super) async fn from_body<B>(
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
-    let mut buf = BytesMut::new();
-    let read = async {
-        while let Some(frame) = req.body_mut().frame().await {
-            let frame = frame.map_err(|_| GatewayError::BodyInterrupted)?;
-            if let Ok(data) = frame.into_data() {
-                if buf.len() + data.len() > limit {
-                    return Err(GatewayError::PayloadTooLarge {
-                        seen: (buf.len() + data.len()) as u64,
-                        limit: limit as u64,
-                        route: route.label(),
-                    });
-                }
-                buf.extend_from_slice(&data);
-            }
-        }
-        Ok(())
-    };
-    tokio::time::timeout(BODY_WAIT, read)
-        .await
-        .map_err(|_| GatewayError::BodyInterrupted)??;
-    let body = buf.freeze();
+    let body = read_capped(req.body_mut(), limit, route.label(), BODY_WAIT).await?;
     let found = match serde_json::from_slice::<BodyCredentials>(&body) {
         Ok(BodyCredentials {
             app_id: Some(id),

@@ -78,23 +78,15 @@ async fn route(state: Arc<AppState>, req: Req) -> Result<Resp, GatewayError> {
 /// A JSON route's body: the one the auth layer already read for a credential, or read now,
 /// at most `limit` bytes (413, 941301 beyond).
 pub(crate) async fn caller_json(
-    req: Req,
+    mut req: Req,
     limit: u64,
     label: &'static str,
 ) -> Result<bytes::Bytes, GatewayError> {
     if let Some(body) = req.extensions().get::<CallerBody>() {
         return Ok(body.0.clone());
     }
-    crate::upload::source::read_small(req.into_body(), limit as usize)
-        .await
-        .map_err(|e| match e {
-            GatewayError::BadRequest { .. } => GatewayError::PayloadTooLarge {
-                seen: limit + 1,
-                limit,
-                route: label,
-            },
-            e => e,
-        })
+    let wait = crate::upload::source::BODY_IDLE_TIMEOUT;
+    crate::body::read_capped(req.body_mut(), limit as usize, label, wait).await
 }
 
 impl Service<Req> for Router {

@@ -146,14 +146,3 @@ async fn drain_part(parts: &mut Parts, head: &PartHead) -> Result<(), GatewayErr
     }
     Ok(())
 }
-
-/// Reads a small body whole (JSON calls), at most `limit` bytes.
-pub async fn read_small(body: Incoming, limit: usize) -> Result<Bytes, GatewayError> {
-    match idle(http_body_util::Limited::new(body, limit).collect()).await? {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(GatewayError::BadRequest {
-            detail: format!("JSON body larger than {limit} bytes"),
-        }),
-        Err(_) => Err(GatewayError::BodyInterrupted),
-    }
-}
