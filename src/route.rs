@@ -6,6 +6,10 @@
 
 use std::fmt;
 
+/// Largest body of the small JSON routes (download, delete, the token endpoints), whoever
+/// reads it: the auth layer looking for a credential, or the handler.
+pub const JSON_BODY_MAX: usize = 64 * 1024;
+
 /// A caller-facing route (design §3). The label and the upstream path are the same string.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Route {

@@ -31,11 +31,8 @@ use super::credentials::{from_body, from_head, Presented};
 use super::{BoxFuture, Resp};
 use crate::config::{hash_key, ClientConfig};
 use crate::error::GatewayError;
-use crate::route::{ApiStyle, Route, RouteMatch};
+use crate::route::{ApiStyle, Route, RouteMatch, JSON_BODY_MAX};
 use crate::session::Sessions;
-
-/// Largest body read at a token endpoint.
-const TOKEN_BODY_MAX: usize = 64 * 1024;
 
 /// The authenticated caller, in request extensions.
 #[derive(Debug, Clone)]
@@ -186,9 +183,8 @@ impl AuthLayer {
         let mut presented = from_head(req);
         if matches!(presented, Presented::Nothing) {
             let limit = match route {
-                Some(Route::Token(_)) => Some(TOKEN_BODY_MAX),
+                Some(Route::Token(_) | Route::Download | Route::Delete) => Some(JSON_BODY_MAX),
                 Some(Route::Passthrough) => Some(self.max_body),
-                Some(Route::Download | Route::Delete) => Some(TOKEN_BODY_MAX),
                 _ => None,
             };
             if let (Some(limit), Some(route)) = (limit, route) {

@@ -15,14 +15,11 @@ use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
 use crate::middleware::{Req, Resp};
-use crate::route::Route;
+use crate::route::{Route, JSON_BODY_MAX};
 use crate::state::AppState;
 use crate::upstream::envelope::{UpstreamCode, MAX_ENVELOPE_BYTES};
 use crate::upstream::token::CorpToken;
 use crate::upstream::Corp;
-
-/// Largest JSON body a caller may send to these routes.
-const MAX_JSON_BODY: usize = 64 * 1024;
 
 /// Handles one download or delete (`route` is `Download` or `Delete`).
 pub async fn json_call(
@@ -71,7 +68,7 @@ pub async fn json_call(
 
 /// The caller's JSON object, without any Fxiaoke credentials of its own (never forwarded).
 async fn caller_body(req: Req, route: Route) -> Result<Map<String, Value>, GatewayError> {
-    let raw = super::caller_json(req, MAX_JSON_BODY as u64, route.label()).await?;
+    let raw = super::caller_json(req, JSON_BODY_MAX as u64, route.label()).await?;
     let mut body = match serde_json::from_slice::<Value>(&raw) {
         Ok(Value::Object(map)) => map,
         _ => {
