@@ -12,6 +12,8 @@ use serde::de::IgnoredAny;
 struct Member {
     key: String,
     start: usize,
+    /// Where its value starts.
+    value: usize,
     end: usize,
 }
 
@@ -44,9 +46,14 @@ impl<'a> Members<'a> {
             let start = i;
             i = end_of_string(raw, i);
             let key = decode_key(&raw[start..i]);
-            i = skip_ws(raw, i) + 1; // the ':'
-            i = end_of_value(raw, skip_ws(raw, i));
-            members.push(Member { key, start, end: i });
+            let value = skip_ws(raw, skip_ws(raw, i) + 1); // past the ':'
+            i = end_of_value(raw, value);
+            members.push(Member {
+                key,
+                start,
+                value,
+                end: i,
+            });
         }
         Ok(Self { raw, open, members })
     }
@@ -54,9 +61,7 @@ impl<'a> Members<'a> {
     /// The string value of the first member named `key`.
     pub fn str_value(&self, key: &str) -> Option<String> {
         let m = self.members.iter().find(|m| m.key == key)?;
-        let value = &self.raw[m.start..m.end];
-        let colon = value.iter().position(|b| *b == b':')?;
-        serde_json::from_slice::<String>(&value[colon + 1..]).ok()
+        serde_json::from_slice::<String>(&self.raw[m.value..m.end]).ok()
     }
 
     /// The object with every member named in `drop` removed (all of them, so a duplicate
@@ -195,6 +200,9 @@ mod tests {
         let body = r#"{ "corpId" : "x", "a":"1", "corp\u0049d":"y", "corpAccessToken":"fxg_z", "b" : [ 2 ] }"#;
         let m = Members::parse(body.as_bytes()).unwrap();
         assert_eq!(m.str_value("corpAccessToken").as_deref(), Some("fxg_z"));
+        assert_eq!(m.str_value("b"), None);
+        let colon = Members::parse(br#"{"a:b" : "x"}"#).unwrap();
+        assert_eq!(colon.str_value("a:b").as_deref(), Some("x"));
         let out = m.rebuild(&["corpId", "corpAccessToken"], &[("corpId", "real")]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
