@@ -482,7 +482,6 @@ async fn a_bad_reload_keeps_the_old_config_and_sighup_reloads() {
 /// caller near its quota was told 429 "until midnight" for a request that can never succeed.
 #[tokio::test]
 async fn an_oversized_upload_is_413_even_when_it_would_overrun_the_byte_quota() {
-    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let sandbox = Sandbox::spawn(&[]);
     let gw = Gateway::spawn(&with_gamma(
         &sandbox.url,
@@ -490,20 +489,7 @@ async fn an_oversized_upload_is_413_even_when_it_would_overrun_the_byte_quota() 
         "",
         "bytes_per_day = \"1MiB\"",
     ));
-    let addr = gw.url.trim_start_matches("http://").to_string();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /media/upload/message HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {GAMMA_KEY}\r\n\
-         Content-Type: image/jpeg\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        6 * 1024 * 1024
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&buf[..n]);
+    let answer = expect_continue(&gw, GAMMA_KEY, "/media/upload/message", 6 << 20).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("941301"), "{answer}");
     // Nothing was reserved: the day's bytes are all there for a file that fits.

@@ -124,20 +124,7 @@ async fn wrong_magic_bytes_is_415_and_fxiaoke_sees_nothing() {
 #[tokio::test]
 async fn oversize_content_length_is_refused_before_the_body_is_sent() {
     let (sandbox, gw) = pair(&[], "", "");
-    let addr = gw.url.trim_start_matches("http://").to_string();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /media/upload/message HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
-         Content-Type: image/jpeg\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        6 * 1024 * 1024
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&buf[..n]);
+    let answer = expect_continue(&gw, ALPHA_KEY, "/media/upload/message", 6 << 20).await;
     // Straight to 413: no `100 Continue`, so a well-behaved client never sends a body byte.
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
     assert!(answer.contains("941301"), "{answer}");

@@ -106,14 +106,7 @@ impl Sandbox {
     }
 
     pub async fn stats(&self) -> serde_json::Value {
-        self.http
-            .get(format!("{}/_sandbox/stats", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json("/_sandbox/stats").await
     }
 
     /// Waits (server-side, no polling) until `counter` reaches `value`, then returns the stats.
@@ -136,25 +129,11 @@ impl Sandbox {
     }
 
     pub async fn media(&self, id: &str) -> serde_json::Value {
-        self.http
-            .get(format!("{}/_sandbox/media/{id}", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json(&format!("/_sandbox/media/{id}")).await
     }
 
     pub async fn tokens(&self) -> Vec<String> {
-        self.http
-            .get(format!("{}/_sandbox/tokens", self.url))
-            .send()
-            .await
-            .unwrap()
-            .json()
-            .await
-            .unwrap()
+        self.get_json("/_sandbox/tokens").await
     }
 
     /// The business calls it received, oldest first (path, query, headers, body).
@@ -472,6 +451,25 @@ pub fn redis_store(redis: &RedisServer, fail_mode: &str) -> String {
         "[store]\nbackend = \"redis\"\nredis_url = \"{}\"\nquota_fail_mode = \"{fail_mode}\"\n",
         redis.url()
     )
+}
+
+/// Sends an upload head with `Content-Length: len` and `Expect: 100-continue` by `key` to
+/// `path` over a raw socket, and returns the first answer (no body byte is ever sent).
+pub async fn expect_continue(gw: &Gateway, key: &str, path: &str, len: u64) -> String {
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
+         Content-Type: image/jpeg\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
 }
 
 /// A caller `name` holding `key`, with more settings (TOML lines).
