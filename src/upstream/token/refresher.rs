@@ -103,7 +103,11 @@ impl Refresher {
     /// Runs until every provider is gone; `eager`: fetch at once, else when first asked.
     pub(super) async fn run(mut self, eager: bool) {
         if !eager {
-            self.shared.wake.notified().await;
+            tokio::select! {
+                _ = self.shared.wake.notified() => {}
+                // Never asked for, and every provider gone: nothing left to wait for.
+                _ = self.shared.publish.closed() => return,
+            }
         }
         loop {
             let state = self.shared.publish.borrow().clone();
