@@ -1,5 +1,5 @@
 //! The server around the handlers: TLS with HTTP/2, graceful shutdown with an upload in
-//! flight, the header-read timeout, secrets kept out of the logs, and the CLI's config checks.
+//! flight, the header-read and idle timeouts, the lingering close, secrets kept out of the logs, and the CLI's config checks.
 
 mod support;
 
@@ -145,6 +145,82 @@ async fn a_client_that_never_finishes_its_headers_is_disconnected() {
         .unwrap_or(0);
     let text = String::from_utf8_lossy(&buf[..n]);
     assert!(n == 0 || text.starts_with("HTTP/1.1 408"), "{text}");
+}
+
+/// Reads until the peer closes; how long that took, or `None` if it stayed open past `bound`.
+async fn time_to_close(tcp: &mut tokio::net::TcpStream, bound: Duration) -> Option<Duration> {
+    let started = std::time::Instant::now();
+    let mut buf = [0u8; 4096];
+    tokio::time::timeout(bound, async {
+        while tcp.read(&mut buf).await.map(|n| n > 0).unwrap_or(false) {}
+    })
+    .await
+    .ok()
+    .map(|()| started.elapsed())
+}
+
+#[tokio::test]
+async fn idle_connections_are_closed_on_every_listener() {
+    let sandbox = Sandbox::spawn(&[]);
+    let toml = config(&sandbox.url, "", "").replace(
+        "request_header_timeout = \"10s\"",
+        "request_header_timeout = \"10s\"\nidle_timeout = \"1s\"",
+    );
+    let gw = Gateway::spawn(&toml);
+    let gateway = gw.url.trim_start_matches("http://").to_string();
+    let admin = gw.admin.trim_start_matches("http://").to_string();
+    let h2c_preface: &[u8] =
+        b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n\x00\x00\x00\x04\x00\x00\x00\x00\x00";
+    let keep_alive = format!("GET /healthz HTTP/1.1\r\nHost: {admin}\r\n\r\n");
+    let cases: [(&str, &str, &[u8]); 4] = [
+        ("silent client, gateway", &gateway, b""),
+        ("silent client, admin", &admin, b""),
+        ("h2c after its preface", &gateway, h2c_preface),
+        // The header timeout (10 s) would close this one only well after the bound below.
+        (
+            "keep-alive after one request",
+            &admin,
+            keep_alive.as_bytes(),
+        ),
+    ];
+    for (case, addr, first) in cases {
+        let mut tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+        tcp.write_all(first).await.unwrap();
+        let closed = time_to_close(&mut tcp, Duration::from_secs(6)).await;
+        let took = closed.unwrap_or_else(|| panic!("{case}: still open after 6 s"));
+        assert!(
+            took >= Duration::from_millis(900),
+            "{case}: closed early, {took:?}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_client_that_writes_its_whole_body_before_reading_still_gets_the_413() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&config(&sandbox.url, "", ""));
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let len = 16usize << 20;
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /media/upload/message HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
+         Content-Type: image/jpeg\r\nContent-Length: {len}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    // As Python's http.client does: the whole body first, the answer after. Without a
+    // lingering close the kernel resets the connection and this write (or the read) fails.
+    tcp.write_all(&vec![0u8; len])
+        .await
+        .expect("the body is written");
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), tcp.read_to_end(&mut answer))
+        .await
+        .expect("the answer arrives")
+        .expect("the answer is read, not reset");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer.contains("941301"), "{answer}");
+    assert_eq!(sandbox.stats().await["upload_requests"], 0);
 }
 
 #[tokio::test]

@@ -39,6 +39,7 @@ impl Config {
                 "tls_key": s.tls.as_ref().map(|t| t.key.display().to_string()),
                 "client_ca": s.tls.as_ref().and_then(|t| t.client_ca.as_ref()).map(|p| p.display().to_string()),
                 "request_header_timeout": d(s.request_header_timeout),
+                "idle_timeout": d(s.idle_timeout),
                 "shutdown_grace": d(s.shutdown_grace),
                 "admin_key_sha256": s.admin_key_sha256.map(hex::encode),
                 "max_inflight": s.max_inflight,

@@ -17,6 +17,8 @@ pub const DEFAULT_LEASE_TTL: &str = "10s";
 pub const DEFAULT_MAX_INFLIGHT: usize = 1024;
 /// Default drain deadline on shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// Default `server.idle_timeout`.
+pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 /// Default fraction of a token's lifetime after which it is refreshed.
 pub const DEFAULT_REFRESH_AT: f64 = 0.93;
 /// Default per-interface limit Fxiaoke documents (100 calls / 20 s).
@@ -78,6 +80,9 @@ pub struct ServerFile {
     pub client_ca: Option<String>,
     /// Time to receive a request head, default `10s`.
     pub request_header_timeout: Option<String>,
+    /// A connection with no request in flight and no bytes moving is closed after this,
+    /// default `60s`.
+    pub idle_timeout: Option<String>,
     /// Drain deadline on SIGTERM/SIGINT, default `30s`.
     pub shutdown_grace: Option<String>,
     /// SHA-256 (hex) of the admin key; required for `/admin/*` off loopback.

@@ -75,6 +75,8 @@ pub struct ServerConfig {
     pub tls: Option<TlsConfig>,
     /// Time to receive a request head.
     pub request_header_timeout: Duration,
+    /// Time a connection may sit with no request in flight and no bytes moving.
+    pub idle_timeout: Duration,
     /// Drain deadline on shutdown.
     pub shutdown_grace: Duration,
     /// SHA-256 of the admin key.

@@ -79,6 +79,15 @@ fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
                 .as_deref()
                 .unwrap_or(DEFAULT_REQUEST_HEADER_TIMEOUT),
         )?,
+        idle_timeout: match parse_duration(
+            "server.idle_timeout",
+            s.idle_timeout.as_deref().unwrap_or(DEFAULT_IDLE_TIMEOUT),
+        )? {
+            d if d < Duration::from_millis(100) => {
+                return Err(invalid("server.idle_timeout", "must be at least 100ms"))
+            }
+            d => d,
+        },
         shutdown_grace: parse_duration(
             "server.shutdown_grace",
             s.shutdown_grace

@@ -1,11 +1,12 @@
 //! Every listener fxgate runs — the caller-facing gateway, the admin listener and the sandbox —
 //! is served by one loop, `serve`: accept (with a back-off on accept errors such as running
 //! out of file descriptors), optional TLS (handshake in the connection's own task, under a
-//! deadline), HTTP/1.1 + HTTP/2 (hyper-util `auto::Builder`) with a header-read timeout, and a
-//! graceful drain. On shutdown the listener closes at once; connections finish their in-flight
+//! deadline), HTTP/1.1 + HTTP/2 (hyper-util `auto::Builder`) with a header-read timeout, an idle
+//! deadline and a lingering close (`conn`), and a graceful drain. On shutdown the listener closes at once; connections finish their in-flight
 //! requests (HTTP/1 closes after the current one, HTTP/2 sends GOAWAY) until the grace ends,
 //! after which the rest are dropped.
 
+mod conn;
 pub mod tls;
 
 use std::convert::Infallible;
@@ -15,11 +16,11 @@ use std::time::Duration;
 
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto::Builder;
-use hyper_util::server::graceful::{GracefulShutdown, Watcher};
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt as _};
 
@@ -75,6 +76,8 @@ pub struct ServeOptions {
     pub name: &'static str,
     /// Time a client has to send a request head.
     pub header_timeout: Duration,
+    /// Time a connection may sit with nothing in flight and no bytes moving.
+    pub idle_timeout: Duration,
     /// Drain deadline on shutdown.
     pub shutdown_grace: Duration,
     /// hyper's per-connection read buffer bound (`None`: hyper's default, ~400 KiB).
@@ -87,6 +90,7 @@ impl ServeOptions {
         Self {
             name: "gateway",
             header_timeout: cfg.request_header_timeout,
+            idle_timeout: cfg.idle_timeout,
             shutdown_grace: cfg.shutdown_grace,
             // hyper's read buffer may grow to ~400 KiB per connection. Measured (benches/e2e):
             // 16 KiB halved 5 MiB throughput; since the multipart reader slices these buffers
@@ -101,6 +105,7 @@ impl ServeOptions {
         Self {
             name: "admin",
             header_timeout: cfg.request_header_timeout,
+            idle_timeout: cfg.idle_timeout,
             shutdown_grace: cfg.shutdown_grace.min(Duration::from_secs(5)),
             max_buf: Some(64 * 1024),
         }
@@ -111,6 +116,7 @@ impl ServeOptions {
         Self {
             name: "sandbox",
             header_timeout: Duration::from_secs(10),
+            idle_timeout: Duration::from_secs(60),
             shutdown_grace: Duration::from_secs(1),
             max_buf: None,
         }
@@ -141,7 +147,7 @@ where
     S::Future: Send + 'static,
 {
     let builder = Arc::new(opts.builder());
-    let graceful = GracefulShutdown::new();
+    let connections = TaskTracker::new();
     loop {
         let (stream, peer) = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -150,16 +156,20 @@ where
         let _ = stream.set_nodelay(true);
         let conn = Connection {
             builder: builder.clone(),
-            watcher: graceful.watcher(),
+            shutdown: shutdown.clone(),
+            idle_timeout: opts.idle_timeout,
             peer,
         };
         match &listener.tls {
-            None => tokio::spawn(conn.serve(stream, svc.clone())),
-            Some(acceptor) => tokio::spawn(conn.serve_tls(acceptor.clone(), stream, svc.clone())),
+            None => connections.spawn(conn.serve(stream, svc.clone())),
+            Some(acceptor) => {
+                connections.spawn(conn.serve_tls(acceptor.clone(), stream, svc.clone()))
+            }
         };
     }
     drop(listener);
-    drain(graceful, &opts).await;
+    connections.close();
+    drain(&connections, &opts).await;
 }
 
 async fn accept(tcp: &TcpListener, name: &'static str) -> (TcpStream, SocketAddr) {
@@ -174,14 +184,14 @@ async fn accept(tcp: &TcpListener, name: &'static str) -> (TcpStream, SocketAddr
     }
 }
 
-async fn drain(graceful: GracefulShutdown, opts: &ServeOptions) {
+async fn drain(connections: &TaskTracker, opts: &ServeOptions) {
     tracing::info!(
         listener = opts.name,
         grace_s = opts.shutdown_grace.as_secs(),
         "listener closed; draining connections"
     );
     tokio::select! {
-        _ = graceful.shutdown() => tracing::info!(listener = opts.name, "all connections drained"),
+        _ = connections.wait() => tracing::info!(listener = opts.name, "all connections drained"),
         _ = tokio::time::sleep(opts.shutdown_grace) => {
             tracing::warn!(listener = opts.name, "shutdown grace elapsed; dropping remaining connections")
         }
@@ -191,7 +201,9 @@ async fn drain(graceful: GracefulShutdown, opts: &ServeOptions) {
 /// One accepted connection.
 struct Connection {
     builder: Arc<Builder<TokioExecutor>>,
-    watcher: Watcher,
+    /// Cancelled when the listener drains: the connection then closes gracefully.
+    shutdown: CancellationToken,
+    idle_timeout: Duration,
     peer: SocketAddr,
 }
 
@@ -202,15 +214,54 @@ impl Connection {
         S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
         S::Future: Send + 'static,
     {
+        let activity = Arc::new(conn::Activity::default());
+        let io = conn::Tracked::new(io, activity.clone());
+        let counted = {
+            let activity = activity.clone();
+            svc.map_future(move |fut| {
+                let in_flight = activity.begin();
+                async move {
+                    let answered = fut.await;
+                    drop(in_flight);
+                    answered
+                }
+            })
+        };
         let conn = self
             .builder
-            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(svc))
-            .into_owned();
-        if let Err(e) = self.watcher.watch(conn).await {
-            tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+            .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(counted));
+        tokio::pin!(conn);
+        let mut idle = conn::IdleWatch::new(activity, self.idle_timeout);
+        let mut closing = false;
+        loop {
+            tokio::select! {
+                biased;
+                ended = conn.as_mut() => {
+                    if let Err(e) = ended {
+                        tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
+                    }
+                    return;
+                }
+                _ = self.shutdown.cancelled(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = tokio::time::sleep(idle.period()) => {
+                    if !idle.tick() {
+                        continue;
+                    }
+                    if closing {
+                        tracing::debug!(peer = %self.peer, "idle after a graceful close; dropping");
+                        return;
+                    }
+                    tracing::debug!(peer = %self.peer, "idle; closing");
+                    closing = true;
+                    idle.restart();
+                    conn.as_mut().graceful_shutdown();
+                }
+            }
         }
     }
-
     async fn serve_tls<S>(self, acceptor: TlsAcceptor, stream: TcpStream, svc: S)
     where
         S: Service<Req, Response = Resp, Error = Infallible> + Clone + Send + 'static,
