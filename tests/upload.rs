@@ -287,6 +287,60 @@ async fn download_streams_the_file_and_delete_passes_through() {
 
 /// A multipart body sent chunked, with an epilogue after the closing boundary: the answer
 /// comes at once and the connection serves the next upload.
+/// A chunked `multipart/form-data` body: `fillers` parts of 60 000 bytes around a small JPEG
+/// part `media` (before it when `fillers_first`).
+fn padded_multipart(fillers: usize, fillers_first: bool) -> reqwest::Body {
+    let filler = |i: usize| {
+        let mut part =
+            format!("--B\r\nContent-Disposition: form-data; name=\"pad{i}\"\r\n\r\n").into_bytes();
+        part.extend(std::iter::repeat_n(b'x', 60_000));
+        part.extend_from_slice(b"\r\n");
+        Ok::<_, std::io::Error>(part)
+    };
+    let mut media =
+        b"--B\r\nContent-Disposition: form-data; name=\"media\"; filename=\"a.jpg\"\r\n\
+          Content-Type: image/jpeg\r\n\r\n"
+            .to_vec();
+    media.extend_from_slice(&jpeg(3000, 7));
+    media.extend_from_slice(b"\r\n");
+    let mut chunks: Vec<_> = (0..fillers).map(filler).collect();
+    chunks.insert(if fillers_first { fillers } else { 0 }, Ok(media));
+    chunks.push(Ok(b"--B--\r\n".to_vec()));
+    reqwest::Body::wrap_stream(futures_util::stream::iter(chunks))
+}
+
+#[tokio::test]
+async fn chunked_multipart_filler_parts_cannot_stretch_the_body_past_the_file_limit() {
+    let (sandbox, gw) = pair(&[], "", "");
+    // 100 parts of 60 000 bytes: 6 MB in a body for the 5 MiB route, each part under the
+    // per-part bound, no Content-Length to refuse up front.
+    for fillers_first in [false, true] {
+        let resp = client()
+            .post(gw.upload_url())
+            .bearer_auth(ALPHA_KEY)
+            .header("content-type", "multipart/form-data; boundary=B")
+            .body(padded_multipart(100, fillers_first))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 413, "fillers first: {fillers_first}");
+        let body: serde_json::Value = resp.json().await.unwrap();
+        assert_eq!(body["errorCode"], 941301, "{body}");
+    }
+    let stats = sandbox.stats().await;
+    assert_eq!(stats["uploads_completed"], 0, "{stats}");
+    // The same parts within the bound pass.
+    let resp = client()
+        .post(gw.upload_url())
+        .bearer_auth(ALPHA_KEY)
+        .header("content-type", "multipart/form-data; boundary=B")
+        .body(padded_multipart(0, false))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+}
+
 #[tokio::test]
 async fn a_chunked_multipart_upload_leaves_the_connection_reusable() {
     let (sandbox, gw) = pair(&[], "", "");

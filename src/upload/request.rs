@@ -9,7 +9,7 @@ use http::{header, HeaderMap, Request, Uri};
 use hyper::body::Incoming;
 
 use super::digest;
-use super::source::FileSource;
+use super::source::{BodyCap, FileSource};
 use crate::config::UploadConfig;
 use crate::dedupe::{DedupeKey, LeaderGuard};
 use crate::error::GatewayError;
@@ -234,7 +234,14 @@ impl UploadRequest {
     /// The file inside `body`, in whichever form the caller sent it.
     pub async fn open_file(&self, body: Incoming) -> Result<FileSource, GatewayError> {
         match &self.boundary {
-            Some(b) => FileSource::multipart(body, b.clone()).await,
+            Some(b) => {
+                let cap = BodyCap::new(
+                    self.limit,
+                    MULTIPART_FRAMING_ALLOWANCE,
+                    self.kind.route().path(),
+                );
+                FileSource::multipart(body, b.clone(), cap).await
+            }
             None if self.announced == Some(0) => Err(GatewayError::BadRequest {
                 detail: "empty body; send the file as the body or as part `media`".into(),
             }),

@@ -2,8 +2,11 @@
 //! form: a `multipart/form-data` body with part `media` (Fxiaoke's own form), or a raw body
 //! (`Content-Type: image/...`, `?filename=`). The multipart framing is parsed as it arrives
 //! (`multipart::Multipart`, which slices the chunks hyper read); nothing but the current chunk
-//! is held.
+//! is held. A multipart body as a whole is held to the file limit plus the framing allowance,
+//! with or without `Content-Length`, so filler parts cannot stretch it.
 
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -30,12 +33,65 @@ pub struct FileSource {
     inner: Inner,
 }
 
-type Parts = Multipart<http_body_util::BodyDataStream<Incoming>>;
+type Parts = Multipart<Counted>;
 
 enum Inner {
     Raw(http_body_util::BodyDataStream<Incoming>),
-    /// The parts, and whether `media`'s data is still being read.
-    Multipart(Box<Parts>, bool),
+    /// The parts, whether `media`'s data is still being read, and the body's byte bound.
+    Multipart(Box<Parts>, bool, BodyCap),
+}
+
+/// A multipart body's bound: every byte of the body (parts, framing) counts.
+#[derive(Debug, Clone)]
+pub struct BodyCap {
+    max: u64,
+    limit: u64,
+    route: &'static str,
+    seen: Arc<AtomicU64>,
+}
+
+impl BodyCap {
+    /// The file `limit` on `route` plus `allowance` for the framing.
+    pub fn new(limit: u64, allowance: u64, route: &'static str) -> Self {
+        Self {
+            max: limit.saturating_add(allowance),
+            limit,
+            route,
+            seen: Arc::new(AtomicU64::new(0)),
+        }
+    }
+
+    fn check(&self) -> Result<(), GatewayError> {
+        match self.seen.load(Ordering::Relaxed) {
+            n if n > self.max => Err(GatewayError::PayloadTooLarge {
+                seen: n,
+                limit: self.limit,
+                route: self.route,
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
+/// The body's data, counted as the multipart reader pulls it.
+pub struct Counted {
+    inner: http_body_util::BodyDataStream<Incoming>,
+    seen: Arc<AtomicU64>,
+}
+
+impl futures_util::Stream for Counted {
+    type Item = Result<Bytes, hyper::Error>;
+
+    fn poll_next(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Self::Item>> {
+        let polled = self.inner.poll_next_unpin(cx);
+        if let std::task::Poll::Ready(Some(Ok(chunk))) = &polled {
+            self.seen.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+        }
+        polled
+    }
 }
 
 impl std::fmt::Debug for FileSource {
@@ -80,10 +136,20 @@ impl FileSource {
 
     /// A multipart body: reads (and drops) parts until the one named `media`, then stops at
     /// its first byte.
-    pub async fn multipart(body: Incoming, boundary: String) -> Result<Self, GatewayError> {
-        let mut parts = Multipart::new(body.into_data_stream(), &boundary, BODY_IDLE_TIMEOUT);
+    pub async fn multipart(
+        body: Incoming,
+        boundary: String,
+        cap: BodyCap,
+    ) -> Result<Self, GatewayError> {
+        let counted = Counted {
+            inner: body.into_data_stream(),
+            seen: cap.seen.clone(),
+        };
+        let mut parts = Multipart::new(counted, &boundary, BODY_IDLE_TIMEOUT);
         loop {
-            let Some(head) = parts.next_part().await.map_err(multipart_error)? else {
+            let next = parts.next_part().await;
+            cap.check()?;
+            let Some(head) = next.map_err(multipart_error)? else {
                 return Err(GatewayError::MalformedBody {
                     detail: "no part named `media`; send the file as `-F media=@file`".into(),
                 });
@@ -93,10 +159,10 @@ impl FileSource {
                     filename: head.filename,
                     content_type: head.content_type,
                     exact_len: None,
-                    inner: Inner::Multipart(Box::new(parts), true),
+                    inner: Inner::Multipart(Box::new(parts), true, cap),
                 });
             }
-            drain_part(&mut parts, &head).await?;
+            drain_part(&mut parts, &head, &cap).await?;
         }
     }
 
@@ -109,31 +175,42 @@ impl FileSource {
                 Some(Err(_)) => Err(GatewayError::BodyInterrupted),
                 None => Ok(None),
             },
-            Inner::Multipart(parts, in_media) => {
+            Inner::Multipart(parts, in_media, cap) => {
                 if *in_media {
-                    match parts.chunk().await.map_err(multipart_error)? {
+                    let chunk = parts.chunk().await;
+                    cap.check()?;
+                    match chunk.map_err(multipart_error)? {
                         Some(chunk) => return Ok(Some(chunk)),
                         None => *in_media = false,
                     }
                 }
                 // The rest of the body: other parts are dropped, a second file is an error.
-                while let Some(other) = parts.next_part().await.map_err(multipart_error)? {
+                loop {
+                    let next = parts.next_part().await;
+                    cap.check()?;
+                    let Some(other) = next.map_err(multipart_error)? else {
+                        return Ok(None);
+                    };
                     if other.name.as_deref() == Some("media") {
                         return Err(GatewayError::MalformedBody {
                             detail: "more than one part named `media`".into(),
                         });
                     }
-                    drain_part(parts, &other).await?;
+                    drain_part(parts, &other, cap).await?;
                 }
-                Ok(None)
             }
         }
     }
 }
 
-async fn drain_part(parts: &mut Parts, head: &PartHead) -> Result<(), GatewayError> {
+async fn drain_part(parts: &mut Parts, head: &PartHead, cap: &BodyCap) -> Result<(), GatewayError> {
     let mut seen = 0usize;
-    while let Some(chunk) = parts.chunk().await.map_err(multipart_error)? {
+    loop {
+        let chunk = parts.chunk().await;
+        cap.check()?;
+        let Some(chunk) = chunk.map_err(multipart_error)? else {
+            return Ok(());
+        };
         seen += chunk.len();
         if seen > OTHER_PART_MAX {
             return Err(GatewayError::MalformedBody {
@@ -144,5 +221,4 @@ async fn drain_part(parts: &mut Parts, head: &PartHead) -> Result<(), GatewayErr
             });
         }
     }
-    Ok(())
 }
