@@ -55,6 +55,73 @@ where
     Ok(buf.freeze())
 }
 
+/// `body`, failing with `StalledBody` when no frame arrives for `idle`: an upstream that stops
+/// sending mid-file would otherwise hold the caller (and its slot) for good.
+pub fn idle_bounded<B>(body: B, idle: Duration) -> Body
+where
+    B: http_body::Body<Data = Bytes> + Send + Unpin + 'static,
+    B::Error: Into<BoxError>,
+{
+    IdleBounded {
+        inner: body,
+        idle,
+        deadline: Box::pin(tokio::time::sleep(idle)),
+    }
+    .boxed_unsync()
+}
+
+/// The error of a body that went quiet for longer than its idle bound.
+#[derive(Debug)]
+pub struct StalledBody(pub Duration);
+
+impl std::fmt::Display for StalledBody {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "no data for {:?}", self.0)
+    }
+}
+
+impl std::error::Error for StalledBody {}
+
+struct IdleBounded<B> {
+    inner: B,
+    idle: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> http_body::Body for IdleBounded<B>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+    B::Error: Into<BoxError>,
+{
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<http_body::Frame<Bytes>, BoxError>>> {
+        use std::future::Future as _;
+        use std::task::Poll;
+        if let Poll::Ready(frame) = std::pin::Pin::new(&mut self.inner).poll_frame(cx) {
+            let next = tokio::time::Instant::now() + self.idle;
+            self.deadline.as_mut().reset(next);
+            return Poll::Ready(frame.map(|f| f.map_err(Into::into)));
+        }
+        match self.deadline.as_mut().poll(cx) {
+            Poll::Ready(()) => Poll::Ready(Some(Err(Box::new(StalledBody(self.idle))))),
+            Poll::Pending => Poll::Pending,
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> http_body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

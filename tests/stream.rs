@@ -1,6 +1,6 @@
 //! Streaming without buffering: a caller that hangs up aborts the upstream upload, a 100 MB
 //! file passes with bounded gateway memory, many concurrent uploads stay small, and upstream
-//! trouble (unreachable, slow) becomes 502 / 504.
+//! trouble (unreachable, slow) becomes 502 / 504, and a download that stalls is ended.
 
 mod support;
 
@@ -233,4 +233,35 @@ async fn slow_upstream_is_504() {
     assert_eq!(status, 504, "{body}");
     assert_eq!(body["errorCode"], 950401);
     assert!(body["errorDescription"].as_str().unwrap().contains("1s"));
+}
+
+#[tokio::test]
+async fn a_download_that_stalls_mid_file_is_cut_off_and_the_next_one_is_whole() {
+    let (sandbox, gw) = pair(&[], "upstream_timeout = \"1s\"", "");
+    let http = client();
+    let file = jpeg(200_000, 5);
+    let (_, _, body) =
+        upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, file.clone(), "d.jpg").await;
+    let id = body["mediaId"].as_str().unwrap().to_string();
+    sandbox
+        .faults(serde_json::json!({"download_stalls": 1}))
+        .await;
+    let download = || {
+        http.post(format!("{}/media/download", gw.url))
+            .bearer_auth(ALPHA_KEY)
+            .json(&serde_json::json!({"mediaId": id, "mediaTypeDesc": "IMAGE"}))
+            .send()
+    };
+    let started = std::time::Instant::now();
+    let resp = download().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    // Half the file came; then the upstream went quiet and fxgate ended the answer instead
+    // of holding the caller for good.
+    let cut = tokio::time::timeout(Duration::from_secs(10), resp.bytes())
+        .await
+        .expect("the stalled download is ended in time");
+    assert!(cut.is_err(), "a truncated file must not look whole");
+    assert!(started.elapsed() >= Duration::from_millis(900));
+    let whole = download().await.unwrap().bytes().await.unwrap();
+    assert_eq!(whole.as_ref(), file.as_slice());
 }

@@ -6,11 +6,10 @@
 use std::sync::Arc;
 
 use http::{header, HeaderValue, Request, Response};
-use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
-use crate::body::{full, Body};
+use crate::body::full;
 use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
@@ -36,7 +35,7 @@ pub async fn json_call(
         if route == Route::Download && is_file(&resp) {
             // The file itself: stream it back as it comes.
             corp.count(route.label(), UpstreamCode::Success);
-            return Ok(stream_back(resp));
+            return Ok(stream_back(resp, corp.cfg.upstream_timeout));
         }
         let answer = corp.read_answer(route.label(), resp).await?;
         log.set_upstream_trace_id(answer.env.trace_id());
@@ -127,11 +126,10 @@ fn is_file(resp: &Response<Incoming>) -> bool {
     !(is_json && small)
 }
 
-fn stream_back(resp: Response<Incoming>) -> Resp {
+/// The file, passed on as it arrives; a pause longer than `idle` (`upstream_timeout`) ends it.
+fn stream_back(resp: Response<Incoming>, idle: std::time::Duration) -> Resp {
     let (parts, body) = resp.into_parts();
-    let mut out = Response::new(Body::new(
-        body.map_err(|e| -> crate::body::BoxError { Box::new(e) }),
-    ));
+    let mut out = Response::new(crate::body::idle_bounded(body, idle));
     *out.status_mut() = parts.status;
     for name in [
         header::CONTENT_TYPE,

@@ -240,7 +240,11 @@ pub(super) async fn download(state: &State, req: Request<Incoming>) -> Response<
         .map(|m| (m.bytes.clone(), m.content_type.clone()));
     match found {
         Some((bytes, ct)) => {
-            let mut resp = Response::new(full(bytes));
+            let mut resp = if state.faults.lock().take_download_stall() {
+                half_then_nothing(bytes)
+            } else {
+                Response::new(full(bytes))
+            };
             let ct = ct.unwrap_or_else(|| "application/octet-stream".into());
             if let Ok(v) = header::HeaderValue::from_str(&ct) {
                 resp.headers_mut().insert(header::CONTENT_TYPE, v);
@@ -249,6 +253,20 @@ pub(super) async fn download(state: &State, req: Request<Incoming>) -> Response<
         }
         None => fx_error(10002, "mediaId does not exist"),
     }
+}
+
+/// The first half of `bytes` under a `Content-Length` for all of them, then silence.
+fn half_then_nothing(bytes: Bytes) -> Response<Body> {
+    use futures_util::StreamExt as _;
+    let len = bytes.len();
+    let half = futures_util::stream::iter([Ok::<_, crate::body::BoxError>(
+        http_body::Frame::data(bytes.slice(..len / 2)),
+    )]);
+    let body = http_body_util::StreamBody::new(half.chain(futures_util::stream::pending()));
+    let mut resp = Response::new(Body::new(body));
+    resp.headers_mut()
+        .insert(header::CONTENT_LENGTH, len.into());
+    resp
 }
 
 pub(super) async fn delete(state: &State, req: Request<Incoming>) -> Response<Body> {

@@ -210,6 +210,9 @@ pub(super) struct Faults {
     /// Answer the next N uploads (body read, nothing stored) likewise.
     #[serde(default)]
     pub(super) upload_stall_answers: u32,
+    /// Send the next N downloads' first half, then nothing more, for good.
+    #[serde(default)]
+    pub(super) download_stalls: u32,
     /// Answer the next N business calls with 20016, whatever token they carry (a token that
     /// Fxiaoke stopped accepting before its time).
     #[serde(default)]
@@ -233,6 +236,7 @@ impl Faults {
         self.fail_next_upload = new.fail_next_upload;
         self.token_stall_calls = new.token_stall_calls;
         self.upload_stall_answers = new.upload_stall_answers;
+        self.download_stalls = new.download_stalls;
         self.reject_calls = new.reject_calls;
     }
 
@@ -245,6 +249,12 @@ impl Faults {
     pub(super) fn take_upload_stall(&mut self) -> bool {
         let stall = self.upload_stall_answers > 0;
         self.upload_stall_answers = self.upload_stall_answers.saturating_sub(1);
+        stall
+    }
+
+    pub(super) fn take_download_stall(&mut self) -> bool {
+        let stall = self.download_stalls > 0;
+        self.download_stalls = self.download_stalls.saturating_sub(1);
         stall
     }
 
