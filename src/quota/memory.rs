@@ -246,6 +246,28 @@ mod tests {
     }
 
     #[test]
+    fn the_daily_budget_is_never_overshot_by_concurrent_callers() {
+        let q = Arc::new(MemoryQuotas::new(ManualClock::new(0)));
+        let taken: usize = std::thread::scope(|s| {
+            let workers: Vec<_> = (0..8)
+                .map(|_| {
+                    let q = q.clone();
+                    s.spawn(move || {
+                        (0..100)
+                            .filter(|_| {
+                                let answer = q.take_call("corp", "/x", 10_000, Some(50), 0);
+                                matches!(answer, BudgetAnswer::Taken(_))
+                            })
+                            .count()
+                    })
+                })
+                .collect();
+            workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
+        });
+        assert_eq!(taken, 50);
+    }
+
+    #[test]
     fn cst_days_start_at_utc_16h() {
         // 2026-11-24T15:59:59Z is 23:59:59 CST; one second later a new CST day begins.
         let before = 1_795_535_999;

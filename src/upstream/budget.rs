@@ -11,7 +11,7 @@ use crate::clock::Clock;
 use crate::error::GatewayError;
 use crate::quota::{cst_day, BudgetAnswer, QuotaStore};
 
-/// How long a request may wait for a slot in the corp's 20 s window before 942902.
+/// How long a request may wait, in all, for a slot in the corp's 20 s window before 942902.
 const BUDGET_QUEUE_BOUND: Duration = Duration::from_secs(2);
 
 /// The corp's allowance at Fxiaoke.
@@ -46,8 +46,11 @@ impl UpstreamBudget {
         }
     }
 
-    /// Takes one call on `interface`, waiting up to `BUDGET_QUEUE_BOUND` for the window.
+    /// Takes one call on `interface`, waiting up to `BUDGET_QUEUE_BOUND` in all for the
+    /// window: a request that loses the freed slot to another waits again, but never past the
+    /// bound.
     pub async fn acquire(&self, interface: &str) -> Result<(), GatewayError> {
+        let give_up = tokio::time::Instant::now() + BUDGET_QUEUE_BOUND;
         loop {
             let now = self.clock.unix_secs();
             let answer = self
@@ -62,7 +65,7 @@ impl UpstreamBudget {
                     }
                     return Ok(());
                 }
-                BudgetAnswer::Window(wait) if wait <= BUDGET_QUEUE_BOUND => {
+                BudgetAnswer::Window(wait) if tokio::time::Instant::now() + wait <= give_up => {
                     tokio::time::sleep(wait).await;
                 }
                 BudgetAnswer::Window(wait) => {
@@ -91,5 +94,39 @@ impl UpstreamBudget {
             u64::MAX => limit,
             left => left,
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::quota::memory::MemoryQuotas;
+
+    #[tokio::test(start_paused = true)]
+    async fn a_window_that_stays_full_is_waited_for_at_most_the_bound_in_all() {
+        let clock = ManualClock::new(0);
+        let store = Arc::new(MemoryQuotas::new(clock.clone()));
+        let budget = UpstreamBudget::new("c", 1, None, clock.clone(), store);
+        budget
+            .acquire("/media/upload")
+            .await
+            .expect("the first call");
+        // One second before the slot frees, with the store's clock standing still: every
+        // answer is "wait 1 s", as it is for a request that keeps losing the freed slot.
+        clock.advance(Duration::from_secs(19));
+        let started = tokio::time::Instant::now();
+        let waited = tokio::time::timeout(Duration::from_secs(60), budget.acquire("/media/upload"))
+            .await
+            .expect("acquire gives up by itself");
+        assert!(matches!(
+            waited,
+            Err(GatewayError::UpstreamBudget { daily: false, .. })
+        ));
+        assert!(
+            started.elapsed() <= BUDGET_QUEUE_BOUND,
+            "{:?}",
+            started.elapsed()
+        );
     }
 }
