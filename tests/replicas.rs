@@ -556,3 +556,68 @@ async fn the_oauth_token_is_fetched_once_for_all_replicas() {
     let shared = r#"fxgate_token_refresh_total{corp="default",flow="oauth",result="shared"}"#;
     assert_eq!(metric(&b.metrics().await, shared), 1.0);
 }
+
+/// Sixteen callers recorded as holders at once, all from the same read of the entry (as
+/// sixteen concurrent stream hits do), are all kept; a holder recorded after a delete does
+/// not bring the entry back.
+async fn holders_are_added_in_one_step(store: std::sync::Arc<dyn fxgate::dedupe::DedupeStore>) {
+    use fxgate::dedupe::{Dedupe, DedupeKey, MediaRef};
+    let dedupe = Dedupe {
+        store,
+        coalescer: Default::default(),
+        claim_scope: fxgate::config::ClaimScope::Client,
+    };
+    let key = |n: u8| DedupeKey {
+        corp: "default".into(),
+        route: "message",
+        sha256: [n; 32],
+        filename: None,
+    };
+    let entry = |id: &str| MediaRef {
+        media_id: id.into(),
+        size: 10,
+        content_type: "image/jpeg".into(),
+        created_at: std::time::SystemTime::now(),
+        caller: "up".into(),
+        holders: vec!["up".into()],
+    };
+    dedupe.store.put(key(1), entry("m1")).await;
+    let read = dedupe.store.get(&key(1)).await.expect("recorded");
+    let callers: Vec<String> = (0..16).map(|i| format!("caller{i}")).collect();
+    let k1 = key(1);
+    futures_util::future::join_all(callers.iter().map(|c| dedupe.add_holder(&k1, &read, c))).await;
+    let holders = dedupe.store.get(&key(1)).await.expect("kept").holders;
+    assert_eq!(holders.len(), 17, "{holders:?}");
+    assert!(callers.iter().all(|c| holders.contains(c)), "{holders:?}");
+
+    dedupe.store.put(key(2), entry("m2")).await;
+    let read = dedupe.store.get(&key(2)).await.expect("recorded");
+    dedupe.store.forget_media("default", "m2").await;
+    dedupe.add_holder(&key(2), &read, "late").await;
+    assert!(
+        dedupe.store.get(&key(2)).await.is_none(),
+        "deleted entry resurrected"
+    );
+}
+
+#[tokio::test]
+async fn dedupe_holders_are_added_in_one_step_and_a_delete_stays_a_delete() {
+    use std::sync::Arc;
+    let ttl = Duration::from_secs(600);
+    let clock = fxgate::clock::SystemClock::shared();
+    holders_are_added_in_one_step(Arc::new(fxgate::dedupe::MemoryStore::new(ttl, 100, clock)))
+        .await;
+
+    let redis = RedisServer::start();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fxgate.toml");
+    let toml = config("http://127.0.0.1:9", "", &redis_store(&redis, "open"));
+    std::fs::write(&path, toml).unwrap();
+    let cfg = fxgate::config::Config::load(&path, Some(Default::default())).unwrap();
+    let metrics = fxgate::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
+    let store = fxgate::store::Redis::start(&cfg.store, metrics)
+        .await
+        .unwrap();
+    let shared = fxgate::dedupe::redis::RedisStore::new(store, ttl, Duration::from_secs(30));
+    holders_are_added_in_one_step(Arc::new(shared)).await;
+}

@@ -17,7 +17,9 @@ pub struct MemoryStore {
     /// Deletes find their entries through invalidation closures rather than a reverse
     /// `mediaId` index: a delete is rare, and a second cache would double the cost of the
     /// insert every upload pays.
-    entries: moka::future::Cache<DedupeKey, MediaRef>,
+    /// Each entry sits behind its own lock so a new holder is added in place: re-inserting
+    /// would restart moka's TTL, race with another holder, and outlive a pending eviction.
+    entries: moka::future::Cache<DedupeKey, Arc<parking_lot::Mutex<MediaRef>>>,
     ttl: Duration,
     clock: Arc<dyn Clock>,
 }
@@ -40,7 +42,7 @@ impl MemoryStore {
 impl DedupeStore for MemoryStore {
     fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>> {
         Box::pin(async move {
-            let entry = self.entries.get(key).await?;
+            let entry = self.entries.get(key).await?.lock().clone();
             let created_ms = entry
                 .created_at
                 .duration_since(UNIX_EPOCH)
@@ -51,7 +53,30 @@ impl DedupeStore for MemoryStore {
     }
 
     fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()> {
-        Box::pin(self.entries.insert(key, value))
+        Box::pin(
+            self.entries
+                .insert(key, Arc::new(parking_lot::Mutex::new(value))),
+        )
+    }
+
+    fn add_holder<'a>(
+        &'a self,
+        key: &'a DedupeKey,
+        media_id: &'a str,
+        caller: &'a str,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let Some(entry) = self.entries.get(key).await else {
+                return;
+            };
+            let mut entry = entry.lock();
+            if entry.media_id == media_id
+                && !entry.held_by(caller)
+                && entry.holders.len() < super::MAX_HOLDERS
+            {
+                entry.holders.push(caller.to_string());
+            }
+        })
     }
 
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()> {
@@ -60,7 +85,7 @@ impl DedupeStore for MemoryStore {
         // `get` checks pending closures itself, so the eviction is visible at once.
         let registered = self
             .entries
-            .invalidate_entries_if(move |k, v| k.corp == corp && v.media_id == media_id);
+            .invalidate_entries_if(move |k, v| k.corp == corp && v.lock().media_id == media_id);
         if let Err(e) = registered {
             tracing::error!(error = %e, "dedupe index cannot evict by mediaId");
         }

@@ -84,6 +84,15 @@ pub trait DedupeStore: Send + Sync + fmt::Debug {
     fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>>;
     /// Records (or replaces) an entry.
     fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()>;
+    /// Adds `caller` to the holders of `key`'s entry, in one step (no read-modify-write: two
+    /// callers recorded at once are both kept), only while the entry still exists and still
+    /// points at `media_id` (a delete in between stays a delete), without extending its life.
+    fn add_holder<'a>(
+        &'a self,
+        key: &'a DedupeKey,
+        media_id: &'a str,
+        caller: &'a str,
+    ) -> BoxFuture<'a, ()>;
     /// Forgets every entry pointing at `media_id` of `corp` (after a delete).
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()>;
     /// The right to upload `key` (for `scope`) across processes. The embedded store grants
@@ -136,11 +145,11 @@ impl Dedupe {
         }
     }
 
-    /// Records that `caller` holds the file of `key` (it sent the bytes), keeping the entry.
-    pub async fn add_holder(&self, key: &DedupeKey, mut entry: MediaRef, caller: &str) {
+    /// Records that `caller` holds the file of `key` (it sent the bytes); `entry` is the
+    /// entry as it was read, which spares the store a write when nothing would change.
+    pub async fn add_holder(&self, key: &DedupeKey, entry: &MediaRef, caller: &str) {
         if !entry.held_by(caller) && entry.holders.len() < MAX_HOLDERS {
-            entry.holders.push(caller.to_string());
-            self.store.put(key.clone(), entry).await;
+            self.store.add_holder(key, &entry.media_id, caller).await;
         }
     }
 }

@@ -36,6 +36,27 @@ return 0
     )
 });
 
+/// Adds a holder where the entry is, in one step. The entry is patched as text (the new name
+/// goes first in `holders`, which always has the uploader) so that cjson never re-encodes the
+/// numbers; `KEEPTTL` keeps the trust period.
+static ADD_HOLDER: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local v = redis.call('GET', KEYS[1])
+if not v then return 0 end
+local ok, e = pcall(cjson.decode, v)
+if not ok or e.media_id ~= ARGV[1] or type(e.holders) ~= 'table' then return 0 end
+if #e.holders == 0 or #e.holders >= tonumber(ARGV[3]) then return 0 end
+for _, h in ipairs(e.holders) do if h == ARGV[2] then return 0 end end
+local at = string.find(v, '"holders":[', 1, true)
+if not at then return 0 end
+local cut = at + string.len('"holders":[') - 1
+redis.call('SET', KEYS[1], string.sub(v, 1, cut) .. cjson.encode(ARGV[2]) .. ',' .. string.sub(v, cut + 1), 'KEEPTTL')
+return 1
+"#,
+    )
+});
+
 /// The shared index.
 #[derive(Debug)]
 pub struct RedisStore {
@@ -147,6 +168,29 @@ impl DedupeStore for RedisStore {
                         .arg(ttl)
                         .ignore()
                         .query_async::<()>(&mut c)
+                        .await
+                })
+                .await;
+        })
+    }
+
+    fn add_holder<'a>(
+        &'a self,
+        key: &'a DedupeKey,
+        media_id: &'a str,
+        caller: &'a str,
+    ) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let k = self.entry_key(key);
+            let _: Result<i64, _> = self
+                .redis
+                .run("dedupe", "add_holder", |mut c| async move {
+                    ADD_HOLDER
+                        .key(&k)
+                        .arg(media_id)
+                        .arg(caller)
+                        .arg(super::MAX_HOLDERS)
+                        .invoke_async(&mut c)
                         .await
                 })
                 .await;

@@ -256,10 +256,7 @@ async fn stream_hit(
 ) -> Response<Body> {
     state.metrics.count_dedupe(DedupeResult::HitStream, size);
     log.set_dedupe(DedupeResult::HitStream);
-    state
-        .dedupe
-        .add_holder(key, media.clone(), &up.caller)
-        .await;
+    state.dedupe.add_holder(key, &media, &up.caller).await;
     let resp = answer::hit_response(&media, &digest, &up.request_id);
     if let Some(g) = up.leader {
         g.complete(media);
