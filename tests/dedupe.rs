@@ -379,3 +379,35 @@ async fn delete_evicts_and_entries_expire_after_the_ttl() {
     assert_eq!(expired["deduplicated"], false, "{expired}");
     assert_eq!(sandbox.stats().await["uploads_completed"], 3);
 }
+
+#[tokio::test]
+async fn a_document_claim_and_its_upload_use_the_same_filename() {
+    // The claim is keyed by `?filename=`; the part says otherwise. fxgate sends (and records)
+    // the file under the query's name, so the next claim for that name is a hit, and the name
+    // Fxiaoke holds is the one the key promises.
+    let (sandbox, gw) = pair(&[], "", "");
+    let http = client();
+    let file = b"%PDF-1.7 the signed contract".repeat(500);
+    let send = |part_name: &'static str| {
+        let part = reqwest::multipart::Part::bytes(file.clone())
+            .file_name(part_name)
+            .mime_str("application/pdf")
+            .unwrap();
+        http.post(format!(
+            "{}/media/upload?type=document&filename=contract.pdf",
+            gw.url
+        ))
+        .bearer_auth(ALPHA_KEY)
+        .header("repr-digest", repr_digest(&file))
+        .multipart(reqwest::multipart::Form::new().part("media", part))
+        .send()
+    };
+    let first: serde_json::Value = send("scan-0042.pdf").await.unwrap().json().await.unwrap();
+    assert_eq!(first["errorCode"], 0, "{first}");
+    let id = first["mediaId"].as_str().unwrap();
+    assert_eq!(sandbox.media(id).await["filename"], "contract.pdf");
+    let second: serde_json::Value = send("scan-0042.pdf").await.unwrap().json().await.unwrap();
+    assert_eq!(second["deduplicated"], true, "{second}");
+    assert_eq!(second["mediaId"], first["mediaId"]);
+    assert_eq!(sandbox.stats().await["uploads_completed"], 1);
+}

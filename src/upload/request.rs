@@ -255,13 +255,19 @@ impl UploadRequest {
     }
 
     /// The part to send upstream: the caller's filename and type where it gave them.
+    /// `?filename=` comes first: a document's claim is keyed by it before the part is seen,
+    /// so the file must go (and be recorded) under that name.
     pub fn part(&self, file: &FileSource, sniffed: Option<ImageType>) -> Part {
-        let filename = file
-            .filename
-            .as_deref()
-            .map(sanitize_filename)
+        let filename = self
+            .filename_param
+            .clone()
             .filter(|f| !f.is_empty())
-            .or_else(|| self.filename_param.clone())
+            .or_else(|| {
+                file.filename
+                    .as_deref()
+                    .map(sanitize_filename)
+                    .filter(|f| !f.is_empty())
+            })
             .unwrap_or_else(|| sniff::default_filename(sniffed).to_string());
         let content_type = match (&file.content_type, sniffed) {
             (Some(ct), _) if !ct.is_empty() => ct.clone(),
