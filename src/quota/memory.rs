@@ -267,6 +267,30 @@ mod tests {
         assert_eq!(taken, 50);
     }
 
+    #[tokio::test]
+    async fn an_upload_spanning_cst_midnight_is_charged_once() {
+        // 23:59:58 CST.
+        let clock = ManualClock::new(1_795_535_998_000);
+        let store = MemoryQuotas::new(clock.clone());
+        let quotas = Quotas::new(Arc::new(store.clone()), clock.clone());
+        let mut cfg = crate::middleware::testing::caller("c");
+        cfg.bytes_per_day = Some(100 << 20);
+        let cfg = Arc::new(cfg);
+        let used = |at: u64| {
+            futures_util::FutureExt::now_or_never(store.bytes_today("c", at))
+                .and_then(Result::ok)
+                .unwrap_or(u64::MAX)
+        };
+        let mut t = quotas.bytes_ticket(&cfg, None).await.unwrap();
+        t.grow_to(3 << 20).await.unwrap();
+        clock.advance(Duration::from_secs(5));
+        t.grow_to(8 << 20).await.unwrap();
+        t.grow_to(9 << 20).await.unwrap();
+        t.settle(9 << 20);
+        // The 3 MiB before midnight were yesterday's; today has only the 6 MiB after it.
+        assert_eq!(used(clock.unix_secs()), 6 << 20);
+    }
+
     #[test]
     fn cst_days_start_at_utc_16h() {
         // 2026-11-24T15:59:59Z is 23:59:59 CST; one second later a new CST day begins.

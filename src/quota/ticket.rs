@@ -49,10 +49,11 @@ impl BytesTicket {
         let Some(Reserved { day, by }) = self.quotas.reserve(&self.client, n).await? else {
             return Ok(());
         };
-        // Midnight passed mid-upload: yesterday's part is gone with yesterday.
-        self.segments.retain(|s| s.day == day);
+        // Midnight may pass mid-upload: the bytes before it stay yesterday's (and count toward
+        // what this upload has reserved), the bytes after it are today's. Each byte is
+        // charged once.
         match self.segments.last_mut() {
-            Some(last) if Arc::ptr_eq(&last.by, &by) => last.bytes += n,
+            Some(last) if last.day == day && Arc::ptr_eq(&last.by, &by) => last.bytes += n,
             _ => self.segments.push(Segment { day, bytes: n, by }),
         }
         Ok(())
