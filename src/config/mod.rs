@@ -315,7 +315,8 @@ impl Config {
             .map_err(|e| ConfigError::Source(without_snippet(&e.to_string())))?;
         serde_path_to_error::deserialize(layered).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError::Source(format!("`{key}`: {}", e.into_inner()))
+            let cause = without_values(&e.into_inner().to_string());
+            ConfigError::Source(format!("`{key}`: {cause}"))
         })
     }
 }
@@ -336,9 +337,44 @@ fn without_snippet(message: &str) -> String {
         .join(" ")
 }
 
+/// A type error without the value that caused it (`invalid type: string "…", expected …`
+/// becomes `invalid type: string, expected …`): a secret written where another key belongs,
+/// or a key misplaced, must not be echoed. The key path and the expected type stay.
+fn without_values(message: &str) -> String {
+    let mut out = String::with_capacity(message.len());
+    let mut rest = message;
+    while let Some(at) = ["invalid type: ", "invalid value: "]
+        .iter()
+        .filter_map(|p| rest.find(p).map(|i| i + p.len()))
+        .min()
+    {
+        out.push_str(&rest[..at]);
+        rest = &rest[at..];
+        let kind_end = rest.find([' ', ',']).unwrap_or(rest.len());
+        out.push_str(&rest[..kind_end]);
+        rest = match rest.find(", expected") {
+            Some(end) if end >= kind_end => &rest[end..],
+            _ => &rest[kind_end..],
+        };
+    }
+    out.push_str(rest);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_type_error_names_the_kind_but_never_the_value() {
+        let e = without_values(r#"invalid type: string "s3cr3t, x", expected a map"#);
+        assert_eq!(e, "invalid type: string, expected a map");
+        let e = without_values("invalid value: integer `987654321`, expected u16; invalid type: map, expected a string");
+        assert_eq!(
+            e,
+            "invalid value: integer, expected u16; invalid type: map, expected a string"
+        );
+    }
 
     /// Issue 14: the parser's error quoted the line, and with it an unterminated secret.
     #[test]
