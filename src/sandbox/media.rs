@@ -8,7 +8,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
-use super::state::{Media, State};
+use super::state::{Media, ScriptedAnswer, State};
 use super::{authorize, full, fx_error, json, read_json, valid_trace_id, SandboxOptions};
 use crate::body::Body;
 use crate::route::query_param;
@@ -118,7 +118,11 @@ async fn read_media(
     let mut kept = Vec::new();
     let mut size = 0u64;
     let mut head = Vec::with_capacity(16);
+    let read_delay = state.faults.lock().upload_read_delay;
     loop {
+        if !read_delay.is_zero() {
+            tokio::time::sleep(read_delay).await;
+        }
         match field.chunk().await {
             Ok(Some(chunk)) => {
                 size += chunk.len() as u64;
@@ -167,6 +171,11 @@ async fn keep(state: &State, media: Media) -> Response<Body> {
         state.stats.bump(|s| &s.uploads_rejected);
         return super::stalled();
     }
+    let scripted = state.faults.lock().upload_answers.pop_front();
+    if let Some(answer) = scripted {
+        state.stats.bump(|s| &s.uploads_rejected);
+        return scripted_answer(answer);
+    }
     if let Some(code) = state.faults.lock().fail_next_upload.take() {
         state.stats.bump(|s| &s.uploads_rejected);
         return fx_error(code, "scripted failure");
@@ -182,6 +191,45 @@ async fn keep(state: &State, media: Media) -> Response<Body> {
         "mediaId": id,
         "traceId": format!("E-O.sandbox.{}", uuid::Uuid::new_v4().simple()),
     }))
+}
+
+fn scripted_answer(answer: ScriptedAnswer) -> Response<Body> {
+    use futures_util::StreamExt as _;
+    let (status, ct, body): (u16, &str, &'static [u8]) = match answer {
+        ScriptedAnswer::Html => (
+            200,
+            "text/html",
+            b"<html><body>Service Unavailable</body></html>",
+        ),
+        ScriptedAnswer::Garbage => (200, "application/json", b"\x00\xffnot json{"),
+        ScriptedAnswer::PlainText => (200, "text/plain", b"OK"),
+        ScriptedAnswer::BadGateway => (502, "text/html", b"<html>502 Bad Gateway</html>"),
+        ScriptedAnswer::ServerError => (
+            500,
+            "application/json",
+            br#"{"errorCode":-1,"errorMessage":"system error"}"#,
+        ),
+        ScriptedAnswer::ResetMidBody => {
+            let cut = futures_util::stream::iter([
+                Ok(http_body::Frame::data(Bytes::from_static(
+                    b"{\"errorCode\":0,\"med",
+                ))),
+                Err::<http_body::Frame<Bytes>, crate::body::BoxError>("cut".into()),
+            ]);
+            let mut resp = Response::new(Body::new(http_body_util::StreamBody::new(cut.boxed())));
+            resp.headers_mut().insert(
+                header::CONTENT_LENGTH,
+                header::HeaderValue::from_static("200"),
+            );
+            return resp;
+        }
+    };
+    let mut resp = Response::new(full(Bytes::from_static(body)));
+    *resp.status_mut() = http::StatusCode::from_u16(status).unwrap_or_default();
+    if let Ok(v) = header::HeaderValue::from_str(ct) {
+        resp.headers_mut().insert(header::CONTENT_TYPE, v);
+    }
+    resp
 }
 
 fn aborted(state: &State, e: &multer::Error) -> Response<Body> {

@@ -213,10 +213,35 @@ pub(super) struct Faults {
     /// Send the next N downloads' first half, then nothing more, for good.
     #[serde(default)]
     pub(super) download_stalls: u32,
+    /// Read each chunk of every upload body this long after the last (a slow Fxiaoke:
+    /// back-pressure all the way to the caller).
+    #[serde(default, rename = "upload_read_delay_ms", with = "millis")]
+    pub(super) upload_read_delay: Duration,
+    /// Answers for the next uploads (body read, nothing stored), one per upload, in order.
+    #[serde(default)]
+    pub(super) upload_answers: std::collections::VecDeque<ScriptedAnswer>,
     /// Answer the next N business calls with 20016, whatever token they carry (a token that
     /// Fxiaoke stopped accepting before its time).
     #[serde(default)]
     pub(super) reject_calls: u32,
+}
+
+/// A broken answer the sandbox can give an upload instead of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub(super) enum ScriptedAnswer {
+    /// 200 with an HTML error page (a proxy in the way).
+    Html,
+    /// 200 `application/json` whose body is not JSON.
+    Garbage,
+    /// 200 `text/plain` `OK`.
+    PlainText,
+    /// 502 with an HTML body (a load balancer).
+    BadGateway,
+    /// 500 with Fxiaoke's JSON envelope.
+    ServerError,
+    /// A head, a few bytes of body, then the connection is cut.
+    ResetMidBody,
 }
 
 mod millis {
@@ -237,6 +262,8 @@ impl Faults {
         self.token_stall_calls = new.token_stall_calls;
         self.upload_stall_answers = new.upload_stall_answers;
         self.download_stalls = new.download_stalls;
+        self.upload_answers = new.upload_answers;
+        self.upload_read_delay = new.upload_read_delay;
         self.reject_calls = new.reject_calls;
     }
 

@@ -158,12 +158,25 @@ impl Corp {
             .upstream_duration
             .with_label_values(&[label])
             .observe(started.elapsed().as_secs_f64());
-        match result {
+        let result = match result {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 after: self.cfg.upstream_timeout,
             }),
             Ok(r) => r.map_err(Into::into),
-        }
+        };
+        result.inspect_err(|e| self.count_failure(label, e))
+    }
+
+    /// Counts a call that got no usable answer under what went wrong, so a dashboard tells a
+    /// slow Fxiaoke from an unreachable one from one answering garbage.
+    fn count_failure(&self, label: &str, e: &GatewayError) {
+        let kind = match e {
+            GatewayError::UpstreamTimeout { .. } => "timeout",
+            GatewayError::UpstreamUnreachable { .. } => "unreachable",
+            GatewayError::UpstreamInvalid { .. } => "invalid",
+            _ => return,
+        };
+        self.count_label(label, kind);
     }
 
     /// Reads Fxiaoke's JSON answer, within `upstream_timeout` (the head's deadline bounds only
@@ -178,7 +191,22 @@ impl Corp {
         let after = self.cfg.upstream_timeout;
         let env = tokio::time::timeout(after, Envelope::read(resp.into_body()))
             .await
-            .map_err(|_| GatewayError::UpstreamTimeout { after })??;
+            .map_err(|_| GatewayError::UpstreamTimeout { after })
+            .and_then(|r| r)
+            .inspect_err(|e| self.count_failure(label, e))?;
+        if env.json.is_none() {
+            // Every media answer is a JSON envelope; anything else (a proxy's HTML page, a
+            // truncated or garbled body) must not reach the caller as a 200 that looks final.
+            let e = GatewayError::UpstreamInvalid {
+                detail: format!(
+                    "HTTP {} with {} bytes that are not a JSON object",
+                    status.as_u16(),
+                    env.raw.len()
+                ),
+            };
+            self.count_failure(label, &e);
+            return Err(e);
+        }
         let code = env.code();
         self.count(label, code);
         Ok(Answer { status, env, code })
@@ -204,9 +232,13 @@ impl Corp {
 
     /// Counts one upstream answer on the route labelled `label` by its `errorCode`.
     pub fn count(&self, label: &str, code: UpstreamCode) {
+        self.count_label(label, &code.label());
+    }
+
+    fn count_label(&self, label: &str, error_code: &str) {
         self.metrics
             .upstream_requests
-            .with_label_values(&[&self.cfg.name, label, &code.label()])
+            .with_label_values(&[&self.cfg.name, label, error_code])
             .inc();
     }
 }

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+pub mod proxy;
 pub mod sdk;
 
 pub const ALPHA_KEY: &str = "alpha-key-7d1f0c2e9b";
@@ -580,6 +581,18 @@ impl InProcess {
 
     pub fn upload_url(&self) -> String {
         format!("{}/media/upload/message", self.url)
+    }
+
+    /// Scripts the sandbox's faults (replacing the ones before).
+    pub async fn faults(&self, faults: serde_json::Value) {
+        let resp = self
+            .http
+            .post(format!("{}/_sandbox/faults", self.sandbox.url()))
+            .json(&faults)
+            .send()
+            .await
+            .unwrap();
+        assert!(resp.status().is_success());
     }
 
     /// Moves the shared clock forward.
