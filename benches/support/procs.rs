@@ -235,7 +235,25 @@ http {{
 }
 
 impl Drop for Nginx {
+    // SIGKILL on the master alone orphans its workers, which then live on after the bench
+    // (and skew the next run's CPU readings): SIGTERM makes the master stop them first.
     fn drop(&mut self) {
+        let workers = self.pids();
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while std::time::Instant::now() < deadline {
+            if matches!(self.child.try_wait(), Ok(Some(_))) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        for pid in workers.into_iter().skip(1) {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

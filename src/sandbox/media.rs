@@ -118,13 +118,14 @@ async fn read_media(
     let mut kept = Vec::new();
     let mut size = 0u64;
     let mut head = Vec::with_capacity(16);
-    let read_delay = state.faults.lock().upload_read_delay;
+    let rate = state.faults.lock().upload_read_kib_per_sec;
     loop {
-        if !read_delay.is_zero() {
-            tokio::time::sleep(read_delay).await;
-        }
         match field.chunk().await {
             Ok(Some(chunk)) => {
+                if rate > 0 {
+                    let secs = chunk.len() as f64 / (rate * 1024) as f64;
+                    tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+                }
                 size += chunk.len() as u64;
                 if head.len() < 16 {
                     head.extend_from_slice(&chunk[..chunk.len().min(16 - head.len())]);

@@ -213,10 +213,10 @@ pub(super) struct Faults {
     /// Send the next N downloads' first half, then nothing more, for good.
     #[serde(default)]
     pub(super) download_stalls: u32,
-    /// Read each chunk of every upload body this long after the last (a slow Fxiaoke:
-    /// back-pressure all the way to the caller).
-    #[serde(default, rename = "upload_read_delay_ms", with = "millis")]
-    pub(super) upload_read_delay: Duration,
+    /// Read every upload body at most this fast, in KiB/s (a slow Fxiaoke: back-pressure all
+    /// the way to the caller); 0 = as fast as it comes.
+    #[serde(default)]
+    pub(super) upload_read_kib_per_sec: u64,
     /// Answers for the next uploads (body read, nothing stored), one per upload, in order.
     #[serde(default)]
     pub(super) upload_answers: std::collections::VecDeque<ScriptedAnswer>,
@@ -263,7 +263,7 @@ impl Faults {
         self.upload_stall_answers = new.upload_stall_answers;
         self.download_stalls = new.download_stalls;
         self.upload_answers = new.upload_answers;
-        self.upload_read_delay = new.upload_read_delay;
+        self.upload_read_kib_per_sec = new.upload_read_kib_per_sec;
         self.reject_calls = new.reject_calls;
     }
 

@@ -92,11 +92,12 @@ impl ServeOptions {
             header_timeout: cfg.request_header_timeout,
             idle_timeout: cfg.idle_timeout,
             shutdown_grace: cfg.shutdown_grace,
-            // hyper's read buffer may grow to ~400 KiB per connection. Measured (benches/e2e):
-            // 16 KiB halved 5 MiB throughput; since the multipart reader slices these buffers
-            // instead of copying them, 64 KiB costs 43 MiB peak RSS for 256 slow uploads
-            // (32 KiB: 33 MiB) and brings 5 MiB at c=16/64 to nginx + SHA-256's CPU.
-            max_buf: Some(64 * 1024),
+            // hyper's read buffer may grow to ~400 KiB per connection; each chunk of a file
+            // pins one. Measured: an upload held up by a slow Fxiaoke costs 149 / 221 / 296
+            // KiB at 32 / 48 / 64 KiB (tests/faults.rs), 5 MiB uploads at c=1 lose ~18 % / ~5 %
+            // of throughput against 64 KiB (benches/e2e), 16 KiB halves it. 48 KiB keeps an
+            // upload under back-pressure within 256 KiB.
+            max_buf: Some(48 * 1024),
         }
     }
 

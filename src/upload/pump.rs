@@ -13,7 +13,7 @@ use super::source::FileSource;
 use crate::error::GatewayError;
 use crate::quota::BytesTicket;
 use crate::sniff::HEAD_LEN;
-use crate::upstream::body::{BodySender, DigestReceiver};
+use crate::upstream::body::{BodySender, DigestReceiver, FileSlot};
 
 /// Files up to this size are read whole before the upstream request opens. It is within the
 /// server's inbound read buffer, so it adds no memory per upload.
@@ -122,7 +122,7 @@ pub struct Pump<'a> {
     pub ticket: &'a mut Option<BytesTicket>,
 }
 
-impl Pump<'_> {
+impl<'a> Pump<'a> {
     /// Sends `head`, then the rest of `file`; then waits for the digest, which is final once
     /// hyper has taken the last byte (which takes as long as sending it).
     pub async fn run(
@@ -134,6 +134,10 @@ impl Pump<'_> {
         let mut size = 0u64;
         let mut pending = head.chunks.into_iter();
         loop {
+            // Room first, then the caller's next chunk: nothing is read that cannot be queued.
+            let Some(slot) = self.room().await? else {
+                return Ok(Streamed::UpstreamGone { size });
+            };
             let chunk = match pending.next() {
                 Some(c) => c,
                 None => match file.next_chunk().await? {
@@ -152,9 +156,7 @@ impl Pump<'_> {
             if let Some(t) = self.ticket.as_mut() {
                 t.grow_to(size).await?;
             }
-            if !self.send(chunk).await? {
-                return Ok(Streamed::UpstreamGone { size });
-            }
+            slot.send(chunk);
         }
         let digest = tokio::time::timeout(self.send_timeout, async {
             match self.tx.end_of_file().await {
@@ -171,17 +173,18 @@ impl Pump<'_> {
         })
     }
 
-    /// Queues one chunk; `false` when the upstream request is gone.
-    async fn send(&self, chunk: Bytes) -> Result<bool, GatewayError> {
-        // A deadline (a timer entry) only when the channel is full and we must wait.
-        let chunk = match self.tx.try_send_file(chunk) {
-            Ok(None) => return Ok(true),
-            Ok(Some(c)) => c,
-            Err(_) => return Ok(false),
-        };
-        match tokio::time::timeout(self.send_timeout, self.tx.send_file(chunk)).await {
+    /// Room for one chunk in the upstream body, waiting at most `send_timeout`; `None` when
+    /// the upstream request is gone.
+    async fn room(&self) -> Result<Option<FileSlot<'a>>, GatewayError> {
+        // A deadline (a timer entry) only when the body is full and we must wait.
+        match self.tx.try_slot() {
+            Ok(Some(slot)) => return Ok(Some(slot)),
+            Ok(None) => {}
+            Err(_) => return Ok(None),
+        }
+        match tokio::time::timeout(self.send_timeout, self.tx.slot()).await {
             Err(_) => Err(self.timed_out()),
-            Ok(r) => Ok(r.is_ok()),
+            Ok(r) => Ok(r.ok()),
         }
     }
 

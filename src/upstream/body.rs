@@ -19,8 +19,12 @@ use tokio::sync::{mpsc, oneshot};
 
 use crate::body::BoxError;
 
-/// Chunks in flight between the upload task and hyper; with 64 KiB reads that is ≤ 256 KiB.
-const CHANNEL_CHUNKS: usize = 4;
+/// Chunks queued between the upload task and hyper. One is enough to keep hyper writing while
+/// the next is read (hyper holds the one it writes, the caller's connection the one being
+/// read): with 64 KiB reads an upload held up by a slow Fxiaoke holds about three chunks.
+/// Four cost ~230 KiB more per such upload (tests/faults.rs) and no throughput in
+/// `benches/e2e`.
+const CHANNEL_CHUNKS: usize = 1;
 
 enum Msg {
     /// Multipart framing: sent, not hashed.
@@ -141,7 +145,11 @@ pub struct Aborted;
 /// A body of `len` bytes when known (sent as `Content-Length`), chunked otherwise, and the
 /// digest of the file inside it.
 pub fn channel(len: Option<u64>) -> (BodySender, ChannelBody, DigestReceiver) {
-    let (tx, rx) = mpsc::channel(CHANNEL_CHUNKS);
+    channel_of(len, CHANNEL_CHUNKS)
+}
+
+fn channel_of(len: Option<u64>, chunks: usize) -> (BodySender, ChannelBody, DigestReceiver) {
+    let (tx, rx) = mpsc::channel(chunks);
     let (digest_tx, digest_rx) = oneshot::channel();
     (
         BodySender { tx },
@@ -175,18 +183,22 @@ impl BodySender {
         self.tx.send(msg(chunk)).await.map_err(|_| UpstreamGone)
     }
 
-    /// Queues a chunk of the file if there is room now: `Ok(None)` queued, `Ok(Some(chunk))`
-    /// full (the caller then waits with `send_file`, under its deadline).
-    pub fn try_send_file(&self, chunk: Bytes) -> Result<Option<Bytes>, UpstreamGone> {
-        if chunk.is_empty() {
-            return Ok(None);
+    /// Room for one chunk of the file if there is room now; `None` when the body is full.
+    pub fn try_slot(&self) -> Result<Option<FileSlot<'_>>, UpstreamGone> {
+        match self.tx.try_reserve() {
+            Ok(p) => Ok(Some(FileSlot(p))),
+            Err(mpsc::error::TrySendError::Full(())) => Ok(None),
+            Err(mpsc::error::TrySendError::Closed(())) => Err(UpstreamGone),
         }
-        match self.tx.try_send(Msg::File(chunk)) {
-            Ok(()) => Ok(None),
-            Err(mpsc::error::TrySendError::Full(Msg::File(c))) => Ok(Some(c)),
-            Err(mpsc::error::TrySendError::Full(_)) => Ok(None),
-            Err(mpsc::error::TrySendError::Closed(_)) => Err(UpstreamGone),
-        }
+    }
+
+    /// Room for one chunk of the file, once hyper has taken what is queued.
+    pub async fn slot(&self) -> Result<FileSlot<'_>, UpstreamGone> {
+        self.tx
+            .reserve()
+            .await
+            .map(FileSlot)
+            .map_err(|_| UpstreamGone)
     }
 
     /// Marks the end of the file: the digest is sent once hyper has taken it all.
@@ -197,6 +209,26 @@ impl BodySender {
     /// Ends the body cleanly.
     pub async fn finish(self) -> Result<(), UpstreamGone> {
         self.tx.send(Msg::End).await.map_err(|_| UpstreamGone)
+    }
+}
+
+/// Room for one chunk of the file, taken before the chunk is read from the caller: under
+/// back-pressure the bytes wait in the caller's socket, not in a chunk fxgate holds while
+/// waiting for room (that chunk cost 64 KiB per upload held up by a slow Fxiaoke).
+pub struct FileSlot<'a>(mpsc::Permit<'a, Msg>);
+
+impl std::fmt::Debug for FileSlot<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("FileSlot")
+    }
+}
+
+impl FileSlot<'_> {
+    /// Queues the chunk in the room taken.
+    pub fn send(self, chunk: Bytes) {
+        if !chunk.is_empty() {
+            self.0.send(Msg::File(chunk));
+        }
     }
 }
 
@@ -305,7 +337,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_queued_pieces_go_out_as_one_frame() {
-        let (tx, body, _digest) = channel(None);
+        let (tx, body, _digest) = channel_of(None, 4);
         tx.send(Bytes::from_static(b"head ")).await.unwrap();
         tx.send_file(Bytes::from_static(b"small file"))
             .await
@@ -321,6 +353,6 @@ mod tests {
         let (tx, body, _digest) = channel(None);
         drop(body);
         assert!(tx.send_file(Bytes::from_static(b"x")).await.is_err());
-        assert!(tx.try_send_file(Bytes::from_static(b"y")).is_err());
+        assert!(tx.try_slot().is_err());
     }
 }

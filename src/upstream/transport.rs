@@ -26,9 +26,15 @@ fn connector(connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
         .wrap_connector(http)
 }
 
+/// hyper's per-connection buffer: what it queues to write (an upload's body, ahead of a slow
+/// Fxiaoke) and what it reads into (a download). hyper's default (~400 KiB) made an upload held
+/// up by upstream back-pressure cost about 1.1 MiB; the caller's side reads 64 KiB at a time.
+const UPSTREAM_BUF: usize = 16 * 1024;
+
 /// Builds the pooled HTTPS/HTTP client.
 pub fn pooled(connect_timeout: Duration) -> HttpClient {
     Client::builder(TokioExecutor::new())
+        .http1_max_buf_size(UPSTREAM_BUF)
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
         .build(connector(connect_timeout))
@@ -37,6 +43,7 @@ pub fn pooled(connect_timeout: Duration) -> HttpClient {
 /// A client that keeps no idle connections.
 pub fn unpooled(connect_timeout: Duration) -> HttpClient {
     Client::builder(TokioExecutor::new())
+        .http1_max_buf_size(UPSTREAM_BUF)
         .pool_max_idle_per_host(0)
         .build(connector(connect_timeout))
 }
