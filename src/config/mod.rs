@@ -296,6 +296,30 @@ impl Config {
             )));
         }
         let local = path.with_file_name("local.toml");
+        let builder = config::Config::builder()
+            .add_source(config::File::from(path).format(config::FileFormat::Toml))
+            .add_source(
+                config::File::from(local.as_path())
+                    .format(config::FileFormat::Toml)
+                    .required(false),
+            );
+        Self::layered(builder, env)
+    }
+
+    /// A config from TOML text and `env` alone (no file, no `local.toml`), validated: for
+    /// tools and the config fuzzer.
+    pub fn from_toml(text: &str, env: HashMap<String, String>) -> Result<Self, ConfigError> {
+        let builder = config::Config::builder()
+            .add_source(config::File::from_str(text, config::FileFormat::Toml));
+        Self::try_from(Self::layered(builder, Some(env))?)
+    }
+
+    /// `builder`'s sources with the environment on top, deserialized. Errors name the key
+    /// and never quote a value.
+    fn layered(
+        builder: config::ConfigBuilder<config::builder::DefaultState>,
+        env: Option<HashMap<String, String>>,
+    ) -> Result<FileConfig, ConfigError> {
         let environment = config::Environment::with_prefix("FXGATE")
             .prefix_separator("__")
             .separator("__")
@@ -303,13 +327,7 @@ impl Config {
             .with_list_parse_key("upload.message_types")
             .try_parsing(true)
             .source(env);
-        let layered = config::Config::builder()
-            .add_source(config::File::from(path).format(config::FileFormat::Toml))
-            .add_source(
-                config::File::from(local.as_path())
-                    .format(config::FileFormat::Toml)
-                    .required(false),
-            )
+        let layered = builder
             .add_source(environment)
             .build()
             .map_err(|e| ConfigError::Source(without_snippet(&e.to_string())))?;

@@ -28,7 +28,10 @@ pub struct Members<'a> {
 impl<'a> Members<'a> {
     /// Splits `raw`, which must be one JSON object.
     pub fn parse(raw: &'a [u8]) -> Result<Self, &'static str> {
-        // Validated whole first, so the scanner below may trust the grammar.
+        // Validated whole first, so the scanner below may trust the grammar. Skipping into
+        // `IgnoredAny` does not check that strings are UTF-8 (found by fuzz/members): without
+        // the check a body Fxiaoke cannot parse would be forwarded with fxgate's token in it.
+        std::str::from_utf8(raw).map_err(|_| "the body is not valid JSON (not UTF-8)")?;
         serde_json::from_slice::<IgnoredAny>(raw).map_err(|_| "the body is not valid JSON")?;
         let open = skip_ws(raw, 0);
         if raw.get(open) != Some(&b'{') {
@@ -208,6 +211,13 @@ mod tests {
             String::from_utf8(out).unwrap(),
             r#"{"corpId":"real","a":"1","b" : [ 2 ]}"#
         );
+    }
+
+    #[test]
+    fn a_string_that_is_not_utf8_is_not_json() {
+        let body = b"{\"r\xf6\xf6\":{},\"a\":\"\xff\"}";
+        assert!(Members::parse(body).is_err());
+        assert!(Members::parse("{\"ключ\":\"значение\"}".as_bytes()).is_ok());
     }
 
     #[test]

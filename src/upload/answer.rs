@@ -147,6 +147,24 @@ mod tests {
     }
 
     #[test]
+    fn a_rewritten_answer_keeps_every_number_it_had() {
+        // Fxiaoke's own `deduplicated` forces a rewrite; found by fuzz/envelope.
+        let raw = Bytes::from_static(b"{\"deduplicated\":1,\"n\":2.555555555555555e76}");
+        let env = Envelope::from_bytes(raw.clone());
+        let before = env.json.clone().expect("an object");
+        let resp = passthrough(http::StatusCode::OK, env, Some(([0; 32], false)));
+        let body = futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(
+            resp.into_body(),
+        ))
+        .expect("ready")
+        .expect("whole")
+        .to_bytes();
+        let after: serde_json::Value = serde_json::from_slice(&body).expect("JSON");
+        assert_eq!(after["n"], before["n"]);
+        assert_eq!(after["deduplicated"], false);
+    }
+
+    #[test]
     fn the_flag_is_added_without_reordering_fxiaokes_answer() {
         let out = flagged("{\"mediaId\":\"m\",\"errorCode\":0}\n", false).expect("added");
         assert_eq!(

@@ -94,11 +94,16 @@ impl Envelope {
                 detail: format!("reading the answer failed: {e}"),
             })?
             .to_bytes();
+        Ok(Self::from_bytes(raw))
+    }
+
+    /// An answer already read whole.
+    pub fn from_bytes(raw: Bytes) -> Self {
         let json = match serde_json::from_slice::<serde_json::Value>(&raw) {
             Ok(serde_json::Value::Object(map)) => Some(map),
             _ => None,
         };
-        Ok(Self { raw, json })
+        Self { raw, json }
     }
 
     /// `errorCode`, when present.
