@@ -82,6 +82,13 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
                         .set(i64::from(tokens.ready()));
                 }
             }
+            if let Ok(rt) = tokio::runtime::Handle::try_current() {
+                let alive = rt.metrics().num_alive_tasks();
+                state
+                    .metrics
+                    .runtime_tasks
+                    .set(i64::try_from(alive).unwrap_or(i64::MAX));
+            }
             let mut buf = Vec::new();
             let encoder = TextEncoder::new();
             if let Err(e) = encoder.encode(&state.registry.gather(), &mut buf) {

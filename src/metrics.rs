@@ -32,6 +32,8 @@ pub struct Families {
     pub upload_bytes: IntCounterVec,
     /// `fxgate_inflight_uploads`
     pub inflight_uploads: IntGauge,
+    /// `fxgate_runtime_tasks`: tokio tasks alive, set at each scrape (a leak shows as growth).
+    pub runtime_tasks: IntGauge,
     /// `fxgate_upstream_requests_total{corp,route,error_code}`
     pub upstream_requests: IntCounterVec,
     /// `fxgate_upstream_duration_seconds{route}`
@@ -195,6 +197,7 @@ impl Families {
                 &["client", "route"],
             )?,
             inflight_uploads: IntGauge::new("fxgate_inflight_uploads", "Uploads streaming now")?,
+            runtime_tasks: IntGauge::new("fxgate_runtime_tasks", "Tokio tasks alive in the process")?,
             upstream_requests: counters(
                 "fxgate_upstream_requests_total",
                 "Calls to Fxiaoke by errorCode of the answer",
@@ -260,13 +263,14 @@ impl Families {
 
     /// Registers every family (`fxgate_store_up` only with a shared store: `register_store`).
     fn register_into(&self, registry: &Registry) -> prometheus::Result<()> {
-        let all: [Box<dyn prometheus::core::Collector>; 18] = [
+        let all: [Box<dyn prometheus::core::Collector>; 19] = [
             Box::new(self.panics.clone()),
             Box::new(self.shed.clone()),
             Box::new(self.requests.clone()),
             Box::new(self.request_duration.clone()),
             Box::new(self.upload_bytes.clone()),
             Box::new(self.inflight_uploads.clone()),
+            Box::new(self.runtime_tasks.clone()),
             Box::new(self.upstream_requests.clone()),
             Box::new(self.upstream_duration.clone()),
             Box::new(self.token_refresh.clone()),
