@@ -411,3 +411,30 @@ async fn a_document_claim_and_its_upload_use_the_same_filename() {
     assert_eq!(second["mediaId"], first["mediaId"]);
     assert_eq!(sandbox.stats().await["uploads_completed"], 1);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_memory_entry_is_never_handed_out_past_its_ttl_however_often_it_is_hit() {
+    // Issue 14 (medium): a hit by a new holder re-inserted the entry and restarted moka's TTL,
+    // and a read never checked `created_at`: with ttl = 4s a claim at 5.5 s still hit.
+    let t = InProcess::spawn_full(
+        fxgate::sandbox::SandboxOptions::default(),
+        "",
+        "[dedupe]\nttl = \"4s\"\nclaim_scope = \"corp\"\n",
+        serde_json::json!({}),
+    )
+    .await;
+    let http = client();
+    let file = unique_jpeg(3000, 77);
+    let first = claim_upload(&http, &t.upload_url(), ALPHA_KEY, file.clone()).await;
+    assert_eq!(first["deduplicated"], false, "{first}");
+    t.advance(std::time::Duration::from_secs(3));
+    let hit = claim_upload(&http, &t.upload_url(), BETA_KEY, file.clone()).await;
+    assert_eq!(hit["deduplicated"], true, "{hit}");
+    t.advance(std::time::Duration::from_millis(2500));
+    let late = claim_upload(&http, &t.upload_url(), ALPHA_KEY, file).await;
+    assert_eq!(
+        late["deduplicated"], false,
+        "handed out past its TTL: {late}"
+    );
+    assert_ne!(late["mediaId"], first["mediaId"]);
+}

@@ -497,3 +497,50 @@ async fn an_oversized_upload_is_413_even_when_it_would_overrun_the_byte_quota() 
     assert_eq!(status, 200, "{body}");
     assert_eq!(sandbox.stats().await["upload_requests"], 1);
 }
+
+#[tokio::test]
+async fn a_reload_keeps_in_flight_reservations_and_slots() {
+    // Issue 14 (low): a reload gave the caller a fresh quota object, so an upload in flight
+    // kept its slot and bytes in the old one: a second upload got a second slot, and the day's
+    // bytes forgot the first.
+    let sandbox = Sandbox::spawn(&[]);
+    let cfg = with_gamma(
+        &sandbox.url,
+        "",
+        "",
+        "max_concurrent_uploads = 1\nbytes_per_day = 100000000",
+    );
+    let gw = Gateway::spawn(&cfg);
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 3000}))
+        .await;
+    let first = unique_jpeg(5000, 1);
+    let url = format!("{}?filename=r.jpg", gw.upload_url());
+    let in_flight = tokio::spawn(async move {
+        client()
+            .post(url)
+            .bearer_auth(GAMMA_KEY)
+            .header("content-type", "image/jpeg")
+            .body(first)
+            .send()
+            .await
+            .unwrap()
+            .status()
+    });
+    sandbox.wait("uploads_active", 1).await;
+    let r = client()
+        .post(format!("{}/admin/reload", gw.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let usage = gamma_usage(&gw.admin_clients().await);
+    assert_eq!(usage["usage"]["uploads_in_flight"], 1, "{usage}");
+    // The one slot is still taken by the upload that began before the reload.
+    let (status, _, body) = raw(&gw, GAMMA_KEY, unique_jpeg(1000, 2)).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(in_flight.await.unwrap(), 200);
+    let usage = gamma_usage(&gw.admin_clients().await);
+    assert_eq!(usage["usage"]["bytes_today"], 5000, "{usage}");
+    assert_eq!(usage["usage"]["uploads_in_flight"], 0, "{usage}");
+}
