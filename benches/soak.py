@@ -42,7 +42,7 @@ def start():
                                 "--no-path-limit"], stdout=subprocess.PIPE,
                                stderr=subprocess.DEVNULL, text=True)
     sb = listening(sandbox)
-    sb_addr = sb.get("listen") or sb.get("addr")
+    sb_addr = sb["sandbox"]
     key_hash = hashlib.sha256(KEY.encode()).hexdigest()
     work = tempfile.mkdtemp(prefix="fxgate-soak-")
     path = os.path.join(work, "soak.toml")
@@ -200,6 +200,11 @@ def main():
             and idle["tasks"] <= 32)
     print("flat:", "yes" if flat else "NO")
     errors = sum(v for k, v in COUNTS.items() if k.startswith("client error"))
+    # The mix's own requests must succeed: a soak of nothing but errors proves little.
+    served = [k for k in COUNTS if k.split()[0] in ("miss", "repeat", "claim", "passthrough")]
+    if any(not k.endswith(" 200") for k in served):
+        print("NOT SERVED:", [k for k in served if not k.endswith(" 200")])
+        errors += 1
     sys.exit(0 if flat and errors == 0 else 1)
 
 
