@@ -123,7 +123,7 @@ async fn read_media(
         match field.chunk().await {
             Ok(Some(chunk)) => {
                 if rate > 0 {
-                    let secs = chunk.len() as f64 / (rate * 1024) as f64;
+                    let secs = chunk.len() as f64 / rate.saturating_mul(1024) as f64;
                     tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
                 }
                 size += chunk.len() as u64;

@@ -168,19 +168,13 @@ fn channel_of(len: Option<u64>, chunks: usize) -> (BodySender, ChannelBody, Dige
 impl BodySender {
     /// Queues framing (not part of the file), waiting while the channel is full.
     pub async fn send(&self, chunk: Bytes) -> Result<(), UpstreamGone> {
-        self.push(chunk, Msg::Framing).await
-    }
-
-    /// Queues a chunk of the file, waiting while the channel is full.
-    pub async fn send_file(&self, chunk: Bytes) -> Result<(), UpstreamGone> {
-        self.push(chunk, Msg::File).await
-    }
-
-    async fn push(&self, chunk: Bytes, msg: fn(Bytes) -> Msg) -> Result<(), UpstreamGone> {
         if chunk.is_empty() {
             return Ok(());
         }
-        self.tx.send(msg(chunk)).await.map_err(|_| UpstreamGone)
+        self.tx
+            .send(Msg::Framing(chunk))
+            .await
+            .map_err(|_| UpstreamGone)
     }
 
     /// Room for one chunk of the file if there is room now; `None` when the body is full.
@@ -309,7 +303,7 @@ mod tests {
         let file = vec![7u8; 100 * 1024];
         tx.send(Bytes::from_static(b"--prefix\r\n")).await.unwrap();
         for piece in file.chunks(30 * 1024) {
-            tx.send_file(Bytes::copy_from_slice(piece)).await.unwrap();
+            tx.slot().await.unwrap().send(Bytes::copy_from_slice(piece));
         }
         tx.end_of_file().await.unwrap();
         let sha: [u8; 32] = Sha256::digest(&file).into();
@@ -327,9 +321,10 @@ mod tests {
     async fn a_sender_dropped_before_finish_aborts_the_body() {
         let (tx, body, _digest) = channel(Some(1000));
         let reader = tokio::spawn(drain(body));
-        tx.send_file(Bytes::from_static(b"part of the file"))
+        tx.slot()
             .await
-            .unwrap();
+            .unwrap()
+            .send(Bytes::from_static(b"part of the file"));
         drop(tx);
         let err = reader.await.unwrap().unwrap_err();
         assert!(err.is::<Aborted>(), "{err}");
@@ -339,9 +334,10 @@ mod tests {
     async fn small_queued_pieces_go_out_as_one_frame() {
         let (tx, body, _digest) = channel_of(None, 4);
         tx.send(Bytes::from_static(b"head ")).await.unwrap();
-        tx.send_file(Bytes::from_static(b"small file"))
+        tx.slot()
             .await
-            .unwrap();
+            .unwrap()
+            .send(Bytes::from_static(b"small file"));
         tx.send(Bytes::from_static(b" tail")).await.unwrap();
         tx.finish().await.unwrap();
         let frames = drain(body).await.unwrap();
@@ -352,7 +348,7 @@ mod tests {
     async fn a_gone_reader_is_reported_to_the_sender() {
         let (tx, body, _digest) = channel(None);
         drop(body);
-        assert!(tx.send_file(Bytes::from_static(b"x")).await.is_err());
+        assert!(tx.slot().await.is_err());
         assert!(tx.try_slot().is_err());
     }
 }

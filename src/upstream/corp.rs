@@ -193,20 +193,19 @@ impl Corp {
             .await
             .map_err(|_| GatewayError::UpstreamTimeout { after })
             .and_then(|r| r)
+            .and_then(|env| match env.json {
+                Some(_) => Ok(env),
+                // Every media answer is a JSON envelope; anything else (a proxy's HTML page, a
+                // garbled body) must not reach the caller as a 200 that looks final.
+                None => Err(GatewayError::UpstreamInvalid {
+                    detail: format!(
+                        "HTTP {} with {} bytes that are not a JSON object",
+                        status.as_u16(),
+                        env.raw.len()
+                    ),
+                }),
+            })
             .inspect_err(|e| self.count_failure(label, e))?;
-        if env.json.is_none() {
-            // Every media answer is a JSON envelope; anything else (a proxy's HTML page, a
-            // truncated or garbled body) must not reach the caller as a 200 that looks final.
-            let e = GatewayError::UpstreamInvalid {
-                detail: format!(
-                    "HTTP {} with {} bytes that are not a JSON object",
-                    status.as_u16(),
-                    env.raw.len()
-                ),
-            };
-            self.count_failure(label, &e);
-            return Err(e);
-        }
         let code = env.code();
         self.count(label, code);
         Ok(Answer { status, env, code })
