@@ -485,11 +485,7 @@ async fn a_reload_applies_new_users_styles_and_routes() {
         )
         .replace(r#"api_style = "oauth""#, r#"api_style = "legacy""#);
     gw.rewrite_config(&toml);
-    let r = client()
-        .post(format!("{}/admin/reload", gw.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let (s, _, a) = post(&gw, "/cgi/message/send", LEGACY_KEY, &as_c.to_string()).await;
     assert_eq!((s, &a["errorCode"]), (200, &json!(0)), "{a}");

@@ -39,14 +39,19 @@ async fn raw(gw: &Gateway, key: &str, bytes: Vec<u8>) -> (u16, Option<u64>, serd
     (status, retry, resp.json().await.unwrap_or_default())
 }
 
-fn gamma_usage(clients: &serde_json::Value) -> serde_json::Value {
-    clients["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "gamma")
-        .cloned()
-        .unwrap()
+/// A raw upload by gamma on its own task (to be in flight while the test goes on).
+fn spawn_gamma_upload(gw: &Gateway, bytes: Vec<u8>) -> tokio::task::JoinHandle<reqwest::Response> {
+    let url = format!("{}?filename=r.jpg", gw.upload_url());
+    tokio::spawn(async move {
+        client()
+            .post(url)
+            .bearer_auth(GAMMA_KEY)
+            .header("content-type", "image/jpeg")
+            .body(bytes)
+            .send()
+            .await
+            .unwrap()
+    })
 }
 
 #[tokio::test]
@@ -395,25 +400,11 @@ async fn reload_raises_a_limit_without_dropping_an_in_flight_upload() {
     sandbox
         .faults(serde_json::json!({"upload_delay_ms": 1500}))
         .await;
-    let url = format!("{}?filename=r.jpg", gw.upload_url());
-    let in_flight = tokio::spawn(async move {
-        client()
-            .post(url)
-            .bearer_auth(GAMMA_KEY)
-            .header("content-type", "image/jpeg")
-            .body(unique_jpeg(1000, 3))
-            .send()
-            .await
-            .unwrap()
-    });
+    let in_flight = spawn_gamma_upload(&gw, unique_jpeg(1000, 3));
     sandbox.wait("uploads_active", 1).await;
 
     gw.rewrite_config(&limited(100));
-    let r = client()
-        .post(format!("{}/admin/reload", gw.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     assert_eq!(r.json::<serde_json::Value>().await.unwrap()["clients"], 3);
 
@@ -448,11 +439,7 @@ async fn a_bad_reload_keeps_the_old_config_and_sighup_reloads() {
     gw.rewrite_config(
         &good(1).replace("requests_per_minute = 1", "requests_per_minute = \"lots\""),
     );
-    let r = client()
-        .post(format!("{}/admin/reload", gw.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 400);
     let body: serde_json::Value = r.json().await.unwrap();
     assert!(
@@ -514,32 +501,16 @@ async fn a_reload_keeps_in_flight_reservations_and_slots() {
     sandbox
         .faults(serde_json::json!({"upload_delay_ms": 3000}))
         .await;
-    let first = unique_jpeg(5000, 1);
-    let url = format!("{}?filename=r.jpg", gw.upload_url());
-    let in_flight = tokio::spawn(async move {
-        client()
-            .post(url)
-            .bearer_auth(GAMMA_KEY)
-            .header("content-type", "image/jpeg")
-            .body(first)
-            .send()
-            .await
-            .unwrap()
-            .status()
-    });
+    let in_flight = spawn_gamma_upload(&gw, unique_jpeg(5000, 1));
     sandbox.wait("uploads_active", 1).await;
-    let r = client()
-        .post(format!("{}/admin/reload", gw.admin))
-        .send()
-        .await
-        .unwrap();
+    let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let usage = gamma_usage(&gw.admin_clients().await);
     assert_eq!(usage["usage"]["uploads_in_flight"], 1, "{usage}");
     // The one slot is still taken by the upload that began before the reload.
     let (status, _, body) = raw(&gw, GAMMA_KEY, unique_jpeg(1000, 2)).await;
     assert_eq!(status, 429, "{body}");
-    assert_eq!(in_flight.await.unwrap(), 200);
+    assert_eq!(in_flight.await.unwrap().status(), 200);
     let usage = gamma_usage(&gw.admin_clients().await);
     assert_eq!(usage["usage"]["bytes_today"], 5000, "{usage}");
     assert_eq!(usage["usage"]["uploads_in_flight"], 0, "{usage}");

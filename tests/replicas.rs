@@ -381,20 +381,7 @@ async fn redis_down_follows_the_fail_modes_and_sharing_resumes_when_it_returns()
     // Back: both replicas reconnect by themselves and share again.
     redis.restart();
     for gw in [&a, &b] {
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            let text = reqwest::get(format!("{}/readyz", gw.admin))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            if text.contains("store redis: ok") {
-                break;
-            }
-            assert!(Instant::now() < deadline, "no reconnect: {text}");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        gw.until_store_ok().await;
     }
     let shared = unique_jpeg(900, 5);
     let (status, first) = upload(&http, &b, GAMMA_KEY, &shared, false).await;

@@ -345,6 +345,34 @@ impl Gateway {
     pub fn upload_url(&self) -> String {
         format!("{}/media/upload/message", self.url)
     }
+
+    /// `POST /admin/reload`.
+    pub async fn reload(&self) -> reqwest::Response {
+        reqwest::Client::new()
+            .post(format!("{}/admin/reload", self.admin))
+            .send()
+            .await
+            .unwrap()
+    }
+
+    /// Returns once `/readyz` says the Redis store is reachable (at most 15 s; the store's
+    /// supervisor reconnects on its own, so this polls).
+    pub async fn until_store_ok(&self) {
+        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        loop {
+            let text = reqwest::get(format!("{}/readyz", self.admin))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            if text.contains("store redis: ok") {
+                return;
+            }
+            assert!(std::time::Instant::now() < deadline, "no reconnect: {text}");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
 }
 
 impl Drop for Gateway {
@@ -480,6 +508,17 @@ pub async fn expect_continue(gw: &Gateway, key: &str, path: &str, len: u64) -> S
         .unwrap()
         .unwrap();
     String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+/// Caller gamma's entry in `/admin/clients`.
+pub fn gamma_usage(clients: &serde_json::Value) -> serde_json::Value {
+    clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "gamma")
+        .cloned()
+        .unwrap()
 }
 
 /// A caller `name` holding `key`, with more settings (TOML lines).
