@@ -403,3 +403,83 @@ async fn read_response(tcp: &mut tokio::net::TcpStream) -> String {
         }
     }
 }
+
+#[tokio::test]
+async fn the_sandbox_reads_a_body_to_its_end_so_the_connection_stays_reusable() {
+    // Like Fxiaoke's buffering front end. When the sandbox answered at the closing delimiter
+    // with the CRLF after it still unread, hyper closed the connection after the answer, and
+    // fxgate's next upload on that pooled connection failed with 950201 (seen in benches/e2e
+    // at 5 MiB, c=64, once the body went out as smaller writes).
+    use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
+    let sandbox = Sandbox::spawn(&[]);
+    let sdk = support::sdk::FxiaokeSdk::new(
+        &sandbox.url,
+        "sandbox-app",
+        APP_SECRET,
+        "sandbox-permanent-code",
+    );
+    let (token, corp) = sdk.token().await;
+    let addr = sandbox.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let file = jpeg(2000, 3);
+    let mut body = b"--bnd\r\nContent-Disposition: form-data; name=\"media\"; filename=\"a.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n".to_vec();
+    body.extend_from_slice(&file);
+    body.extend_from_slice(b"\r\n--bnd--\r\n");
+    let head = |len: usize| {
+        format!(
+            "POST /media/upload?type=image&corpAccessToken={token}&corpId={corp}&thirdTraceId={} HTTP/1.1\r\n\
+             Host: {addr}\r\nContent-Type: multipart/form-data; boundary=bnd\r\n\
+             Content-Length: {len}\r\n\r\n",
+            uuid::Uuid::new_v4()
+        )
+    };
+    // All but the final CRLF: the form is complete, the body is not, so no answer yet (the
+    // old sandbox answered here, then closed the connection).
+    tcp.write_all(head(body.len()).as_bytes()).await.unwrap();
+    tcp.write_all(&body[..body.len() - 2]).await.unwrap();
+    let mut early = [0u8; 64];
+    let answered =
+        tokio::time::timeout(std::time::Duration::from_millis(500), tcp.read(&mut early)).await;
+    assert!(answered.is_err(), "answered before the body ended");
+    tcp.write_all(b"\r\n").await.unwrap();
+    let first = read_answer(&mut tcp).await;
+    assert!(first.contains("\"errorCode\":0"), "{first}");
+    // The same connection carries the next upload.
+    tcp.write_all(head(body.len()).as_bytes()).await.unwrap();
+    tcp.write_all(&body).await.unwrap();
+    let second = read_answer(&mut tcp).await;
+    assert!(
+        second.contains("\"errorCode\":0"),
+        "second answer: {second:?}"
+    );
+
+    /// One whole answer (head and `Content-Length` body), or what came before the close.
+    async fn read_answer(tcp: &mut tokio::net::TcpStream) -> String {
+        let mut got = Vec::new();
+        let mut buf = [0u8; 4096];
+        loop {
+            let text = String::from_utf8_lossy(&got).into_owned();
+            if let Some((head, rest)) = text.split_once("\r\n\r\n") {
+                let len = head
+                    .lines()
+                    .find_map(|l| {
+                        l.to_ascii_lowercase()
+                            .strip_prefix("content-length:")
+                            .map(|v| v.trim().to_string())
+                    })
+                    .and_then(|v| v.parse::<usize>().ok());
+                if len.is_some_and(|n| rest.len() >= n) {
+                    return text;
+                }
+            }
+            let n = tokio::time::timeout(std::time::Duration::from_secs(10), tcp.read(&mut buf))
+                .await
+                .expect("an answer within 10 s")
+                .unwrap_or(0);
+            if n == 0 {
+                return text;
+            }
+            got.extend_from_slice(&buf[..n]);
+        }
+    }
+}

@@ -250,8 +250,10 @@ impl Drop for Nginx {
             std::thread::sleep(Duration::from_millis(20));
         }
         for pid in workers.into_iter().skip(1) {
+            // Most are gone already (the master stopped them): no noise about it.
             let _ = Command::new("kill")
                 .args(["-KILL", &pid.to_string()])
+                .stderr(Stdio::null())
                 .status();
         }
         let _ = self.child.kill();

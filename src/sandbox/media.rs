@@ -54,27 +54,52 @@ pub(super) async fn upload(state: &State, req: Request<Incoming>, route: Route) 
     let Some(boundary) = boundary else {
         return fx_error(10002, "multipart/form-data with part `media` is required");
     };
-    let stream = req.into_body().into_data_stream();
-    let mut multipart = multer::Multipart::new(stream, boundary);
+    let mut body = req.into_body();
+    let form = read_form(state, &mut body, boundary, route).await;
+    // Fxiaoke's buffering front end hands its app whole bodies: what follows the closing
+    // delimiter (its CRLF, an epilogue) is read too. Left unread, hyper closes the connection
+    // after the answer, and a client that already pooled it for its next request sees
+    // "connection closed before message completed".
+    read_rest(&mut body).await;
+    match form {
+        Ok(media) => keep(state, media).await,
+        Err(resp) => resp,
+    }
+}
+
+/// The `media` part of a multipart body, read whole.
+#[allow(clippy::result_large_err)]
+async fn read_form(
+    state: &State,
+    body: &mut Incoming,
+    boundary: String,
+    route: Route,
+) -> Result<Media, Response<Body>> {
+    let mut multipart = multer::Multipart::new(BodyExt::into_data_stream(body), boundary);
     let mut stored: Option<Media> = None;
     loop {
         let field = match multipart.next_field().await {
             Ok(Some(field)) => field,
             Ok(None) => break,
-            Err(e) => return aborted(state, &e),
+            Err(e) => return Err(aborted(state, &e)),
         };
         if field.name() != Some("media") || stored.is_some() {
-            return rejected(state, "exactly one part named `media` is expected");
+            return Err(rejected(
+                state,
+                "exactly one part named `media` is expected",
+            ));
         }
-        match read_media(state, field, route).await {
-            Ok(media) => stored = Some(media),
-            Err(resp) => return resp,
-        }
+        stored = Some(read_media(state, field, route).await?);
     }
-    match stored {
-        Some(media) => keep(state, media).await,
-        None => rejected(state, "exactly one part named `media` is expected"),
-    }
+    stored.ok_or_else(|| rejected(state, "exactly one part named `media` is expected"))
+}
+
+/// Reads what is left of a body, for at most 10 s (the sandbox's callers are tests).
+async fn read_rest(body: &mut Incoming) {
+    let _ = tokio::time::timeout(std::time::Duration::from_secs(10), async {
+        while let Some(Ok(_)) = body.frame().await {}
+    })
+    .await;
 }
 
 /// The token and trace id, checked before the body; a refused body is still read, as
@@ -93,8 +118,7 @@ async fn admit(state: &State, req: Request<Incoming>) -> Result<Request<Incoming
     let Some(resp) = refused else {
         return Ok(req);
     };
-    let mut body = req.into_body();
-    while let Some(Ok(_)) = body.frame().await {}
+    read_rest(&mut req.into_body()).await;
     Err(resp)
 }
 
