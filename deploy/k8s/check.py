@@ -1,0 +1,138 @@
+"""What the Kubernetes schema cannot see in a rendered overlay (called by check.sh)."""
+import re
+import sys
+
+import yaml
+
+path, variant = sys.argv[1], sys.argv[2]
+docs = [d for d in yaml.safe_load_all(open(path)) if d]
+by_kind = {}
+for d in docs:
+    by_kind.setdefault(d["kind"], []).append(d)
+problems = []
+
+
+def fail(msg):
+    problems.append(msg)
+
+
+def restricted(name, pod):
+    """Pod Security Standards, profile "restricted" (v1.32)."""
+    psc = pod.get("securityContext", {})
+    for key in ("hostNetwork", "hostPID", "hostIPC"):
+        if pod.get(key):
+            fail(f"{name}: {key}")
+    for v in pod.get("volumes", []):
+        allowed = {"configMap", "secret", "emptyDir", "projected", "downwardAPI",
+                   "persistentVolumeClaim", "ephemeral", "csi"}
+        kinds = set(v) - {"name"}
+        if not kinds <= allowed:
+            fail(f"{name}: volume {v['name']} of type {kinds - allowed}")
+    for c in pod.get("initContainers", []) + pod["containers"]:
+        sc = c.get("securityContext", {})
+        where = f"{name}/{c['name']}"
+        if sc.get("allowPrivilegeEscalation") is not False:
+            fail(f"{where}: allowPrivilegeEscalation must be false")
+        if sc.get("privileged"):
+            fail(f"{where}: privileged")
+        if sc.get("capabilities", {}).get("drop") != ["ALL"]:
+            fail(f"{where}: capabilities must drop ALL")
+        if set(sc.get("capabilities", {}).get("add", [])) - {"NET_BIND_SERVICE"}:
+            fail(f"{where}: adds capabilities")
+        if not (sc.get("runAsNonRoot") or psc.get("runAsNonRoot")):
+            fail(f"{where}: runAsNonRoot")
+        if sc.get("runAsUser", psc.get("runAsUser")) == 0:
+            fail(f"{where}: runs as uid 0")
+        seccomp = sc.get("seccompProfile", psc.get("seccompProfile", {})).get("type")
+        if seccomp not in ("RuntimeDefault", "Localhost"):
+            fail(f"{where}: seccompProfile must be RuntimeDefault or Localhost")
+        if not sc.get("readOnlyRootFilesystem"):
+            fail(f"{where}: readOnlyRootFilesystem (not PSA, but ours)")
+        for port in c.get("ports", []):
+            if "hostPort" in port:
+                fail(f"{where}: hostPort")
+        image = c["image"]
+        if ":" not in image.rsplit("/", 1)[-1] or image.endswith(":latest"):
+            fail(f"{where}: image {image} has no pinned tag")
+
+
+deployments = {d["metadata"]["name"]: d for d in by_kind.get("Deployment", [])}
+for name, d in deployments.items():
+    restricted(name, d["spec"]["template"]["spec"])
+
+for pdb in by_kind.get("PodDisruptionBudget", []):
+    spec, name = pdb["spec"], pdb["metadata"]["name"]
+    target = next(d for d in deployments.values()
+                  if d["spec"]["selector"]["matchLabels"] == spec["selector"]["matchLabels"])
+    replicas = target["spec"].get("replicas", 1)
+    if "maxUnavailable" in spec and spec["maxUnavailable"] in (0, "0%"):
+        fail(f"PDB {name}: maxUnavailable 0 makes nodes undrainable")
+    if "minAvailable" in spec and isinstance(spec["minAvailable"], int) and spec["minAvailable"] >= replicas:
+        fail(f"PDB {name}: minAvailable {spec['minAvailable']} >= {replicas} replicas")
+
+gateway = deployments["fxgate"]
+pod = gateway["spec"]["template"]["spec"]
+container = pod["containers"][0]
+admin_port = next(p["containerPort"] for p in container["ports"] if p["name"] == "admin")
+services = {s["metadata"]["name"]: s for s in by_kind["Service"]}
+for p in services["fxgate"]["spec"]["ports"]:
+    if p["targetPort"] in ("admin", admin_port):
+        fail("Service fxgate (callers) exposes the admin port")
+admin_service = services.get("fxgate-admin", {"spec": {"ports": []}})
+if not any(p["targetPort"] == "admin" for p in admin_service["spec"]["ports"]):
+    fail("no Service fxgate-admin carrying the admin port")
+if services["fxgate"]["spec"].get("type", "ClusterIP") != "ClusterIP" or \
+        admin_service["spec"].get("type", "ClusterIP") != "ClusterIP":
+    fail("fxgate Services must stay ClusterIP (expose callers through your ingress)")
+
+hashed = re.compile(r"-[a-z0-9]{10}$")
+for v in pod["volumes"]:
+    ref = v.get("configMap", {}).get("name") or v.get("secret", {}).get("secretName")
+    if ref and not hashed.search(ref):
+        fail(f"volume {v['name']} refers to {ref}, not a hash-suffixed generated object")
+for kind in ("ConfigMap", "Secret"):
+    for obj in by_kind.get(kind, []):
+        if not hashed.search(obj["metadata"]["name"]):
+            fail(f"{kind} {obj['metadata']['name']} has no content hash in its name")
+        for value in (obj.get("data") or {}).values():
+            if "REPLACE_ME" == value:
+                fail(f"{kind} {obj['metadata']['name']} holds a placeholder")
+
+policies = {p["metadata"]["name"]: p for p in by_kind.get("NetworkPolicy", [])}
+if "fxgate" not in policies:
+    fail("no NetworkPolicy for fxgate")
+else:
+    for rule in policies["fxgate"]["spec"]["ingress"]:
+        if any(p["port"] == admin_port for p in rule.get("ports", [])) and not rule.get("from"):
+            fail("NetworkPolicy fxgate lets anyone reach the admin port")
+
+if "fxgate-redis" in deployments:
+    if "fxgate-redis" not in policies:
+        fail("no NetworkPolicy for Redis")
+    args = deployments["fxgate-redis"]["spec"]["template"]["spec"]["containers"][0]["args"]
+    if args[args.index("--maxmemory-policy") + 1] != "noeviction":
+        fail("Redis must run with --maxmemory-policy noeviction")
+    env = {e["name"]: e.get("value") for e in container.get("env", [])}
+    if env.get("FXGATE__STORE__BACKEND") != "redis":
+        fail("the Redis overlay's fxgate does not use the Redis store")
+
+monitors = by_kind.get("ServiceMonitor", [])
+if variant == "monitoring":
+    if len(monitors) != 1:
+        fail("components/monitoring did not add one ServiceMonitor")
+    for m in monitors:
+        sel = m["spec"]["selector"]["matchLabels"]
+        matched = [s for s in services.values()
+                   if sel.items() <= s["metadata"].get("labels", {}).items()]
+        ports = {p["name"] for s in matched for p in s["spec"]["ports"]}
+        if [s["metadata"]["name"] for s in matched] != ["fxgate-admin"]:
+            fail(f"ServiceMonitor selects {[s['metadata']['name'] for s in matched]}, not fxgate-admin")
+        for e in m["spec"]["endpoints"]:
+            if e["port"] not in ports:
+                fail(f"ServiceMonitor endpoint port {e['port']} is not on the admin Service")
+elif monitors:
+    fail("a ServiceMonitor without components/monitoring breaks clusters lacking its CRD")
+
+if problems:
+    print(f"{path}:", *problems, sep="\n  ", file=sys.stderr)
+    sys.exit(1)
