@@ -5,8 +5,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 promtool check rules deploy/prometheus/alerts.yml
+promtool test rules deploy/prometheus/alerts.test.yml
 python3 - <<'PY'
-import glob, json, yaml
+import glob, json, re, yaml
 for path in sorted(glob.glob("deploy/k8s/**/*.yaml", recursive=True)) + ["deploy/docker-compose.yml", "deploy/prometheus/prometheus.yml"] + sorted(glob.glob("deploy/grafana/provisioning/*/*.yml")):
     docs = [d for d in yaml.safe_load_all(open(path)) if d is not None]
     assert docs, f"{path}: empty"
@@ -16,6 +17,34 @@ for path in sorted(glob.glob("deploy/k8s/**/*.yaml", recursive=True)) + ["deploy
     print(f"ok {path}: {len(docs)} document(s)")
 d = json.load(open("deploy/grafana/fxgate.json"))
 assert d["panels"], "dashboard has no panels"
-print(f"ok deploy/grafana/fxgate.json: {len(d['panels'])} panels")
+variables = {v["name"]: v for v in d["templating"]["list"]}
+assert variables["datasource"]["type"] == "datasource", "no datasource variable"
+assert {"job", "instance"} <= set(variables), "no job/instance variables"
+for panel in d["panels"]:
+    assert panel["datasource"]["uid"] == "${datasource}", f"{panel['title']}: fixed datasource"
+    for t in panel["targets"]:
+        # Every selector scoped to the chosen job and instances (the test against a live
+        # Prometheus in smoke.sh evaluates them).
+        names = re.findall(r"\b(?:fxgate|process)_[a-z0-9_]+\{?", t["expr"])
+        scoped = re.findall(r'\b(?:fxgate|process)_[a-z0-9_]+\{job=~"\$job", instance=~"\$instance"', t["expr"])
+        assert len(names) == len(scoped), f"{panel['title']}: unscoped selector in {t['expr']}"
+titles = " ".join(p["title"] for p in d["panels"])
+for needed in ("Shared store", "Passthrough"):
+    assert needed in titles, f"dashboard has no {needed} panel"
+print(f"ok deploy/grafana/fxgate.json: {len(d['panels'])} panels, datasource/job/instance variables")
+
+# Each alert: a `for:`, and a runbook_url whose anchor is a heading of the README's Runbook.
+def anchor(heading):
+    return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
+readme = open("README.md").read()
+runbook = readme[readme.index("\n## Runbook"):]
+runbook = runbook[: runbook.find("\n## ", 1) if "\n## " in runbook[1:] else None]
+anchors = {anchor(l.lstrip("#")) for l in runbook.splitlines() if l.startswith("### ")}
+rules = [r for g in yaml.safe_load(open("deploy/prometheus/alerts.yml"))["groups"] for r in g["rules"]]
+for r in rules:
+    assert r.get("for"), f"{r['alert']}: no for:"
+    url = r["annotations"]["runbook_url"]
+    assert url.split("#")[1] in anchors, f"{r['alert']}: {url} has no section in the README's Runbook"
+print(f"ok deploy/prometheus/alerts.yml: {len(rules)} alerts, each with for: and a runbook section")
 PY
 bash deploy/k8s/check.sh

@@ -43,7 +43,8 @@ prometheus --config.file="$work/prometheus.yml" --storage.tsdb.path="$work/data"
 
 query() { curl -fsS --get "http://127.0.0.1:$port/api/v1/query" --data-urlencode "query=$1" 2>/dev/null || true; }
 deadline=$((SECONDS + 60))
-until query 'fxgate_requests_total{status="200"}' | grep -q '"value"'; do
+# rate() needs two scrapes of the upload's counter, as the dashboard's panels do.
+until query 'rate(fxgate_requests_total{status="200"}[1m])' | grep -q '"value"'; do
   if (( SECONDS > deadline )); then
     echo "smoke: FAILED, Prometheus never scraped fxgate" >&2
     tail -20 "$work/prometheus.log" >&2
@@ -54,6 +55,34 @@ done
 echo "smoke: up            $(query 'up{job="fxgate"}')"
 echo "smoke: requests      $(query 'fxgate_requests_total')"
 echo "smoke: token valid   $(query 'fxgate_token_valid')"
+# The exposition itself, by Prometheus' own linter (names, units, _total on counters).
+curl -fsS "http://$admin/metrics" | promtool check metrics
+echo "smoke: promtool check metrics: clean"
+# Every dashboard query, as Grafana would send it for job=fxgate and all instances: it must
+# parse and evaluate, and the ones about traffic that just happened must have data.
+python3 - "$port" <<'PY'
+import json, sys, urllib.parse, urllib.request
+port = sys.argv[1]
+d = json.load(open("deploy/grafana/fxgate.json"))
+empty, n = [], 0
+for panel in d["panels"]:
+    for t in panel["targets"]:
+        q = t["expr"].replace("$job", "fxgate").replace("$instance", ".*")
+        url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
+        try:
+            ans = json.load(urllib.request.urlopen(url))
+        except Exception as e:
+            sys.exit(f"smoke: FAILED, dashboard panel {panel['title']!r}: {q}: {e}")
+        if ans.get("status") != "success":
+            sys.exit(f"smoke: FAILED, dashboard panel {panel['title']!r}: {ans}")
+        n += 1
+        if not ans["data"]["result"]:
+            empty.append(panel["title"])
+for must in ("Uploads/s by route and status", "Token age (expires at 7200 s)", "Process memory and fds"):
+    if must in empty:
+        sys.exit(f"smoke: FAILED, dashboard panel {must!r} has no data after an upload")
+print(f"smoke: {n} dashboard queries evaluate ({len(set(empty))} panels empty so far: no such traffic yet)")
+PY
 rules=$(curl -fsS "http://127.0.0.1:$port/api/v1/rules")
 echo "$rules" | grep -q FxgateNoValidToken || { echo "smoke: FAILED, alert rules not loaded" >&2; exit 1; }
 echo "smoke: OK — Prometheus scraped fxgate and loaded $(echo "$rules" | grep -o '"name":"Fxgate[A-Za-z0-9]*"' | wc -l) alert rules"

@@ -5,8 +5,8 @@
 use std::sync::Arc;
 
 use prometheus::{
-    exponential_buckets, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
-    IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 /// All of fxgate's metric families, shared: one `Arc` clone per layer call instead of one per
@@ -159,10 +159,13 @@ impl QuotaKind {
     }
 }
 
-/// Buckets from 1 ms to about 9 minutes: small JSON calls and 20 MiB uploads on slow links.
-fn duration_buckets() -> Vec<f64> {
-    exponential_buckets(0.001, 2.5, 15).unwrap_or_default()
-}
+/// From 1 ms (digest claims) to 10 minutes (20 MiB on a slow link), with a bound at each value
+/// an SLO or alert is written against (0.1, 0.25, 0.5, 1, 2.5, 5 s): `histogram_quantile` is
+/// exact only at bucket bounds, and "p99 under 1 s" needs a bucket ending at 1 s.
+const DURATION_BUCKETS: [f64; 18] = [
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+    120.0, 300.0, 600.0,
+];
 
 fn counters(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
     IntCounterVec::new(Opts::new(name, help), labels)
@@ -174,7 +177,7 @@ fn gauges(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaug
 
 fn histograms(name: &str, help: &str) -> prometheus::Result<HistogramVec> {
     HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(duration_buckets()),
+        HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
         &["route"],
     )
 }
