@@ -33,6 +33,24 @@ for needed in ("Shared store", "Passthrough"):
     assert needed in titles, f"dashboard has no {needed} panel"
 print(f"ok deploy/grafana/fxgate.json: {len(d['panels'])} panels, datasource/job/instance variables")
 
+# The image: pinned bases (a release tag, never a floating one), non-root, no shell needed for
+# the health check, the caller-less config, a stripped binary. (No Docker engine in CI: the
+# build itself is not run here.)
+docker = open("deploy/Dockerfile").read()
+for line in docker.splitlines():
+    if line.startswith("FROM "):
+        image = line.split()[1]
+        tag = image.split("@")[0].rsplit(":", 1)
+        assert len(tag) == 2 and tag[1] not in ("latest", "1", "bookworm") and re.search(r"\d+\.\d+|nonroot|@sha256", image), f"Dockerfile: {image} floats"
+assert re.search(r"^USER 65532", docker, re.M), "Dockerfile: not non-root"
+assert 'CMD ["/usr/local/bin/fxgate", "healthcheck"' in docker, "Dockerfile: HEALTHCHECK not exec-form fxgate healthcheck"
+assert "COPY deploy/image.toml /etc/fxgate/fxgate.toml" in docker, "Dockerfile: ships a config with callers"
+assert "STRIP=symbols" in docker, "Dockerfile: binary not stripped"
+ignored = open(".dockerignore").read().split()
+for p in ("target/", ".git/", "deploy/k8s/base/secrets/"):
+    assert p in ignored, f".dockerignore lacks {p}"
+print("ok deploy/Dockerfile: pinned bases, non-root, fxgate healthcheck, caller-less config, stripped")
+
 # Each alert: a `for:`, and a runbook_url whose anchor is a heading of the README's Runbook.
 def anchor(heading):
     return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")

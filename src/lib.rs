@@ -12,6 +12,7 @@ pub mod clock;
 pub mod config;
 pub mod dedupe;
 pub mod error;
+pub mod healthcheck;
 pub mod metrics;
 pub mod middleware;
 pub mod quota;

@@ -1,4 +1,5 @@
-//! The `fxgate` command line (design §1): `serve`, `check-config`, `sandbox`, `hash-key`.
+//! The `fxgate` command line (design §1): `serve`, `check-config`, `sandbox`, `hash-key`, and
+//! `healthcheck` for images without a shell.
 
 use std::io::Read;
 use std::net::SocketAddr;
@@ -71,11 +72,37 @@ enum Command {
     },
     /// Read a caller key on stdin and print its key_sha256.
     HashKey,
+    /// Probe a running fxgate's admin listener: exit 0 when /healthz (or /readyz) answers 200.
+    Healthcheck {
+        /// The admin listener (server.admin_listen).
+        #[arg(long, default_value = "127.0.0.1:9090")]
+        admin: String,
+        /// Ask /readyz (a valid corp token is held) instead of /healthz (the process serves).
+        #[arg(long)]
+        ready: bool,
+        /// Give up after this long.
+        #[arg(long, default_value = "2s", value_parser = humantime::parse_duration)]
+        timeout: Duration,
+    },
 }
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Healthcheck {
+            admin,
+            ready,
+            timeout,
+        } => {
+            let path = if ready { "/readyz" } else { "/healthz" };
+            match fxgate::healthcheck::probe(&admin, path, timeout) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("fxgate: healthcheck: {e}");
+                    ExitCode::FAILURE
+                }
+            }
+        }
         Command::HashKey => {
             let mut key = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut key) {

@@ -389,3 +389,97 @@ fn check_config_masks_secrets_and_names_bad_keys() {
         assert!(err.contains(key), "expected {key} in: {err}");
     }
 }
+
+/// `fxgate healthcheck`, the probe of the shell-less image, against the real binary: 0 while
+/// /healthz (or with --ready, /readyz) answers 200, 1 with the reason otherwise, and never
+/// longer than its timeout against a listener that accepts and then says nothing.
+#[tokio::test]
+async fn healthcheck_exits_by_the_admin_listeners_answer_within_its_timeout() {
+    let (sandbox, gw) = pair(&[], "", "");
+    sandbox.wait("tokens_issued", 1).await;
+    let (status, _, _) = upload_multipart(
+        &client(),
+        &gw.upload_url(),
+        ALPHA_KEY,
+        jpeg(100, 1),
+        "x.jpg",
+    )
+    .await;
+    assert_eq!(status, 200);
+    let admin = gw.admin.trim_start_matches("http://").to_string();
+    let probe = |args: Vec<String>| {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        fxgate(&args, None, &[])
+    };
+    let (code, _, err) = probe(vec!["healthcheck".into(), "--admin".into(), admin.clone()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = probe(vec![
+        "healthcheck".into(),
+        "--ready".into(),
+        "--admin".into(),
+        admin,
+    ]);
+    assert_eq!(code, 0, "{err}");
+
+    // Alive but not ready: the sandbox refuses this gateway's app secret.
+    let (_other, unready) = pair(&["--app-secret", "not-the-gateways"], "", "");
+    let admin = unready.admin.trim_start_matches("http://").to_string();
+    let (code, _, err) = probe(vec!["healthcheck".into(), "--admin".into(), admin.clone()]);
+    assert_eq!(code, 0, "{err}");
+    let (code, _, err) = probe(vec![
+        "healthcheck".into(),
+        "--ready".into(),
+        "--admin".into(),
+        admin,
+    ]);
+    assert_eq!(code, 1);
+    assert!(err.contains("/readyz: 503"), "{err}");
+
+    // Nothing listening.
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = closed.local_addr().unwrap().to_string();
+    drop(closed);
+    let (code, _, err) = probe(vec!["healthcheck".into(), "--admin".into(), addr]);
+    assert_eq!(code, 1);
+    assert!(err.contains("refused"), "{err}");
+
+    // A listener that accepts and never answers: the probe gives up at its timeout.
+    let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = mute.local_addr().unwrap().to_string();
+    let started = std::time::Instant::now();
+    let (code, _, err) = probe(vec![
+        "healthcheck".into(),
+        "--timeout".into(),
+        "300ms".into(),
+        "--admin".into(),
+        addr,
+    ]);
+    assert_eq!(code, 1, "{err}");
+    assert!(
+        started.elapsed() < Duration::from_secs(5),
+        "took {:?}",
+        started.elapsed()
+    );
+    drop(mute);
+}
+
+/// The image's own config starts, is healthy, and lets no one in: the README's demo key (and
+/// any other) is refused, because the image defines no callers.
+#[tokio::test]
+async fn the_image_config_serves_no_caller() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let toml = std::fs::read_to_string(format!("{root}/deploy/image.toml"))
+        .unwrap()
+        .replace("0.0.0.0:8080", "127.0.0.1:0")
+        .replace("0.0.0.0:9090", "127.0.0.1:0");
+    assert!(!toml.contains("[[clients]]"));
+    let gw = Gateway::spawn(&toml);
+    let admin = gw.admin.trim_start_matches("http://").to_string();
+    let (code, _, err) = fxgate(&["healthcheck", "--admin", &admin], None, &[]);
+    assert_eq!(code, 0, "{err}");
+    for key in ["fxgate-demo-key", ALPHA_KEY] {
+        let (status, _, body) =
+            upload_multipart(&client(), &gw.upload_url(), key, jpeg(100, 1), "x.jpg").await;
+        assert_eq!(status, 401, "{body}");
+    }
+}

@@ -1,0 +1,45 @@
+//! `fxgate healthcheck`: the container health probe for images without a shell or curl.
+//!
+//! Blocking std I/O on purpose: the probe runs once per interval in its own short-lived
+//! process, so a runtime would only add start-up time. Every step has a deadline, so a wedged
+//! listener makes the probe fail instead of hang.
+
+use std::io::{Read, Write};
+use std::net::{TcpStream, ToSocketAddrs};
+use std::time::Duration;
+
+/// Asks `GET path` of the admin listener at `addr` and succeeds only on a 200.
+pub fn probe(addr: &str, path: &str, timeout: Duration) -> Result<(), String> {
+    let target = addr
+        .to_socket_addrs()
+        .map_err(|e| format!("{addr}: {e}"))?
+        .next()
+        .ok_or_else(|| format!("{addr}: no address"))?;
+    let mut conn =
+        TcpStream::connect_timeout(&target, timeout).map_err(|e| format!("{target}: {e}"))?;
+    conn.set_read_timeout(Some(timeout))
+        .and_then(|()| conn.set_write_timeout(Some(timeout)))
+        .map_err(|e| format!("{target}: {e}"))?;
+    let request = format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n");
+    conn.write_all(request.as_bytes())
+        .map_err(|e| format!("{target}: {e}"))?;
+    // The status line is all that is needed; 512 bytes hold it whatever the headers.
+    let mut head = [0u8; 512];
+    let mut len = 0;
+    while len < head.len() && !head[..len].windows(2).any(|w| w == b"\r\n") {
+        match conn.read(&mut head[len..]) {
+            Ok(0) => break,
+            Ok(n) => len += n,
+            Err(e) => return Err(format!("{target}{path}: {e}")),
+        }
+    }
+    let status = std::str::from_utf8(&head[..len])
+        .ok()
+        .and_then(|s| s.split(' ').nth(1))
+        .unwrap_or("no HTTP answer");
+    if status == "200" {
+        Ok(())
+    } else {
+        Err(format!("{target}{path}: {status}"))
+    }
+}
