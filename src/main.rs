@@ -93,16 +93,7 @@ fn main() -> ExitCode {
             admin,
             ready,
             timeout,
-        } => {
-            let path = if ready { "/readyz" } else { "/healthz" };
-            match fxgate::healthcheck::probe(&admin, path, timeout) {
-                Ok(()) => ExitCode::SUCCESS,
-                Err(e) => {
-                    eprintln!("fxgate: healthcheck: {e}");
-                    ExitCode::FAILURE
-                }
-            }
-        }
+        } => healthcheck(&admin, ready, timeout),
         Command::HashKey => {
             let mut key = String::new();
             if let Err(e) = std::io::stdin().read_to_string(&mut key) {
@@ -117,7 +108,7 @@ fn main() -> ExitCode {
             println!("{}", hex::encode(config::hash_key(key)));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config: path } => match Config::load(&path, None) {
+        Command::CheckConfig { config: path } => match load(&path) {
             Ok(cfg) => {
                 println!(
                     "{}",
@@ -163,7 +154,7 @@ fn main() -> ExitCode {
             })
         }
         Command::Serve { config: path } => {
-            let cfg = match Config::load(&path, None) {
+            let cfg = match load(&path) {
                 Ok(c) => c,
                 Err(e) => {
                     eprintln!("fxgate: {}: {e}", path.display());
@@ -174,6 +165,24 @@ fn main() -> ExitCode {
             run(serve(cfg))
         }
     }
+}
+
+fn healthcheck(admin: &str, ready: bool, timeout: Duration) -> ExitCode {
+    let path = if ready { "/readyz" } else { "/healthz" };
+    match fxgate::healthcheck::probe(admin, path, timeout) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("fxgate: healthcheck: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// The config at `path`, refused if its dedupe index would not fit this process's memory limit.
+fn load(path: &std::path::Path) -> Result<Config, config::ConfigError> {
+    let cfg = Config::load(path, None)?;
+    config::memory::check_index_fits(&cfg, config::memory::cgroup_memory_limit())?;
+    Ok(cfg)
 }
 
 fn run(fut: impl std::future::Future<Output = Result<(), fxgate::BoxError>>) -> ExitCode {

@@ -608,3 +608,60 @@ async fn dedupe_holders_are_added_in_one_step_and_a_delete_stays_a_delete() {
     let shared = fxgate::dedupe::redis::RedisStore::new(store, ttl, Duration::from_secs(30));
     holders_are_added_in_one_step(Arc::new(shared)).await;
 }
+
+/// What one dedupe entry costs in Redis, by Redis' own `MEMORY USAGE` (README figure): the
+/// entry (JSON value, TTL) and its reverse key by mediaId (for deletes).
+#[tokio::test]
+async fn a_dedupe_entry_in_redis_is_two_keys_of_bounded_size() {
+    let redis = RedisServer::start();
+    let (_sandbox, gw) = pair(&[], "", &redis_store(&redis, "open"));
+    let http = client();
+    const FILES: u32 = 100;
+    for n in 0..FILES {
+        let (status, _, body) = upload_multipart(
+            &http,
+            &gw.upload_url(),
+            ALPHA_KEY,
+            unique_jpeg(1000, n),
+            "a.jpg",
+        )
+        .await;
+        assert_eq!(status, 200, "{body}");
+    }
+    let mut conn = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let keys: Vec<String> = redis::cmd("KEYS")
+        .arg("*")
+        .query_async(&mut conn)
+        .await
+        .unwrap();
+    let (mut entries, mut by_media, mut bytes) = (0u64, 0u64, 0u64);
+    for k in &keys {
+        let kind = if k.contains(":dedupe:") {
+            &mut entries
+        } else if k.contains(":media:") {
+            &mut by_media
+        } else {
+            continue;
+        };
+        *kind += 1;
+        let used: u64 = redis::cmd("MEMORY")
+            .arg("USAGE")
+            .arg(k)
+            .query_async(&mut conn)
+            .await
+            .unwrap();
+        bytes += used;
+    }
+    assert_eq!(
+        (entries, by_media),
+        (u64::from(FILES), u64::from(FILES)),
+        "{keys:?}"
+    );
+    let per_entry = bytes / entries;
+    println!("redis: {per_entry} bytes per dedupe entry (MEMORY USAGE of both keys)");
+    assert!(per_entry <= 600, "{per_entry} bytes per entry");
+}

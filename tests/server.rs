@@ -483,3 +483,111 @@ async fn the_image_config_serves_no_caller() {
         assert_eq!(status, 401, "{body}");
     }
 }
+
+/// A real memory cgroup (v1 or v2, whichever this machine's memory controller is on) with a
+/// limit, for running fxgate under it. Needs root, as CI has.
+struct MemoryCgroup {
+    dir: std::path::PathBuf,
+}
+
+impl MemoryCgroup {
+    fn create(limit: u64) -> Self {
+        let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+        let name = format!("fxgate-test-{}", std::process::id());
+        for line in own.lines() {
+            let mut parts = line.splitn(3, ':');
+            let (_, controllers, path) = (
+                parts.next(),
+                parts.next().unwrap_or(""),
+                parts.next().unwrap_or(""),
+            );
+            let rel = path.trim_start_matches('/');
+            let (base, file) = if controllers.split(',').any(|c| c == "memory") {
+                ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
+            } else if controllers.is_empty()
+                && std::fs::read_to_string(format!("/sys/fs/cgroup/{rel}/cgroup.subtree_control"))
+                    .is_ok_and(|c| c.contains("memory"))
+            {
+                ("/sys/fs/cgroup", "memory.max")
+            } else {
+                continue;
+            };
+            let dir = std::path::Path::new(base).join(rel).join(&name);
+            if std::fs::create_dir_all(&dir).is_ok()
+                && std::fs::write(dir.join(file), limit.to_string()).is_ok()
+            {
+                return Self { dir };
+            }
+        }
+        panic!("no writable memory cgroup (this test needs root and a memory controller): {own}");
+    }
+
+    /// `fxgate args…`, moved into this cgroup before it starts (by a shell that then execs it).
+    fn command(&self, args: &[&str]) -> Command {
+        let mut cmd = Command::new("sh");
+        cmd.arg("-c")
+            .arg(format!(
+                "echo $$ > {}/cgroup.procs && exec \"$0\" \"$@\"",
+                self.dir.display()
+            ))
+            .arg(env!("CARGO_BIN_EXE_fxgate"))
+            .args(args);
+        cmd
+    }
+}
+
+impl Drop for MemoryCgroup {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir(&self.dir);
+    }
+}
+
+#[test]
+fn serve_refuses_a_dedupe_index_that_would_not_fit_in_half_its_cgroup_memory_limit() {
+    let cgroup = MemoryCgroup::create(64 * 1024 * 1024);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fxgate.toml");
+    let cfg = |max_entries: u64| {
+        config(
+            "sandbox",
+            "",
+            &format!("[dedupe]\nmax_entries = {max_entries}\n"),
+        )
+    };
+
+    // 1 M entries at 150 bytes: 143 MiB, against 32 MiB (half of 64).
+    std::fs::write(&path, cfg(1_000_000)).unwrap();
+    let path_s = path.to_str().unwrap();
+    for sub in ["serve", "check-config"] {
+        let out = cgroup.command(&[sub, "--config", path_s]).output().unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(out.status.code(), Some(2), "{sub}: {err}");
+        for named in [
+            "dedupe.max_entries",
+            "1000000 entries",
+            "143 MiB",
+            "memory limit of 64 MiB",
+            "at most 223696",
+        ] {
+            assert!(err.contains(named), "{sub}: {named:?} not in {err}");
+        }
+    }
+
+    // 200 000 entries (29 MiB) fit: it serves.
+    std::fs::write(&path, cfg(200_000)).unwrap();
+    let mut child = cgroup
+        .command(&["serve", "--config", path_s])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut first = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut first,
+    )
+    .unwrap();
+    assert!(first.contains("listening"), "{first}");
+    child.kill().unwrap();
+    child.wait().unwrap();
+}

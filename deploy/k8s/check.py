@@ -1,6 +1,8 @@
 """What the Kubernetes schema cannot see in a rendered overlay (called by check.sh)."""
+import os
 import re
 import sys
+import tomllib
 
 import yaml
 
@@ -97,6 +99,18 @@ for kind in ("ConfigMap", "Secret"):
         for value in (obj.get("data") or {}).values():
             if "REPLACE_ME" == value:
                 fail(f"{kind} {obj['metadata']['name']} holds a placeholder")
+
+# The dedupe index, full, must fit in half the container's memory limit: fxgate refuses to
+# start otherwise (src/config/memory.rs), with the bytes per entry of src/dedupe/compact.rs.
+src = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../../src/dedupe/compact.rs")
+per_entry = int(re.search(r"BYTES_PER_ENTRY: u64 = (\d+);", open(src).read()).group(1))
+units = {"Ki": 1 << 10, "Mi": 1 << 20, "Gi": 1 << 30}
+limit = container["resources"]["limits"]["memory"]
+limit = int(limit[:-2]) * units[limit[-2:]] if limit[-2:] in units else int(limit)
+config = next(c for c in by_kind["ConfigMap"] if "fxgate.toml" in c["data"])
+max_entries = tomllib.loads(config["data"]["fxgate.toml"]).get("dedupe", {}).get("max_entries", 1_000_000)
+if max_entries * per_entry > limit // 2:
+    fail(f"dedupe.max_entries {max_entries} x {per_entry} B does not fit in half of {limit} B")
 
 policies = {p["metadata"]["name"]: p for p in by_kind.get("NetworkPolicy", [])}
 if "fxgate" not in policies:

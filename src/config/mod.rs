@@ -5,6 +5,7 @@
 
 mod effective;
 pub mod file;
+pub mod memory;
 mod parse;
 mod validate;
 

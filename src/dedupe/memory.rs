@@ -1,62 +1,79 @@
-//! The embedded dedupe index: a moka cache with a size bound (one replica). An entry is
-//! trusted for `ttl` from its upload (`created_at`, on the injected clock): re-recording it for
-//! a new holder never extends that (moka's own TTL restarts on every insert, so it is only the
-//! eviction bound).
+//! The embedded dedupe index (one replica): the compact index behind the `DedupeStore` seam.
+//! An entry is trusted for `ttl` from its upload (`created_at`, on the injected clock);
+//! re-recording it for a new holder never extends that.
 
 use std::sync::Arc;
 use std::time::{Duration, UNIX_EPOCH};
 
 use futures_util::future::BoxFuture;
 
+use super::compact::{CompactIndex, Record};
 use super::{DedupeKey, DedupeStore, MediaRef};
 use crate::clock::Clock;
 
-/// The embedded store: a moka cache with a TTL and a size bound.
+/// The embedded store.
 #[derive(Debug)]
 pub struct MemoryStore {
-    /// Deletes find their entries through invalidation closures rather than a reverse
-    /// `mediaId` index: a delete is rare, and a second cache would double the cost of the
-    /// insert every upload pays.
-    /// Each entry sits behind its own lock so a new holder is added in place: re-inserting
-    /// would restart moka's TTL, race with another holder, and outlive a pending eviction.
-    entries: moka::future::Cache<DedupeKey, Arc<parking_lot::Mutex<MediaRef>>>,
-    ttl: Duration,
+    index: Arc<CompactIndex>,
     clock: Arc<dyn Clock>,
 }
 
 impl MemoryStore {
     /// A store holding at most `max_entries`, each trusted for `ttl` of `clock`'s time.
     pub fn new(ttl: Duration, max_entries: u64, clock: Arc<dyn Clock>) -> Self {
+        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
         Self {
-            ttl,
+            index: Arc::new(CompactIndex::new(max_entries, ttl_ms)),
             clock,
-            entries: moka::future::Cache::builder()
-                .time_to_live(ttl)
-                .max_capacity(max_entries)
-                .support_invalidation_closures()
-                .build(),
         }
+    }
+
+    fn key(&self, key: &DedupeKey) -> Option<super::compact::Key> {
+        self.index
+            .key(&key.corp, key.route, &key.sha256, key.filename.as_deref())
     }
 }
 
 impl DedupeStore for MemoryStore {
     fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>> {
+        let found = self
+            .key(key)
+            .and_then(|k| self.index.get(&k, self.clock.unix_ms()));
         Box::pin(async move {
-            let entry = self.entries.get(key).await?.lock().clone();
-            let created_ms = entry
-                .created_at
-                .duration_since(UNIX_EPOCH)
-                .map_or(0, |d| d.as_millis() as u64);
-            let age = Duration::from_millis(self.clock.unix_ms().saturating_sub(created_ms));
-            (age < self.ttl).then_some(entry)
+            let found = found?;
+            Some(MediaRef {
+                media_id: found.media_id,
+                size: found.size,
+                content_type: found.content_type,
+                created_at: UNIX_EPOCH + Duration::from_millis(found.created_ms),
+                caller: found.caller,
+                holders: found.holders,
+            })
         })
     }
 
     fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()> {
-        Box::pin(
-            self.entries
-                .insert(key, Arc::new(parking_lot::Mutex::new(value))),
-        )
+        let created_ms = value
+            .created_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        let rec = Record {
+            media_id: &value.media_id,
+            size: value.size,
+            content_type: &value.content_type,
+            created_ms,
+            caller: &value.caller,
+            holders: &value.holders,
+        };
+        self.index.put(
+            &key.corp,
+            key.route,
+            &key.sha256,
+            key.filename.as_deref(),
+            &rec,
+            self.clock.unix_ms(),
+        );
+        Box::pin(async {})
     }
 
     fn add_holder<'a>(
@@ -65,30 +82,21 @@ impl DedupeStore for MemoryStore {
         media_id: &'a str,
         caller: &'a str,
     ) -> BoxFuture<'a, ()> {
-        Box::pin(async move {
-            let Some(entry) = self.entries.get(key).await else {
-                return;
-            };
-            let mut entry = entry.lock();
-            if entry.media_id == media_id
-                && !entry.held_by(caller)
-                && entry.holders.len() < super::MAX_HOLDERS
-            {
-                entry.holders.push(caller.to_string());
-            }
-        })
+        if let Some(k) = self.key(key) {
+            self.index.add_holder(&k, media_id, caller);
+        }
+        Box::pin(async {})
     }
 
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()> {
-        let (corp, media_id) = (corp.to_string(), media_id.to_string());
-        // Applies to entries recorded up to now: a later re-upload under a new mediaId stays.
-        // `get` checks pending closures itself, so the eviction is visible at once.
-        let registered = self
-            .entries
-            .invalidate_entries_if(move |k, v| k.corp == corp && v.lock().media_id == media_id);
-        if let Err(e) = registered {
-            tracing::error!(error = %e, "dedupe index cannot evict by mediaId");
-        }
-        Box::pin(async {})
+        let (index, corp, media_id) = (self.index.clone(), corp.to_string(), media_id.to_string());
+        // A scan of the whole index (milliseconds at a million entries): off the runtime's
+        // workers so other requests are not held up behind it.
+        Box::pin(async move {
+            let scan = tokio::task::spawn_blocking(move || index.forget_media(&corp, &media_id));
+            if let Err(e) = scan.await {
+                tracing::error!(error = %e, "dedupe index: forgetting a deleted mediaId failed");
+            }
+        })
     }
 }

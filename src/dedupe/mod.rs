@@ -1,5 +1,5 @@
 //! The dedupe index (design §6): which file (by SHA-256) already has which Fxiaoke mediaId,
-//! per corp and route. `DedupeStore` is the storage seam (`memory`: the embedded moka store;
+//! per corp and route. `DedupeStore` is the storage seam (`memory`: the embedded compact index;
 //! `redis`: shared by replicas); `coalesce` owns the single-flight of claimed digests (within
 //! the process and, through the store's lock, across replicas). Only digests fxgate computed
 //! itself are recorded, and only after Fxiaoke's `errorCode 0`.
@@ -14,6 +14,7 @@ use crate::store::{Lease, Redis};
 use futures_util::future::BoxFuture;
 
 pub mod coalesce;
+pub mod compact;
 pub mod memory;
 pub mod redis;
 
@@ -127,7 +128,7 @@ pub struct Dedupe {
 }
 
 impl Dedupe {
-    /// The embedded (moka) index, its trust period timed by `clock`.
+    /// The embedded (compact) index, its trust period timed by `clock`.
     pub fn memory(cfg: &DedupeConfig, clock: Arc<dyn Clock>) -> Self {
         Self {
             store: Arc::new(MemoryStore::new(cfg.ttl, cfg.max_entries, clock)),

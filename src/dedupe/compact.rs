@@ -1,0 +1,446 @@
+//! The compact in-memory dedupe index: about 125 bytes an entry, so a million entries fit in
+//! the memory a small pod has (moka, the general-purpose cache used before, cost ~760).
+//!
+//! Where the bytes went, and why they are not needed here:
+//! * keys and values held their strings (corp, caller, holders, content type) once per entry:
+//!   those come from a small set (the config, the sniffed types), so an entry holds 16-bit ids
+//!   into an [`Interner`] instead;
+//! * a mediaId of up to 47 bytes lives inside the entry (a boxed string costs ~50 more);
+//! * moka keeps an access-order list, a frequency sketch and a timer wheel per entry. Every
+//!   entry here has the same lifetime (`ttl` from its upload, never extended), so insertion
+//!   order is expiry order: a ring of slots per shard, oldest first, is the expiry queue and
+//!   the eviction order at capacity (FIFO rather than LRU: an old entry is the closest to its
+//!   expiry whether or not it is hit), and a hash table of 4-byte slot numbers finds them.
+//!
+//! Shards (each behind its own lock, held for a lookup's few hundred nanoseconds) keep
+//! concurrent uploads from queueing on one lock.
+
+use std::hash::{BuildHasher, RandomState};
+
+use parking_lot::{Mutex, RwLock};
+use sha2::{Digest, Sha256};
+
+use super::MAX_HOLDERS;
+
+const SHARDS: usize = 16;
+/// Slots are allocated in segments as the ring first reaches them: an empty index costs
+/// nothing, and growth never copies (a doubling vector would briefly need 1.5× its size).
+/// Small (28 KiB), because a new segment is written whole: 16 shards' first entries cost
+/// 450 KiB, not the 7 MiB that 4096-slot segments did.
+const SEGMENT: usize = 256;
+
+/// What one entry costs at most, measured at 1 M entries (tests/index_memory.rs): the figure
+/// the start-up check multiplies by `max_entries` against the cgroup's memory limit.
+pub const BYTES_PER_ENTRY: u64 = 150;
+
+/// Ids by name, and names by id.
+type Names = (std::collections::HashMap<Box<str>, u16>, Vec<Box<str>>);
+
+/// Small strings (corps, callers, routes, content types) stored once, named by a 16-bit id.
+#[derive(Debug, Default)]
+pub struct Interner {
+    inner: RwLock<Names>,
+}
+
+impl Interner {
+    fn find(&self, s: &str) -> Option<u16> {
+        self.inner.read().0.get(s).copied()
+    }
+
+    /// The id of `s`, made if new; `None` once 65 535 distinct strings exist (the entry is
+    /// then not recorded: a later upload of the file is a miss, nothing worse).
+    fn intern(&self, s: &str) -> Option<u16> {
+        if let Some(id) = self.find(s) {
+            return Some(id);
+        }
+        let mut inner = self.inner.write();
+        let (ids, names) = &mut *inner;
+        if let Some(id) = ids.get(s) {
+            return Some(*id);
+        }
+        let id = u16::try_from(names.len())
+            .ok()
+            .filter(|id| *id < u16::MAX)?;
+        names.push(s.into());
+        ids.insert(s.into(), id);
+        Some(id)
+    }
+
+    fn name(&self, id: u16) -> String {
+        self.inner
+            .read()
+            .1
+            .get(usize::from(id))
+            .map(|s| s.to_string())
+            .unwrap_or_default()
+    }
+}
+
+/// Up to this many bytes a mediaId is kept inside the entry; 47 makes the enum 48 bytes.
+const INLINE: usize = 47;
+
+/// A mediaId: inline up to 47 bytes (zero-padded; an id containing a NUL is boxed), boxed
+/// beyond. Inline costs every entry 32 bytes more than a boxed id's pointer, and saves a
+/// ~50-byte allocation for every id of a realistic length.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum MediaId {
+    Inline([u8; INLINE]),
+    Boxed(Box<str>),
+}
+
+impl MediaId {
+    fn new(id: &str) -> Self {
+        if id.len() <= INLINE && !id.as_bytes().contains(&0) {
+            let mut bytes = [0u8; INLINE];
+            bytes[..id.len()].copy_from_slice(id.as_bytes());
+            Self::Inline(bytes)
+        } else {
+            Self::Boxed(id.into())
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Self::Inline(bytes) => {
+                let len = bytes.iter().position(|b| *b == 0).unwrap_or(INLINE);
+                std::str::from_utf8(&bytes[..len]).unwrap_or_default()
+            }
+            Self::Boxed(s) => s,
+        }
+    }
+
+    fn is(&self, id: &str) -> bool {
+        self.as_str() == id
+    }
+
+    fn text(&self) -> String {
+        self.as_str().to_string()
+    }
+}
+
+/// What a lookup is for: corp, route, and the file (its SHA-256, or for documents the SHA-256
+/// of that and the filename, since a document's name is part of what Fxiaoke shows).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Key {
+    corp: u16,
+    route: u16,
+    file: [u8; 32],
+}
+
+/// One recorded upload.
+#[derive(Debug, Clone)]
+pub struct Entry {
+    key: Key,
+    media: MediaId,
+    size: u64,
+    created_ms: u64,
+    content_type: u16,
+    /// The uploader, always a holder.
+    caller: u16,
+    /// Holders beyond the uploader; most entries have none. Boxed: 8 bytes in every entry
+    /// where a bare `Vec` would take 24, for the few entries that have more holders.
+    #[allow(clippy::box_collection)]
+    more_holders: Option<Box<Vec<u16>>>,
+}
+
+/// An entry as its users see it, names resolved.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Found {
+    /// Fxiaoke's mediaId.
+    pub media_id: String,
+    /// File size in bytes.
+    pub size: u64,
+    /// Content type sent with it.
+    pub content_type: String,
+    /// Upload time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// The uploader.
+    pub caller: String,
+    /// Every caller that has sent the bytes, the uploader first.
+    pub holders: Vec<String>,
+}
+
+/// What `put` records.
+#[derive(Debug)]
+pub struct Record<'a> {
+    /// Fxiaoke's mediaId.
+    pub media_id: &'a str,
+    /// File size in bytes.
+    pub size: u64,
+    /// Content type sent with it.
+    pub content_type: &'a str,
+    /// Upload time, ms since the Unix epoch.
+    pub created_ms: u64,
+    /// The uploader.
+    pub caller: &'a str,
+    /// Every holder (the uploader among them).
+    pub holders: &'a [String],
+}
+
+#[derive(Debug)]
+struct Shard {
+    table: hashbrown::HashTable<u32>,
+    segments: Vec<Box<[Option<Entry>]>>,
+    capacity: usize,
+    /// Ring position of the oldest slot, and how many slots from there are in use (live or
+    /// emptied by a replacement or delete).
+    head: usize,
+    len: usize,
+}
+
+impl Shard {
+    fn new(capacity: usize) -> Self {
+        Self {
+            table: hashbrown::HashTable::new(),
+            segments: Vec::new(),
+            capacity,
+            head: 0,
+            len: 0,
+        }
+    }
+
+    fn slot(&self, pos: usize) -> Option<&Entry> {
+        self.segments
+            .get(pos / SEGMENT)?
+            .get(pos % SEGMENT)?
+            .as_ref()
+    }
+
+    fn slot_mut(&mut self, pos: usize) -> &mut Option<Entry> {
+        let seg = pos / SEGMENT;
+        while self.segments.len() <= seg {
+            let size = SEGMENT.min(self.capacity - self.segments.len() * SEGMENT);
+            self.segments.push(vec![None; size].into_boxed_slice());
+        }
+        &mut self.segments[seg][pos % SEGMENT]
+    }
+
+    fn find(&self, hash: u64, key: &Key) -> Option<usize> {
+        let pos = self.table.find(hash, |&p| {
+            self.slot(p as usize).is_some_and(|e| e.key == *key)
+        })?;
+        Some(*pos as usize)
+    }
+
+    /// Empties the slot at `pos` and unlinks it from the table.
+    fn remove(&mut self, hasher: &RandomState, pos: usize) {
+        if let Some(entry) = self.slot_mut(pos).take() {
+            let hash = hasher.hash_one(entry.key);
+            if let Ok(found) = self.table.find_entry(hash, |&p| p as usize == pos) {
+                found.remove();
+            }
+        }
+    }
+
+    /// Drops the oldest slot.
+    fn pop(&mut self, hasher: &RandomState) {
+        let head = self.head;
+        self.remove(hasher, head);
+        self.head = (self.head + 1) % self.capacity;
+        self.len -= 1;
+    }
+
+    fn push(&mut self, hasher: &RandomState, hash: u64, entry: Entry, expired_before: u64) {
+        if let Some(old) = self.find(hash, &entry.key) {
+            self.remove(hasher, old);
+        }
+        // Expired and emptied slots at the front go first, then the oldest if still full.
+        while self.len > 0
+            && self
+                .slot(self.head)
+                .is_none_or(|e| e.created_ms <= expired_before)
+        {
+            self.pop(hasher);
+        }
+        if self.len == self.capacity {
+            self.pop(hasher);
+        }
+        let pos = (self.head + self.len) % self.capacity;
+        *self.slot_mut(pos) = Some(entry);
+        self.len += 1;
+        let slots = &self.segments;
+        self.table.insert_unique(hash, pos as u32, |&p| {
+            let e = slots[p as usize / SEGMENT][p as usize % SEGMENT].as_ref();
+            e.map_or(0, |e| hasher.hash_one(e.key))
+        });
+    }
+}
+
+/// The index: shards of rings and tables, and the names its entries refer to.
+#[derive(Debug)]
+pub struct CompactIndex {
+    shards: Box<[Mutex<Shard>]>,
+    names: Interner,
+    hasher: RandomState,
+    ttl_ms: u64,
+}
+
+impl CompactIndex {
+    /// An index of at most `max_entries` (at least one per shard), each live for `ttl_ms`.
+    pub fn new(max_entries: u64, ttl_ms: u64) -> Self {
+        let per_shard = usize::try_from(max_entries.div_ceil(SHARDS as u64))
+            .unwrap_or(usize::MAX)
+            .clamp(1, u32::MAX as usize);
+        Self {
+            shards: (0..SHARDS)
+                .map(|_| Mutex::new(Shard::new(per_shard)))
+                .collect(),
+            names: Interner::default(),
+            hasher: RandomState::new(),
+            ttl_ms,
+        }
+    }
+
+    fn file(sha256: &[u8; 32], filename: Option<&str>) -> [u8; 32] {
+        match filename {
+            None => *sha256,
+            Some(name) => {
+                let mut h = Sha256::new();
+                h.update(sha256);
+                h.update(name.as_bytes());
+                h.finalize().into()
+            }
+        }
+    }
+
+    /// The key for a lookup; `None` when the corp or route was never recorded (so nothing is).
+    pub fn key(
+        &self,
+        corp: &str,
+        route: &str,
+        sha256: &[u8; 32],
+        filename: Option<&str>,
+    ) -> Option<Key> {
+        Some(Key {
+            corp: self.names.find(corp)?,
+            route: self.names.find(route)?,
+            file: Self::file(sha256, filename),
+        })
+    }
+
+    fn shard(&self, hash: u64) -> &Mutex<Shard> {
+        &self.shards[(hash >> 60) as usize % SHARDS]
+    }
+
+    /// The live entry for `key` at `now_ms`.
+    pub fn get(&self, key: &Key, now_ms: u64) -> Option<Found> {
+        let hash = self.hasher.hash_one(key);
+        let shard = self.shard(hash).lock();
+        let entry = shard.slot(shard.find(hash, key)?)?;
+        if now_ms.saturating_sub(entry.created_ms) >= self.ttl_ms {
+            return None;
+        }
+        let mut holders = vec![self.names.name(entry.caller)];
+        for id in entry.more_holders.iter().flat_map(|h| h.iter()) {
+            holders.push(self.names.name(*id));
+        }
+        Some(Found {
+            media_id: entry.media.text(),
+            size: entry.size,
+            content_type: self.names.name(entry.content_type),
+            created_ms: entry.created_ms,
+            caller: holders[0].clone(),
+            holders,
+        })
+    }
+
+    /// Records (or replaces) the entry for corp/route/file at `now_ms`.
+    pub fn put(
+        &self,
+        corp: &str,
+        route: &str,
+        sha256: &[u8; 32],
+        filename: Option<&str>,
+        rec: &Record<'_>,
+        now_ms: u64,
+    ) {
+        let ids = (|| {
+            let key = Key {
+                corp: self.names.intern(corp)?,
+                route: self.names.intern(route)?,
+                file: Self::file(sha256, filename),
+            };
+            let caller = self.names.intern(rec.caller)?;
+            let mut more = Vec::new();
+            for h in rec.holders.iter().filter(|h| *h != rec.caller) {
+                more.push(self.names.intern(h)?);
+            }
+            let content_type = self.names.intern(rec.content_type)?;
+            Some((key, caller, more, content_type))
+        })();
+        let Some((key, caller, more, content_type)) = ids else {
+            tracing::warn!("dedupe index: too many distinct names; entry not recorded");
+            return;
+        };
+        let entry = Entry {
+            key,
+            media: MediaId::new(rec.media_id),
+            size: rec.size,
+            created_ms: rec.created_ms,
+            content_type,
+            caller,
+            more_holders: (!more.is_empty()).then(|| Box::new(more)),
+        };
+        let hash = self.hasher.hash_one(key);
+        let expired_before = now_ms.saturating_sub(self.ttl_ms);
+        self.shard(hash)
+            .lock()
+            .push(&self.hasher, hash, entry, expired_before);
+    }
+
+    /// Adds `caller` to the holders of `key`'s entry while it still points at `media_id`.
+    pub fn add_holder(&self, key: &Key, media_id: &str, caller: &str) {
+        let Some(id) = self.names.intern(caller) else {
+            return;
+        };
+        let hash = self.hasher.hash_one(key);
+        let mut shard = self.shard(hash).lock();
+        let Some(pos) = shard.find(hash, key) else {
+            return;
+        };
+        let Some(entry) = shard.slot_mut(pos).as_mut() else {
+            return;
+        };
+        let more = entry.more_holders.get_or_insert_with(Default::default);
+        if entry.media.is(media_id)
+            && entry.caller != id
+            && !more.contains(&id)
+            && more.len() + 1 < MAX_HOLDERS
+        {
+            more.push(id);
+        }
+        if more.is_empty() {
+            entry.more_holders = None;
+        }
+    }
+
+    /// Forgets every entry of `corp` pointing at `media_id`. A scan, one shard locked at a
+    /// time: deletes are rare, and an index by mediaId would cost every entry more bytes.
+    pub fn forget_media(&self, corp: &str, media_id: &str) {
+        let Some(corp) = self.names.find(corp) else {
+            return;
+        };
+        for shard in self.shards.iter() {
+            let mut shard = shard.lock();
+            let doomed: Vec<usize> = (0..shard.len)
+                .map(|i| (shard.head + i) % shard.capacity)
+                .filter(|&p| {
+                    shard
+                        .slot(p)
+                        .is_some_and(|e| e.key.corp == corp && e.media.is(media_id))
+                })
+                .collect();
+            for pos in doomed {
+                shard.remove(&self.hasher, pos);
+            }
+        }
+    }
+
+    /// Live and emptied slots held, over all shards (for tests and the memory figure).
+    pub fn slots_in_use(&self) -> usize {
+        self.shards.iter().map(|s| s.lock().len).sum()
+    }
+}
+
+#[cfg(test)]
+mod tests;
