@@ -208,7 +208,9 @@ fn client_json(c: &crate::config::ClientConfig, usage: crate::quota::Usage) -> s
     serde_json::json!({
         "name": c.name,
         "corp": c.corp,
-        "auth": if c.key_sha256.is_some() { "key" } else { "certificate" },
+        "auth": if c.keys.is_empty() { "certificate" } else { "key" },
+        // When each key stops working (null: never), so a rotation's progress can be read.
+        "keys": c.keys.iter().map(|k| crate::config::not_after_text(k.not_after_ms)).collect::<Vec<_>>(),
         "routes": c.routes.as_ref().map(|r| r.iter().map(crate::route::RoutePattern::to_config).collect::<Vec<_>>()),
         "api_style": c.api_style.label(),
         "act_as": c.act_as,

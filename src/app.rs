@@ -68,6 +68,7 @@ pub fn service(state: Arc<AppState>) -> AppService {
             state.clients.clone(),
             state.sessions.clone(),
             state.cfg.passthrough.max_body as usize,
+            state.clock.clone(),
         ))
         // Needs the Principal; decides rate, concurrency and bytes before the body is read.
         .layer(

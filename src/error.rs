@@ -46,6 +46,9 @@ pub enum GatewayError {
     /// No caller key, or one that matches no configured caller.
     #[error("unknown or missing caller key")]
     Unauthenticated,
+    /// A configured caller key past its `not_after` (rotated out).
+    #[error("expired caller key")]
+    KeyExpired,
     /// An `fxg_` token fxgate does not know (never issued, expired, or its caller removed):
     /// answered in Fxiaoke's own shape, HTTP 200 and `errorCode` 20016, so an SDK's usual
     /// refresh logic fetches a new one.
@@ -159,7 +162,7 @@ impl GatewayError {
             DigestMismatch { .. } => (StatusCode::BAD_REQUEST, 940002),
             BadRequest { .. } => (StatusCode::BAD_REQUEST, 940003),
             BodyInterrupted => (StatusCode::BAD_REQUEST, 940004),
-            Unauthenticated => (StatusCode::UNAUTHORIZED, 940101),
+            Unauthenticated | KeyExpired => (StatusCode::UNAUTHORIZED, 940101),
             TokenUnknown => (StatusCode::OK, 20016),
             RouteForbidden { .. } => (StatusCode::FORBIDDEN, 940301),
             UserForbidden { .. } => (StatusCode::FORBIDDEN, 940302),
@@ -189,6 +192,7 @@ impl GatewayError {
             | BadRequest { .. }
             | BodyInterrupted
             | Unauthenticated
+            | KeyExpired
             | TokenUnknown
             | RouteForbidden { .. }
             | UserForbidden { .. }
@@ -229,6 +233,7 @@ impl GatewayError {
             DigestMismatch { computed } => {
                 format!("the claimed digest does not match the file; computed sha-256=:{computed}:")
             }
+            KeyExpired => "this gateway key has passed its `not_after` (it was rotated out); use the caller's current key".into(),
             Unauthenticated => {
                 "send a gateway key as `Authorization: Bearer <key>` or `X-Api-Key: <key>`".into()
             }
@@ -321,6 +326,7 @@ mod tests {
     fn codes_embed_their_status() {
         let samples = [
             GatewayError::Unauthenticated,
+            GatewayError::KeyExpired,
             GatewayError::NotFound,
             GatewayError::TokenRejected,
             GatewayError::UpstreamTimeout {

@@ -591,3 +591,68 @@ fn serve_refuses_a_dedupe_index_that_would_not_fit_in_half_its_cgroup_memory_lim
     child.kill().unwrap();
     child.wait().unwrap();
 }
+
+/// Rotating a caller's key with an overlap: the old key (with `not_after`) and the new one
+/// both work until then, the old one is refused after it (401 saying why), and
+/// `/admin/clients` shows when each key stops. On the injected clock: no waiting.
+#[tokio::test]
+async fn a_rotated_key_works_during_the_overlap_and_the_old_one_stops_at_not_after() {
+    let not_after =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(60))
+            .to_string();
+    let rotating = format!(
+        "[[clients]]\nname = \"rotating\"\nkeys = [{{ sha256 = \"{}\", not_after = \"{not_after}\" }}, {{ sha256 = \"{}\" }}]\n",
+        sha256_hex(b"old-key-1f2e3d"),
+        sha256_hex(b"new-key-4c5b6a"),
+    );
+    let t = InProcess::spawn_full(
+        fxgate::sandbox::SandboxOptions::default(),
+        "",
+        &rotating,
+        serde_json::json!({}),
+    )
+    .await;
+    let http = client();
+    let upload = |key: &'static str, n: u32| {
+        let (http, url) = (http.clone(), t.upload_url());
+        async move { upload_multipart(&http, &url, key, unique_jpeg(500, n), "a.jpg").await }
+    };
+    for (n, key) in ["old-key-1f2e3d", "new-key-4c5b6a"].into_iter().enumerate() {
+        let (status, _, body) = upload(key, n as u32).await;
+        assert_eq!(status, 200, "{key}: {body}");
+    }
+    let clients: serde_json::Value = http
+        .get(format!("{}/admin/clients", t.admin))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let entry = clients["clients"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "rotating")
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        entry["keys"],
+        serde_json::json!([not_after, null]),
+        "{entry}"
+    );
+
+    t.advance(Duration::from_secs(61));
+    let (status, _, body) = upload("old-key-1f2e3d", 10).await;
+    assert_eq!(status, 401, "{body}");
+    assert_eq!(body["errorCode"], 940101);
+    assert!(
+        body["errorDescription"]
+            .as_str()
+            .unwrap()
+            .contains("not_after"),
+        "{body}"
+    );
+    let (status, _, body) = upload("new-key-4c5b6a", 11).await;
+    assert_eq!(status, 200, "{body}");
+}

@@ -67,7 +67,10 @@ impl Config {
             "passthrough": {"max_body": self.passthrough.max_body},
             "clients": self.clients.iter().map(|c| json!({
                 "name": c.name,
-                "key_sha256": c.key_sha256.map(hex::encode),
+                "keys": c.keys.iter().map(|k| json!({
+                    "sha256": hex::encode(k.sha256),
+                    "not_after": super::not_after_text(k.not_after_ms),
+                })).collect::<Vec<_>>(),
                 "cert_subject": c.cert_subject,
                 "corp": c.corp,
                 "requests_per_minute": c.requests_per_minute,

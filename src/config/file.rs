@@ -178,6 +178,16 @@ pub struct PassthroughFile {
     pub max_body: Option<String>,
 }
 
+/// One of `[[clients]] keys = [{ sha256 = "…", not_after = "2027-01-31T00:00:00Z" }]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyFile {
+    /// SHA-256 (hex) of the key.
+    pub sha256: Option<String>,
+    /// RFC 3339 time from which the key is refused.
+    pub not_after: Option<String>,
+}
+
 /// `[[clients]]`
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -186,6 +196,8 @@ pub struct ClientFile {
     pub name: Option<String>,
     /// SHA-256 (hex) of the caller's key, from `fxgate hash-key`.
     pub key_sha256: Option<String>,
+    /// More keys, each with an optional expiry: rotation with an overlap window.
+    pub keys: Option<Vec<KeyFile>>,
     /// Certificate subject, for mTLS callers.
     pub cert_subject: Option<String>,
     /// Which `[corps.*]` table this caller uploads to, default `"default"`.

@@ -210,13 +210,30 @@ pub struct StoreConfig {
     pub lease_ttl: Duration,
 }
 
+/// One caller key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClientKey {
+    /// SHA-256 of the key.
+    pub sha256: [u8; 32],
+    /// Refused from this time on (ms since the Unix epoch); `None`: no expiry.
+    pub not_after_ms: Option<u64>,
+}
+
+/// A key's `not_after` as RFC 3339 (`None`: no expiry).
+pub fn not_after_text(ms: Option<u64>) -> Option<String> {
+    ms.map(|ms| {
+        humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(ms))
+            .to_string()
+    })
+}
+
 /// One `[[clients]]` entry, validated.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientConfig {
     /// Name.
     pub name: String,
-    /// SHA-256 of the key.
-    pub key_sha256: Option<[u8; 32]>,
+    /// Its keys (several during a rotation; none for an mTLS-only caller).
+    pub keys: Vec<ClientKey>,
     /// mTLS subject.
     pub cert_subject: Option<String>,
     /// Corp name (exists in `corps`).
@@ -426,5 +443,37 @@ mod tests {
             Some(Duration::from_secs(72 * 3600))
         );
         assert!(parse_duration("k", "soon").is_err());
+    }
+
+    #[test]
+    fn rotation_keys_are_checked_and_named_by_place() {
+        let base = "[corps.default]\nbase_url = \"sandbox\"\napp_id = \"a\"\napp_secret = \"s\"\npermanent_code = \"p\"\n";
+        let sha = |k: &str| hex::encode(hash_key(k));
+        let load = |clients: String| Config::from_toml(&format!("{base}{clients}"), HashMap::new());
+        let cfg = load(format!(
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"{}\"\nkeys = [{{ sha256 = \"{}\", not_after = \"2027-01-31T00:00:00Z\" }}]\n",
+            sha("k1"),
+            sha("k2")
+        ))
+        .unwrap();
+        assert_eq!(cfg.clients[0].keys.len(), 2);
+        assert_eq!(cfg.clients[0].keys[1].not_after_ms, Some(1_801_353_600_000));
+        let err = load(format!(
+            "[[clients]]\nname = \"a\"\nkeys = [{{ sha256 = \"{}\", not_after = \"next week\" }}]\n",
+            sha("k1")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("keys[0].not_after") && err.contains("RFC 3339"),
+            "{err}"
+        );
+        let err = load(format!(
+            "[[clients]]\nname = \"a\"\nkey_sha256 = \"{0}\"\n[[clients]]\nname = \"b\"\nkeys = [{{ sha256 = \"{0}\" }}]\n",
+            sha("k1")
+        ))
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("also a key of `a`"), "{err}");
     }
 }

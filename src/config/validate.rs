@@ -308,15 +308,17 @@ fn clients(
         if clients.iter().any(|o: &ClientConfig| o.name == name) {
             return Err(invalid(k("name"), format!("`{name}` is defined twice")));
         }
-        let key_sha256 = c
-            .key_sha256
-            .as_deref()
-            .map(|v| parse_sha256(&k("key_sha256"), v))
-            .transpose()?;
-        if key_sha256.is_none() && c.cert_subject.is_none() {
+        let keys = client_keys(c.key_sha256.as_deref(), c.keys.unwrap_or_default(), &k)?;
+        if keys.is_empty() && c.cert_subject.is_none() {
             return Err(invalid(
                 k("key_sha256"),
-                "missing (or set `cert_subject` for an mTLS caller)",
+                "missing (set `key_sha256` or `keys`, or `cert_subject` for an mTLS caller)",
+            ));
+        }
+        if let Some(other) = clients.iter().find(|o| shares_a_key(o, &keys)) {
+            return Err(invalid(
+                k("keys"),
+                format!("a key of `{name}` is also a key of `{}`", other.name),
             ));
         }
         let corp = c.corp.unwrap_or_else(|| "default".into());
@@ -337,7 +339,7 @@ fn clients(
         let (api_style, act_as) = style_and_users(c.api_style.as_deref(), c.act_as, &k)?;
         clients.push(ClientConfig {
             name,
-            key_sha256,
+            keys,
             cert_subject: c.cert_subject,
             corp,
             requests_per_minute: c.requests_per_minute,
@@ -419,4 +421,59 @@ fn lease_ttl(value: Option<&str>) -> Result<Duration, ConfigError> {
         return Err(invalid("store.lease_ttl", "must be at least 300ms"));
     }
     Ok(ttl)
+}
+
+/// Whether `other` holds one of `keys` (a key must name one caller).
+fn shares_a_key(other: &ClientConfig, keys: &[super::ClientKey]) -> bool {
+    other
+        .keys
+        .iter()
+        .any(|o| keys.iter().any(|m| m.sha256 == o.sha256))
+}
+
+/// `key_sha256` (no expiry) and `keys` (each with an optional `not_after`), as one list.
+fn client_keys(
+    single: Option<&str>,
+    listed: Vec<super::file::KeyFile>,
+    k: &dyn Fn(&str) -> String,
+) -> Result<Vec<super::ClientKey>, ConfigError> {
+    let mut keys = Vec::new();
+    if let Some(v) = single {
+        keys.push(super::ClientKey {
+            sha256: parse_sha256(&k("key_sha256"), v)?,
+            not_after_ms: None,
+        });
+    }
+    for (i, key) in listed.into_iter().enumerate() {
+        let at = |field: &str| k(&format!("keys[{i}].{field}"));
+        let sha = key
+            .sha256
+            .ok_or_else(|| invalid(at("sha256"), "missing (from `fxgate hash-key`)"))?;
+        let sha256 = parse_sha256(&at("sha256"), &sha)?;
+        let not_after_ms = key
+            .not_after
+            .map(|t| {
+                humantime::parse_rfc3339_weak(&t)
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .and_then(|d| u64::try_from(d.as_millis()).ok())
+                    .ok_or_else(|| {
+                        invalid(
+                            at("not_after"),
+                            format!(
+                                "`{t}`: use an RFC 3339 time in UTC, e.g. \"2027-01-31T00:00:00Z\""
+                            ),
+                        )
+                    })
+            })
+            .transpose()?;
+        if keys.iter().any(|o: &super::ClientKey| o.sha256 == sha256) {
+            return Err(invalid(at("sha256"), "the same key is listed twice"));
+        }
+        keys.push(super::ClientKey {
+            sha256,
+            not_after_ms,
+        });
+    }
+    Ok(keys)
 }

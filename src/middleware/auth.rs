@@ -2,7 +2,8 @@
 //! (design §3, §9) with, in this order:
 //!
 //! * its gateway key: `Authorization: Bearer <key>` or `X-Api-Key: <key>`, compared in
-//!   constant time against every configured `key_sha256`;
+//!   constant time against every configured key (`key_sha256`, `keys`); a key past its
+//!   `not_after` is 401 with its own message, so a caller left on a rotated-out key knows why;
 //! * an `fxg_` token fxgate issued it (SDK drop-in): `Authorization: Bearer fxg_…`, the query's
 //!   `corpAccessToken`, or the JSON body's `corpAccessToken`; unknown or expired is Fxiaoke's own
 //!   20016 (HTTP 200), so the SDK fetches a new one;
@@ -29,6 +30,7 @@ use super::access_log::LogContext;
 pub use super::credentials::CallerBody;
 use super::credentials::{from_body, from_head, Presented};
 use super::{BoxFuture, Resp};
+use crate::clock::Clock;
 use crate::config::{hash_key, ClientConfig};
 use crate::error::GatewayError;
 use crate::route::{ApiStyle, Route, RouteMatch, JSON_BODY_MAX};
@@ -103,15 +105,18 @@ impl ClientRegistry {
         self.clients.iter().find(|c| c.name == name).cloned()
     }
 
-    /// The caller holding `key`. Every entry is compared, in constant time, so the time taken
-    /// says nothing about which (or whether a) key matched.
-    pub fn by_key(&self, key: &str) -> Option<Arc<ClientConfig>> {
+    /// The caller holding `key` at `now_ms`. Every key is compared, in constant time, so the
+    /// time taken says nothing about which (or whether a) key matched.
+    pub fn by_key(&self, key: &str, now_ms: u64) -> KeyMatch {
         let presented = hash_key(key);
-        let mut found = None;
+        let mut found = KeyMatch::None;
         for q in &self.clients {
-            if let Some(expected) = &q.key_sha256 {
-                if bool::from(presented.ct_eq(expected)) {
-                    found = Some(q.clone());
+            for k in &q.keys {
+                if bool::from(presented.ct_eq(&k.sha256)) {
+                    found = match k.not_after_ms {
+                        Some(t) if now_ms >= t => KeyMatch::Expired,
+                        _ => KeyMatch::Caller(q.clone()),
+                    };
                 }
             }
         }
@@ -119,8 +124,11 @@ impl ClientRegistry {
     }
 
     /// The caller named `name` whose key is `key` (an SDK's `appId` / `appSecret`).
-    pub fn by_app(&self, name: &str, key: &str) -> Option<Arc<ClientConfig>> {
-        self.by_key(key).filter(|c| c.name == name)
+    pub fn by_app(&self, name: &str, key: &str, now_ms: u64) -> KeyMatch {
+        match self.by_key(key, now_ms) {
+            KeyMatch::Caller(c) if c.name != name => KeyMatch::None,
+            other => other,
+        }
     }
 
     /// The caller configured for this client certificate.
@@ -132,26 +140,51 @@ impl ClientRegistry {
     }
 }
 
+/// What a presented key is.
+#[derive(Debug)]
+pub enum KeyMatch {
+    /// A live key of this caller.
+    Caller(Arc<ClientConfig>),
+    /// A configured key past its `not_after`.
+    Expired,
+    /// No configured key.
+    None,
+}
+
+impl KeyMatch {
+    fn into_caller(self) -> Result<Option<Arc<ClientConfig>>, GatewayError> {
+        match self {
+            Self::Caller(c) => Ok(Some(c)),
+            Self::Expired => Err(GatewayError::KeyExpired),
+            Self::None => Ok(None),
+        }
+    }
+}
+
 /// Authenticates callers.
 #[derive(Debug, Clone)]
 pub struct AuthLayer {
     registry: Arc<ArcSwap<ClientRegistry>>,
     sessions: Sessions,
     max_body: usize,
+    clock: Arc<dyn Clock>,
 }
 
 impl AuthLayer {
     /// Authenticates against the registry in force (reloads swap it) and the `fxg_` tokens in
     /// `sessions`; a body carrying the credential is read up to `max_body` bytes.
+    /// Keys' `not_after` is read on `clock`.
     pub fn new(
         registry: Arc<ArcSwap<ClientRegistry>>,
         sessions: Sessions,
         max_body: usize,
+        clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             registry,
             sessions,
             max_body,
+            clock,
         }
     }
 }
@@ -193,8 +226,10 @@ impl AuthLayer {
         }
         let registry = self.registry.load();
         let client = match presented {
-            Presented::Key(k) => registry.by_key(&k),
-            Presented::App { id, secret } => registry.by_app(&id, &secret),
+            Presented::Key(k) => registry.by_key(&k, self.clock.unix_ms()).into_caller()?,
+            Presented::App { id, secret } => registry
+                .by_app(&id, &secret, self.clock.unix_ms())
+                .into_caller()?,
             Presented::Unusable => None,
             Presented::Token(t) => {
                 let session = self
@@ -257,6 +292,8 @@ where
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::clock::{ManualClock, SystemClock};
+    use crate::config::ClientKey;
     use crate::middleware::testing::{caller, registry, sessions, with_body, TestBody};
     use crate::route::RouteMatch;
     use std::time::Duration;
@@ -291,6 +328,7 @@ mod tests {
             registry(&[caller("alpha"), caller("beta")]),
             sessions(),
             1024,
+            SystemClock::shared(),
         );
         let resp = layer.layer(echo()).oneshot(req).await?;
         let body = crate::middleware::testing::body(resp).await;
@@ -318,7 +356,12 @@ mod tests {
             subject: "CN=gamma".into(),
             common_name: Some("gamma".into()),
         });
-        let layer = AuthLayer::new(registry(&[cert_caller]), sessions(), 1024);
+        let layer = AuthLayer::new(
+            registry(&[cert_caller]),
+            sessions(),
+            1024,
+            SystemClock::shared(),
+        );
         let err = layer.layer(echo()).oneshot(wrong).await.unwrap_err();
         assert!(matches!(err, GatewayError::Unauthenticated));
     }
@@ -326,14 +369,14 @@ mod tests {
     #[tokio::test]
     async fn a_verified_certificate_names_its_caller_without_a_key() {
         let mut c = caller("gamma");
-        c.key_sha256 = None;
+        c.keys.clear();
         c.cert_subject = Some("CN=gamma".into());
         let mut req = with_body("/x", &[], "");
         req.extensions_mut().insert(PeerIdentity {
             subject: "CN=gamma, O=Example".into(),
             common_name: Some("gamma".into()),
         });
-        let resp = AuthLayer::new(registry(&[c]), sessions(), 1024)
+        let resp = AuthLayer::new(registry(&[c]), sessions(), 1024, SystemClock::shared())
             .layer(echo())
             .oneshot(req)
             .await
@@ -349,7 +392,12 @@ mod tests {
             .await
             .unwrap();
         let t = token.expose().to_string();
-        let layer = AuthLayer::new(registry(&[caller("alpha"), caller("beta")]), sessions, 1024);
+        let layer = AuthLayer::new(
+            registry(&[caller("alpha"), caller("beta")]),
+            sessions,
+            1024,
+            SystemClock::shared(),
+        );
         let bearer = format!("Bearer {t}");
         let query = format!("/media/upload/message?corpAccessToken={t}&corpId=x");
         let body: &'static str = Box::leak(format!(r#"{{"corpAccessToken":"{t}","x":1}}"#).into());
@@ -373,7 +421,12 @@ mod tests {
 
     #[tokio::test]
     async fn an_sdk_proves_itself_at_a_token_endpoint_with_name_and_key_in_the_body() {
-        let layer = AuthLayer::new(registry(&[caller("alpha")]), sessions(), 1024);
+        let layer = AuthLayer::new(
+            registry(&[caller("alpha")]),
+            sessions(),
+            1024,
+            SystemClock::shared(),
+        );
         let good = r#"{"appId":"alpha","appSecret":"alpha-key","permanentCode":"any"}"#;
         let wrong_name = r#"{"appId":"beta","appSecret":"alpha-key","permanentCode":"any"}"#;
         for (body, ok) in [(good, true), (wrong_name, false)] {
@@ -383,5 +436,43 @@ mod tests {
             let r = layer.clone().layer(echo()).oneshot(req).await;
             assert_eq!(r.is_ok(), ok, "{body}");
         }
+    }
+
+    #[tokio::test]
+    async fn during_a_rotation_both_keys_work_until_the_old_ones_not_after() {
+        let clock = ManualClock::new(1_000_000);
+        let mut c = caller("alpha");
+        c.keys = vec![
+            ClientKey {
+                sha256: crate::config::hash_key("old-key"),
+                not_after_ms: Some(1_060_000),
+            },
+            ClientKey {
+                sha256: crate::config::hash_key("new-key"),
+                not_after_ms: None,
+            },
+        ];
+        let layer = AuthLayer::new(registry(&[c]), sessions(), 1024, clock.clone());
+        let ask = |key: &'static str| {
+            let svc = layer.layer(echo());
+            async move {
+                svc.oneshot(with_body("/x", &[("x-api-key", key)], ""))
+                    .await
+            }
+        };
+        assert!(ask("old-key").await.is_ok());
+        assert!(ask("new-key").await.is_ok());
+        clock.advance(Duration::from_millis(59_999));
+        assert!(ask("old-key").await.is_ok(), "still inside the overlap");
+        clock.advance(Duration::from_millis(1));
+        assert!(matches!(
+            ask("old-key").await,
+            Err(GatewayError::KeyExpired)
+        ));
+        assert!(ask("new-key").await.is_ok());
+        assert!(matches!(
+            ask("unknown").await,
+            Err(GatewayError::Unauthenticated)
+        ));
     }
 }

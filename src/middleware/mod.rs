@@ -50,7 +50,10 @@ pub(crate) mod testing {
     pub(crate) fn caller(name: &str) -> ClientConfig {
         ClientConfig {
             name: name.into(),
-            key_sha256: Some(crate::config::hash_key(&format!("{name}-key"))),
+            keys: vec![crate::config::ClientKey {
+                sha256: crate::config::hash_key(&format!("{name}-key")),
+                not_after_ms: None,
+            }],
             cert_subject: None,
             corp: "default".into(),
             requests_per_minute: None,

@@ -318,7 +318,7 @@ mod tests {
         let quotas = Quotas::new(Arc::new(store.clone()), clock.clone());
         let cfg = Arc::new(ClientConfig {
             name: "c".into(),
-            key_sha256: None,
+            keys: Vec::new(),
             cert_subject: Some("CN=c".into()),
             corp: "default".into(),
             requests_per_minute: None,
