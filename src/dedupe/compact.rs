@@ -17,10 +17,12 @@
 
 use std::hash::{BuildHasher, RandomState};
 
-use parking_lot::{Mutex, RwLock};
+use std::time::{Duration, UNIX_EPOCH};
+
+use parking_lot::{Mutex, MutexGuard, RwLock};
 use sha2::{Digest, Sha256};
 
-use super::MAX_HOLDERS;
+use super::{DedupeKey, MediaRef, MAX_HOLDERS};
 
 const SHARDS: usize = 16;
 /// Slots are allocated in segments as the ring first reaches them: an empty index costs
@@ -66,13 +68,18 @@ impl Interner {
         Some(id)
     }
 
-    fn name(&self, id: u16) -> String {
-        self.inner
-            .read()
-            .1
-            .get(usize::from(id))
-            .map(|s| s.to_string())
-            .unwrap_or_default()
+    /// The names of `ids`, under one read of the table.
+    fn names(&self, ids: impl IntoIterator<Item = u16>) -> Vec<String> {
+        let names = self.inner.read();
+        ids.into_iter()
+            .map(|id| {
+                names
+                    .1
+                    .get(usize::from(id))
+                    .map(|s| s.to_string())
+                    .unwrap_or_default()
+            })
+            .collect()
     }
 }
 
@@ -141,40 +148,6 @@ pub struct Entry {
     /// where a bare `Vec` would take 24, for the few entries that have more holders.
     #[allow(clippy::box_collection)]
     more_holders: Option<Box<Vec<u16>>>,
-}
-
-/// An entry as its users see it, names resolved.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Found {
-    /// Fxiaoke's mediaId.
-    pub media_id: String,
-    /// File size in bytes.
-    pub size: u64,
-    /// Content type sent with it.
-    pub content_type: String,
-    /// Upload time, ms since the Unix epoch.
-    pub created_ms: u64,
-    /// The uploader.
-    pub caller: String,
-    /// Every caller that has sent the bytes, the uploader first.
-    pub holders: Vec<String>,
-}
-
-/// What `put` records.
-#[derive(Debug)]
-pub struct Record<'a> {
-    /// Fxiaoke's mediaId.
-    pub media_id: &'a str,
-    /// File size in bytes.
-    pub size: u64,
-    /// Content type sent with it.
-    pub content_type: &'a str,
-    /// Upload time, ms since the Unix epoch.
-    pub created_ms: u64,
-    /// The uploader.
-    pub caller: &'a str,
-    /// Every holder (the uploader among them).
-    pub holders: &'a [String],
 }
 
 #[derive(Debug)]
@@ -291,12 +264,14 @@ impl CompactIndex {
         }
     }
 
-    fn file(sha256: &[u8; 32], filename: Option<&str>) -> [u8; 32] {
-        match filename {
-            None => *sha256,
+    /// The file part of a key: its SHA-256, or for a document that of the SHA-256 and the
+    /// filename.
+    fn file(key: &DedupeKey) -> [u8; 32] {
+        match &key.filename {
+            None => key.sha256,
             Some(name) => {
                 let mut h = Sha256::new();
-                h.update(sha256);
+                h.update(key.sha256);
                 h.update(name.as_bytes());
                 h.finalize().into()
             }
@@ -304,17 +279,11 @@ impl CompactIndex {
     }
 
     /// The key for a lookup; `None` when the corp or route was never recorded (so nothing is).
-    pub fn key(
-        &self,
-        corp: &str,
-        route: &str,
-        sha256: &[u8; 32],
-        filename: Option<&str>,
-    ) -> Option<Key> {
+    pub fn key(&self, key: &DedupeKey) -> Option<Key> {
         Some(Key {
-            corp: self.names.find(corp)?,
-            route: self.names.find(route)?,
-            file: Self::file(sha256, filename),
+            corp: self.names.find(&key.corp)?,
+            route: self.names.find(key.route)?,
+            file: Self::file(key),
         })
     }
 
@@ -322,66 +291,70 @@ impl CompactIndex {
         &self.shards[(hash >> 60) as usize % SHARDS]
     }
 
-    /// The live entry for `key` at `now_ms`.
-    pub fn get(&self, key: &Key, now_ms: u64) -> Option<Found> {
+    /// The shard holding `key` (locked) and the entry's slot in it, if present.
+    fn locate(&self, key: &Key) -> Option<(MutexGuard<'_, Shard>, usize)> {
         let hash = self.hasher.hash_one(key);
         let shard = self.shard(hash).lock();
-        let entry = shard.slot(shard.find(hash, key)?)?;
+        let pos = shard.find(hash, key)?;
+        Some((shard, pos))
+    }
+
+    /// The live entry for `key` at `now_ms`.
+    pub fn get(&self, key: &Key, now_ms: u64) -> Option<MediaRef> {
+        let (shard, pos) = self.locate(key)?;
+        let entry = shard.slot(pos)?;
         if now_ms.saturating_sub(entry.created_ms) >= self.ttl_ms {
             return None;
         }
-        let mut holders = vec![self.names.name(entry.caller)];
-        for id in entry.more_holders.iter().flat_map(|h| h.iter()) {
-            holders.push(self.names.name(*id));
-        }
-        Some(Found {
+        let more = entry.more_holders.iter().flat_map(|h| h.iter().copied());
+        let mut names = self
+            .names
+            .names([entry.content_type, entry.caller].into_iter().chain(more));
+        let holders = names.split_off(1);
+        Some(MediaRef {
             media_id: entry.media.text(),
             size: entry.size,
-            content_type: self.names.name(entry.content_type),
-            created_ms: entry.created_ms,
+            content_type: names.swap_remove(0),
+            created_at: UNIX_EPOCH + Duration::from_millis(entry.created_ms),
             caller: holders[0].clone(),
             holders,
         })
     }
 
-    /// Records (or replaces) the entry for corp/route/file at `now_ms`.
-    pub fn put(
-        &self,
-        corp: &str,
-        route: &str,
-        sha256: &[u8; 32],
-        filename: Option<&str>,
-        rec: &Record<'_>,
-        now_ms: u64,
-    ) {
+    /// Records (or replaces) `value` for `key` at `now_ms`.
+    pub fn put(&self, key: &DedupeKey, value: &MediaRef, now_ms: u64) {
         let ids = (|| {
-            let key = Key {
-                corp: self.names.intern(corp)?,
-                route: self.names.intern(route)?,
-                file: Self::file(sha256, filename),
+            let k = Key {
+                corp: self.names.intern(&key.corp)?,
+                route: self.names.intern(key.route)?,
+                file: Self::file(key),
             };
-            let caller = self.names.intern(rec.caller)?;
+            let caller = self.names.intern(&value.caller)?;
             let mut more = Vec::new();
-            for h in rec.holders.iter().filter(|h| *h != rec.caller) {
+            for h in value.holders.iter().filter(|h| **h != value.caller) {
                 more.push(self.names.intern(h)?);
             }
-            let content_type = self.names.intern(rec.content_type)?;
-            Some((key, caller, more, content_type))
+            let content_type = self.names.intern(&value.content_type)?;
+            Some((k, caller, more, content_type))
         })();
-        let Some((key, caller, more, content_type)) = ids else {
+        let Some((k, caller, more, content_type)) = ids else {
             tracing::warn!("dedupe index: too many distinct names; entry not recorded");
             return;
         };
+        let created_ms = value
+            .created_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
         let entry = Entry {
-            key,
-            media: MediaId::new(rec.media_id),
-            size: rec.size,
-            created_ms: rec.created_ms,
+            key: k,
+            media: MediaId::new(&value.media_id),
+            size: value.size,
+            created_ms,
             content_type,
             caller,
             more_holders: (!more.is_empty()).then(|| Box::new(more)),
         };
-        let hash = self.hasher.hash_one(key);
+        let hash = self.hasher.hash_one(k);
         let expired_before = now_ms.saturating_sub(self.ttl_ms);
         self.shard(hash)
             .lock()
@@ -393,24 +366,19 @@ impl CompactIndex {
         let Some(id) = self.names.intern(caller) else {
             return;
         };
-        let hash = self.hasher.hash_one(key);
-        let mut shard = self.shard(hash).lock();
-        let Some(pos) = shard.find(hash, key) else {
+        let Some((mut shard, pos)) = self.locate(key) else {
             return;
         };
         let Some(entry) = shard.slot_mut(pos).as_mut() else {
             return;
         };
-        let more = entry.more_holders.get_or_insert_with(Default::default);
-        if entry.media.is(media_id)
-            && entry.caller != id
-            && !more.contains(&id)
-            && more.len() + 1 < MAX_HOLDERS
-        {
-            more.push(id);
-        }
-        if more.is_empty() {
-            entry.more_holders = None;
+        let more = entry.more_holders.as_deref().map_or(&[][..], Vec::as_slice);
+        let held = entry.caller == id || more.contains(&id);
+        if entry.media.is(media_id) && !held && 1 + more.len() < MAX_HOLDERS {
+            entry
+                .more_holders
+                .get_or_insert_with(Default::default)
+                .push(id);
         }
     }
 
@@ -436,8 +404,9 @@ impl CompactIndex {
         }
     }
 
-    /// Live and emptied slots held, over all shards (for tests and the memory figure).
-    pub fn slots_in_use(&self) -> usize {
+    /// Live and emptied slots held, over all shards.
+    #[cfg(test)]
+    fn slots_in_use(&self) -> usize {
         self.shards.iter().map(|s| s.lock().len).sum()
     }
 }

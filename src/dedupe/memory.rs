@@ -3,11 +3,11 @@
 //! re-recording it for a new holder never extends that.
 
 use std::sync::Arc;
-use std::time::{Duration, UNIX_EPOCH};
+use std::time::Duration;
 
 use futures_util::future::BoxFuture;
 
-use super::compact::{CompactIndex, Record};
+use super::compact::CompactIndex;
 use super::{DedupeKey, DedupeStore, MediaRef};
 use crate::clock::Clock;
 
@@ -27,52 +27,19 @@ impl MemoryStore {
             clock,
         }
     }
-
-    fn key(&self, key: &DedupeKey) -> Option<super::compact::Key> {
-        self.index
-            .key(&key.corp, key.route, &key.sha256, key.filename.as_deref())
-    }
 }
 
 impl DedupeStore for MemoryStore {
     fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>> {
         let found = self
+            .index
             .key(key)
             .and_then(|k| self.index.get(&k, self.clock.unix_ms()));
-        Box::pin(async move {
-            let found = found?;
-            Some(MediaRef {
-                media_id: found.media_id,
-                size: found.size,
-                content_type: found.content_type,
-                created_at: UNIX_EPOCH + Duration::from_millis(found.created_ms),
-                caller: found.caller,
-                holders: found.holders,
-            })
-        })
+        Box::pin(async move { found })
     }
 
     fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()> {
-        let created_ms = value
-            .created_at
-            .duration_since(UNIX_EPOCH)
-            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
-        let rec = Record {
-            media_id: &value.media_id,
-            size: value.size,
-            content_type: &value.content_type,
-            created_ms,
-            caller: &value.caller,
-            holders: &value.holders,
-        };
-        self.index.put(
-            &key.corp,
-            key.route,
-            &key.sha256,
-            key.filename.as_deref(),
-            &rec,
-            self.clock.unix_ms(),
-        );
+        self.index.put(&key, &value, self.clock.unix_ms());
         Box::pin(async {})
     }
 
@@ -82,7 +49,7 @@ impl DedupeStore for MemoryStore {
         media_id: &'a str,
         caller: &'a str,
     ) -> BoxFuture<'a, ()> {
-        if let Some(k) = self.key(key) {
+        if let Some(k) = self.index.key(key) {
             self.index.add_holder(&k, media_id, caller);
         }
         Box::pin(async {})

@@ -10,22 +10,34 @@ fn media(n: u32) -> String {
     format!("{n:032x}")
 }
 
-fn put(ix: &CompactIndex, n: u32, now: u64) {
-    let id = media(n);
-    let holders = ["up".to_string()];
-    let rec = Record {
-        media_id: &id,
-        size: u64::from(n),
-        content_type: "image/png",
-        created_ms: now,
-        caller: "up",
-        holders: &holders,
-    };
-    ix.put("corp", "message", &sha(n), None, &rec, now);
+fn key(corp: &str, route: &'static str, n: u32, filename: Option<&str>) -> DedupeKey {
+    DedupeKey {
+        corp: corp.into(),
+        route,
+        sha256: sha(n),
+        filename: filename.map(Into::into),
+    }
 }
 
-fn get(ix: &CompactIndex, n: u32, now: u64) -> Option<Found> {
-    ix.get(&ix.key("corp", "message", &sha(n), None)?, now)
+/// What `caller` uploaded at `created_ms`.
+fn value(media_id: &str, size: u64, content_type: &str, created_ms: u64, caller: &str) -> MediaRef {
+    MediaRef {
+        media_id: media_id.into(),
+        size,
+        content_type: content_type.into(),
+        created_at: UNIX_EPOCH + Duration::from_millis(created_ms),
+        caller: caller.into(),
+        holders: vec![caller.into()],
+    }
+}
+
+fn put(ix: &CompactIndex, n: u32, now: u64) {
+    let v = value(&media(n), u64::from(n), "image/png", now, "up");
+    ix.put(&key("corp", "message", n, None), &v, now);
+}
+
+fn get(ix: &CompactIndex, n: u32, now: u64) -> Option<MediaRef> {
+    ix.get(&ix.key(&key("corp", "message", n, None))?, now)
 }
 
 #[test]
@@ -35,18 +47,18 @@ fn entries_come_back_whole_until_their_ttl() {
     let found = get(&ix, 1, 5_999).expect("live");
     assert_eq!(
         found,
-        Found {
+        MediaRef {
             media_id: media(1),
             size: 1,
             content_type: "image/png".into(),
-            created_ms: 5_000,
+            created_at: UNIX_EPOCH + Duration::from_millis(5_000),
             caller: "up".into(),
             holders: vec!["up".into()],
         }
     );
     assert_eq!(get(&ix, 1, 6_000), None, "at its ttl it is gone");
     assert_eq!(get(&ix, 2, 5_000), None);
-    assert!(ix.key("other-corp", "message", &sha(1), None).is_none());
+    assert!(ix.key(&key("other-corp", "message", 1, None)).is_none());
 }
 
 #[test]
@@ -114,16 +126,8 @@ fn a_full_shard_drops_its_oldest_and_expired_ones_make_room_first() {
 fn a_replaced_entry_is_found_once_with_its_new_value() {
     let ix = CompactIndex::new(64, u64::MAX);
     put(&ix, 7, 1);
-    let holders = ["b".to_string()];
-    let rec = Record {
-        media_id: "N_not-hex-media-id/with.dots",
-        size: 9,
-        content_type: "application/pdf",
-        created_ms: 2,
-        caller: "b",
-        holders: &holders,
-    };
-    ix.put("corp", "message", &sha(7), None, &rec, 2);
+    let v = value("N_not-hex-media-id/with.dots", 9, "application/pdf", 2, "b");
+    ix.put(&key("corp", "message", 7, None), &v, 2);
     let found = get(&ix, 7, 3).expect("live");
     assert_eq!(found.media_id, "N_not-hex-media-id/with.dots");
     assert_eq!((found.size, found.caller.as_str()), (9, "b"));
@@ -134,20 +138,12 @@ fn a_replaced_entry_is_found_once_with_its_new_value() {
 #[test]
 fn documents_are_told_apart_by_filename() {
     let ix = CompactIndex::new(64, u64::MAX);
-    let holders = ["up".to_string()];
     for (name, id) in [("a.pdf", "1"), ("b.pdf", "2")] {
-        let rec = Record {
-            media_id: id,
-            size: 1,
-            content_type: "application/pdf",
-            created_ms: 0,
-            caller: "up",
-            holders: &holders,
-        };
-        ix.put("corp", "document", &sha(1), Some(name), &rec, 0);
+        let v = value(id, 1, "application/pdf", 0, "up");
+        ix.put(&key("corp", "document", 1, Some(name)), &v, 0);
     }
     let id = |name| {
-        ix.get(&ix.key("corp", "document", &sha(1), Some(name)).unwrap(), 0)
+        ix.get(&ix.key(&key("corp", "document", 1, Some(name))).unwrap(), 0)
             .map(|f| f.media_id)
     };
     assert_eq!(id("a.pdf").as_deref(), Some("1"));
@@ -159,7 +155,7 @@ fn documents_are_told_apart_by_filename() {
 fn holders_are_added_once_only_for_the_same_media_id_and_bounded() {
     let ix = CompactIndex::new(64, u64::MAX);
     put(&ix, 1, 0);
-    let key = ix.key("corp", "message", &sha(1), None).unwrap();
+    let key = ix.key(&key("corp", "message", 1, None)).unwrap();
     ix.add_holder(&key, &media(1), "second");
     ix.add_holder(&key, &media(1), "second");
     ix.add_holder(&key, &media(1), "up");
