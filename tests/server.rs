@@ -406,32 +406,26 @@ async fn healthcheck_exits_by_the_admin_listeners_answer_within_its_timeout() {
     )
     .await;
     assert_eq!(status, 200);
-    let admin = gw.admin.trim_start_matches("http://").to_string();
-    let probe = |args: Vec<String>| {
-        let args: Vec<&str> = args.iter().map(String::as_str).collect();
-        fxgate(&args, None, &[])
+    // `fxgate healthcheck --admin <admin> <extra…>`.
+    let probe = |admin: &str, extra: &[&str]| {
+        fxgate(
+            &[&["healthcheck", "--admin", admin], extra].concat(),
+            None,
+            &[],
+        )
     };
-    let (code, _, err) = probe(vec!["healthcheck".into(), "--admin".into(), admin.clone()]);
-    assert_eq!(code, 0, "{err}");
-    let (code, _, err) = probe(vec![
-        "healthcheck".into(),
-        "--ready".into(),
-        "--admin".into(),
-        admin,
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let admin = gw.admin.trim_start_matches("http://").to_string();
+    for extra in [&[][..], &["--ready"]] {
+        let (code, _, err) = probe(&admin, extra);
+        assert_eq!(code, 0, "{extra:?}: {err}");
+    }
 
     // Alive but not ready: the sandbox refuses this gateway's app secret.
     let (_other, unready) = pair(&["--app-secret", "not-the-gateways"], "", "");
     let admin = unready.admin.trim_start_matches("http://").to_string();
-    let (code, _, err) = probe(vec!["healthcheck".into(), "--admin".into(), admin.clone()]);
+    let (code, _, err) = probe(&admin, &[]);
     assert_eq!(code, 0, "{err}");
-    let (code, _, err) = probe(vec![
-        "healthcheck".into(),
-        "--ready".into(),
-        "--admin".into(),
-        admin,
-    ]);
+    let (code, _, err) = probe(&admin, &["--ready"]);
     assert_eq!(code, 1);
     assert!(err.contains("/readyz: 503"), "{err}");
 
@@ -439,27 +433,36 @@ async fn healthcheck_exits_by_the_admin_listeners_answer_within_its_timeout() {
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = closed.local_addr().unwrap().to_string();
     drop(closed);
-    let (code, _, err) = probe(vec!["healthcheck".into(), "--admin".into(), addr]);
+    let (code, _, err) = probe(&addr, &[]);
     assert_eq!(code, 1);
     assert!(err.contains("refused"), "{err}");
 
-    // A listener that accepts and never answers: the probe gives up at its timeout.
+    // A listener that accepts and never answers, and one that answers a byte every 100 ms
+    // (60 at most): either way the probe gives up at its one 300 ms deadline.
     let mute = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let addr = mute.local_addr().unwrap().to_string();
-    let started = std::time::Instant::now();
-    let (code, _, err) = probe(vec![
-        "healthcheck".into(),
-        "--timeout".into(),
-        "300ms".into(),
-        "--admin".into(),
-        addr,
-    ]);
-    assert_eq!(code, 1, "{err}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    let trickle = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let trickle_addr = trickle.local_addr().unwrap().to_string();
+    std::thread::spawn(move || {
+        use std::io::Write;
+        if let Ok((mut conn, _)) = trickle.accept() {
+            for _ in 0..60 {
+                if conn.write_all(b"H").is_err() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    });
+    for addr in [mute.local_addr().unwrap().to_string(), trickle_addr] {
+        let started = std::time::Instant::now();
+        let (code, _, err) = probe(&addr, &["--timeout", "300ms"]);
+        assert_eq!(code, 1, "{err}");
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "{addr}: took {:?}",
+            started.elapsed()
+        );
+    }
     drop(mute);
 }
 
