@@ -624,21 +624,7 @@ async fn a_rotated_key_works_during_the_overlap_and_the_old_one_stops_at_not_aft
         let (status, _, body) = upload(key, n as u32).await;
         assert_eq!(status, 200, "{key}: {body}");
     }
-    let clients: serde_json::Value = http
-        .get(format!("{}/admin/clients", t.admin))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
-    let entry = clients["clients"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|c| c["name"] == "rotating")
-        .cloned()
-        .unwrap();
+    let entry = admin_entry(&t.admin_clients().await, "rotating");
     assert_eq!(
         entry["keys"],
         serde_json::json!([not_after, null]),

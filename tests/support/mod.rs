@@ -512,13 +512,18 @@ pub async fn expect_continue(gw: &Gateway, key: &str, path: &str, len: u64) -> S
 
 /// Caller gamma's entry in `/admin/clients`.
 pub fn gamma_usage(clients: &serde_json::Value) -> serde_json::Value {
+    admin_entry(clients, "gamma")
+}
+
+/// Caller `name`'s entry in `/admin/clients`.
+pub fn admin_entry(clients: &serde_json::Value, name: &str) -> serde_json::Value {
     clients["clients"]
         .as_array()
         .unwrap()
         .iter()
-        .find(|c| c["name"] == "gamma")
+        .find(|c| c["name"] == name)
         .cloned()
-        .unwrap()
+        .unwrap_or_else(|| panic!("no caller {name} in {clients}"))
 }
 
 /// A caller `name` holding `key`, with more settings (TOML lines).
@@ -668,6 +673,10 @@ impl InProcess {
 
     pub async fn ready(&self) -> bool {
         self.admin_get("/readyz").await.status() == 200
+    }
+
+    pub async fn admin_clients(&self) -> serde_json::Value {
+        self.admin_get("/admin/clients").await.json().await.unwrap()
     }
 
     pub async fn metrics(&self) -> String {
