@@ -497,29 +497,14 @@ impl MemoryCgroup {
     fn create(limit: u64) -> Self {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let name = format!("fxgate-test-{}", std::process::id());
-        for line in own.lines() {
-            let mut parts = line.splitn(3, ':');
-            let (_, controllers, path) = (
-                parts.next(),
-                parts.next().unwrap_or(""),
-                parts.next().unwrap_or(""),
-            );
-            let rel = path.trim_start_matches('/');
-            let (base, file) = if controllers.split(',').any(|c| c == "memory") {
-                ("/sys/fs/cgroup/memory", "memory.limit_in_bytes")
-            } else if controllers.is_empty()
-                && std::fs::read_to_string(format!("/sys/fs/cgroup/{rel}/cgroup.subtree_control"))
-                    .is_ok_and(|c| c.contains("memory"))
-            {
-                ("/sys/fs/cgroup", "memory.max")
-            } else {
-                continue;
-            };
-            let dir = std::path::Path::new(base).join(rel).join(&name);
-            if std::fs::create_dir_all(&dir).is_ok()
-                && std::fs::write(dir.join(file), limit.to_string()).is_ok()
-            {
-                return Self { dir };
+        for (parent, file) in fxgate::config::memory::candidates(&own) {
+            let dir = parent.join(&name);
+            if std::fs::create_dir_all(&dir).is_ok() {
+                // A v2 directory without the memory controller has no limit file to write.
+                if std::fs::write(dir.join(file), limit.to_string()).is_ok() {
+                    return Self { dir };
+                }
+                let _ = std::fs::remove_dir(&dir);
             }
         }
         panic!("no writable memory cgroup (this test needs root and a memory controller): {own}");

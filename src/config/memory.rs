@@ -33,8 +33,9 @@ pub fn cgroup_memory_limit() -> Option<u64> {
     limits.into_iter().min()
 }
 
-/// Where the memory limit files of the cgroups named in `/proc/self/cgroup` are.
-fn candidates(proc_self_cgroup: &str) -> Vec<(PathBuf, &'static str)> {
+/// Where the memory limit files of the cgroups named in `/proc/self/cgroup` are: each
+/// cgroup's directory and the name of its limit file (v1 or v2).
+pub fn candidates(proc_self_cgroup: &str) -> Vec<(PathBuf, &'static str)> {
     let mut out = Vec::new();
     for line in proc_self_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
