@@ -163,16 +163,7 @@ async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
         return json(status, serde_json::json!({ "error": why }));
     }
     match (req.method(), req.uri().path()) {
-        (&Method::POST, "/admin/reload") => match state.reload_logged("POST /admin/reload") {
-            Ok(n) => json(
-                StatusCode::OK,
-                serde_json::json!({"reloaded": true, "clients": n}),
-            ),
-            Err(e) => json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({"reloaded": false, "error": e}),
-            ),
-        },
+        (&Method::POST, "/admin/reload") => reload(state),
         (&Method::GET, "/admin/clients") => {
             let registry = state.clients.load();
             let mut clients = Vec::with_capacity(registry.all().len());
@@ -204,6 +195,30 @@ async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// One caller in `/admin/clients`: its limits and its usage (across replicas when shared).
+/// `POST /admin/reload`: the callers from the config file, and the TLS files when the listener
+/// speaks HTTPS (each applies or is refused on its own).
+fn reload(state: Arc<AppState>) -> Response<Body> {
+    let trigger = "POST /admin/reload";
+    let clients = state.reload_logged(trigger);
+    let tls = state.reload_tls(trigger);
+    let mut body = match &clients {
+        Ok(n) => serde_json::json!({"reloaded": true, "clients": n}),
+        Err(e) => serde_json::json!({"reloaded": false, "error": e}),
+    };
+    if let Some(tls) = tls {
+        body["tls"] = match tls {
+            Ok(()) => serde_json::json!({"reloaded": true}),
+            Err(e) => serde_json::json!({"reloaded": false, "error": e}),
+        };
+    }
+    let status = if clients.is_ok() && body["tls"]["error"].is_null() {
+        StatusCode::OK
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    json(status, body)
+}
+
 fn client_json(c: &crate::config::ClientConfig, usage: crate::quota::Usage) -> serde_json::Value {
     serde_json::json!({
         "name": c.name,

@@ -117,6 +117,8 @@ pub async fn spawn_with(
     let metrics = Metrics::register(&registry)?;
     metrics.init_series(&cfg);
     let cfg = Arc::new(cfg);
+    // First: a certificate that does not load stops the start before anything is spawned.
+    let listener = server::Listener::bind(&cfg.server).await?;
     let stores = Stores::open(&cfg, &metrics, &registry, &clock).await?;
     let (corps, sandboxes) = spawn_corps(&cfg, &metrics, &clock, &stores).await?;
     let state = Arc::new(AppState {
@@ -126,6 +128,7 @@ pub async fn spawn_with(
         dedupe: stores.dedupe(&cfg, &clock),
         redis: stores.redis,
         clock,
+        tls: listener.tls(),
         cfg: cfg.clone(),
         corps,
         metrics,
@@ -134,7 +137,6 @@ pub async fn spawn_with(
     });
 
     let shutdown = CancellationToken::new();
-    let listener = server::Listener::bind(&cfg.server).await?;
     let addr = listener.local_addr()?;
     let admin_listener =
         server::Listener::plain(tokio::net::TcpListener::bind(cfg.server.admin_listen).await?);
@@ -145,6 +147,7 @@ pub async fn spawn_with(
         ServeOptions::gateway(&cfg.server),
         shutdown.clone(),
     ));
+    watch_files(&state, &shutdown);
     let admin = tokio::spawn(server::serve(
         admin_listener,
         admin::service(state.clone()),
@@ -159,6 +162,27 @@ pub async fn spawn_with(
         server,
         admin,
     })
+}
+
+/// With `server.watch_interval`: reloads the callers when the config file changes and the TLS
+/// config when its files do, as SIGHUP would.
+fn watch_files(state: &Arc<AppState>, shutdown: &CancellationToken) {
+    let Some(every) = state.cfg.server.watch_interval else {
+        return;
+    };
+    if let Some(path) = state.cfg.source.clone() {
+        let state = state.clone();
+        crate::watch::spawn("config", vec![path], every, shutdown.clone(), move || {
+            let _ = state.reload_logged("config file changed");
+        });
+    }
+    if let Some(tls) = &state.tls {
+        let paths = tls.paths();
+        let state = state.clone();
+        crate::watch::spawn("tls", paths, every, shutdown.clone(), move || {
+            let _ = state.reload_tls("TLS files changed");
+        });
+    }
 }
 
 /// The stores of `[store]`: in memory, or in Redis behind the fail-mode decorator (quotas per

@@ -27,6 +27,7 @@ pub mod store;
 pub mod telemetry;
 pub mod upload;
 pub mod upstream;
+pub mod watch;
 
 pub use config::Config;
 pub use error::GatewayError;

@@ -216,10 +216,12 @@ async fn serve(cfg: Config) -> Result<(), fxgate::BoxError> {
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
     let state = running.state.clone();
-    // SIGHUP re-reads clients and quotas; a bad file is logged and the old config stays.
+    // SIGHUP re-reads clients and quotas and the TLS files; a bad file is logged and the old
+    // config stays.
     tokio::spawn(async move {
         while hup.recv().await.is_some() {
             let _ = state.reload_logged("SIGHUP");
+            let _ = state.reload_tls("SIGHUP");
         }
     });
     tokio::select! {

@@ -67,6 +67,32 @@ pub struct Families {
     /// `fxgate_shed_total`: requests refused with 503 because `server.max_inflight` were in
     /// flight.
     pub shed: IntCounter,
+    /// `fxgate_reloads_total{what,result}`: reloads of the callers (`config`) and of the TLS
+    /// files (`tls`), by result (`ok`, `error`).
+    pub reloads: IntCounterVec,
+    /// `fxgate_reload_ok{what}`: 1 when the last reload of that kind applied (0: the files on
+    /// disk are not what runs).
+    pub reload_ok: IntGaugeVec,
+}
+
+/// `fxgate_reloads_total{what}`: what was reloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reloaded {
+    /// The callers and their quotas, from the config file.
+    Config,
+    /// The TLS certificate, key and client CA.
+    Tls,
+}
+
+impl Reloaded {
+    const ALL: [Self; 2] = [Self::Config, Self::Tls];
+
+    fn as_str(self) -> &'static str {
+        match self {
+            Self::Config => "config",
+            Self::Tls => "tls",
+        }
+    }
 }
 
 /// `fxgate_dedupe_total{result}`: how an upload met the index.
@@ -182,8 +208,38 @@ fn histograms(name: &str, help: &str) -> prometheus::Result<HistogramVec> {
     )
 }
 
+fn store_families() -> prometheus::Result<(IntCounterVec, IntGauge)> {
+    Ok((
+        counters(
+            "fxgate_store_errors_total",
+            "Shared-store (Redis) commands that failed, by store and operation",
+            &["store", "op"],
+        )?,
+        IntGauge::new(
+            "fxgate_store_up",
+            "1 while the shared store (Redis) answers; 0 while fxgate runs on its fail modes",
+        )?,
+    ))
+}
+
+fn reload_families() -> prometheus::Result<(IntCounterVec, IntGaugeVec)> {
+    let reloads = counters(
+        "fxgate_reloads_total",
+        "Reloads of the callers (config) and the TLS files (tls), by result",
+        &["what", "result"],
+    )?;
+    let reload_ok = gauges(
+        "fxgate_reload_ok",
+        "1 when the last reload of the config or the TLS files applied; 0 when it was refused",
+        &["what"],
+    )?;
+    Ok((reloads, reload_ok))
+}
+
 impl Families {
     fn new() -> prometheus::Result<Self> {
+        let (reloads, reload_ok) = reload_families()?;
+        let (store_errors, store_up) = store_families()?;
         Ok(Self {
             requests: counters(
                 "fxgate_requests_total",
@@ -250,23 +306,20 @@ impl Families {
                 "The corp's configured daily call budget",
                 &["corp"],
             )?,
-            store_errors: counters(
-                "fxgate_store_errors_total",
-                "Shared-store (Redis) commands that failed, by store and operation",
-                &["store", "op"],
-            )?,
-            store_up: IntGauge::new(
-                "fxgate_store_up",
-                "1 while the shared store (Redis) answers; 0 while fxgate runs on its fail modes",
-            )?,
+            store_errors,
+            store_up,
             panics: IntCounter::new("fxgate_panics_total", "Handler panics answered with a 500")?,
             shed: IntCounter::new("fxgate_shed_total", "Requests shed with 503 (max_inflight)")?,
+            reloads,
+            reload_ok,
         })
     }
 
     /// Registers every family (`fxgate_store_up` only with a shared store: `register_store`).
     fn register_into(&self, registry: &Registry) -> prometheus::Result<()> {
-        let all: [Box<dyn prometheus::core::Collector>; 19] = [
+        let all: [Box<dyn prometheus::core::Collector>; 21] = [
+            Box::new(self.reloads.clone()),
+            Box::new(self.reload_ok.clone()),
             Box::new(self.panics.clone()),
             Box::new(self.shed.clone()),
             Box::new(self.requests.clone()),
@@ -311,6 +364,12 @@ impl Metrics {
         m.build_info
             .with_label_values(&[env!("CARGO_PKG_VERSION")])
             .set(1);
+        for what in Reloaded::ALL {
+            m.reload_ok.with_label_values(&[what.as_str()]).set(1);
+            for result in ["ok", "error"] {
+                m.reloads.with_label_values(&[what.as_str(), result]);
+            }
+        }
         Ok(Self(Arc::new(m)))
     }
 
@@ -361,6 +420,17 @@ impl Metrics {
     pub fn count_dedupe(&self, result: DedupeResult, bytes_saved: u64) {
         self.dedupe.with_label_values(&[result.as_str()]).inc();
         self.dedupe_bytes_saved.inc_by(bytes_saved);
+    }
+
+    /// Counts a reload and whether it applied.
+    pub fn count_reload(&self, what: Reloaded, applied: bool) {
+        let result = if applied { "ok" } else { "error" };
+        self.reloads
+            .with_label_values(&[what.as_str(), result])
+            .inc();
+        self.reload_ok
+            .with_label_values(&[what.as_str()])
+            .set(i64::from(applied));
     }
 
     /// A histogram of the request duration for `route`.

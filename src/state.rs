@@ -43,6 +43,8 @@ pub struct AppState {
     pub quotas: Quotas,
     /// The `fxg_` tokens fxgate issued (SDK drop-in).
     pub sessions: Sessions,
+    /// The caller listener's TLS config, when it speaks HTTPS (reloadable).
+    pub tls: Option<crate::server::Tls>,
     /// The in-process sandbox, kept alive while the app runs.
     pub(crate) _sandboxes: Vec<SandboxHandle>,
 }
@@ -89,9 +91,30 @@ impl AppState {
         Ok(n)
     }
 
-    /// Logs and applies a reload (SIGHUP, `POST /admin/reload`).
+    /// Rebuilds the caller listener's TLS config from its files (new connections get it; open
+    /// ones keep theirs), logged and counted; on error the config in force stays.
+    /// `None` when the listener is plain HTTP.
+    pub fn reload_tls(&self, trigger: &str) -> Option<Result<(), String>> {
+        let tls = self.tls.as_ref()?;
+        let result = tls.reload().map_err(|e| e.to_string());
+        self.metrics
+            .count_reload(crate::metrics::Reloaded::Tls, result.is_ok());
+        match &result {
+            Ok(()) => tracing::info!(trigger, "TLS files reloaded: new connections use them"),
+            Err(e) => {
+                tracing::error!(trigger, error = %e, "TLS reload refused; the previous certificate stays in force")
+            }
+        }
+        Some(result)
+    }
+
+    /// Logs and applies a reload of the callers (SIGHUP, `POST /admin/reload`, a change of the
+    /// config file).
     pub fn reload_logged(&self, trigger: &str) -> Result<usize, String> {
-        match self.reload() {
+        let result = self.reload();
+        self.metrics
+            .count_reload(crate::metrics::Reloaded::Config, result.is_ok());
+        match result {
             Ok(n) => {
                 tracing::info!(
                     trigger,

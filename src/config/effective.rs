@@ -43,6 +43,7 @@ impl Config {
                 "shutdown_grace": d(s.shutdown_grace),
                 "admin_key_sha256": s.admin_key_sha256.map(hex::encode),
                 "max_inflight": s.max_inflight,
+                "watch_interval": s.watch_interval.map(d),
             },
             "log": { "format": match self.log_format { LogFormat::Pretty => "pretty", LogFormat::Json => "json" } },
             "corps": corps,

@@ -17,6 +17,8 @@ pub const DEFAULT_LEASE_TTL: &str = "10s";
 pub const DEFAULT_MAX_INFLIGHT: usize = 1024;
 /// Default drain deadline on shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// How often the config file and the TLS files are checked for changes.
+pub const DEFAULT_WATCH_INTERVAL: &str = "5s";
 /// Default `server.idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 /// Default fraction of a token's lifetime after which it is refreshed.
@@ -89,6 +91,10 @@ pub struct ServerFile {
     pub admin_key_sha256: Option<String>,
     /// Requests in flight on `listen` at most, default 1024; more are shed with 503 (950303).
     pub max_inflight: Option<usize>,
+    /// How often the config file and the TLS files are checked for changes (a change reloads
+    /// the callers or the certificates), default `5s`; `0s` turns watching off (SIGHUP and
+    /// `POST /admin/reload` still work).
+    pub watch_interval: Option<String>,
 }
 
 /// `[log]`

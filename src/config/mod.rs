@@ -84,6 +84,8 @@ pub struct ServerConfig {
     pub admin_key_sha256: Option<[u8; 32]>,
     /// Requests in flight on `listen` at most; more are shed (503).
     pub max_inflight: usize,
+    /// How often watched files are checked; `None`: not watched.
+    pub watch_interval: Option<Duration>,
 }
 
 /// PEM paths for inbound TLS.

@@ -99,6 +99,15 @@ fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
             0 => return Err(invalid("server.max_inflight", "must be at least 1")),
             n => n,
         },
+        watch_interval: match parse_duration(
+            "server.watch_interval",
+            s.watch_interval
+                .as_deref()
+                .unwrap_or(DEFAULT_WATCH_INTERVAL),
+        )? {
+            Duration::ZERO => None,
+            d => Some(d),
+        },
     };
     Ok(server)
 }

@@ -19,6 +19,8 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
+
+pub use tls::Tls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
@@ -38,7 +40,7 @@ const ACCEPT_BACKOFF: Duration = Duration::from_millis(50);
 /// A bound listener, plain or TLS.
 pub struct Listener {
     tcp: TcpListener,
-    tls: Option<TlsAcceptor>,
+    tls: Option<Tls>,
 }
 
 impl std::fmt::Debug for Listener {
@@ -53,7 +55,7 @@ impl std::fmt::Debug for Listener {
 impl Listener {
     /// Binds the caller-facing `listen`, loading the TLS material when configured.
     pub async fn bind(cfg: &ServerConfig) -> Result<Self, crate::body::BoxError> {
-        let tls = cfg.tls.as_ref().map(tls::acceptor).transpose()?;
+        let tls = cfg.tls.as_ref().map(Tls::load).transpose()?;
         let tcp = TcpListener::bind(cfg.listen).await?;
         Ok(Self { tcp, tls })
     }
@@ -61,6 +63,11 @@ impl Listener {
     /// A plain-HTTP listener (admin, sandbox).
     pub fn plain(tcp: TcpListener) -> Self {
         Self { tcp, tls: None }
+    }
+
+    /// Its TLS config, to reload when the files change.
+    pub fn tls(&self) -> Option<Tls> {
+        self.tls.clone()
     }
 
     /// The bound address (port 0 resolved).
@@ -163,9 +170,8 @@ where
         };
         match &listener.tls {
             None => connections.spawn(conn.serve(stream, svc.clone())),
-            Some(acceptor) => {
-                connections.spawn(conn.serve_tls(acceptor.clone(), stream, svc.clone()))
-            }
+            // The config in force now; a reload later does not touch this connection.
+            Some(tls) => connections.spawn(conn.serve_tls(tls.acceptor(), stream, svc.clone())),
         };
     }
     drop(listener);
