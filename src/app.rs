@@ -24,6 +24,7 @@ use crate::middleware::quota::QuotaLayer;
 use crate::middleware::request_id::RequestIdLayer;
 use crate::middleware::sensitive::SensitiveHeadersLayer;
 use crate::middleware::shed;
+use crate::middleware::trace::TraceLayer;
 use crate::quota::memory::MemoryQuotas;
 use crate::quota::redis::RedisQuotas;
 use crate::quota::{QuotaStore, Quotas};
@@ -54,6 +55,9 @@ pub fn service(state: Arc<AppState>) -> AppService {
         // Outside the error conversion, so 401s, 413s, 503s and 5xx are logged and counted too;
         // resolves the request's route once for every layer below.
         .layer(AccessLogLayer::new(state.metrics.clone()))
+        // Inside the access log (which reads the trace id it finds), outside everything that
+        // works: the `request` span, continuing the caller's W3C trace, covers it all.
+        .layer(TraceLayer)
         // The one place a GatewayError becomes an envelope (and is logged once).
         .layer(ErrorResponseLayer)
         // A panic below becomes a 500 envelope instead of a dropped connection.

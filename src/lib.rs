@@ -25,6 +25,7 @@ pub mod sniff;
 pub mod state;
 pub mod store;
 pub mod telemetry;
+pub mod trace;
 pub mod upload;
 pub mod upstream;
 pub mod watch;

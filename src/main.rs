@@ -134,7 +134,7 @@ fn main() -> ExitCode {
             discard,
             no_path_limit,
         } => {
-            fxgate::telemetry::init(LogFormat::Pretty);
+            fxgate::telemetry::init_logs(LogFormat::Pretty);
             let opts = SandboxOptions {
                 token_ttl,
                 app_id,
@@ -161,7 +161,6 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            fxgate::telemetry::init(cfg.log_format);
             run(serve(cfg))
         }
     }
@@ -206,6 +205,8 @@ fn run(fut: impl std::future::Future<Output = Result<(), fxgate::BoxError>>) -> 
 }
 
 async fn serve(cfg: Config) -> Result<(), fxgate::BoxError> {
+    // In the runtime: span exports run on it.
+    let telemetry = fxgate::telemetry::init(cfg.log_format, &cfg.tracing)?;
     let running = fxgate::app::spawn(cfg).await?;
     tracing::info!(listen = %running.addr, admin = %running.admin_addr, version = env!("CARGO_PKG_VERSION"), "fxgate serving");
     // One machine-readable line on stdout: tests and scripts learn the bound ports from it.
@@ -229,5 +230,7 @@ async fn serve(cfg: Config) -> Result<(), fxgate::BoxError> {
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
     running.shutdown().await;
+    // Last: the spans of the drained requests go out too.
+    telemetry.shutdown().await;
     Ok(())
 }

@@ -31,7 +31,7 @@ impl Config {
                 )
             })
             .collect();
-        json!({
+        serde_json::json!({
             "server": {
                 "listen": s.listen.to_string(),
                 "admin_listen": s.admin_listen.to_string(),
@@ -45,6 +45,7 @@ impl Config {
                 "max_inflight": s.max_inflight,
                 "watch_interval": s.watch_interval.map(d),
             },
+            "tracing": self.tracing_json(),
             "log": { "format": match self.log_format { LogFormat::Pretty => "pretty", LogFormat::Json => "json" } },
             "corps": corps,
             "upload": {
@@ -82,6 +83,16 @@ impl Config {
                 "api_style": c.api_style.label(),
                 "act_as": c.act_as,
             })).collect::<Vec<_>>(),
+        })
+    }
+
+    fn tracing_json(&self) -> serde_json::Value {
+        let t = &self.tracing;
+        serde_json::json!({
+            "otlp_endpoint": t.otlp_endpoint.as_ref().map(ToString::to_string),
+            "service_name": t.service_name,
+            "sample_ratio": t.sample_ratio,
+            "export_timeout": humantime::format_duration(t.export_timeout).to_string(),
         })
     }
 }

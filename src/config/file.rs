@@ -17,6 +17,10 @@ pub const DEFAULT_LEASE_TTL: &str = "10s";
 pub const DEFAULT_MAX_INFLIGHT: usize = 1024;
 /// Default drain deadline on shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
+/// Default `tracing.sample_ratio`.
+pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
+/// Default `tracing.export_timeout`.
+pub const DEFAULT_EXPORT_TIMEOUT: &str = "10s";
 /// How often the config file and the TLS files are checked for changes.
 pub const DEFAULT_WATCH_INTERVAL: &str = "5s";
 /// Default `server.idle_timeout`.
@@ -64,6 +68,24 @@ pub struct FileConfig {
     /// The callers.
     #[serde(default)]
     pub clients: Vec<ClientFile>,
+    /// Span export.
+    #[serde(default)]
+    pub tracing: TracingFile,
+}
+
+/// `[tracing]`
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TracingFile {
+    /// OTLP/HTTP traces URL (e.g. `http://otel-collector:4318/v1/traces`); unset: no export.
+    pub otlp_endpoint: Option<String>,
+    /// `service.name` of the exported spans, default `fxgate`.
+    pub service_name: Option<String>,
+    /// Fraction of the traces fxgate starts itself that are sampled, default 1.0 (a caller's
+    /// `traceparent` decides for its own trace).
+    pub sample_ratio: Option<f64>,
+    /// Time one export may take, default `10s`.
+    pub export_timeout: Option<String>,
 }
 
 /// `[server]`

@@ -7,6 +7,7 @@ mod effective;
 pub mod file;
 pub mod memory;
 mod parse;
+mod telemetry;
 mod validate;
 
 pub use parse::{hash_key, parse_duration, parse_sha256, parse_size};
@@ -272,6 +273,19 @@ pub struct PassthroughConfig {
     pub max_body: u64,
 }
 
+/// `[tracing]`, validated.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// Where spans are exported (OTLP/HTTP, protobuf); `None`: not exported.
+    pub otlp_endpoint: Option<http::Uri>,
+    /// `service.name`.
+    pub service_name: String,
+    /// Fraction of root traces sampled.
+    pub sample_ratio: f64,
+    /// Deadline of one export.
+    pub export_timeout: Duration,
+}
+
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -291,6 +305,8 @@ pub struct Config {
     pub passthrough: PassthroughConfig,
     /// `[[clients]]`
     pub clients: Vec<ClientConfig>,
+    /// `[tracing]`
+    pub tracing: TracingConfig,
     /// The file it was loaded from (re-read on reload).
     pub source: Option<PathBuf>,
 }

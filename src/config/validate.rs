@@ -31,6 +31,7 @@ impl TryFrom<FileConfig> for Config {
                 )?,
             },
             clients: clients(f.clients, &corps)?,
+            tracing: super::telemetry::tracing(f.tracing)?,
             corps,
             source: None,
         })

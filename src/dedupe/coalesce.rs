@@ -129,6 +129,17 @@ pub enum Claim {
     Alone,
 }
 
+impl Claim {
+    /// For spans: how the claim was met.
+    pub fn label(&self) -> &'static str {
+        match self {
+            Claim::Hit(_) => "hit",
+            Claim::Lead(_) => "miss",
+            Claim::Alone => "miss_alone",
+        }
+    }
+}
+
 impl Dedupe {
     /// Looks up a digest `caller` claims for `key` before any body byte is read; on a miss,
     /// decides who uploads it. Waits at most `bound` for another upload of the same file.

@@ -6,13 +6,16 @@
 
 use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use opentelemetry::trace::TraceId;
 
 use parking_lot::Mutex;
 use tower::{Layer, Service};
 
+use super::auth::PeerIdentity;
 use super::request_id::RequestId;
-use super::{BoxFuture, Resp};
+use super::{BoxFuture, PeerAddr, Resp};
 use crate::error::ErrorCode;
 use crate::metrics::{DedupeResult, Metrics};
 use crate::route::RouteMatch;
@@ -25,6 +28,8 @@ struct LogFields {
     dedupe: Option<&'static str>,
     third_trace_id: Option<String>,
     upstream_trace_id: Option<String>,
+    upstream_time: Option<Duration>,
+    trace_id: Option<TraceId>,
 }
 
 /// Shared, per-request access-log fields; in the request extensions.
@@ -51,6 +56,20 @@ impl LogContext {
     /// Fxiaoke's `traceId`.
     pub fn set_upstream_trace_id(&self, id: Option<String>) {
         self.0.lock().upstream_trace_id = id;
+    }
+    /// Time Fxiaoke took to answer (summed over attempts, a retry after a rejected token
+    /// included).
+    pub fn add_upstream_time(&self, took: Duration) {
+        let mut f = self.0.lock();
+        f.upstream_time = Some(f.upstream_time.unwrap_or_default() + took);
+    }
+    /// The W3C trace the request belongs to (the caller's, when it sent a `traceparent`).
+    pub fn set_trace_id(&self, id: TraceId) {
+        self.0.lock().trace_id = Some(id);
+    }
+    /// See `set_trace_id`.
+    pub fn trace_id(&self) -> Option<TraceId> {
+        self.0.lock().trace_id
     }
 }
 
@@ -109,6 +128,12 @@ where
         req.extensions_mut().insert(matched);
         let route = matched.label();
         let version = req.version();
+        let peer = req.extensions().get::<PeerAddr>().map(|p| p.0);
+        let user_agent = req.headers().get(http::header::USER_AGENT).cloned();
+        let tls_subject = req
+            .extensions()
+            .get::<PeerIdentity>()
+            .map(|p| p.subject.clone());
         let metrics = self.metrics.clone();
         let fut = self.inner.call(req);
         Box::pin(async move {
@@ -137,6 +162,11 @@ where
                     dedupe = f.dedupe,
                     third_trace_id = f.third_trace_id.as_deref(),
                     upstream_trace_id = f.upstream_trace_id.as_deref(),
+                    upstream_ms = f.upstream_time.map(|d| d.as_millis() as u64),
+                    trace_id = f.trace_id.map(tracing::field::display),
+                    peer = peer.map(tracing::field::display),
+                    user_agent = user_agent.as_ref().and_then(|v| v.to_str().ok()),
+                    tls_subject = tls_subject.as_deref(),
                     "request"
                 );
             }

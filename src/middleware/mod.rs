@@ -10,11 +10,16 @@ pub mod quota;
 pub mod request_id;
 pub mod sensitive;
 pub mod shed;
+pub mod trace;
 
 /// The request type every layer sees.
 pub type Req = http::Request<hyper::body::Incoming>;
 /// The response type every layer produces.
 pub type Resp = http::Response<crate::body::Body>;
+/// The address a request's connection came from (every listener puts it in the extensions).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerAddr(pub std::net::SocketAddr);
+
 /// The boxed future of a layer.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 

@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderValue, Response};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
@@ -16,9 +16,11 @@ use crate::middleware::auth::Principal;
 use crate::middleware::{Req, Resp};
 use crate::route::{Route, JSON_BODY_MAX};
 use crate::state::AppState;
+use crate::upstream::corp::took;
 use crate::upstream::envelope::{UpstreamCode, MAX_ENVELOPE_BYTES};
 use crate::upstream::token::CorpToken;
 use crate::upstream::Corp;
+use tracing::Instrument as _;
 
 /// Handles one download or delete (`route` is `Download` or `Delete`).
 pub async fn json_call(
@@ -31,14 +33,19 @@ pub async fn json_call(
     let corp = state.corp(&principal.client.corp)?;
     let body = caller_body(req, route).await?;
     for attempt in 0..2 {
-        let (resp, token) = send_once(&corp, route, &body, log).await?;
+        let (resp, token, span) = send_once(&corp, route, &body, log).await?;
         if route == Route::Download && is_file(&resp) {
+            log.add_upstream_time(took(&resp));
             // The file itself: stream it back as it comes.
             corp.count(route.label(), UpstreamCode::Success);
             return Ok(stream_back(resp, corp.cfg.upstream_timeout));
         }
-        let answer = corp.read_answer(route.label(), resp).await?;
+        let answer = corp
+            .read_answer(route.label(), resp)
+            .instrument(span)
+            .await?;
         log.set_upstream_trace_id(answer.env.trace_id());
+        log.add_upstream_time(answer.took);
         if answer.code == UpstreamCode::TokenExpired {
             corp.tokens.invalidate(&token);
             if attempt == 0 {
@@ -86,28 +93,35 @@ async fn caller_body(req: Req, route: Route) -> Result<Map<String, Value>, Gatew
     Ok(body)
 }
 
-/// One attempt: budget, token, a fresh `thirdTraceId`, the corp's credentials in the body.
+/// One attempt: budget, token, a fresh `thirdTraceId`, the corp's credentials in the body; the
+/// answer's head, and the span the call runs in (for reading the rest of the answer).
 async fn send_once(
     corp: &Corp,
     route: Route,
     body: &Map<String, Value>,
     log: &LogContext,
-) -> Result<(Response<Incoming>, Arc<CorpToken>), GatewayError> {
+) -> Result<(Response<Incoming>, Arc<CorpToken>, tracing::Span), GatewayError> {
     corp.take_budget(route.path()).await?;
     let token = corp.tokens.get().await?;
-    let target = corp.target(route.path(), Some(&token), &[])?;
+    let span = corp.call_span(route.path());
+    let target = span.in_scope(|| corp.target(route.path(), Some(&token), &[]))?;
     log.set_third_trace_id(&target.third_trace_id);
     let mut with_token = body.clone();
     // Legacy-style calls carry the token in the body; the query has it too (fxiaoke.md §1a).
     with_token.insert("corpAccessToken".into(), token.access_token.expose().into());
     with_token.insert("corpId".into(), token.corp_id.clone().into());
-    let req = Request::post(target.uri)
+    let req = target
+        .post()
         .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
         .body(full(Value::Object(with_token).to_string()))
         .map_err(|e| GatewayError::Internal {
             detail: format!("building upstream request: {e}"),
         })?;
-    Ok((corp.send(route.label(), req).await?, token))
+    let resp = corp
+        .send(route.label(), req)
+        .instrument(span.clone())
+        .await?;
+    Ok((resp, token, span))
 }
 
 /// Whether a download answer is the file rather than Fxiaoke's (small JSON) envelope.

@@ -5,7 +5,8 @@
 //! acts as must be one of the caller's `act_as`. Fxiaoke's answer comes back byte for byte.
 //! The body is in hand, so a token rejection refreshes that token once and retries once.
 
-use http::{header, HeaderValue, Request, Response};
+use http::{header, HeaderValue, Response};
+use tracing::Instrument as _;
 
 use super::members::Members;
 use crate::body::full;
@@ -60,9 +61,10 @@ pub async fn call(
         body: &body,
     };
     for attempt in 0..2 {
-        let (resp, token) = call.send_once(log).await?;
-        let answer = corp.read_answer(label, resp).await?;
+        let (resp, token, span) = call.send_once(log).await?;
+        let answer = corp.read_answer(label, resp).instrument(span).await?;
         log.set_upstream_trace_id(answer.env.trace_id());
+        log.add_upstream_time(answer.took);
         if rejects(style, answer.code) {
             corp.provider(style).invalidate(&token);
             if attempt == 0 {
@@ -114,17 +116,27 @@ struct Call<'a> {
 }
 
 impl Call<'_> {
-    /// One attempt: the path's budget, the style's token, a fresh `thirdTraceId`.
+    /// One attempt: the path's budget, the style's token, a fresh `thirdTraceId`; the answer's
+    /// head and the span the call runs in.
     async fn send_once(
         &self,
         log: &LogContext,
-    ) -> Result<(Response<hyper::body::Incoming>, std::sync::Arc<CorpToken>), GatewayError> {
+    ) -> Result<
+        (
+            Response<hyper::body::Incoming>,
+            std::sync::Arc<CorpToken>,
+            tracing::Span,
+        ),
+        GatewayError,
+    > {
         self.corp.take_budget(self.path).await?;
         let token = self.corp.provider(self.style).get().await?;
-        let target = self.corp.target(self.path, None, &[])?;
+        let span = self.corp.call_span(self.path);
+        let target = span.in_scope(|| self.corp.target(self.path, None, &[]))?;
         log.set_third_trace_id(&target.third_trace_id);
         let secret = token.access_token.expose();
-        let mut b = Request::post(target.uri)
+        let mut b = target
+            .post()
             .header(header::CONTENT_TYPE, "application/json; charset=utf-8");
         let body = match self.style {
             ApiStyle::Legacy => {
@@ -149,7 +161,12 @@ impl Call<'_> {
         let req = b
             .body(full(body))
             .map_err(|e| internal(&format!("building upstream request: {e}")))?;
-        Ok((self.corp.send(self.label, req).await?, token))
+        let resp = self
+            .corp
+            .send(self.label, req)
+            .instrument(span.clone())
+            .await?;
+        Ok((resp, token, span))
     }
 }
 

@@ -27,7 +27,7 @@ use tower::util::BoxCloneService;
 use tower::{Service, ServiceExt as _};
 
 use crate::config::ServerConfig;
-use crate::middleware::{Req, Resp};
+use crate::middleware::{PeerAddr, Req, Resp};
 
 /// The caller-facing service as the server runs it (hyper needs only `Clone + Send`).
 pub type AppService = BoxCloneService<Req, Resp, Infallible>;
@@ -223,6 +223,11 @@ impl Connection {
     {
         let activity = Arc::new(conn::Activity::default());
         let io = conn::Tracked::new(io, activity.clone());
+        let peer = self.peer;
+        let svc = svc.map_request(move |mut req: Req| {
+            req.extensions_mut().insert(PeerAddr(peer));
+            req
+        });
         let counted = {
             let activity = activity.clone();
             svc.map_future(move |fut| {

@@ -17,6 +17,7 @@ pub mod source;
 
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
+use tracing::Instrument as _;
 
 use crate::body::Body;
 use crate::config::UploadConfig;
@@ -48,7 +49,14 @@ pub async fn handle(
     up.refuse_oversized()?;
     if let Some(key) = up.claim_key() {
         let bound = up.corp.cfg.upstream_timeout * 2;
-        match state.dedupe.claim(&key, &up.caller, bound).await {
+        let span = dedupe_span("claimed_digest");
+        let claim = state
+            .dedupe
+            .claim(&key, &up.caller, bound)
+            .instrument(span.clone())
+            .await;
+        span.record("fxgate.dedupe.result", claim.label());
+        match claim {
             Claim::Hit(media) => {
                 return Ok(claim_hit(state, req, &up, &key.sha256, &media, log).await)
             }
@@ -82,13 +90,28 @@ pub async fn handle(
     };
     up.check_claim(digest)?;
     let key = up.key(digest, &part);
-    if let Some(media) = state.dedupe.store.get(&key).await {
+    let span = dedupe_span("content");
+    let found = state.dedupe.store.get(&key).instrument(span.clone()).await;
+    span.record(
+        "fxgate.dedupe.result",
+        if found.is_some() { "hit" } else { "miss" },
+    );
+    if let Some(media) = found {
         // Dropping a streaming upload unfinished aborts it: Fxiaoke stores nothing.
         drop(sent.upstream);
         return Ok(stream_hit(state, up, &key, media, (digest, sent.size), log).await);
     }
     let answer = sent.upstream.finish(true, &up, &part, log).await?;
     Ok(record(state, up, key, (digest, sent.size), part, answer, log).await)
+}
+
+/// The span of one dedupe lookup, by a digest the caller claimed or by the content's own.
+fn dedupe_span(by: &'static str) -> tracing::Span {
+    tracing::info_span!(
+        "dedupe_lookup",
+        fxgate.dedupe.by = by,
+        fxgate.dedupe.result = tracing::field::Empty
+    )
 }
 
 /// Type check on the first bytes, before any upstream request exists. Documents may be any
@@ -155,6 +178,7 @@ impl Upstream {
             }
         };
         log.set_upstream_trace_id(answer.env.trace_id());
+        log.add_upstream_time(answer.took);
         Ok(answer)
     }
 }

@@ -3,7 +3,9 @@
 //! place and a fresh UUIDv4 `thirdTraceId` goes with every attempt (fxiaoke.md §4).
 
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
+
+use tracing::field::Empty;
 
 use super::budget::UpstreamBudget;
 use super::envelope::{Envelope, UpstreamCode};
@@ -16,7 +18,7 @@ use crate::config::CorpConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::quota::QuotaStore;
-use http::{Request, Response, StatusCode, Uri};
+use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
 /// One configured corp.
@@ -43,6 +45,30 @@ pub struct Target {
     pub uri: Uri,
     /// The `thirdTraceId` in it.
     pub third_trace_id: String,
+    /// `traceparent` (and `tracestate`) of the span the call runs in, for the request.
+    pub trace_headers: HeaderMap,
+}
+
+/// How long Fxiaoke took to answer a call's head (in the answer's extensions).
+#[derive(Debug, Clone, Copy)]
+pub struct UpstreamTime(pub Duration);
+
+/// The time Fxiaoke took for `resp` (zero for an answer that did not come through `timed`).
+pub fn took<B>(resp: &Response<B>) -> Duration {
+    resp.extensions()
+        .get::<UpstreamTime>()
+        .map_or(Duration::ZERO, |t| t.0)
+}
+
+impl Target {
+    /// A POST to the URL, carrying the trace headers.
+    pub fn post(self) -> http::request::Builder {
+        let mut b = Request::post(self.uri);
+        if let Some(h) = b.headers_mut() {
+            h.extend(self.trace_headers);
+        }
+        b
+    }
 }
 
 impl std::fmt::Debug for Target {
@@ -117,10 +143,32 @@ impl Corp {
             .map_err(|_| GatewayError::Internal {
                 detail: format!("cannot build upstream URL for {path}"),
             })?;
+        let span = tracing::Span::current();
+        span.record("fxgate.third_trace_id", third_trace_id.as_str());
+        let mut trace_headers = HeaderMap::new();
+        crate::trace::inject(&span, &mut trace_headers);
         Ok(Target {
             uri,
             third_trace_id,
+            trace_headers,
         })
+    }
+
+    /// The span of one call to `path` (one attempt: the request and its answer). `target`,
+    /// `timed` and `read_answer` fill it in when they run inside it.
+    pub fn call_span(&self, path: &str) -> tracing::Span {
+        tracing::info_span!(
+            "upstream",
+            otel.name = %format_args!("POST {path}"),
+            otel.kind = "client",
+            otel.status_code = Empty,
+            http.request.method = "POST",
+            url.path = path,
+            fxgate.corp = self.cfg.name.as_str(),
+            fxgate.third_trace_id = Empty,
+            http.response.status_code = Empty,
+            fxiaoke.error_code = Empty,
+        )
     }
 
     /// The provider of `flow`'s token.
@@ -154,17 +202,31 @@ impl Corp {
     {
         let started = Instant::now();
         let result = tokio::time::timeout(self.cfg.upstream_timeout, answer).await;
+        let took = started.elapsed();
         self.metrics
             .upstream_duration
             .with_label_values(&[label])
-            .observe(started.elapsed().as_secs_f64());
+            .observe(took.as_secs_f64());
         let result = match result {
             Err(_) => Err(GatewayError::UpstreamTimeout {
                 after: self.cfg.upstream_timeout,
             }),
             Ok(r) => r.map_err(Into::into),
         };
-        result.inspect_err(|e| self.count_failure(label, e))
+        let span = tracing::Span::current();
+        match &result {
+            Ok(resp) => span.record(
+                "http.response.status_code",
+                i64::from(resp.status().as_u16()),
+            ),
+            Err(_) => span.record("otel.status_code", "ERROR"),
+        };
+        result
+            .map(|mut resp| {
+                resp.extensions_mut().insert(UpstreamTime(took));
+                resp
+            })
+            .inspect_err(|e| self.count_failure(label, e))
     }
 
     /// Counts a call that got no usable answer under what went wrong, so a dashboard tells a
@@ -188,6 +250,7 @@ impl Corp {
         resp: Response<Incoming>,
     ) -> Result<Answer, GatewayError> {
         let status = resp.status();
+        let took = took(&resp);
         let after = self.cfg.upstream_timeout;
         let env = tokio::time::timeout(after, Envelope::read(resp.into_body()))
             .await
@@ -208,7 +271,15 @@ impl Corp {
             .inspect_err(|e| self.count_failure(label, e))?;
         let code = env.code();
         self.count(label, code);
-        Ok(Answer { status, env, code })
+        if let Some(c) = code.code() {
+            tracing::Span::current().record("fxiaoke.error_code", c);
+        }
+        Ok(Answer {
+            status,
+            env,
+            code,
+            took,
+        })
     }
 
     /// The pool, for calls that drive the request future themselves.
@@ -251,6 +322,8 @@ pub struct Answer {
     pub env: Envelope,
     /// Its `errorCode`, classified.
     pub code: UpstreamCode,
+    /// How long Fxiaoke took to answer its head.
+    pub took: Duration,
 }
 
 #[cfg(test)]
@@ -264,6 +337,7 @@ mod tests {
                 .parse()
                 .unwrap(),
             third_trace_id: "t".into(),
+            trace_headers: HeaderMap::new(),
         };
         let shown = format!("{t:?}");
         assert!(

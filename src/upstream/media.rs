@@ -12,8 +12,9 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
-use http::{header, Request, Response, Uri};
+use http::{header, HeaderMap, Request, Response, Uri};
 use hyper::body::Incoming;
+use tracing::Instrument as _;
 
 use super::body::{channel, BodySender, DigestReceiver};
 use super::corp::{Answer, Corp};
@@ -29,6 +30,9 @@ pub struct MediaCall {
     route: Route,
     token: Arc<CorpToken>,
     uri: Uri,
+    trace_headers: HeaderMap,
+    /// The `upstream` span: from the request's first byte to Fxiaoke's answer.
+    span: tracing::Span,
     boundary: String,
     prefix: Bytes,
     suffix: Bytes,
@@ -59,7 +63,8 @@ impl MediaCall {
         corp.take_budget(route.path()).await?;
         let token = corp.tokens.get().await?;
         let extra: Vec<(&str, &str)> = type_param.map(|t| ("type", t)).into_iter().collect();
-        let target = corp.target(route.path(), Some(&token), &extra)?;
+        let span = corp.call_span(route.path());
+        let target = span.in_scope(|| corp.target(route.path(), Some(&token), &extra))?;
         let boundary = format!("fxgate-{}", uuid::Uuid::new_v4().simple());
         let prefix = Bytes::from(format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\nContent-Type: {part_type}\r\n\r\n"
@@ -70,6 +75,8 @@ impl MediaCall {
             route,
             token,
             uri: target.uri,
+            trace_headers: target.trace_headers,
+            span,
             boundary,
             prefix,
             suffix,
@@ -84,6 +91,9 @@ impl MediaCall {
         );
         if let Some(n) = len {
             builder = builder.header(header::CONTENT_LENGTH, n);
+        }
+        if let Some(h) = builder.headers_mut() {
+            h.extend(self.trace_headers.clone());
         }
         builder.body(body).map_err(|e| GatewayError::Internal {
             detail: format!("building upstream request: {e}"),
@@ -162,8 +172,14 @@ impl Pending {
     /// replayed: the caller retries); 14001/30004 answer 429.
     pub async fn answer(self) -> Result<Answer, GatewayError> {
         let Pending { call, answer } = self;
-        let resp = call.corp.timed(call.route.label(), answer).await?;
-        let answer = call.corp.read_answer(call.route.label(), resp).await?;
+        let span = call.span.clone();
+        let label = call.route.label();
+        let answer = async {
+            let resp = call.corp.timed(label, answer).await?;
+            call.corp.read_answer(label, resp).await
+        }
+        .instrument(span)
+        .await?;
         if answer.code == UpstreamCode::TokenExpired {
             call.corp.tokens.invalidate(&call.token);
             return Err(GatewayError::TokenRejected);

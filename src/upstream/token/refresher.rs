@@ -13,6 +13,7 @@
 use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
+use tracing::Instrument as _;
 
 use http::{header, Request};
 
@@ -174,7 +175,21 @@ impl Refresher {
         let started = self.clock.now();
         self.calls.push_back(started);
         let issued_ms = self.clock.unix_ms();
-        match self.fetch().await {
+        // A trace of its own: one fetch serves every request that waits for it.
+        let span = tracing::info_span!(
+            "token_fetch",
+            otel.kind = "client",
+            otel.status_code = tracing::field::Empty,
+            url.path = self.flow.token_path(),
+            fxgate.corp = self.cfg.name.as_str(),
+            fxgate.token_flow = self.flow.label(),
+        );
+        let fetched = self.fetch().instrument(span.clone()).await;
+        if matches!(fetched, Fetched::Failed(_)) {
+            span.record("otel.status_code", "ERROR");
+        }
+        drop(span);
+        match fetched {
             Fetched::Token {
                 token,
                 corp_id,
@@ -362,8 +377,11 @@ impl Refresher {
         if self.flow == ApiStyle::OAuth {
             body["grantType"] = "app_secret".into();
         }
-        Request::post(uri)
-            .header(header::CONTENT_TYPE, "application/json; charset=utf-8")
+        let mut b = Request::post(uri);
+        if let Some(h) = b.headers_mut() {
+            crate::trace::inject(&tracing::Span::current(), h);
+        }
+        b.header(header::CONTENT_TYPE, "application/json; charset=utf-8")
             .body(full(body.to_string()))
             .map_err(|e| format!("cannot build request: {e}"))
     }
