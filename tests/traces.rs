@@ -260,9 +260,9 @@ async fn a_callers_traceparent_reaches_the_access_log_fxiaoke_and_the_exported_s
     );
 }
 
-/// Without `[tracing]` nothing is exported, but a caller's trace still reaches the access log
-/// and Fxiaoke, and a request without one gets a trace id of its own (not sampled: nothing
-/// would see it) that the log line and Fxiaoke's `traceparent` share.
+/// Without `[tracing]` no span is built (the OpenTelemetry layer is not installed), but a
+/// request still gets a trace id (its own here, marked not sampled: nothing would see it) that
+/// the log line and Fxiaoke's `traceparent` share.
 #[tokio::test]
 async fn without_an_exporter_the_trace_still_reaches_the_log_and_fxiaoke() {
     let sandbox = Sandbox::spawn(&[]);

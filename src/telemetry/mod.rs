@@ -3,9 +3,9 @@
 //! Logs: `tracing-subscriber` with an `EnvFilter` (`RUST_LOG`, default `info`), pretty or JSON
 //! lines on stderr. Traces: an OpenTelemetry layer beside it turns fxgate's spans (`request`,
 //! `upstream`, `token_fetch`, `dedupe_lookup`) into OpenTelemetry spans with W3C ids, whatever
-//! `RUST_LOG` says (its own filter: fxgate's spans at `info`, no events). They are exported over
-//! OTLP/HTTP when `tracing.otlp_endpoint` is set; otherwise they still carry the caller's trace
-//! on to Fxiaoke and into the access log, and are dropped.
+//! `RUST_LOG` says (its own filter: fxgate's spans at `info`, no events), exported over OTLP/HTTP,
+//! when `tracing.otlp_endpoint` is set. Without it the layer is not installed (see `trace` for
+//! how the caller's trace still reaches Fxiaoke and the access log).
 
 mod otlp;
 
@@ -21,13 +21,15 @@ use crate::config::{LogFormat, TracingConfig};
 /// The installed span pipeline; `shutdown` exports what is still queued.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
 }
 
 impl Telemetry {
     /// Flushes and stops the exporter (bounded by `tracing.export_timeout`).
     pub async fn shutdown(self) {
-        let provider = self.provider;
+        let Some(provider) = self.provider else {
+            return;
+        };
         // The SDK blocks while its export thread finishes, and that export runs on this
         // runtime: off the async workers.
         let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
@@ -41,9 +43,25 @@ pub fn init_logs(format: LogFormat) {
         .try_init();
 }
 
-/// Logs and spans. Call inside the runtime: exports run on it.
+/// Logs, and spans when `cfg` exports them (without export the OpenTelemetry layer is not
+/// installed at all: see `trace`). Call inside the runtime: exports run on it.
 pub fn init(format: LogFormat, cfg: &TracingConfig) -> Result<Telemetry, crate::BoxError> {
-    let provider = provider(cfg)?;
+    let Some(url) = &cfg.otlp_endpoint else {
+        init_logs(format);
+        return Ok(Telemetry { provider: None });
+    };
+    let provider = SdkTracerProvider::builder()
+        .with_resource(
+            Resource::builder()
+                .with_service_name(cfg.service_name.clone())
+                .build(),
+        )
+        // A caller's decision stands; of the traces fxgate begins, `sample_ratio` are kept.
+        .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
+            cfg.sample_ratio,
+        ))))
+        .with_batch_exporter(otlp::exporter(url, cfg.export_timeout)?)
+        .build();
     let spans = tracing_opentelemetry::layer()
         .with_tracer(provider.tracer("fxgate"))
         .with_location(false)
@@ -51,40 +69,38 @@ pub fn init(format: LogFormat, cfg: &TracingConfig) -> Result<Telemetry, crate::
         .with_target(false)
         .with_level(false)
         .with_tracked_inactivity(false)
-        .with_filter(tracing_subscriber::filter::filter_fn(|m| {
-            m.is_span() && m.target().starts_with("fxgate") && *m.level() <= tracing::Level::INFO
-        }));
+        .with_context_activation(false)
+        .with_filter(
+            tracing_subscriber::filter::filter_fn(|m| {
+                m.is_span()
+                    && m.target().starts_with("fxgate")
+                    && *m.level() <= tracing::Level::INFO
+            })
+            // Without the hint the subscriber's maximum level is TRACE, and every `debug!`
+            // and `trace!` in fxgate, hyper and h2 is checked at run time on every call.
+            .with_max_level_hint(tracing::Level::INFO),
+        );
     let _ = tracing_subscriber::registry()
         .with(fmt_layer(format))
         .with(spans)
         .try_init();
-    Ok(Telemetry { provider })
-}
-
-fn provider(cfg: &TracingConfig) -> Result<SdkTracerProvider, crate::BoxError> {
-    let resource = Resource::builder()
-        .with_service_name(cfg.service_name.clone())
-        .build();
-    let builder = SdkTracerProvider::builder().with_resource(resource);
-    Ok(match &cfg.otlp_endpoint {
-        // Nothing leaves: a caller's sampling decision is still passed on to Fxiaoke, and
-        // traces fxgate would start are not sampled (nothing would see them).
-        None => builder
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
-            .build(),
-        Some(url) => builder
-            .with_sampler(Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(
-                cfg.sample_ratio,
-            ))))
-            .with_batch_exporter(otlp::exporter(url, cfg.export_timeout)?)
-            .build(),
+    crate::trace::use_spans();
+    Ok(Telemetry {
+        provider: Some(provider),
     })
 }
 
 type FmtLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
 fn fmt_layer(format: LogFormat) -> FmtLayer {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    let levels = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+    // Events only: a log line names its request by `request_id` and `trace_id`, and the
+    // per-request spans would otherwise have their fields formatted into a string each, on
+    // every request, for lines that do not show them.
+    let filter = tracing_subscriber::filter::FilterExt::and(
+        levels,
+        tracing_subscriber::filter::filter_fn(|m| m.is_event()),
+    );
     // Colour only for a person at a terminal; files, journald and collectors get plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let layer = tracing_subscriber::fmt::layer()
@@ -98,6 +114,10 @@ fn fmt_layer(format: LogFormat) -> FmtLayer {
             .with_span_list(false)
             .with_filter(filter)
             .boxed(),
-        LogFormat::Pretty => layer.compact().with_filter(filter).boxed(),
+        LogFormat::Pretty => layer
+            .compact()
+            .with_target(true)
+            .with_filter(filter)
+            .boxed(),
     }
 }

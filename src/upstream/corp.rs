@@ -143,10 +143,9 @@ impl Corp {
             .map_err(|_| GatewayError::Internal {
                 detail: format!("cannot build upstream URL for {path}"),
             })?;
-        let span = tracing::Span::current();
-        span.record("fxgate.third_trace_id", third_trace_id.as_str());
+        tracing::Span::current().record("fxgate.third_trace_id", third_trace_id.as_str());
         let mut trace_headers = HeaderMap::new();
-        crate::trace::inject(&span, &mut trace_headers);
+        crate::trace::inject(&mut trace_headers);
         Ok(Target {
             uri,
             third_trace_id,

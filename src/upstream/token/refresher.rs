@@ -379,7 +379,7 @@ impl Refresher {
         }
         let mut b = Request::post(uri);
         if let Some(h) = b.headers_mut() {
-            crate::trace::inject(&tracing::Span::current(), h);
+            crate::trace::inject(h);
         }
         b.header(header::CONTENT_TYPE, "application/json; charset=utf-8")
             .body(full(body.to_string()))
