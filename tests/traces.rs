@@ -272,26 +272,51 @@ async fn without_an_exporter_the_trace_still_reaches_the_log_and_fxiaoke() {
     );
     let gw = Gateway::spawn(&config(&sandbox.url, "", &extra));
     let http = client();
-    let resp = http
-        .post(format!("{}/cgi/crm/v2/data/query", gw.url))
-        .bearer_auth(CRM_KEY)
-        .header("content-type", "application/json")
-        .body(r#"{"data":{"dataObjectApiName":"AccountObj"}}"#)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 200);
-    let got = sandbox.received().await;
-    let sent = got.last().unwrap()["headers"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|h| h[0] == "traceparent")
-        .and_then(|h| h[1].as_str())
-        .expect("a traceparent")
-        .to_owned();
-    let parts: Vec<&str> = sent.split('-').collect();
-    assert_eq!(parts[3], "00", "not sampled: {sent}");
+    // The traceparent Fxiaoke received for a call sent with `traceparent` (or none).
+    let call = |traceparent: Option<&'static str>| {
+        let (http, url, sandbox) = (
+            http.clone(),
+            format!("{}/cgi/crm/v2/data/query", gw.url),
+            &sandbox,
+        );
+        async move {
+            let mut req = http
+                .post(url)
+                .bearer_auth(CRM_KEY)
+                .header("content-type", "application/json")
+                .body(r#"{"data":{"dataObjectApiName":"AccountObj"}}"#);
+            if let Some(t) = traceparent {
+                req = req.header("traceparent", t);
+            }
+            assert_eq!(req.send().await.unwrap().status(), 200);
+            let got = sandbox.received().await;
+            let sent = got.last().unwrap()["headers"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|h| h[0] == "traceparent")
+                .and_then(|h| h[1].as_str())
+                .expect("a traceparent")
+                .to_owned();
+            sent.split('-').map(str::to_owned).collect::<Vec<_>>()
+        }
+    };
+    let own = call(None).await;
+    assert_eq!(own[3], "00", "not sampled: {own:?}");
     let line = access_line(&gw.logs(), "/cgi/crm/v2/data/query");
-    assert_eq!(line["trace_id"], parts[1], "{line}");
+    assert_eq!(line["trace_id"], own[1], "{line}");
+
+    let theirs = call(Some(
+        "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01",
+    ))
+    .await;
+    assert_eq!(theirs[1], "0af7651916cd43dd8448eb211c80319c");
+    assert_eq!(
+        theirs[3], "01",
+        "the caller's sampling decision is passed on"
+    );
+    assert_ne!(theirs[2], "b7ad6b7169203331", "a span id of fxgate's own");
+    assert!(gw
+        .logs()
+        .contains(r#""trace_id":"0af7651916cd43dd8448eb211c80319c""#));
 }
