@@ -13,8 +13,8 @@ use opentelemetry::trace::TraceId;
 use parking_lot::Mutex;
 use tower::{Layer, Service};
 
-use super::auth::PeerIdentity;
 use super::request_id::RequestId;
+use super::PeerIdentity;
 use super::{BoxFuture, PeerAddr, Resp};
 use crate::error::ErrorCode;
 use crate::metrics::{DedupeResult, Metrics};

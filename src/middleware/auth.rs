@@ -29,7 +29,7 @@ use tower::{Layer, Service};
 use super::access_log::LogContext;
 pub use super::credentials::CallerBody;
 use super::credentials::{from_body, from_head, Presented};
-use super::{BoxFuture, Resp};
+use super::{BoxFuture, PeerIdentity, Resp};
 use crate::clock::Clock;
 use crate::config::{hash_key, ClientConfig};
 use crate::error::GatewayError;
@@ -50,28 +50,6 @@ impl Principal {
     pub fn new(client: Arc<ClientConfig>) -> Self {
         let style = client.api_style;
         Self { client, style }
-    }
-}
-
-/// The verified client certificate of the connection, when the caller presented one.
-#[derive(Debug, Clone)]
-pub struct PeerIdentity {
-    /// The subject, RFC 4514 style (`CN=billing, O=Example`).
-    pub subject: String,
-    /// Its common name, if any.
-    pub common_name: Option<String>,
-}
-
-impl PeerIdentity {
-    /// Whether a configured `cert_subject` names this certificate: the whole subject, or
-    /// `CN=<name>` for its common name.
-    pub fn matches(&self, wanted: &str) -> bool {
-        let wanted = wanted.trim();
-        wanted == self.subject
-            || self
-                .common_name
-                .as_deref()
-                .is_some_and(|cn| wanted.strip_prefix("CN=").is_some_and(|w| w == cn))
     }
 }
 

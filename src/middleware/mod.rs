@@ -20,6 +20,28 @@ pub type Resp = http::Response<crate::body::Body>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct PeerAddr(pub std::net::SocketAddr);
 
+/// The verified client certificate of the connection, when the caller presented one.
+#[derive(Debug, Clone)]
+pub struct PeerIdentity {
+    /// The subject, RFC 4514 style (`CN=billing, O=Example`).
+    pub subject: String,
+    /// Its common name, if any.
+    pub common_name: Option<String>,
+}
+
+impl PeerIdentity {
+    /// Whether a configured `cert_subject` names this certificate: the whole subject, or
+    /// `CN=<name>` for its common name.
+    pub fn matches(&self, wanted: &str) -> bool {
+        let wanted = wanted.trim();
+        wanted == self.subject
+            || self
+                .common_name
+                .as_deref()
+                .is_some_and(|cn| wanted.strip_prefix("CN=").is_some_and(|w| w == cn))
+    }
+}
+
 /// The boxed future of a layer.
 pub type BoxFuture<T> = std::pin::Pin<Box<dyn std::future::Future<Output = T> + Send + 'static>>;
 

@@ -18,7 +18,7 @@ use rustls::server::WebPkiClientVerifier;
 use tokio_rustls::TlsAcceptor;
 
 use crate::config::TlsConfig;
-use crate::middleware::auth::PeerIdentity;
+use crate::middleware::PeerIdentity;
 
 /// The subject of a client certificate rustls has already verified against `client_ca`.
 pub fn identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
