@@ -103,8 +103,7 @@ async fn send_once(
 ) -> Result<(Response<Incoming>, Arc<CorpToken>, tracing::Span), GatewayError> {
     corp.take_budget(route.path()).await?;
     let token = corp.tokens.get().await?;
-    let span = corp.call_span(route.path());
-    let target = span.in_scope(|| corp.target(route.path(), Some(&token), &[]))?;
+    let target = corp.target(route.path(), Some(&token), &[])?;
     log.set_third_trace_id(&target.third_trace_id);
     let mut with_token = body.clone();
     // Legacy-style calls carry the token in the body; the query has it too (fxiaoke.md §1a).
@@ -119,9 +118,9 @@ async fn send_once(
         })?;
     let resp = corp
         .send(route.label(), req)
-        .instrument(span.clone())
+        .instrument(target.span.clone())
         .await?;
-    Ok((resp, token, span))
+    Ok((resp, token, target.span))
 }
 
 /// Whether a download answer is the file rather than Fxiaoke's (small JSON) envelope.

@@ -131,8 +131,7 @@ impl Call<'_> {
     > {
         self.corp.take_budget(self.path).await?;
         let token = self.corp.provider(self.style).get().await?;
-        let span = self.corp.call_span(self.path);
-        let target = span.in_scope(|| self.corp.target(self.path, None, &[]))?;
+        let target = self.corp.target(self.path, None, &[])?;
         log.set_third_trace_id(&target.third_trace_id);
         let secret = token.access_token.expose();
         let mut b = target
@@ -164,9 +163,9 @@ impl Call<'_> {
         let resp = self
             .corp
             .send(self.label, req)
-            .instrument(span.clone())
+            .instrument(target.span.clone())
             .await?;
-        Ok((resp, token, span))
+        Ok((resp, token, target.span))
     }
 }
 

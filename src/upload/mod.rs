@@ -197,7 +197,7 @@ async fn open(
         &part.content_type,
     )
     .await?;
-    log.set_third_trace_id(&call.third_trace_id);
+    log.set_third_trace_id(call.third_trace_id());
     Ok(call)
 }
 

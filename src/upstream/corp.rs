@@ -38,15 +38,18 @@ pub struct Corp {
     metrics: Metrics,
 }
 
-/// A prepared upstream URL and the trace id it carries. `Debug` shows the path only: the
-/// query holds the token.
+/// A prepared upstream call: its URL, the trace id it carries, and its `upstream` span (one
+/// attempt: the request and its answer; `timed` and `read_answer` fill it in when they run
+/// inside it). `Debug` shows the path only: the query holds the token.
 pub struct Target {
     /// The full URL; holds the token: never log it.
     pub uri: Uri,
     /// The `thirdTraceId` in it.
     pub third_trace_id: String,
-    /// `traceparent` (and `tracestate`) of the span the call runs in, for the request.
+    /// `traceparent` (and `tracestate`) naming this call, for the request.
     pub trace_headers: HeaderMap,
+    /// The call's span.
+    pub span: tracing::Span,
 }
 
 /// How long Fxiaoke took to answer a call's head (in the answer's extensions).
@@ -62,10 +65,10 @@ pub fn took<B>(resp: &Response<B>) -> Duration {
 
 impl Target {
     /// A POST to the URL, carrying the trace headers.
-    pub fn post(self) -> http::request::Builder {
-        let mut b = Request::post(self.uri);
+    pub fn post(&self) -> http::request::Builder {
+        let mut b = Request::post(self.uri.clone());
         if let Some(h) = b.headers_mut() {
-            h.extend(self.trace_headers);
+            h.extend(self.trace_headers.clone());
         }
         b
     }
@@ -121,7 +124,8 @@ impl Corp {
         })
     }
 
-    /// The URL of `path`, with the token (when given), a fresh `thirdTraceId` and `extra`.
+    /// The call to `path`: its URL, with the token (when given), a fresh `thirdTraceId` and
+    /// `extra`, and its span, which the `traceparent` sent with it names.
     pub fn target(
         &self,
         path: &str,
@@ -143,20 +147,7 @@ impl Corp {
             .map_err(|_| GatewayError::Internal {
                 detail: format!("cannot build upstream URL for {path}"),
             })?;
-        tracing::Span::current().record("fxgate.third_trace_id", third_trace_id.as_str());
-        let mut trace_headers = HeaderMap::new();
-        crate::trace::inject(&mut trace_headers);
-        Ok(Target {
-            uri,
-            third_trace_id,
-            trace_headers,
-        })
-    }
-
-    /// The span of one call to `path` (one attempt: the request and its answer). `target`,
-    /// `timed` and `read_answer` fill it in when they run inside it.
-    pub fn call_span(&self, path: &str) -> tracing::Span {
-        tracing::info_span!(
+        let span = tracing::info_span!(
             "upstream",
             otel.name = %format_args!("POST {path}"),
             otel.kind = "client",
@@ -164,10 +155,18 @@ impl Corp {
             http.request.method = "POST",
             url.path = path,
             fxgate.corp = self.cfg.name.as_str(),
-            fxgate.third_trace_id = Empty,
+            fxgate.third_trace_id = third_trace_id.as_str(),
             http.response.status_code = Empty,
             fxiaoke.error_code = Empty,
-        )
+        );
+        let mut trace_headers = HeaderMap::new();
+        span.in_scope(|| crate::trace::inject(&mut trace_headers));
+        Ok(Target {
+            uri,
+            third_trace_id,
+            trace_headers,
+            span,
+        })
     }
 
     /// The provider of `flow`'s token.
@@ -337,6 +336,7 @@ mod tests {
                 .unwrap(),
             third_trace_id: "t".into(),
             trace_headers: HeaderMap::new(),
+            span: tracing::Span::none(),
         };
         let shown = format!("{t:?}");
         assert!(

@@ -12,12 +12,12 @@ use std::sync::Arc;
 use bytes::{Bytes, BytesMut};
 use futures_util::future::BoxFuture;
 use futures_util::FutureExt as _;
-use http::{header, HeaderMap, Request, Response, Uri};
+use http::{header, Request, Response};
 use hyper::body::Incoming;
 use tracing::Instrument as _;
 
 use super::body::{channel, BodySender, DigestReceiver};
-use super::corp::{Answer, Corp};
+use super::corp::{Answer, Corp, Target};
 use super::envelope::UpstreamCode;
 use super::token::CorpToken;
 use crate::body::{full, Body};
@@ -29,15 +29,11 @@ pub struct MediaCall {
     corp: Arc<Corp>,
     route: Route,
     token: Arc<CorpToken>,
-    uri: Uri,
-    trace_headers: HeaderMap,
-    /// The `upstream` span: from the request's first byte to Fxiaoke's answer.
-    span: tracing::Span,
+    /// URL and trace headers; its span runs from the request's first byte to Fxiaoke's answer.
+    target: Target,
     boundary: String,
     prefix: Bytes,
     suffix: Bytes,
-    /// The `thirdTraceId` of this attempt, for the access log.
-    pub third_trace_id: String,
 }
 
 impl std::fmt::Debug for MediaCall {
@@ -45,7 +41,7 @@ impl std::fmt::Debug for MediaCall {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("MediaCall")
             .field("route", &self.route)
-            .field("third_trace_id", &self.third_trace_id)
+            .field("target", &self.target)
             .finish_non_exhaustive()
     }
 }
@@ -63,8 +59,7 @@ impl MediaCall {
         corp.take_budget(route.path()).await?;
         let token = corp.tokens.get().await?;
         let extra: Vec<(&str, &str)> = type_param.map(|t| ("type", t)).into_iter().collect();
-        let span = corp.call_span(route.path());
-        let target = span.in_scope(|| corp.target(route.path(), Some(&token), &extra))?;
+        let target = corp.target(route.path(), Some(&token), &extra)?;
         let boundary = format!("fxgate-{}", uuid::Uuid::new_v4().simple());
         let prefix = Bytes::from(format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\nContent-Type: {part_type}\r\n\r\n"
@@ -74,26 +69,25 @@ impl MediaCall {
             corp: corp.clone(),
             route,
             token,
-            uri: target.uri,
-            trace_headers: target.trace_headers,
-            span,
+            target,
             boundary,
             prefix,
             suffix,
-            third_trace_id: target.third_trace_id,
         })
     }
 
+    /// The `thirdTraceId` of this attempt, for the access log.
+    pub fn third_trace_id(&self) -> &str {
+        &self.target.third_trace_id
+    }
+
     fn request(&self, body: Body, len: Option<u64>) -> Result<Request<Body>, GatewayError> {
-        let mut builder = Request::post(self.uri.clone()).header(
+        let mut builder = self.target.post().header(
             header::CONTENT_TYPE,
             format!("multipart/form-data; boundary={}", self.boundary),
         );
         if let Some(n) = len {
             builder = builder.header(header::CONTENT_LENGTH, n);
-        }
-        if let Some(h) = builder.headers_mut() {
-            h.extend(self.trace_headers.clone());
         }
         builder.body(body).map_err(|e| GatewayError::Internal {
             detail: format!("building upstream request: {e}"),
@@ -172,7 +166,7 @@ impl Pending {
     /// replayed: the caller retries); 14001/30004 answer 429.
     pub async fn answer(self) -> Result<Answer, GatewayError> {
         let Pending { call, answer } = self;
-        let span = call.span.clone();
+        let span = call.target.span.clone();
         let label = call.route.label();
         let answer = async {
             let resp = call.corp.timed(label, answer).await?;
