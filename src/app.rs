@@ -151,7 +151,7 @@ pub async fn spawn_with(
         ServeOptions::gateway(&cfg.server),
         shutdown.clone(),
     ));
-    watch_files(&state, &shutdown);
+    watch_files(&state, &shutdown).await;
     let admin = tokio::spawn(server::serve(
         admin_listener,
         admin::service(state.clone()),
@@ -170,7 +170,7 @@ pub async fn spawn_with(
 
 /// With `server.watch_interval`: reloads the callers when the config file changes and the TLS
 /// config when its files do, as SIGHUP would.
-fn watch_files(state: &Arc<AppState>, shutdown: &CancellationToken) {
+async fn watch_files(state: &Arc<AppState>, shutdown: &CancellationToken) {
     let Some(every) = state.cfg.server.watch_interval else {
         return;
     };
@@ -178,14 +178,16 @@ fn watch_files(state: &Arc<AppState>, shutdown: &CancellationToken) {
         let state = state.clone();
         crate::watch::spawn("config", vec![path], every, shutdown.clone(), move || {
             let _ = state.reload_logged("config file changed");
-        });
+        })
+        .await;
     }
     if let Some(tls) = &state.tls {
         let paths = tls.paths();
         let state = state.clone();
         crate::watch::spawn("tls", paths, every, shutdown.clone(), move || {
             let _ = state.reload_tls("TLS files changed");
-        });
+        })
+        .await;
     }
 }
 
