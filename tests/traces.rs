@@ -320,3 +320,46 @@ async fn without_an_exporter_the_trace_still_reaches_the_log_and_fxiaoke() {
         .logs()
         .contains(r#""trace_id":"0af7651916cd43dd8448eb211c80319c""#));
 }
+
+/// A collector that accepts the export and then says nothing: requests are not held up, and
+/// the flush at shutdown gives up at `export_timeout` (1 s here; the SDK's own bound is 5 s).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_collector_that_never_answers_delays_neither_requests_nor_shutdown() {
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/v1/traces", mute.local_addr().unwrap());
+    let held = Arc::new(Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        loop {
+            let (tcp, _) = mute.accept().await.unwrap();
+            keep.lock().unwrap().push(tcp);
+        }
+    });
+    let sandbox = Sandbox::spawn(&[]);
+    let extra = format!("[tracing]\notlp_endpoint = \"{url}\"\nexport_timeout = \"1s\"\n");
+    let mut gw = Gateway::spawn(&config(&sandbox.url, "", &extra));
+    let (status, _, body) = upload_multipart(
+        &client(),
+        &gw.upload_url(),
+        ALPHA_KEY,
+        jpeg(1000, 1),
+        "a.jpg",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    let asked = std::time::Instant::now();
+    gw.terminate();
+    let exit = tokio::task::spawn_blocking(move || gw.wait_exit(Duration::from_secs(30)))
+        .await
+        .unwrap();
+    assert!(exit.success(), "{exit:?}");
+    assert!(
+        asked.elapsed() < Duration::from_secs(4),
+        "shutdown took {:?}",
+        asked.elapsed()
+    );
+    assert!(
+        !held.lock().unwrap().is_empty(),
+        "the export reached the collector"
+    );
+}

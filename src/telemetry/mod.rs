@@ -22,6 +22,7 @@ use crate::config::{LogFormat, TracingConfig};
 #[derive(Debug)]
 pub struct Telemetry {
     provider: Option<SdkTracerProvider>,
+    export_timeout: std::time::Duration,
 }
 
 impl Telemetry {
@@ -32,7 +33,8 @@ impl Telemetry {
         };
         // The SDK blocks while its export thread finishes, and that export runs on this
         // runtime: off the async workers.
-        let _ = tokio::task::spawn_blocking(move || provider.shutdown()).await;
+        let bound = self.export_timeout;
+        let _ = tokio::task::spawn_blocking(move || provider.shutdown_with_timeout(bound)).await;
     }
 }
 
@@ -48,7 +50,10 @@ pub fn init_logs(format: LogFormat) {
 pub fn init(format: LogFormat, cfg: &TracingConfig) -> Result<Telemetry, crate::BoxError> {
     let Some(url) = &cfg.otlp_endpoint else {
         init_logs(format);
-        return Ok(Telemetry { provider: None });
+        return Ok(Telemetry {
+            provider: None,
+            export_timeout: cfg.export_timeout,
+        });
     };
     let provider = SdkTracerProvider::builder()
         .with_resource(
@@ -87,6 +92,7 @@ pub fn init(format: LogFormat, cfg: &TracingConfig) -> Result<Telemetry, crate::
     crate::trace::use_spans();
     Ok(Telemetry {
         provider: Some(provider),
+        export_timeout: cfg.export_timeout,
     })
 }
 
