@@ -194,7 +194,6 @@ async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// One caller in `/admin/clients`: its limits and its usage (across replicas when shared).
 /// `POST /admin/reload`: the callers from the config file, and the TLS files when the listener
 /// speaks HTTPS (each applies or is refused on its own).
 fn reload(state: Arc<AppState>) -> Response<Body> {
@@ -205,13 +204,13 @@ fn reload(state: Arc<AppState>) -> Response<Body> {
         Ok(n) => serde_json::json!({"reloaded": true, "clients": n}),
         Err(e) => serde_json::json!({"reloaded": false, "error": e}),
     };
-    if let Some(tls) = tls {
+    if let Some(tls) = &tls {
         body["tls"] = match tls {
             Ok(()) => serde_json::json!({"reloaded": true}),
             Err(e) => serde_json::json!({"reloaded": false, "error": e}),
         };
     }
-    let status = if clients.is_ok() && body["tls"]["error"].is_null() {
+    let status = if clients.is_ok() && tls.as_ref().is_none_or(Result::is_ok) {
         StatusCode::OK
     } else {
         StatusCode::BAD_REQUEST
@@ -219,6 +218,7 @@ fn reload(state: Arc<AppState>) -> Response<Body> {
     json(status, body)
 }
 
+/// One caller in `/admin/clients`: its limits and its usage (across replicas when shared).
 fn client_json(c: &crate::config::ClientConfig, usage: crate::quota::Usage) -> serde_json::Value {
     serde_json::json!({
         "name": c.name,

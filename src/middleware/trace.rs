@@ -1,6 +1,6 @@
 //! `TraceLayer`: the `request` span every request runs in. A caller's W3C `traceparent` makes it
-//! a child of the caller's span (`trace::continue_from`); the spans below it (dedupe lookup,
-//! upstream calls) and the `traceparent` sent on to Fxiaoke follow from it. The trace id goes
+//! a child of the caller's span (`trace::start`); the spans below it (dedupe lookup, upstream
+//! calls) and the `traceparent` sent on to Fxiaoke follow from it. The trace id goes
 //! into the access-log line, so a caller's trace id finds fxgate's log line. Attributes follow
 //! the OpenTelemetry HTTP server conventions.
 

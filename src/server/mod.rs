@@ -19,8 +19,6 @@ use hyper_util::server::conn::auto::Builder;
 use hyper_util::service::TowerToHyperService;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
-
-pub use tls::Tls;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tower::util::BoxCloneService;
@@ -28,6 +26,8 @@ use tower::{Service, ServiceExt as _};
 
 use crate::config::ServerConfig;
 use crate::middleware::{PeerAddr, Req, Resp};
+
+pub use tls::Tls;
 
 /// The caller-facing service as the server runs it (hyper needs only `Clone + Send`).
 pub type AppService = BoxCloneService<Req, Resp, Infallible>;
