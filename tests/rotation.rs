@@ -52,6 +52,15 @@ async fn until_metric(gw: &Gateway, series: &str, value: f64) {
     }
 }
 
+/// Returns once the first refused reload of `what` (`tls`, `config`) is counted, and checks
+/// that `fxgate_reload_ok` says so.
+async fn until_refused(gw: &Gateway, what: &str) {
+    let refused = format!(r#"fxgate_reloads_total{{result="error",what="{what}"}}"#);
+    until_metric(gw, &refused, 1.0).await;
+    let ok = format!(r#"fxgate_reload_ok{{what="{what}"}}"#);
+    assert_eq!(metric(&gw.metrics().await, &ok), 0.0, "{ok}");
+}
+
 fn tls_config(sandbox: &Sandbox, dir: &Path, more: &str) -> String {
     let p = |name: &str| dir.join(name).display().to_string();
     config(&sandbox.url, "", "").replace(
@@ -130,16 +139,7 @@ async fn a_certificate_replaced_on_disk_serves_new_connections_and_open_ones_kee
     assert_eq!(upload_on(&mut open, 1).await, 200);
 
     replace(&cert, &new.cert);
-    until_metric(
-        &gw,
-        r#"fxgate_reloads_total{result="error",what="tls"}"#,
-        1.0,
-    )
-    .await;
-    assert_eq!(
-        metric(&gw.metrics().await, r#"fxgate_reload_ok{what="tls"}"#),
-        0.0
-    );
+    until_refused(&gw, "tls").await;
     assert!(
         connect(&gw, &roots).await.0 == old.der,
         "the old pair stays"
@@ -271,16 +271,7 @@ async fn a_changed_config_file_is_applied_without_a_signal() {
     assert_eq!(upload(GAMMA_KEY, 2).await, 200);
 
     gw.rewrite_config(&format!("{toml}\n[[clients]]\nname = \"broken\"\n"));
-    until_metric(
-        &gw,
-        r#"fxgate_reloads_total{result="error",what="config"}"#,
-        1.0,
-    )
-    .await;
-    assert_eq!(
-        metric(&gw.metrics().await, r#"fxgate_reload_ok{what="config"}"#),
-        0.0
-    );
+    until_refused(&gw, "config").await;
     assert!(gw.logs().contains("configuration reload rejected"));
     assert_eq!(
         upload(GAMMA_KEY, 3).await,

@@ -395,17 +395,7 @@ fn check_config_masks_secrets_and_names_bad_keys() {
 /// longer than its timeout against a listener that accepts and then says nothing.
 #[tokio::test]
 async fn healthcheck_exits_by_the_admin_listeners_answer_within_its_timeout() {
-    let (sandbox, gw) = pair(&[], "", "");
-    sandbox.wait("tokens_issued", 1).await;
-    let (status, _, _) = upload_multipart(
-        &client(),
-        &gw.upload_url(),
-        ALPHA_KEY,
-        jpeg(100, 1),
-        "x.jpg",
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (_sandbox, gw) = pair_holding_token().await;
     // `fxgate healthcheck --admin <admin> <extra…>`.
     let probe = |admin: &str, extra: &[&str]| {
         fxgate(

@@ -219,18 +219,8 @@ async fn a_token_answer_that_stalls_after_its_head_is_given_up_and_retried() {
 
 #[tokio::test]
 async fn readyz_is_ok_once_a_token_is_held() {
-    let (sandbox, gw) = pair(&[], "", "");
-    sandbox.wait("tokens_issued", 1).await;
     // The token is published right after the sandbox answers; a request awaits it.
-    let (status, _, _) = upload_multipart(
-        &client(),
-        &gw.upload_url(),
-        ALPHA_KEY,
-        jpeg(100, 1),
-        "x.jpg",
-    )
-    .await;
-    assert_eq!(status, 200);
+    let (_sandbox, gw) = pair_holding_token().await;
     assert!(gw.ready().await);
     let health = reqwest::get(format!("{}/healthz", gw.admin)).await.unwrap();
     assert_eq!(health.status(), 200);

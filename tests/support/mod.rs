@@ -382,6 +382,23 @@ impl Drop for Gateway {
     }
 }
 
+/// `pair` once the gateway holds its corp token: the sandbox issued one, and an upload (which
+/// awaits the token's publication) went through.
+pub async fn pair_holding_token() -> (Sandbox, Gateway) {
+    let (sandbox, gw) = pair(&[], "", "");
+    sandbox.wait("tokens_issued", 1).await;
+    let (status, _, body) = upload_multipart(
+        &client(),
+        &gw.upload_url(),
+        ALPHA_KEY,
+        jpeg(100, 1),
+        "x.jpg",
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    (sandbox, gw)
+}
+
 /// A sandbox plus a gateway in front of it, with the standard config.
 pub fn pair(sandbox_args: &[&str], corp_extra: &str, extra: &str) -> (Sandbox, Gateway) {
     let sandbox = Sandbox::spawn(sandbox_args);
