@@ -5,10 +5,25 @@ use std::time::Duration;
 use bytes::{Bytes, BytesMut};
 use http_body_util::{combinators::UnsyncBoxBody, BodyExt, Full};
 
-use crate::error::GatewayError;
-
 /// The boxed error type used where causes are heterogeneous.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Why [`read_capped`] gave up; `error.rs` maps each to fxgate's envelope (kept apart so this
+/// leaf module does not import the error type that itself builds bodies).
+#[derive(Debug)]
+pub enum ReadError {
+    /// The caller closed, reset or stalled before the body was whole.
+    Interrupted,
+    /// More than `limit` bytes.
+    TooLarge {
+        /// Bytes read when the limit was crossed.
+        seen: u64,
+        /// The cap the caller passed.
+        limit: u64,
+        /// The route label the 413 names.
+        route: &'static str,
+    },
+}
 
 /// The body of every response fxgate produces, and of every request it sends upstream.
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -28,17 +43,17 @@ pub async fn read_capped<B>(
     limit: usize,
     route: &'static str,
     wait: Duration,
-) -> Result<Bytes, GatewayError>
+) -> Result<Bytes, ReadError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
     let mut buf = BytesMut::new();
     let read = async {
         while let Some(frame) = body.frame().await {
-            let frame = frame.map_err(|_| GatewayError::BodyInterrupted)?;
+            let frame = frame.map_err(|_| ReadError::Interrupted)?;
             if let Ok(data) = frame.into_data() {
                 if buf.len() + data.len() > limit {
-                    return Err(GatewayError::PayloadTooLarge {
+                    return Err(ReadError::TooLarge {
                         seen: (buf.len() + data.len()) as u64,
                         limit: limit as u64,
                         route,
@@ -51,7 +66,7 @@ where
     };
     tokio::time::timeout(wait, read)
         .await
-        .map_err(|_| GatewayError::BodyInterrupted)??;
+        .map_err(|_| ReadError::Interrupted)??;
     Ok(buf.freeze())
 }
 
@@ -136,17 +151,14 @@ mod tests {
         let mut body = http_body_util::StreamBody::new(stalled);
         // The deadline is the caller's to choose; a short one keeps the test short.
         let r = read_capped(&mut body, 1024, "/cgi/*", Duration::from_millis(50)).await;
-        assert!(matches!(r, Err(GatewayError::BodyInterrupted)), "{r:?}");
+        assert!(matches!(r, Err(ReadError::Interrupted)), "{r:?}");
     }
 
     #[tokio::test]
     async fn a_body_over_the_limit_is_413_and_one_within_is_read_whole() {
         let mut big = Full::new(Bytes::from(vec![b'x'; 2000]));
         let r = read_capped(&mut big, 1024, "/cgi/*", Duration::from_secs(1)).await;
-        assert!(matches!(
-            r,
-            Err(GatewayError::PayloadTooLarge { limit: 1024, .. })
-        ));
+        assert!(matches!(r, Err(ReadError::TooLarge { limit: 1024, .. })));
         let mut ok = Full::new(Bytes::from_static(b"{}"));
         let r = read_capped(&mut ok, 1024, "/cgi/*", Duration::from_secs(1)).await;
         assert_eq!(r.unwrap(), "{}");

@@ -9,7 +9,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{header, HeaderValue, Response, StatusCode};
 
-use crate::body::{full, Body};
+use crate::body::{full, Body, ReadError};
 
 /// Who is at fault, which decides the log level and whether a retry can help.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -151,6 +151,17 @@ pub enum GatewayError {
         /// Logged, never shown to the caller.
         detail: String,
     },
+}
+
+impl From<ReadError> for GatewayError {
+    fn from(e: ReadError) -> Self {
+        match e {
+            ReadError::Interrupted => GatewayError::BodyInterrupted,
+            ReadError::TooLarge { seen, limit, route } => {
+                GatewayError::PayloadTooLarge { seen, limit, route }
+            }
+        }
+    }
 }
 
 impl GatewayError {

@@ -376,7 +376,7 @@ impl Metrics {
     /// Creates the zero-valued per-corp and per-caller series (at start and after a reload).
     pub fn init_series(&self, cfg: &crate::config::Config) {
         for (name, corp) in &cfg.corps {
-            for flow in crate::upstream::token::ApiStyle::ALL {
+            for flow in crate::route::ApiStyle::ALL {
                 for result in RefreshResult::ALL {
                     self.token_refresh
                         .with_label_values(&[name, flow.label(), result.as_str()]);

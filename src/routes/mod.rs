@@ -86,7 +86,9 @@ pub(crate) async fn caller_json(
         return Ok(body.0.clone());
     }
     let wait = crate::upload::source::BODY_IDLE_TIMEOUT;
-    crate::body::read_capped(req.body_mut(), limit as usize, label, wait).await
+    crate::body::read_capped(req.body_mut(), limit as usize, label, wait)
+        .await
+        .map_err(GatewayError::from)
 }
 
 impl Service<Req> for Router {
