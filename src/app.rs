@@ -30,6 +30,7 @@ use crate::quota::redis::RedisQuotas;
 use crate::quota::{QuotaStore, Quotas};
 use crate::routes::Router;
 use crate::sandbox::{SandboxHandle, SandboxOptions};
+use crate::server::workers::Workers;
 use crate::server::{AppService, ServeOptions};
 use crate::session::redis::RedisSessions;
 use crate::session::{MemorySessions, SessionStore, Sessions};
@@ -93,16 +94,28 @@ pub struct Running {
     /// The shared state.
     pub state: Arc<AppState>,
     shutdown: CancellationToken,
-    server: tokio::task::JoinHandle<()>,
-    admin: tokio::task::JoinHandle<()>,
+    server: Option<Workers>,
+    admin: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Running {
     /// Stops accepting, lets in-flight requests finish up to `shutdown_grace`, then returns.
-    pub async fn shutdown(self) {
+    pub async fn shutdown(mut self) {
         self.shutdown.cancel();
-        let _ = self.server.await;
-        let _ = self.admin.await;
+        if let Some(server) = self.server.take() {
+            server.join().await;
+        }
+        if let Some(admin) = self.admin.take() {
+            let _ = admin.await;
+        }
+    }
+}
+
+impl Drop for Running {
+    // The serving threads are not tasks of the caller's runtime, which would end them when it
+    // ends: a gateway dropped without `shutdown` (a test's) still stops serving.
+    fn drop(&mut self) {
+        self.shutdown.cancel();
     }
 }
 
@@ -122,7 +135,7 @@ pub async fn spawn_with(
     metrics.init_series(&cfg);
     let cfg = Arc::new(cfg);
     // First: a certificate that does not load stops the start before anything is spawned.
-    let listener = server::Listener::bind(&cfg.server).await?;
+    let gateway = server::workers::Bound::bind(&cfg.server)?;
     let stores = Stores::open(&cfg, &metrics, &registry, &clock).await?;
     let (corps, sandboxes) = spawn_corps(&cfg, &metrics, &clock, &stores).await?;
     let state = Arc::new(AppState {
@@ -132,7 +145,7 @@ pub async fn spawn_with(
         dedupe: stores.dedupe(&cfg, &clock),
         redis: stores.redis,
         clock,
-        tls: listener.tls(),
+        tls: gateway.tls(),
         cfg: cfg.clone(),
         corps,
         metrics,
@@ -141,16 +154,15 @@ pub async fn spawn_with(
     });
 
     let shutdown = CancellationToken::new();
-    let addr = listener.local_addr()?;
+    let addr = gateway.local_addr();
     let admin_listener =
         server::Listener::plain(tokio::net::TcpListener::bind(cfg.server.admin_listen).await?);
     let admin_addr = admin_listener.local_addr()?;
-    let server = tokio::spawn(server::serve(
-        listener,
+    let server = gateway.serve(
         service(state.clone()),
         ServeOptions::gateway(&cfg.server),
         shutdown.clone(),
-    ));
+    )?;
     watch_files(&state, &shutdown).await;
     let admin = tokio::spawn(server::serve(
         admin_listener,
@@ -163,8 +175,8 @@ pub async fn spawn_with(
         admin_addr,
         state,
         shutdown,
-        server,
-        admin,
+        server: Some(server),
+        admin: Some(admin),
     })
 }
 
@@ -302,6 +314,7 @@ async fn spawn_corps(
             clock.clone(),
             stores.quotas.clone(),
             |flow| stores.tokens(cfg, name, flow, clock),
+            cfg.server.workers,
         );
         corps.insert(name.clone(), corp);
     }

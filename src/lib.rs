@@ -29,6 +29,7 @@ pub mod trace;
 pub mod upload;
 pub mod upstream;
 pub mod watch;
+pub mod worker;
 
 pub use config::Config;
 pub use error::GatewayError;

@@ -12,6 +12,9 @@ use clap::{Parser, Subcommand};
 use fxgate::config::{self, Config, LogFormat};
 use fxgate::sandbox::{self, SandboxOptions};
 
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "fxgate",

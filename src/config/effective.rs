@@ -44,6 +44,7 @@ impl Config {
                 "admin_key_sha256": s.admin_key_sha256.map(hex::encode),
                 "max_inflight": s.max_inflight,
                 "watch_interval": s.watch_interval.map(d),
+                "workers": s.workers,
             },
             "tracing": self.tracing_json(),
             "log": { "format": match self.log_format { LogFormat::Pretty => "pretty", LogFormat::Json => "json" } },

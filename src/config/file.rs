@@ -15,6 +15,9 @@ pub const DEFAULT_REQUEST_HEADER_TIMEOUT: &str = "10s";
 pub const DEFAULT_LEASE_TTL: &str = "10s";
 /// Default bound on requests in flight on the caller listener (beyond it: 503, 950303).
 pub const DEFAULT_MAX_INFLIGHT: usize = 1024;
+/// Upper bound on `server.workers`: a typo (`workers = 1000`) should not start a thousand
+/// runtimes, each with its own upstream pool.
+pub const MAX_WORKERS: usize = 256;
 /// Default drain deadline on shutdown.
 pub const DEFAULT_SHUTDOWN_GRACE: &str = "30s";
 /// Default `tracing.sample_ratio`.
@@ -117,6 +120,9 @@ pub struct ServerFile {
     /// the callers or the certificates), default `5s`; `0s` turns watching off (SIGHUP and
     /// `POST /admin/reload` still work).
     pub watch_interval: Option<String>,
+    /// Threads serving `listen`, each with its own runtime, listening socket and upstream
+    /// pool; default one per core this process may use.
+    pub workers: Option<usize>,
 }
 
 /// `[log]`

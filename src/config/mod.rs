@@ -87,6 +87,8 @@ pub struct ServerConfig {
     pub max_inflight: usize,
     /// How often watched files are checked; `None`: not watched.
     pub watch_interval: Option<Duration>,
+    /// Threads serving `listen` (`server::workers`).
+    pub workers: usize,
 }
 
 /// PEM paths for inbound TLS.

@@ -109,6 +109,17 @@ fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
             Duration::ZERO => None,
             d => Some(d),
         },
+        workers: match s.workers {
+            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
+            Some(0) => return Err(invalid("server.workers", "must be at least 1")),
+            Some(n) if n > MAX_WORKERS => {
+                return Err(invalid(
+                    "server.workers",
+                    format!("{n} is more than {MAX_WORKERS}"),
+                ))
+            }
+            Some(n) => n,
+        },
     };
     Ok(server)
 }

@@ -8,6 +8,7 @@
 
 mod conn;
 pub mod tls;
+pub mod workers;
 
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -53,21 +54,9 @@ impl std::fmt::Debug for Listener {
 }
 
 impl Listener {
-    /// Binds the caller-facing `listen`, loading the TLS material when configured.
-    pub async fn bind(cfg: &ServerConfig) -> Result<Self, crate::body::BoxError> {
-        let tls = cfg.tls.as_ref().map(Tls::load).transpose()?;
-        let tcp = TcpListener::bind(cfg.listen).await?;
-        Ok(Self { tcp, tls })
-    }
-
     /// A plain-HTTP listener (admin, sandbox).
     pub fn plain(tcp: TcpListener) -> Self {
         Self { tcp, tls: None }
-    }
-
-    /// Its TLS config, to reload when the files change.
-    pub fn tls(&self) -> Option<Tls> {
-        self.tls.clone()
     }
 
     /// The bound address (port 0 resolved).

@@ -18,6 +18,7 @@ use crate::config::CorpConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::quota::QuotaStore;
+use crate::worker::PerWorker;
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
 
@@ -28,7 +29,8 @@ pub struct Corp {
     pub cfg: CorpConfig,
     /// Base URL without trailing slash (the sandbox's, for `base_url = "sandbox"`).
     pub base: String,
-    client: HttpClient,
+    /// One pool per serving thread: a pooled connection's task runs where the request does.
+    clients: PerWorker<HttpClient>,
     /// Its legacy token (`corpAccessToken`), which media routes use.
     pub tokens: TokenProvider,
     /// Its OAuth token (`accessToken`), fetched when an OAuth-style call first needs it.
@@ -93,6 +95,7 @@ impl Corp {
         clock: Arc<dyn Clock>,
         quotas: Arc<dyn QuotaStore>,
         tokens: impl Fn(ApiStyle) -> Arc<dyn TokenStore>,
+        workers: usize,
     ) -> Arc<Self> {
         let budget = UpstreamBudget::new(
             &cfg.name,
@@ -101,7 +104,7 @@ impl Corp {
             clock.clone(),
             quotas,
         );
-        let client = transport::pooled(cfg.connect_timeout);
+        let clients = PerWorker::new(workers, || transport::pooled(cfg.connect_timeout));
         let provider = |flow| {
             TokenProvider::spawn(
                 cfg.clone(),
@@ -116,7 +119,7 @@ impl Corp {
         Arc::new(Self {
             cfg,
             base,
-            client,
+            clients,
             tokens: legacy,
             oauth,
             budget,
@@ -184,7 +187,7 @@ impl Corp {
         label: &str,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        self.timed(label, self.client.request(req)).await
+        self.timed(label, self.client().request(req)).await
     }
 
     /// Waits for an answer's head (a request future already running, e.g. beside an upload's
@@ -282,7 +285,7 @@ impl Corp {
 
     /// The pool, for calls that drive the request future themselves.
     pub fn client(&self) -> &HttpClient {
-        &self.client
+        self.clients.get()
     }
 
     /// Takes one call on the interface at `path` from the corp's budget (each path has its
