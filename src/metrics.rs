@@ -62,6 +62,9 @@ pub struct Families {
     pub store_errors: IntCounterVec,
     /// `fxgate_store_up`: 1 while the shared store answers (only with `backend = "redis"`).
     pub store_up: IntGauge,
+    /// `fxgate_store_calls_total{store,op}`: round trips to the shared store (one command,
+    /// script or pipeline each), so the cost per request can be read off a dashboard.
+    pub store_calls: IntCounterVec,
     /// `fxgate_panics_total`: handler panics turned into 500s (a bug each).
     pub panics: IntCounter,
     /// `fxgate_shed_total`: requests refused with 503 because `server.max_inflight` were in
@@ -208,7 +211,7 @@ fn histograms(name: &str, help: &str) -> prometheus::Result<HistogramVec> {
     )
 }
 
-fn store_families() -> prometheus::Result<(IntCounterVec, IntGauge)> {
+fn store_families() -> prometheus::Result<(IntCounterVec, IntGauge, IntCounterVec)> {
     Ok((
         counters(
             "fxgate_store_errors_total",
@@ -218,6 +221,11 @@ fn store_families() -> prometheus::Result<(IntCounterVec, IntGauge)> {
         IntGauge::new(
             "fxgate_store_up",
             "1 while the shared store (Redis) answers; 0 while fxgate runs on its fail modes",
+        )?,
+        counters(
+            "fxgate_store_calls_total",
+            "Round trips to the shared store (Redis): one command, script or pipeline each",
+            &["store", "op"],
         )?,
     ))
 }
@@ -239,7 +247,7 @@ fn reload_families() -> prometheus::Result<(IntCounterVec, IntGaugeVec)> {
 impl Families {
     fn new() -> prometheus::Result<Self> {
         let (reloads, reload_ok) = reload_families()?;
-        let (store_errors, store_up) = store_families()?;
+        let (store_errors, store_up, store_calls) = store_families()?;
         Ok(Self {
             requests: counters(
                 "fxgate_requests_total",
@@ -308,6 +316,7 @@ impl Families {
             )?,
             store_errors,
             store_up,
+            store_calls,
             panics: IntCounter::new("fxgate_panics_total", "Handler panics answered with a 500")?,
             shed: IntCounter::new("fxgate_shed_total", "Requests shed with 503 (max_inflight)")?,
             reloads,
@@ -317,7 +326,7 @@ impl Families {
 
     /// Registers every family (`fxgate_store_up` only with a shared store: `register_store`).
     fn register_into(&self, registry: &Registry) -> prometheus::Result<()> {
-        let all: [Box<dyn prometheus::core::Collector>; 21] = [
+        let all: [Box<dyn prometheus::core::Collector>; 22] = [
             Box::new(self.reloads.clone()),
             Box::new(self.reload_ok.clone()),
             Box::new(self.panics.clone()),
@@ -339,6 +348,7 @@ impl Families {
             Box::new(self.token_valid.clone()),
             Box::new(self.upstream_budget_limit.clone()),
             Box::new(self.store_errors.clone()),
+            Box::new(self.store_calls.clone()),
         ];
         for c in all {
             registry.register(c)?;

@@ -81,11 +81,18 @@ impl Drop for Sandbox {
 pub struct Gateway {
     child: Child,
     pub url: String,
+    /// Its admin listener (`/metrics`).
+    pub admin: String,
     _dir: tempfile::TempDir,
 }
 
 impl Gateway {
     pub fn spawn(base_url: &str) -> Self {
+        Self::spawn_with(base_url, "")
+    }
+
+    /// With `extra` TOML sections (a `[store]`, say) appended to the bench config.
+    pub fn spawn_with(base_url: &str, extra: &str) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let path = dir.path().join("fxgate.toml");
         let toml = format!(
@@ -104,6 +111,8 @@ document_max_bytes = "1GiB"
 [[clients]]
 name = "bench"
 key_sha256 = "{}"
+act_as = ["FSUID_BENCH"]
+{extra}
 "#,
             hex::encode(sha2::Sha256::digest(BENCH_KEY.as_bytes()))
         );
@@ -120,6 +129,7 @@ key_sha256 = "{}"
         let v = listening(&mut child);
         Self {
             url: format!("http://{}", v["listen"].as_str().expect("addr")),
+            admin: format!("http://{}", v["admin"].as_str().expect("admin addr")),
             child,
             _dir: dir,
         }
@@ -145,8 +155,10 @@ pub struct Nginx {
 }
 
 impl Nginx {
-    /// `None` when no nginx binary is installed.
-    pub fn spawn(upstream: &str) -> Option<Self> {
+    /// `None` when no nginx binary is installed. `tuned`: the client body read in 64 KiB
+    /// pieces (`client_body_buffer_size 64k`, the read size fxgate uses) instead of nginx's
+    /// default 16 KiB, as a careful operator would set it for uploads.
+    pub fn spawn(upstream: &str, tuned: bool) -> Option<Self> {
         let bin = ["/usr/sbin/nginx", "/usr/bin/nginx"]
             .into_iter()
             .find(|p| std::path::Path::new(p).exists())?;
@@ -154,6 +166,11 @@ impl Nginx {
         let d = dir.path().display().to_string();
         let port = free_port();
         let upstream = upstream.trim_start_matches("http://");
+        let buffers = if tuned {
+            "client_body_buffer_size 64k;"
+        } else {
+            ""
+        };
         let conf = format!(
             r#"worker_processes auto;
 pid {d}/nginx.pid;
@@ -173,6 +190,7 @@ http {{
     server {{
         listen 127.0.0.1:{port};
         client_max_body_size 0;
+        {buffers}
         location / {{
             proxy_pass http://sink;
             proxy_http_version 1.1;
@@ -319,4 +337,45 @@ pub fn machine_secs() -> (f64, f64) {
     let total: f64 = fields.iter().take(8).sum();
     let idle = fields.get(3).unwrap_or(&0.0) + fields.get(4).unwrap_or(&0.0);
     ((total - idle) / ticks, total / ticks)
+}
+
+/// `redis-server` on a free loopback port, without persistence; `None` when not installed.
+pub struct RedisServer {
+    child: Child,
+    pub url: String,
+}
+
+impl RedisServer {
+    pub fn spawn() -> Option<Self> {
+        let port = free_port();
+        let mut child = Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .ok()?;
+        for _ in 0..400 {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Some(Self {
+                    child,
+                    url: format!("redis://127.0.0.1:{port}"),
+                });
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+        let _ = child.kill();
+        None
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }

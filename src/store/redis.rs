@@ -139,6 +139,10 @@ impl Redis {
                 .inc();
             return Err(StoreError::Down);
         };
+        self.metrics
+            .store_calls
+            .with_label_values(&[store, op])
+            .inc();
         let result =
             tokio::time::timeout(self.timeout, f(MultiplexedConnection::clone(&conn))).await;
         let err = match result {
