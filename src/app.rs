@@ -229,7 +229,7 @@ impl Stores {
             },
             Backend::Redis => {
                 metrics.register_store(registry)?;
-                let redis = Redis::start(&cfg.store, metrics.clone()).await?;
+                let redis = Redis::start(&cfg.store, metrics.clone(), cfg.server.workers).await?;
                 let shared: Arc<dyn QuotaStore> = Arc::new(RedisQuotas::new(redis.clone()));
                 let sessions: Arc<dyn SessionStore> = Arc::new(RedisSessions::new(redis.clone()));
                 Self {

@@ -36,6 +36,11 @@ impl<T> PerWorker<T> {
         }
     }
 
+    /// Every thread's value.
+    pub fn all(&self) -> impl Iterator<Item = &T> {
+        self.items.iter()
+    }
+
     /// The calling thread's value.
     pub fn get(&self) -> &T {
         // A thread numbered beyond the set (not one this value was built for) shares slot 0,

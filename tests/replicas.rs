@@ -445,7 +445,7 @@ async fn a_stale_token_written_late_does_not_replace_a_newer_one() {
     let cfg = fxgate::config::Config::load(&path, Some(Default::default())).unwrap();
     let registry = prometheus::Registry::new();
     let metrics = fxgate::metrics::Metrics::register(&registry).unwrap();
-    let store = fxgate::store::Redis::start(&cfg.store, metrics)
+    let store = fxgate::store::Redis::start(&cfg.store, metrics, 1)
         .await
         .unwrap();
     let clock = fxgate::clock::SystemClock::shared();
@@ -602,7 +602,7 @@ async fn dedupe_holders_are_added_in_one_step_and_a_delete_stays_a_delete() {
     std::fs::write(&path, toml).unwrap();
     let cfg = fxgate::config::Config::load(&path, Some(Default::default())).unwrap();
     let metrics = fxgate::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
-    let store = fxgate::store::Redis::start(&cfg.store, metrics)
+    let store = fxgate::store::Redis::start(&cfg.store, metrics, 1)
         .await
         .unwrap();
     let shared = fxgate::dedupe::redis::RedisStore::new(store, ttl, Duration::from_secs(30));
@@ -664,4 +664,55 @@ async fn a_dedupe_entry_in_redis_is_two_keys_of_bounded_size() {
     let per_entry = bytes / entries;
     println!("redis: {per_entry} bytes per dedupe entry (MEMORY USAGE of both keys)");
     assert!(per_entry <= 600, "{per_entry} bytes per entry");
+}
+
+/// Round trips to Redis by `store` and `op` so far.
+fn store_calls(scrape: &str, store: &str, op: &str) -> f64 {
+    metric(
+        scrape,
+        &format!(r#"fxgate_store_calls_total{{op="{op}",store="{store}"}}"#),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn every_serving_thread_reaches_redis_and_an_upload_costs_three_round_trips_a_hit_one() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    let toml = config(&sandbox.url, "", &redis_store(&redis, "closed"))
+        .replace("workers = 2", "workers = 4");
+    let gw = Gateway::spawn(&toml);
+    // Many connections, so that every one of the four threads serves some (the kernel spreads
+    // them by hash): each thread opens its own Redis connection on first use.
+    for (status, _, body) in spread_uploads(&gw, &gw, 64, ALPHA_KEY, 2000).await {
+        assert_eq!((status, &body["errorCode"]), (200, &0.into()), "{body}");
+    }
+    assert_eq!(sandbox.stats().await["uploads_completed"], 64);
+
+    let http = client();
+    let file = jpeg(3000, 42);
+    let before = gw.metrics().await;
+    let (_, first) = upload(&http, &gw, ALPHA_KEY, &file, false).await;
+    assert_eq!(first["deduplicated"], false, "{first}");
+    let miss = gw.metrics().await;
+    // A small file held whole: one lookup, one budget script, one pipelined record.
+    for (store, op) in [("dedupe", "get"), ("budget", "window"), ("dedupe", "put")] {
+        let n = store_calls(&miss, store, op) - store_calls(&before, store, op);
+        assert_eq!(n, 1.0, "{store}/{op} on a miss");
+    }
+    let (_, hit) = upload(&http, &gw, ALPHA_KEY, &file, true).await;
+    assert_eq!(hit["deduplicated"], true, "{hit}");
+    let after = gw.metrics().await;
+    let total = |m: &str| -> f64 {
+        m.lines()
+            .filter(|l| l.starts_with("fxgate_store_calls_total"))
+            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+            .sum()
+    };
+    // The supervisor's ping may land in between; nothing else may.
+    let pings = store_calls(&after, "store", "ping") - store_calls(&miss, "store", "ping");
+    assert_eq!(
+        total(&after) - total(&miss) - pings,
+        1.0,
+        "a digest hit: one lookup"
+    );
 }

@@ -368,6 +368,14 @@ fn check_config_masks_secrets_and_names_bad_keys() {
             "listen_port",
         ),
         (
+            good.replace("workers = 2", "workers = 0"),
+            "server.workers",
+        ),
+        (
+            good.replace("workers = 2", "workers = 1000"),
+            "server.workers",
+        ),
+        (
             good.replace("name = \"beta\"", "name = \"alpha\""),
             "clients[1].name",
         ),

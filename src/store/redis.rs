@@ -1,5 +1,7 @@
-//! The Redis backend (`[store] backend = "redis"`): one Redis connection per process, its
-//! health, and the one place every Redis command goes through. Each command is bounded by
+//! The Redis backend (`[store] backend = "redis"`): one Redis connection per serving thread
+//! (each made on that thread's runtime, so a command never wakes another thread; the
+//! supervisor's connection serves everything else), the store's health, and the one place
+//! every Redis command goes through. Each command is bounded by
 //! `store.timeout`; a failure marks the store down, after which commands fail at once (no
 //! request waits on a dead Redis) until the supervisor task reconnects. Callers decide what a
 //! failure means for them: the token falls back to local fetching, dedupe to a miss, quotas to
@@ -21,17 +23,28 @@ use tokio::sync::Notify;
 use super::StoreError;
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
+use crate::worker::PerWorker;
 
 /// How often a down store is retried, and a healthy one pinged (an idle connection can die
 /// unnoticed; the ping finds out before a request does).
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 
+/// A serving thread's connection slot.
+#[derive(Debug, Default)]
+struct Local {
+    conn: ArcSwapOption<MultiplexedConnection>,
+    connecting: tokio::sync::Mutex<()>,
+}
+
 /// A process's handle on Redis; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Redis {
     client: redis::Client,
+    /// The supervisor's connection, which decides whether the store is up.
     conn: ArcSwapOption<MultiplexedConnection>,
+    /// Each serving thread's own, made on first use while the store is up.
+    local: PerWorker<Local>,
     up: AtomicBool,
     last_error: Mutex<Option<String>>,
     prefix: String,
@@ -45,12 +58,17 @@ pub struct Redis {
 impl Redis {
     /// Connects (a Redis that is down at start is not fatal: the process serves per the fail
     /// modes and the supervisor keeps trying) and starts the supervisor.
-    pub async fn start(cfg: &StoreConfig, metrics: Metrics) -> Result<Arc<Self>, StoreError> {
+    pub async fn start(
+        cfg: &StoreConfig,
+        metrics: Metrics,
+        workers: usize,
+    ) -> Result<Arc<Self>, StoreError> {
         let client = redis::Client::open(cfg.redis_url.expose())
             .map_err(|e| StoreError::Redis(e.to_string()))?;
         let this = Arc::new(Self {
             client,
             conn: ArcSwapOption::empty(),
+            local: PerWorker::new(workers, Local::default),
             up: AtomicBool::new(false),
             last_error: Mutex::new(None),
             prefix: cfg.key_prefix.clone(),
@@ -70,7 +88,8 @@ impl Redis {
         Ok(this)
     }
 
-    async fn connect(&self) -> Result<(), StoreError> {
+    /// A new connection, answering PING, whose driver runs on the calling runtime.
+    async fn open(&self) -> Result<MultiplexedConnection, StoreError> {
         let config = AsyncConnectionConfig::new()
             .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(500))))
             .set_response_timeout(Some(self.timeout));
@@ -83,6 +102,11 @@ impl Redis {
             .query_async(&mut conn)
             .await
             .map_err(|e| StoreError::Redis(e.to_string()))?;
+        Ok(conn)
+    }
+
+    async fn connect(&self) -> Result<(), StoreError> {
+        let conn = self.open().await?;
         self.conn.store(Some(Arc::new(conn)));
         self.up.store(true, Ordering::Release);
         self.metrics.store_up.set(1);
@@ -92,6 +116,9 @@ impl Redis {
 
     fn mark_down(&self, why: &str) {
         self.conn.store(None);
+        for local in self.local.all() {
+            local.conn.store(None);
+        }
         *self.last_error.lock() = Some(why.to_string());
         self.metrics.store_up.set(0);
         if self.up.swap(false, Ordering::AcqRel) {
@@ -114,6 +141,38 @@ impl Redis {
         }
     }
 
+    /// The calling thread's connection: a serving thread's own (made now if it has none
+    /// yet), else the supervisor's; `None` while the store is down.
+    async fn connection(&self) -> Option<Arc<MultiplexedConnection>> {
+        let shared = self.conn.load_full()?;
+        if crate::worker::index() == 0 {
+            return Some(shared);
+        }
+        let local = self.local.get();
+        if let Some(conn) = local.conn.load_full() {
+            return Some(conn);
+        }
+        // One connect per thread at a time: the requests that meet an empty slot together
+        // wait for the one connection rather than each opening their own.
+        let _connecting = local.connecting.lock().await;
+        if let Some(conn) = local.conn.load_full() {
+            return Some(conn);
+        }
+        match self.open().await {
+            Ok(conn) => {
+                let conn = Arc::new(conn);
+                local.conn.store(Some(conn.clone()));
+                Some(conn)
+            }
+            // This thread's connection failed where the supervisor's works: it serves this
+            // command, and the next one tries again.
+            Err(e) => {
+                tracing::debug!(error = %e, "redis: serving thread's own connection failed");
+                Some(shared)
+            }
+        }
+    }
+
     /// `prefix:a:b:c`.
     pub fn key(&self, parts: &[&str]) -> String {
         let mut k = self.prefix.clone();
@@ -132,7 +191,7 @@ impl Redis {
         F: FnOnce(MultiplexedConnection) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
-        let Some(conn) = self.conn.load_full() else {
+        let Some(conn) = self.connection().await else {
             self.metrics
                 .store_errors
                 .with_label_values(&[store, op])

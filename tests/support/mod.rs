@@ -186,6 +186,8 @@ listen = "127.0.0.1:0"
 admin_listen = "127.0.0.1:0"
 request_header_timeout = "10s"
 shutdown_grace = "10s"
+# Two serving threads whatever the machine: every test crosses the per-thread paths.
+workers = 2
 
 [corps.default]
 base_url = "{base_url}"
