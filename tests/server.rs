@@ -367,10 +367,7 @@ fn check_config_masks_secrets_and_names_bad_keys() {
             good.replace("[server]", "[server]\nlisten_port = 1"),
             "listen_port",
         ),
-        (
-            good.replace("workers = 2", "workers = 0"),
-            "server.workers",
-        ),
+        (good.replace("workers = 2", "workers = 0"), "server.workers"),
         (
             good.replace("workers = 2", "workers = 1000"),
             "server.workers",

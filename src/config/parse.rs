@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+use super::file::MAX_WORKERS;
 use super::{invalid, ConfigError, Secret};
 
 /// `redis://user:secret@host` → `redis://user:***@host`.
@@ -118,5 +119,19 @@ pub(super) fn read_secret(
             key,
             "missing (set it, or `_file` pointing at a file holding it)",
         )),
+    }
+}
+
+/// `server.workers`: by default one serving thread per core this process may run on (its CPU
+/// affinity and cgroup quota counted).
+pub(super) fn parse_workers(n: Option<usize>) -> Result<usize, ConfigError> {
+    match n {
+        None => Ok(std::thread::available_parallelism().map_or(1, |n| n.get())),
+        Some(0) => Err(invalid("server.workers", "must be at least 1")),
+        Some(n) if n > MAX_WORKERS => Err(invalid(
+            "server.workers",
+            format!("{n} is more than {MAX_WORKERS}"),
+        )),
+        Some(n) => Ok(n),
     }
 }

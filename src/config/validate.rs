@@ -7,7 +7,9 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::*;
-use super::parse::{parse_addr, parse_duration, parse_sha256, parse_size, read_secret};
+use super::parse::{
+    parse_addr, parse_duration, parse_sha256, parse_size, parse_workers, read_secret,
+};
 use super::*;
 
 impl TryFrom<FileConfig> for Config {
@@ -109,17 +111,7 @@ fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
             Duration::ZERO => None,
             d => Some(d),
         },
-        workers: match s.workers {
-            None => std::thread::available_parallelism().map_or(1, |n| n.get()),
-            Some(0) => return Err(invalid("server.workers", "must be at least 1")),
-            Some(n) if n > MAX_WORKERS => {
-                return Err(invalid(
-                    "server.workers",
-                    format!("{n} is more than {MAX_WORKERS}"),
-                ))
-            }
-            Some(n) => n,
-        },
+        workers: parse_workers(s.workers)?,
     };
     Ok(server)
 }
