@@ -421,6 +421,13 @@ fn main() {
         .expect("runtime");
     rt.block_on(async move {
         let sink = procs::Sandbox::spawn(&["--discard", "--no-path-limit"]);
+        let mut conn = HttpConnector::new();
+        conn.set_nodelay(true);
+        let http: Http = Client::builder(TokioExecutor::new())
+            .pool_max_idle_per_host(512)
+            .build(conn);
+        // First, before any gateway asks for one: the sink refuses concurrent token calls.
+        let fx = fetch_token(&http, &sink.url).await;
         let gw = procs::Gateway::spawn(&sink.url);
         let nginx = procs::Nginx::spawn(&sink.url, false);
         let tuned = procs::Nginx::spawn(&sink.url, true);
@@ -431,12 +438,6 @@ fn main() {
                 &format!("[store]\nbackend = \"redis\"\nredis_url = \"{}\"\n", r.url),
             )
         });
-        let mut conn = HttpConnector::new();
-        conn.set_nodelay(true);
-        let http: Http = Client::builder(TokioExecutor::new())
-            .pool_max_idle_per_host(512)
-            .build(conn);
-        let fx = fetch_token(&http, &sink.url).await;
         // For profiling: `perf record -p <pid>` while a workload runs.
         eprintln!(
             "pids: sink {} fxgate {:?} nginx {:?} nginx-64k {:?}",

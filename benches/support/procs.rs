@@ -29,6 +29,22 @@ fn listening(child: &mut Child) -> serde_json::Value {
         .expect("listening line")
 }
 
+/// `GET /readyz` on `admin` (host:port) answered 200.
+fn ready(admin: &str) -> bool {
+    use std::io::{Read, Write};
+    let Ok(mut s) = std::net::TcpStream::connect(admin) else {
+        return false;
+    };
+    let _ = s.set_read_timeout(Some(Duration::from_secs(2)));
+    if s.write_all(b"GET /readyz HTTP/1.0\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).is_ok() && head.ends_with(b"200")
+}
+
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")
         .and_then(|l| l.local_addr())
@@ -127,9 +143,17 @@ act_as = ["FSUID_BENCH"]
             .spawn()
             .expect("spawn fxgate");
         let v = listening(&mut child);
+        let admin = v["admin"].as_str().expect("admin addr").to_string();
+        // Ready once it holds its token: gateways started together would otherwise fetch
+        // theirs at the same moment, and the sink refuses concurrent token calls as Fxiaoke
+        // does.
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        while !ready(&admin) && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
         Self {
             url: format!("http://{}", v["listen"].as_str().expect("addr")),
-            admin: format!("http://{}", v["admin"].as_str().expect("admin addr")),
+            admin: format!("http://{admin}"),
             child,
             _dir: dir,
         }
