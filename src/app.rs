@@ -23,7 +23,7 @@ use crate::middleware::error_response::ErrorResponseLayer;
 use crate::middleware::quota::QuotaLayer;
 use crate::middleware::request_id::RequestIdLayer;
 use crate::middleware::sensitive::SensitiveHeadersLayer;
-use crate::middleware::shed;
+use crate::middleware::shed::ShedLayer;
 use crate::middleware::trace::TraceLayer;
 use crate::quota::memory::MemoryQuotas;
 use crate::quota::redis::RedisQuotas;
@@ -65,9 +65,10 @@ pub fn service(state: Arc<AppState>) -> AppService {
         .layer(CatchPanicLayer::new(state.metrics.clone()))
         // Before any auth or crypto work: at most `max_inflight` requests inside, the rest
         // shed at once with 503 rather than queued (a queue only adds latency under overload).
-        .map_err(shed::into_gateway_error(state.metrics.clone()))
-        .load_shed()
-        .concurrency_limit(state.cfg.server.max_inflight)
+        .layer(ShedLayer::new(
+            state.cfg.server.max_inflight,
+            state.metrics.clone(),
+        ))
         // Before any body byte is read: who is calling.
         .layer(AuthLayer::new(
             state.clients.clone(),
