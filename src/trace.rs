@@ -11,7 +11,7 @@
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 
-use http::HeaderMap;
+use http::{HeaderMap, HeaderValue};
 use opentelemetry::propagation::TextMapPropagator as _;
 use opentelemetry::trace::{SpanContext, TraceContextExt as _, TraceFlags, TraceId};
 use opentelemetry::Context;
@@ -86,21 +86,34 @@ pub async fn within<F: Future>(started: Started, fut: F) -> F::Output {
 /// Adds a `traceparent` for a call made now (and the caller's `tracestate`) to `headers`: the
 /// current span's with export on, else a fresh span id in the request's trace.
 pub fn inject(headers: &mut HeaderMap) {
-    let propagator = TraceContextPropagator::new();
     if SPANS.load(Ordering::Relaxed) {
         let cx = tracing::Span::current().context();
-        propagator.inject_context(&cx, &mut HeaderInjector(headers));
+        TraceContextPropagator::new().inject_context(&cx, &mut HeaderInjector(headers));
         return;
     }
+    // Written directly, in the propagator's format: building an OpenTelemetry `Context` for
+    // it cost 2 % of a passthrough call's CPU (benches/e2e, perf).
     let _ = REQUEST.try_with(|request| {
-        let call = SpanContext::new(
+        if request.trace_id() == TraceId::INVALID {
+            return;
+        }
+        let traceparent = format!(
+            "00-{}-{}-{:02x}",
             request.trace_id(),
             RandomIdGenerator::default().new_span_id(),
-            request.trace_flags(),
-            false,
-            request.trace_state().clone(),
+            request.trace_flags().to_u8()
         );
-        let cx = Context::new().with_remote_span_context(call);
-        propagator.inject_context(&cx, &mut HeaderInjector(headers));
+        if let Ok(v) = HeaderValue::from_str(&traceparent) {
+            headers.insert(TRACEPARENT, v);
+        }
+        let state = request.trace_state().header();
+        if !state.is_empty() {
+            if let Ok(v) = HeaderValue::from_str(&state) {
+                headers.insert(TRACESTATE, v);
+            }
+        }
     });
 }
+
+const TRACEPARENT: http::HeaderName = http::HeaderName::from_static("traceparent");
+const TRACESTATE: http::HeaderName = http::HeaderName::from_static("tracestate");
