@@ -2,8 +2,8 @@
 //! threads, each with its own current-thread runtime and listening socket (`server::workers`);
 //! what a request touches that owns I/O — the upstream connection pool — is kept per thread
 //! in a [`PerWorker`], so that one request is handled from accept to answer on one thread and
-//! never has to wake another (measured: a quarter of fxgate's CPU per small upload went to
-//! cross-thread wake-ups and task hand-offs on the shared multi-thread runtime).
+//! never has to wake another (measured in `benches/e2e`: a 10 KiB upload cost 50 µs of CPU on
+//! the shared multi-thread runtime and 44 µs served this way; the README has the steps).
 
 use std::cell::Cell;
 
