@@ -213,7 +213,15 @@ impl Shard {
         self.len -= 1;
     }
 
-    fn push(&mut self, hasher: &RandomState, hash: u64, entry: Entry, expired_before: u64) {
+    /// `expired_at_or_before`: entries created then or earlier have outlived the TTL; `None`
+    /// while the clock is younger than the TTL (nothing can have).
+    fn push(
+        &mut self,
+        hasher: &RandomState,
+        hash: u64,
+        entry: Entry,
+        expired_at_or_before: Option<u64>,
+    ) {
         if let Some(old) = self.find(hash, &entry.key) {
             self.remove(hasher, old);
         }
@@ -221,7 +229,7 @@ impl Shard {
         while self.len > 0
             && self
                 .slot(self.head)
-                .is_none_or(|e| e.created_ms <= expired_before)
+                .is_none_or(|e| expired_at_or_before.is_some_and(|t| e.created_ms <= t))
         {
             self.pop(hasher);
         }
@@ -355,10 +363,12 @@ impl CompactIndex {
             more_holders: (!more.is_empty()).then(|| Box::new(more)),
         };
         let hash = self.hasher.hash_one(k);
-        let expired_before = now_ms.saturating_sub(self.ttl_ms);
+        // Checked, not saturating: with `now < ttl` a saturated 0 made an entry created at 0
+        // count as expired here while `get` still served it (a flaky test found it).
+        let expired = now_ms.checked_sub(self.ttl_ms);
         self.shard(hash)
             .lock()
-            .push(&self.hasher, hash, entry, expired_before);
+            .push(&self.hasher, hash, entry, expired);
     }
 
     /// Adds `caller` to the holders of `key`'s entry while it still points at `media_id`.
