@@ -91,9 +91,11 @@ impl ServeOptions {
             // hyper's read buffer may grow to ~400 KiB per connection; each chunk of a file
             // pins one. Measured: an upload held up by a slow Fxiaoke costs 149 / 221 / 296
             // KiB at 32 / 48 / 64 KiB (tests/faults.rs), 5 MiB uploads at c=1 lose ~18 % / ~5 %
-            // of throughput against 64 KiB (benches/e2e), 16 KiB halves it. 48 KiB keeps an
-            // upload under back-pressure within 256 KiB.
-            max_buf: Some(48 * 1024),
+            // of throughput against 64 KiB (benches/e2e), 16 KiB halves it. With each
+            // connection served on one thread (server::workers) 256 slow uploads peaked at
+            // 45-49 MiB with 48 KiB and 44.6-44.9 MiB with 40 KiB, for 0.04-0.06 more CPU per
+            // GiB against the floor: 40 KiB keeps the 48 MiB bound with room.
+            max_buf: Some(40 * 1024),
         }
     }
 

@@ -28,7 +28,7 @@ fn connector(connect_timeout: Duration) -> HttpsConnector<HttpConnector> {
 
 /// hyper's per-connection buffer: what it queues to write (an upload's body, ahead of a slow
 /// Fxiaoke) and what it reads into (a download). hyper's default (~400 KiB) made an upload held
-/// up by upstream back-pressure cost about 1.1 MiB; the caller's side reads 48 KiB at a time
+/// up by upstream back-pressure cost about 1.1 MiB; the caller's side reads 40 KiB at a time
 /// (`server::ServeOptions::gateway`).
 const UPSTREAM_BUF: usize = 16 * 1024;
 
