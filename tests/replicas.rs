@@ -716,3 +716,55 @@ async fn every_serving_thread_reaches_redis_and_an_upload_costs_three_round_trip
         "a digest hit: one lookup"
     );
 }
+
+/// A serving thread whose own Redis connection is refused (Redis at `maxclients`) uses the
+/// supervisor's instead, and does not try again on every request: Redis sees one refused
+/// connection per thread, not one per request, and every upload is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_thread_refused_its_own_redis_connection_shares_the_supervisors_without_retrying() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&config(&sandbox.url, "", &redis_store(&redis, "closed")));
+    gw.until_store_ok().await;
+    let admin = redis::Client::open(redis.url())
+        .unwrap()
+        .get_multiplexed_async_connection()
+        .await
+        .unwrap();
+    let info = |section: &'static str| {
+        let mut c = admin.clone();
+        async move {
+            redis::cmd("INFO")
+                .arg(section)
+                .query_async::<String>(&mut c)
+                .await
+                .unwrap()
+        }
+    };
+    let field = |text: &str, name: &str| -> u64 {
+        text.lines()
+            .find_map(|l| l.strip_prefix(&format!("{name}:")))
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap()
+    };
+    // No serving thread has talked to Redis yet: only the supervisor and this connection are
+    // there, and no more may come.
+    let clients = field(&info("clients").await, "connected_clients");
+    let _: () = redis::cmd("CONFIG")
+        .arg("SET")
+        .arg("maxclients")
+        .arg(clients)
+        .query_async(&mut admin.clone())
+        .await
+        .unwrap();
+    let rejected_before = field(&info("stats").await, "rejected_connections");
+    for (status, _, body) in spread_uploads(&gw, &gw, 24, ALPHA_KEY, 2000).await {
+        assert_eq!((status, &body["errorCode"]), (200, &0.into()), "{body}");
+    }
+    let rejected = field(&info("stats").await, "rejected_connections") - rejected_before;
+    // `workers = 2`: one refused connect per thread at most.
+    assert!(
+        (1..=2).contains(&rejected),
+        "{rejected} refused connections"
+    );
+}

@@ -164,10 +164,13 @@ impl Redis {
                 local.conn.store(Some(conn.clone()));
                 Some(conn)
             }
-            // This thread's connection failed where the supervisor's works: it serves this
-            // command, and the next one tries again.
+            // This thread's connection failed where the supervisor's works (Redis at its
+            // `maxclients`, say): the thread uses the supervisor's from now on, and tries its
+            // own again only after the store next reconnects (`mark_down` empties the slots).
+            // Retrying per command would put a connect attempt in front of every request.
             Err(e) => {
-                tracing::debug!(error = %e, "redis: serving thread's own connection failed");
+                tracing::warn!(error = %e, "redis: a serving thread's own connection failed; it shares the supervisor's");
+                local.conn.store(Some(shared.clone()));
                 Some(shared)
             }
         }
