@@ -323,16 +323,17 @@ fn json_call(target: &Target, n: u64) -> (http::Request<ReqBody>, u64) {
             },
         },
     });
-    let mut url = format!("{}/cgi/crm/v2/data/query", target.base);
-    let mut b = http::Request::post(&url);
-    if let Some((token, corp)) = &target.fx {
-        body["corpAccessToken"] = token.as_str().into();
-        body["corpId"] = corp.as_str().into();
-        url.push_str(&format!("?thirdTraceId={}", uuid::Uuid::new_v4()));
-        b = http::Request::post(&url);
-    } else {
-        b = b.header("authorization", format!("Bearer {}", procs::BENCH_KEY));
-    }
+    let url = format!("{}/cgi/crm/v2/data/query", target.base);
+    let b = match &target.fx {
+        Some((token, corp)) => {
+            body["corpAccessToken"] = token.as_str().into();
+            body["corpId"] = corp.as_str().into();
+            http::Request::post(format!("{url}?thirdTraceId={}", uuid::Uuid::new_v4()))
+        }
+        None => {
+            http::Request::post(url).header("authorization", format!("Bearer {}", procs::BENCH_KEY))
+        }
+    };
     let body = Bytes::from(body.to_string());
     let len = body.len() as u64;
     let req = b
