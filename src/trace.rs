@@ -44,7 +44,7 @@ pub struct Started {
 /// as the W3C spec asks) or begins one, for the request running in `span`.
 pub fn start(span: &tracing::Span, headers: &HeaderMap) -> Started {
     let parent = headers
-        .contains_key("traceparent")
+        .contains_key(TRACEPARENT)
         .then(|| TraceContextPropagator::new().extract(&HeaderExtractor(headers)))
         .map(|cx| cx.span().span_context().clone())
         .filter(SpanContext::is_valid);
