@@ -18,6 +18,9 @@ use super::{serve, Listener, ServeOptions, Tls};
 use crate::config::ServerConfig;
 use crate::middleware::{Req, Resp};
 
+/// How long a stopping worker waits for its blocking-pool tasks once its drain is over.
+const RUNTIME_STOP: std::time::Duration = std::time::Duration::from_secs(1);
+
 /// Pending connections each socket queues (tokio's own default for `TcpListener::bind`).
 const BACKLOG: u32 = 1024;
 
@@ -97,9 +100,10 @@ impl Bound {
                             Err(e) => tracing::error!(error = %e, "worker cannot listen"),
                         }
                     });
-                    // Dropping the runtime ends what the drain left: this worker's pooled
-                    // upstream connections and lingering closes.
-                    drop(rt);
+                    // Ends what the drain left (this worker's pooled upstream connections,
+                    // lingering closes), waiting a bounded time for blocking-pool work: a plain
+                    // drop would wait for that without limit.
+                    rt.shutdown_timeout(RUNTIME_STOP);
                     let _ = tx.send(());
                 })
                 .inspect_err(|_| started.cancel())?;
