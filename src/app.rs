@@ -17,9 +17,10 @@ use crate::config::{BaseUrl, Config};
 use crate::dedupe::Dedupe;
 use crate::metrics::Metrics;
 use crate::middleware::access_log::AccessLogLayer;
-use crate::middleware::auth::{AuthLayer, ClientRegistry};
+use crate::middleware::auth::{AuthLayer, ClientRegistry, PreAuthPool};
 use crate::middleware::catch_panic::CatchPanicLayer;
 use crate::middleware::error_response::ErrorResponseLayer;
+use crate::middleware::path::CanonicalPathLayer;
 use crate::middleware::quota::QuotaLayer;
 use crate::middleware::request_id::RequestIdLayer;
 use crate::middleware::sensitive::SensitiveHeadersLayer;
@@ -63,18 +64,25 @@ pub fn service(state: Arc<AppState>) -> AppService {
         .layer(ErrorResponseLayer)
         // A panic below becomes a 500 envelope instead of a dropped connection.
         .layer(CatchPanicLayer::new(state.metrics.clone()))
-        // Before any auth or crypto work: at most `max_inflight` requests inside, the rest
-        // shed at once with 503 rather than queued (a queue only adds latency under overload).
-        .layer(ShedLayer::new(
-            state.cfg.server.max_inflight,
-            state.metrics.clone(),
-        ))
-        // Before any body byte is read: who is calling.
+        // Before anything decides on the path (auth, allow-lists, budgets, the upstream URL):
+        // one spelling per path, every other one 400 / 940004.
+        .layer(CanonicalPathLayer)
+        // Before any body byte is read: who is calling. A key or certificate costs a hash;
+        // the only body read for a caller not yet known runs in its own small pool
+        // (`server.max_unauthenticated`), never in the callers' places below.
         .layer(AuthLayer::new(
             state.clients.clone(),
             state.sessions.clone(),
             state.cfg.passthrough.max_body as usize,
+            PreAuthPool::new(state.cfg.server.unauthenticated),
             state.clock.clone(),
+        ))
+        // Inside auth, so anonymous clients never take a caller's place: at most
+        // `max_inflight` requests inside, the rest shed at once with 503 rather than queued
+        // (a queue only adds latency under overload).
+        .layer(ShedLayer::new(
+            state.cfg.server.max_inflight,
+            state.metrics.clone(),
         ))
         // Needs the Principal; decides rate, concurrency and bytes before the body is read.
         .layer(

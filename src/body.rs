@@ -36,7 +36,7 @@ pub fn full(bytes: impl Into<Bytes>) -> Body {
 }
 
 /// Reads a small body (a JSON call's) whole, in place: at most `limit` bytes (413, 941301,
-/// labelled `route`, beyond) and within `wait` (400, 940004, for a caller that stalls). The
+/// labelled `route`, beyond) and within `wait` (400, 940005, for a caller that stalls). The
 /// request keeps its (now spent) body, so a layer can read it and still pass the request on.
 pub async fn read_capped<B>(
     body: &mut B,

@@ -43,6 +43,13 @@ pub enum GatewayError {
         /// The digest fxgate computed, base64.
         computed: String,
     },
+    /// The request path is not the one spelling fxgate accepts (design §9, Boundaries):
+    /// refused before authentication or any upstream call.
+    #[error("path not canonical")]
+    PathNotCanonical {
+        /// Which rule it breaks.
+        reason: &'static str,
+    },
     /// No caller key, or one that matches no configured caller.
     #[error("unknown or missing caller key")]
     Unauthenticated,
@@ -75,7 +82,7 @@ pub enum GatewayError {
     #[error("method not allowed")]
     MethodNotAllowed,
     /// The body (or the file inside it) is larger than the route allows.
-    #[error("file too large")]
+    #[error("{}", if is_upload_label(route) { "file too large" } else { "request body too large" })]
     PayloadTooLarge {
         /// How much was seen (or announced) when the limit was crossed.
         seen: u64,
@@ -172,7 +179,8 @@ impl GatewayError {
             MalformedBody { .. } => (StatusCode::BAD_REQUEST, 940001),
             DigestMismatch { .. } => (StatusCode::BAD_REQUEST, 940002),
             BadRequest { .. } => (StatusCode::BAD_REQUEST, 940003),
-            BodyInterrupted => (StatusCode::BAD_REQUEST, 940004),
+            PathNotCanonical { .. } => (StatusCode::BAD_REQUEST, 940004),
+            BodyInterrupted => (StatusCode::BAD_REQUEST, 940005),
             Unauthenticated | KeyExpired => (StatusCode::UNAUTHORIZED, 940101),
             TokenUnknown => (StatusCode::OK, 20016),
             RouteForbidden { .. } => (StatusCode::FORBIDDEN, 940301),
@@ -202,6 +210,7 @@ impl GatewayError {
             | DigestMismatch { .. }
             | BadRequest { .. }
             | BodyInterrupted
+            | PathNotCanonical { .. }
             | Unauthenticated
             | KeyExpired
             | TokenUnknown
@@ -244,6 +253,9 @@ impl GatewayError {
             DigestMismatch { computed } => {
                 format!("the claimed digest does not match the file; computed sha-256=:{computed}:")
             }
+            PathNotCanonical { reason } => format!(
+                "{reason}; send the one canonical spelling of the path (segments of A-Z a-z 0-9 . _ ~ -, none empty, `.` or `..`)"
+            ),
             KeyExpired => "this gateway key has passed its `not_after` (it was rotated out); use the caller's current key".into(),
             Unauthenticated => {
                 "send a gateway key as `Authorization: Bearer <key>` or `X-Api-Key: <key>`".into()
@@ -251,12 +263,16 @@ impl GatewayError {
             TokenUnknown => "the token is unknown or expired; fetch a new one from /cgi/corpAccessToken/get/V2 or /oauth2.0/token".into(),
             RouteForbidden { client } => format!("caller `{client}` may not use this route"),
             UserForbidden { client, user } => format!(
-                "caller `{client}` may not act as user `{user}`; its `act_as` lists the users it may"
+                "caller `{client}` may not act as user `{}`; its `act_as` lists the users it may",
+                echo(user)
             ),
             NotFound => "no such route; see the README for the routes fxgate serves".into(),
             MethodNotAllowed => "this route accepts POST only".into(),
-            PayloadTooLarge { seen, limit, route } => {
+            PayloadTooLarge { seen, limit, route } if is_upload_label(route) => {
                 format!("media part is {seen} bytes; limit for {route} is {limit}")
+            }
+            PayloadTooLarge { seen, limit, route } => {
+                format!("the request body is at least {seen} bytes; limit for {route} is {limit}")
             }
             UnsupportedType { detected } => format!(
                 "the file's first bytes look like {detected}, which this route does not accept"
@@ -276,7 +292,7 @@ impl GatewayError {
             UpstreamInvalid { detail } => format!("Fxiaoke answered an unreadable response: {detail}"),
             NoToken { corp } => format!("no valid access token for corp `{corp}` could be obtained"),
             TokenRejected => {
-                "Fxiaoke rejected the corp token (20016); a new one is being fetched, retry the upload"
+                "Fxiaoke rejected the corp token (20016) and a new one was fetched; retry the upload"
                     .into()
             }
             UpstreamTimeout { after } => {
@@ -316,6 +332,21 @@ impl GatewayError {
         }
         resp.extensions_mut().insert(ErrorCode(code));
         resp
+    }
+}
+
+/// Whether a route label is an upload's, whose body is a file.
+fn is_upload_label(route: &str) -> bool {
+    route.starts_with("/media/upload")
+}
+
+/// A caller-supplied value as quoted back in an error: at most 64 characters, so an answer
+/// never grows with what the caller sent.
+fn echo(value: &str) -> String {
+    const MAX: usize = 64;
+    match value.char_indices().nth(MAX) {
+        Some((cut, _)) => format!("{}…", &value[..cut]),
+        None => value.to_string(),
     }
 }
 

@@ -129,25 +129,81 @@ impl std::fmt::Display for ApiStyle {
     }
 }
 
+/// Longest request path fxgate accepts (Fxiaoke's longest interface is under 60 bytes).
+pub const MAX_PATH: usize = 512;
+/// Longest path segment fxgate accepts.
+pub const MAX_SEGMENT: usize = 128;
+
+/// Why a path is not the one spelling fxgate accepts (design §9, Boundaries); safe to show.
+pub fn canonical(path: &str) -> Result<(), &'static str> {
+    if path.len() > MAX_PATH {
+        return Err("the path is longer than 512 bytes");
+    }
+    let Some(rest) = path.strip_prefix('/') else {
+        return Err("the path must start with `/`");
+    };
+    for segment in rest.split('/') {
+        if segment.is_empty() {
+            return Err("the path has an empty segment (`//` or a trailing `/`)");
+        }
+        if segment == "." || segment == ".." {
+            return Err("the path has a `.` or `..` segment");
+        }
+        if segment.len() > MAX_SEGMENT {
+            return Err("a path segment is longer than 128 bytes");
+        }
+        if !segment
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'~' | b'-'))
+        {
+            return Err("path segments may hold only A-Z a-z 0-9 . _ ~ - (no percent-encoding, `;`, `\\` or control bytes)");
+        }
+    }
+    // Servers Fxiaoke may run match paths loosely (case, Spring's `.json` suffixes): any
+    // other spelling of a token endpoint would reach Fxiaoke's real one.
+    for style in ApiStyle::ALL {
+        let exact = style.token_path();
+        let looks_like = path.len() >= exact.len()
+            && path.as_bytes()[..exact.len()].eq_ignore_ascii_case(exact.as_bytes());
+        if looks_like && path != exact {
+            return Err("another spelling of a token endpoint; only its exact path is served");
+        }
+    }
+    Ok(())
+}
+
 /// The route a request was matched to, in its extensions.
 #[derive(Debug, Clone, Copy)]
 pub struct RouteMatch {
-    /// `None`: fxgate serves no such path.
+    /// `None`: fxgate serves no such path (or it is not canonical).
     pub route: Option<Route>,
     /// The metric label (bounded: see `path_label`).
     pub label: &'static str,
+    /// Why the path is refused before anything else decides (`canonical`).
+    pub refused: Option<&'static str>,
 }
 
 impl RouteMatch {
-    /// Resolves `path`.
+    /// Resolves `path`; a path that is not canonical matches no route.
     pub fn of(path: &str) -> Self {
+        if let Err(why) = canonical(path) {
+            return Self {
+                route: None,
+                label: "other",
+                refused: Some(why),
+            };
+        }
         let route = Route::of(path);
         let label = match route {
             None => "other",
             Some(Route::Passthrough) => path_label(path),
             Some(r) => r.label(),
         };
-        Self { route, label }
+        Self {
+            route,
+            label,
+            refused: None,
+        }
     }
 
     /// The metric label.
@@ -217,11 +273,18 @@ impl RoutePattern {
         if !s.starts_with('/') {
             return Err(format!("`{s}` must start with `/`"));
         }
-        match s.strip_suffix('*') {
-            Some(prefix) if !prefix.contains('*') => Ok(Self::Prefix(prefix.to_string())),
-            None if !s.contains('*') => Ok(Self::Exact(s.to_string())),
-            _ => Err(format!("`{s}`: `*` may only end a pattern")),
-        }
+        let pattern = match s.strip_suffix('*') {
+            Some(prefix) if !prefix.contains('*') => Self::Prefix(prefix.to_string()),
+            None if !s.contains('*') => Self::Exact(s.to_string()),
+            _ => return Err(format!("`{s}`: `*` may only end a pattern")),
+        };
+        // Requests are held to one spelling, so a pattern in any other could never match.
+        let sample = match &pattern {
+            Self::Exact(p) => p.clone(),
+            Self::Prefix(p) => format!("{p}x"),
+        };
+        canonical(&sample).map_err(|why| format!("`{s}`: {why}"))?;
+        Ok(pattern)
     }
 
     /// Whether `path` is allowed by this pattern.
@@ -283,6 +346,40 @@ mod tests {
     }
 
     #[test]
+    fn one_spelling_per_path() {
+        for ok in [
+            "/cgi/crm/v2/data/query",
+            "/media/upload",
+            "/cgi/a.b_c~d-e",
+            "/oauth2.0/token",
+        ] {
+            assert_eq!(canonical(ok), Ok(()), "{ok}");
+        }
+        let long_segment = format!("/cgi/{}", "a".repeat(MAX_SEGMENT + 1));
+        let long_path = "/cgi/aaaaaaaa".repeat(60);
+        for bad in [
+            "/cgi/../oauth2.0/token",
+            "/cgi/./x",
+            "/cgi//x",
+            "/cgi/x/",
+            "/",
+            "/cgi/%2e%2e/x",
+            "/cgi/x;y",
+            "/cgi/x\\y",
+            "/cgi/corpAccessToken/get/V2/",
+            "/cgi/corpaccesstoken/get/v2",
+            "/cgi/corpAccessToken/get/V2.json",
+            "/OAUTH2.0/token",
+            "cgi/x",
+            long_segment.as_str(),
+            long_path.as_str(),
+        ] {
+            assert!(canonical(bad).is_err(), "{bad}");
+            assert_eq!(RouteMatch::of(bad).route, None, "{bad}");
+        }
+    }
+
+    #[test]
     fn patterns_are_exact_or_prefixes() {
         let p = RoutePattern::parse("/cgi/crm/v2/data/*").unwrap();
         assert!(p.matches("/cgi/crm/v2/data/query") && !p.matches("/cgi/crm/v2/other"));
@@ -290,6 +387,8 @@ mod tests {
         assert!(e.matches("/cgi/message/send") && !e.matches("/cgi/message/send/x"));
         assert!(RoutePattern::parse("cgi/x").is_err());
         assert!(RoutePattern::parse("/cgi/*/send").is_err());
+        assert!(RoutePattern::parse("/cgi/crm/../*").is_err());
+        assert!(RoutePattern::parse("/cgi/x/").is_err());
         assert_eq!(p.to_config(), "/cgi/crm/v2/data/*");
     }
 

@@ -45,6 +45,9 @@ impl Config {
                 "max_inflight": s.max_inflight,
                 "watch_interval": s.watch_interval.map(d),
                 "workers": s.workers,
+                "max_unauthenticated": s.unauthenticated.max_requests,
+                "unauthenticated_body_bytes": s.unauthenticated.max_bytes,
+                "unauthenticated_body_timeout": d(s.unauthenticated.timeout),
             },
             "tracing": self.tracing_json(),
             "log": { "format": match self.log_format { LogFormat::Pretty => "pretty", LogFormat::Json => "json" } },
@@ -67,7 +70,7 @@ impl Config {
                 "timeout": d(self.store.timeout),
                 "lease_ttl": d(self.store.lease_ttl),
             },
-            "passthrough": {"max_body": self.passthrough.max_body},
+            "passthrough": {"max_body": self.passthrough.max_body, "max_answer": self.passthrough.max_answer},
             "clients": self.clients.iter().map(|c| json!({
                 "name": c.name,
                 "keys": c.keys.iter().map(|k| json!({

@@ -26,6 +26,12 @@ pub const DEFAULT_SAMPLE_RATIO: f64 = 1.0;
 pub const DEFAULT_EXPORT_TIMEOUT: &str = "10s";
 /// How often the config file and the TLS files are checked for changes.
 pub const DEFAULT_WATCH_INTERVAL: &str = "5s";
+/// Default `server.max_unauthenticated`: requests reading a body before their caller is known.
+pub const DEFAULT_MAX_UNAUTHENTICATED: usize = 64;
+/// Default `server.unauthenticated_body_bytes`: body bytes they hold in all.
+pub const DEFAULT_UNAUTHENTICATED_BODY_BYTES: &str = "8MiB";
+/// Default `server.unauthenticated_body_timeout`.
+pub const DEFAULT_UNAUTHENTICATED_BODY_TIMEOUT: &str = "5s";
 /// Default `server.idle_timeout`.
 pub const DEFAULT_IDLE_TIMEOUT: &str = "60s";
 /// Default fraction of a token's lifetime after which it is refreshed.
@@ -40,6 +46,8 @@ pub const DEFAULT_CONNECT_TIMEOUT: &str = "5s";
 pub const DEFAULT_MESSAGE_MAX_BYTES: &str = "5MiB";
 /// Default bound on a `/cgi/*` call's JSON body.
 pub const DEFAULT_PASSTHROUGH_MAX_BODY: &str = "1MiB";
+/// Default `passthrough.max_answer`.
+pub const DEFAULT_PASSTHROUGH_MAX_ANSWER: &str = "16MiB";
 /// Default CRM document limit (Fxiaoke: ≤ 20 MB).
 pub const DEFAULT_DOCUMENT_MAX_BYTES: &str = "20MiB";
 
@@ -123,6 +131,13 @@ pub struct ServerFile {
     /// Threads serving `listen`, each with its own runtime, listening socket and upstream
     /// pool; default one per core this process may use.
     pub workers: Option<usize>,
+    /// Requests whose body is read to find an SDK's credential (no key or certificate in the
+    /// head) at once, default 64; one more is 503 (950303) at once.
+    pub max_unauthenticated: Option<usize>,
+    /// Body bytes those requests hold in all, default `8MiB`; beyond it, 503 (950303).
+    pub unauthenticated_body_bytes: Option<String>,
+    /// Time one of them may take to send its body, default `5s`; then 400 (940005).
+    pub unauthenticated_body_timeout: Option<String>,
 }
 
 /// `[log]`
@@ -210,6 +225,9 @@ pub struct StoreFile {
 pub struct PassthroughFile {
     /// Largest JSON body of a `/cgi/*` call, default `1MiB`.
     pub max_body: Option<String>,
+    /// Largest answer of a `/cgi/*` call passed back, default `16MiB`; an answer over 1 MiB
+    /// streams back as it comes (a pause of `upstream_timeout` ends it), a larger one is 502.
+    pub max_answer: Option<String>,
 }
 
 /// One of `[[clients]] keys = [{ sha256 = "…", not_after = "2027-01-31T00:00:00Z" }]`.

@@ -5,15 +5,18 @@
 
 mod effective;
 pub mod file;
+mod limits;
 pub mod memory;
 mod parse;
+mod secret;
 mod telemetry;
 mod validate;
 
+pub use limits::announced_too_large;
 pub use parse::{hash_key, parse_duration, parse_sha256, parse_size};
+pub use secret::Secret;
 
 use std::collections::{BTreeMap, HashMap};
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -45,27 +48,6 @@ fn invalid(key: impl Into<String>, problem: impl Into<String>) -> ConfigError {
     }
 }
 
-/// A secret string: its `Debug` and `Display` never show the value.
-#[derive(Clone, PartialEq, Eq)]
-pub struct Secret(String);
-
-impl Secret {
-    /// Wraps a secret value.
-    pub fn new(value: impl Into<String>) -> Self {
-        Self(value.into())
-    }
-    /// The value, for the one place that must send it.
-    pub fn expose(&self) -> &str {
-        &self.0
-    }
-}
-
-impl fmt::Debug for Secret {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str("Secret(****)")
-    }
-}
-
 /// `[server]`, validated.
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
@@ -89,6 +71,19 @@ pub struct ServerConfig {
     pub watch_interval: Option<Duration>,
     /// Threads serving `listen` (`server::workers`).
     pub workers: usize,
+    /// The one pool of work done before a caller is known (design §9, Boundaries).
+    pub unauthenticated: Unauthenticated,
+}
+
+/// Bounds on reading bodies to find an SDK's credential, for all callers not yet known.
+#[derive(Debug, Clone, Copy)]
+pub struct Unauthenticated {
+    /// Requests reading their body at once (`server.max_unauthenticated`).
+    pub max_requests: usize,
+    /// Body bytes held by them all (`server.unauthenticated_body_bytes`).
+    pub max_bytes: u64,
+    /// Time one of them may take (`server.unauthenticated_body_timeout`).
+    pub timeout: Duration,
 }
 
 /// PEM paths for inbound TLS.
@@ -273,6 +268,8 @@ impl ClientConfig {
 pub struct PassthroughConfig {
     /// Largest JSON body of a `/cgi/*` call.
     pub max_body: u64,
+    /// Largest answer of a `/cgi/*` call passed back (streamed beyond 1 MiB).
+    pub max_answer: u64,
 }
 
 /// `[tracing]`, validated.

@@ -6,8 +6,11 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
-use super::file::MAX_WORKERS;
-use super::{invalid, ConfigError, Secret};
+use super::file::{
+    ServerFile, DEFAULT_MAX_UNAUTHENTICATED, DEFAULT_UNAUTHENTICATED_BODY_BYTES,
+    DEFAULT_UNAUTHENTICATED_BODY_TIMEOUT, MAX_WORKERS,
+};
+use super::{invalid, ConfigError, Secret, Unauthenticated};
 
 /// `redis://user:secret@host` → `redis://user:***@host`.
 pub(super) fn mask_url_password(url: &str) -> String {
@@ -134,4 +137,29 @@ pub(super) fn parse_workers(n: Option<usize>) -> Result<usize, ConfigError> {
         )),
         Some(n) => Ok(n),
     }
+}
+
+/// `server.max_unauthenticated`, `unauthenticated_body_bytes` and `_timeout`.
+pub(super) fn unauthenticated(s: &ServerFile) -> Result<Unauthenticated, ConfigError> {
+    let max_requests = match s.max_unauthenticated.unwrap_or(DEFAULT_MAX_UNAUTHENTICATED) {
+        0 => return Err(invalid("server.max_unauthenticated", "must be at least 1")),
+        n => n,
+    };
+    let bytes = s.unauthenticated_body_bytes.as_deref();
+    let key = "server.unauthenticated_body_bytes";
+    let max_bytes = parse_size(key, bytes.unwrap_or(DEFAULT_UNAUTHENTICATED_BODY_BYTES))?;
+    if max_bytes == 0 {
+        return Err(invalid(key, "must be at least 1 byte"));
+    }
+    let timeout = s.unauthenticated_body_timeout.as_deref();
+    let key = "server.unauthenticated_body_timeout";
+    let timeout = parse_duration(key, timeout.unwrap_or(DEFAULT_UNAUTHENTICATED_BODY_TIMEOUT))?;
+    if timeout.is_zero() {
+        return Err(invalid(key, "must be above 0s"));
+    }
+    Ok(Unauthenticated {
+        max_requests,
+        max_bytes,
+        timeout,
+    })
 }

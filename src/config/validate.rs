@@ -9,6 +9,7 @@ use std::time::Duration;
 use super::file::*;
 use super::parse::{
     parse_addr, parse_duration, parse_sha256, parse_size, parse_workers, read_secret,
+    unauthenticated,
 };
 use super::*;
 
@@ -31,6 +32,10 @@ impl TryFrom<FileConfig> for Config {
                         .as_deref()
                         .unwrap_or(DEFAULT_PASSTHROUGH_MAX_BODY),
                 )?,
+                max_answer: parse_size(
+                    "passthrough.max_answer",
+                    (f.passthrough.max_answer.as_deref()).unwrap_or(DEFAULT_PASSTHROUGH_MAX_ANSWER),
+                )?,
             },
             clients: clients(f.clients, &corps)?,
             tracing: super::telemetry::tracing(f.tracing)?,
@@ -49,11 +54,11 @@ fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
         "server.admin_listen",
         s.admin_listen.as_deref().unwrap_or(DEFAULT_ADMIN_LISTEN),
     )?;
-    let tls = match (s.tls_cert, s.tls_key) {
+    let tls = match (s.tls_cert.clone(), s.tls_key.clone()) {
         (Some(cert), Some(key)) => Some(TlsConfig {
             cert: cert.into(),
             key: key.into(),
-            client_ca: s.client_ca.map(PathBuf::from),
+            client_ca: s.client_ca.clone().map(PathBuf::from),
         }),
         (None, None) => {
             if s.client_ca.is_some() {
@@ -67,6 +72,7 @@ fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
         (Some(_), None) => return Err(invalid("server.tls_key", "missing: `tls_cert` is set")),
         (None, Some(_)) => return Err(invalid("server.tls_cert", "missing: `tls_key` is set")),
     };
+    let unauthenticated = unauthenticated(&s)?;
     let admin_key_sha256 = s
         .admin_key_sha256
         .as_deref()
@@ -112,6 +118,7 @@ fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
             d => Some(d),
         },
         workers: parse_workers(s.workers)?,
+        unauthenticated,
     };
     Ok(server)
 }

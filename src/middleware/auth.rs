@@ -28,13 +28,14 @@ use tower::{Layer, Service};
 
 use super::access_log::LogContext;
 pub use super::credentials::CallerBody;
-use super::credentials::{from_body, from_head, Presented};
+pub use super::credentials::PreAuthPool;
+use super::credentials::{from_body, from_head, PoolPlace, Presented};
 use super::{BoxFuture, PeerIdentity, Resp};
 use crate::clock::Clock;
 use crate::config::{hash_key, ClientConfig};
 use crate::error::GatewayError;
 use crate::route::{ApiStyle, Route, RouteMatch, JSON_BODY_MAX};
-use crate::session::Sessions;
+use crate::session::{MintedBy, Session, Sessions};
 
 /// The authenticated caller, in request extensions.
 #[derive(Debug, Clone)]
@@ -43,13 +44,20 @@ pub struct Principal {
     pub client: Arc<ClientConfig>,
     /// The token style its calls speak: its `api_style`, or that of the `fxg_` token it sent.
     pub style: ApiStyle,
+    /// The credential it proved, when that may mint an `fxg_` token (a key or a
+    /// certificate); `None` for a caller that sent an `fxg_` token.
+    pub credential: Option<MintedBy>,
 }
 
 impl Principal {
-    /// `client`, speaking its configured style.
-    pub fn new(client: Arc<ClientConfig>) -> Self {
+    /// `client`, speaking its configured style, proven by `credential`.
+    pub fn new(client: Arc<ClientConfig>, credential: Option<MintedBy>) -> Self {
         let style = client.api_style;
-        Self { client, style }
+        Self {
+            client,
+            style,
+            credential,
+        }
     }
 }
 
@@ -109,6 +117,38 @@ impl ClientRegistry {
         }
     }
 
+    /// The caller an issued token stands for, while the credential that minted it is still
+    /// live: the caller is configured, and still holds that key (not past its `not_after`) or
+    /// that certificate subject. A reload that removes or replaces either revokes the token.
+    pub fn by_session(&self, session: &Session, now_ms: u64) -> Option<Arc<ClientConfig>> {
+        let client = self.by_name(&session.client)?;
+        let live = match &session.minted_by {
+            MintedBy::Key { sha256 } => client.keys.iter().any(|k| {
+                hex::encode(k.sha256)
+                    .as_bytes()
+                    .ct_eq(sha256.as_bytes())
+                    .into()
+                    && k.not_after_ms.is_none_or(|t| now_ms < t)
+            }),
+            MintedBy::Cert {
+                subject,
+                common_name,
+                fingerprint,
+            } => {
+                let peer = PeerIdentity {
+                    subject: subject.clone(),
+                    common_name: common_name.clone(),
+                    fingerprint: fingerprint.clone(),
+                };
+                client
+                    .cert_subject
+                    .as_deref()
+                    .is_some_and(|s| peer.matches(s))
+            }
+        };
+        live.then_some(client)
+    }
+
     /// The caller configured for this client certificate.
     pub fn by_certificate(&self, peer: &PeerIdentity) -> Option<Arc<ClientConfig>> {
         self.clients
@@ -145,23 +185,26 @@ pub struct AuthLayer {
     registry: Arc<ArcSwap<ClientRegistry>>,
     sessions: Sessions,
     max_body: usize,
+    pool: PreAuthPool,
     clock: Arc<dyn Clock>,
 }
 
 impl AuthLayer {
     /// Authenticates against the registry in force (reloads swap it) and the `fxg_` tokens in
-    /// `sessions`; a body carrying the credential is read up to `max_body` bytes.
+    /// `sessions`; a body carrying the credential is read up to `max_body` bytes, in `pool`.
     /// Keys' `not_after` is read on `clock`.
     pub fn new(
         registry: Arc<ArcSwap<ClientRegistry>>,
         sessions: Sessions,
         max_body: usize,
+        pool: PreAuthPool,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             registry,
             sessions,
             max_body,
+            pool,
             clock,
         }
     }
@@ -192,6 +235,8 @@ impl AuthLayer {
     {
         let route = req.extensions().get::<RouteMatch>().and_then(|m| m.route);
         let mut presented = from_head(req);
+        // Held until the caller is known: the body it read is an anonymous one until then.
+        let mut _place = PoolPlace::default();
         if matches!(presented, Presented::Nothing) {
             let limit = match route {
                 Some(Route::Token(_) | Route::Download | Route::Delete) => Some(JSON_BODY_MAX),
@@ -199,37 +244,64 @@ impl AuthLayer {
                 _ => None,
             };
             if let (Some(limit), Some(route)) = (limit, route) {
-                presented = from_body(req, route, limit).await?;
+                (presented, _place) = from_body(req, route, limit, &self.pool).await?;
             }
         }
         let registry = self.registry.load();
-        let client = match presented {
-            Presented::Key(k) => registry.by_key(&k, self.clock.unix_ms()).into_caller()?,
-            Presented::App { id, secret } => registry
-                .by_app(&id, &secret, self.clock.unix_ms())
-                .into_caller()?,
-            Presented::Unusable => None,
+        let now_ms = self.clock.unix_ms();
+        let key_proof = |k: &str| MintedBy::Key {
+            sha256: hex::encode(hash_key(k)),
+        };
+        let (client, credential) = match presented {
+            Presented::Key(k) => (
+                registry.by_key(&k, now_ms).into_caller()?,
+                Some(key_proof(&k)),
+            ),
+            Presented::App { id, secret } => (
+                registry.by_app(&id, &secret, now_ms).into_caller()?,
+                Some(key_proof(&secret)),
+            ),
+            Presented::Unusable => (None, None),
+            // A token endpoint mints from a key or a certificate only: a token that could
+            // mint its successor would outlive every rotation.
+            Presented::Token(_) if matches!(route, Some(Route::Token(_))) => {
+                return Err(GatewayError::Unauthenticated)
+            }
             Presented::Token(t) => {
                 let session = self
                     .sessions
                     .check(&t)
                     .await
                     .map_err(|_| GatewayError::QuotaStoreDown)?;
-                // A token of a caller since removed from config is as dead as an expired one.
-                let found = session.and_then(|s| Some((registry.by_name(&s.client)?, s.style)));
+                // Dead with the credential that minted it, or with its caller.
+                let found = session.and_then(|s| Some((registry.by_session(&s, now_ms)?, s.style)));
                 let (client, style) = found.ok_or(GatewayError::TokenUnknown)?;
-                return Ok(Principal { client, style });
+                return Ok(Principal {
+                    client,
+                    style,
+                    credential: None,
+                });
             }
-            Presented::Nothing => req
-                .extensions()
-                .get::<PeerIdentity>()
-                .and_then(|p| registry.by_certificate(p)),
+            Presented::Nothing => {
+                let peer = req.extensions().get::<PeerIdentity>();
+                let client = peer.and_then(|p| registry.by_certificate(p));
+                let proof = peer.map(|p| MintedBy::Cert {
+                    subject: p.subject.clone(),
+                    common_name: p.common_name.clone(),
+                    fingerprint: p.fingerprint.clone(),
+                });
+                (client, proof)
+            }
         };
         let client = client.ok_or(GatewayError::Unauthenticated)?;
         Ok(match route {
             // An SDK asking a token endpoint speaks that endpoint's style.
-            Some(Route::Token(style)) => Principal { client, style },
-            _ => Principal::new(client),
+            Some(Route::Token(style)) => Principal {
+                client,
+                style,
+                credential,
+            },
+            _ => Principal::new(client, credential),
         })
     }
 }
@@ -273,6 +345,14 @@ mod tests {
     use crate::clock::{ManualClock, SystemClock};
     use crate::config::ClientKey;
     use crate::middleware::testing::{caller, registry, sessions, with_body, TestBody};
+
+    fn pool() -> PreAuthPool {
+        PreAuthPool::new(crate::config::Unauthenticated {
+            max_requests: 4,
+            max_bytes: 4096,
+            timeout: Duration::from_secs(1),
+        })
+    }
     use crate::route::RouteMatch;
     use std::time::Duration;
     use tower::ServiceExt as _;
@@ -306,6 +386,7 @@ mod tests {
             registry(&[caller("alpha"), caller("beta")]),
             sessions(),
             1024,
+            pool(),
             SystemClock::shared(),
         );
         let resp = layer.layer(echo()).oneshot(req).await?;
@@ -333,11 +414,13 @@ mod tests {
         wrong.extensions_mut().insert(PeerIdentity {
             subject: "CN=gamma".into(),
             common_name: Some("gamma".into()),
+            fingerprint: String::new(),
         });
         let layer = AuthLayer::new(
             registry(&[cert_caller]),
             sessions(),
             1024,
+            pool(),
             SystemClock::shared(),
         );
         let err = layer.layer(echo()).oneshot(wrong).await.unwrap_err();
@@ -353,12 +436,19 @@ mod tests {
         req.extensions_mut().insert(PeerIdentity {
             subject: "CN=gamma, O=Example".into(),
             common_name: Some("gamma".into()),
+            fingerprint: String::new(),
         });
-        let resp = AuthLayer::new(registry(&[c]), sessions(), 1024, SystemClock::shared())
-            .layer(echo())
-            .oneshot(req)
-            .await
-            .unwrap();
+        let resp = AuthLayer::new(
+            registry(&[c]),
+            sessions(),
+            1024,
+            pool(),
+            SystemClock::shared(),
+        )
+        .layer(echo())
+        .oneshot(req)
+        .await
+        .unwrap();
         assert_eq!(crate::middleware::testing::body(resp).await, "gamma false");
     }
 
@@ -366,7 +456,14 @@ mod tests {
     async fn an_issued_token_names_its_caller_in_any_place_and_an_unknown_one_is_20016() {
         let sessions = sessions();
         let token = sessions
-            .issue("beta", ApiStyle::OAuth, Duration::from_secs(60))
+            .issue(
+                "beta",
+                ApiStyle::OAuth,
+                Duration::from_secs(60),
+                MintedBy::Key {
+                    sha256: hex::encode(crate::config::hash_key("beta-key")),
+                },
+            )
             .await
             .unwrap();
         let t = token.expose().to_string();
@@ -374,6 +471,7 @@ mod tests {
             registry(&[caller("alpha"), caller("beta")]),
             sessions,
             1024,
+            pool(),
             SystemClock::shared(),
         );
         let bearer = format!("Bearer {t}");
@@ -403,6 +501,7 @@ mod tests {
             registry(&[caller("alpha")]),
             sessions(),
             1024,
+            pool(),
             SystemClock::shared(),
         );
         let good = r#"{"appId":"alpha","appSecret":"alpha-key","permanentCode":"any"}"#;
@@ -430,7 +529,7 @@ mod tests {
                 not_after_ms: None,
             },
         ];
-        let layer = AuthLayer::new(registry(&[c]), sessions(), 1024, clock.clone());
+        let layer = AuthLayer::new(registry(&[c]), sessions(), 1024, pool(), clock.clone());
         let ask = |key: &'static str| {
             let svc = layer.layer(echo());
             async move {

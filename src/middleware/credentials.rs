@@ -2,18 +2,59 @@
 //! routes whose head carries none, in the body: a gateway key, an `fxg_` token, or an SDK's
 //! `appId` / `appSecret`. Finding it is this file; deciding who that is, `auth`.
 
+use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http::header;
+use http_body_util::BodyExt as _;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::body::read_capped;
+use crate::config::Unauthenticated;
 use crate::error::GatewayError;
 use crate::route::{query_param, Route};
 use crate::session::PREFIX;
 
-/// How long an unauthenticated caller may take to send a body that carries its credential.
-const BODY_WAIT: Duration = Duration::from_secs(30);
+/// The one pool of work done before a caller is known (design §9, Boundaries): reading a
+/// body to find an SDK's credential. At most `max_requests` such reads at once, holding at
+/// most `max_bytes` in all, each within `timeout`; a read that finds the pool full is 503 /
+/// 950303 at once, so anonymous clients can neither grow memory nor take the places of
+/// callers that authenticate in their headers (those never touch this pool).
+#[derive(Debug, Clone)]
+pub struct PreAuthPool {
+    requests: Arc<Semaphore>,
+    bytes: Arc<Semaphore>,
+    max_bytes: u32,
+    timeout: Duration,
+}
+
+impl PreAuthPool {
+    /// A pool of `limits`.
+    pub fn new(limits: Unauthenticated) -> Self {
+        let max_bytes = u32::try_from(limits.max_bytes).unwrap_or(u32::MAX);
+        Self {
+            requests: Arc::new(Semaphore::new(limits.max_requests)),
+            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
+            max_bytes,
+            timeout: limits.timeout,
+        }
+    }
+
+    fn bytes(&self, n: usize) -> Result<OwnedSemaphorePermit, GatewayError> {
+        let n = u32::try_from(n).unwrap_or(u32::MAX).min(self.max_bytes);
+        self.bytes
+            .clone()
+            .try_acquire_many_owned(n)
+            .map_err(|_| GatewayError::Overloaded)
+    }
+}
+
+/// A place in the pre-authentication pool and the bytes it holds; freed on drop, once the
+/// caller is known (or refused).
+#[derive(Debug, Default)]
+pub(super) struct PoolPlace {
+    _permits: Vec<OwnedSemaphorePermit>,
+}
 
 /// A body the auth layer had to read to find the credential, for the handler.
 #[derive(Debug, Clone)]
@@ -81,17 +122,37 @@ struct BodyCredentials {
     app_secret: Option<String>,
 }
 
-/// Reads the body (at most `limit` bytes, within `BODY_WAIT`) into `CallerBody` and finds the
-/// credential in it.
+/// Reads the body (at most `limit` bytes, within the pool's bounds) into `CallerBody` and
+/// finds the credential in it; the place it took in `pool` is held until the caller is known.
 pub(super) async fn from_body<B>(
     req: &mut http::Request<B>,
     route: Route,
     limit: usize,
-) -> Result<Presented, GatewayError>
+    pool: &PreAuthPool,
+) -> Result<(Presented, PoolPlace), GatewayError>
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
-    let body = read_capped(req.body_mut(), limit, route.label(), BODY_WAIT).await?;
+    let mut place = PoolPlace::default();
+    let seat = pool.requests.clone().try_acquire_owned();
+    place
+        ._permits
+        .push(seat.map_err(|_| GatewayError::Overloaded)?);
+    let announced = req
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok()?.parse::<u64>().ok());
+    if let Some(n) = announced.filter(|n| *n > limit as u64) {
+        return Err(GatewayError::PayloadTooLarge {
+            seen: n,
+            limit: limit as u64,
+            route: route.label(),
+        });
+    }
+    let read = read_pooled(req.body_mut(), limit, route, pool, announced, &mut place);
+    let body = tokio::time::timeout(pool.timeout, read)
+        .await
+        .map_err(|_| GatewayError::BodyInterrupted)??;
     let found = match serde_json::from_slice::<BodyCredentials>(&body) {
         Ok(BodyCredentials {
             app_id: Some(id),
@@ -102,5 +163,45 @@ where
         _ => Presented::Nothing,
     };
     req.extensions_mut().insert(CallerBody(body));
-    Ok(found)
+    Ok((found, place))
+}
+
+/// The body, whole: its announced length reserved from the pool up front, anything beyond it
+/// (a chunked body) as it arrives.
+async fn read_pooled<B>(
+    body: &mut B,
+    limit: usize,
+    route: Route,
+    pool: &PreAuthPool,
+    announced: Option<u64>,
+    place: &mut PoolPlace,
+) -> Result<Bytes, GatewayError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
+    let mut reserved = announced.unwrap_or(0) as usize;
+    if reserved > 0 {
+        place._permits.push(pool.bytes(reserved)?);
+    }
+    let mut buf = BytesMut::new();
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|_| GatewayError::BodyInterrupted)?;
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        let len = buf.len() + data.len();
+        if len > limit {
+            return Err(GatewayError::PayloadTooLarge {
+                seen: len as u64,
+                limit: limit as u64,
+                route: route.label(),
+            });
+        }
+        if len > reserved {
+            place._permits.push(pool.bytes(len - reserved)?);
+            reserved = len;
+        }
+        buf.extend_from_slice(&data);
+    }
+    Ok(buf.freeze())
 }

@@ -6,6 +6,7 @@ pub mod auth;
 pub mod catch_panic;
 pub mod credentials;
 pub mod error_response;
+pub mod path;
 pub mod quota;
 pub mod request_id;
 pub mod sensitive;
@@ -27,6 +28,8 @@ pub struct PeerIdentity {
     pub subject: String,
     /// Its common name, if any.
     pub common_name: Option<String>,
+    /// SHA-256 of the certificate's DER, hex.
+    pub fingerprint: String,
 }
 
 impl PeerIdentity {

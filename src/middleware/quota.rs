@@ -15,6 +15,7 @@ use tower::{Layer, Service};
 
 use super::auth::Principal;
 use super::{BoxFuture, Resp};
+use crate::config::{announced_too_large, UploadConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::metrics::QuotaKind;
@@ -37,14 +38,7 @@ impl TicketSlot {
 pub struct QuotaLayer {
     quotas: Quotas,
     metrics: Metrics,
-    limits: Option<FileLimits>,
-}
-
-/// The route limits a `Content-Length` is held against before bytes are reserved.
-#[derive(Debug, Clone, Copy)]
-struct FileLimits {
-    message: u64,
-    document: u64,
+    limits: Option<Arc<UploadConfig>>,
 }
 
 impl QuotaLayer {
@@ -60,35 +54,36 @@ impl QuotaLayer {
     /// Refuses (413) an upload whose `Content-Length` no file on its route could have, before
     /// reserving any of the caller's daily bytes: otherwise a caller near its byte quota would
     /// be told 429 "retry tomorrow" for a request that can never succeed (issue 14).
-    pub fn with_file_limits(mut self, upload: &crate::config::UploadConfig) -> Self {
-        self.limits = Some(FileLimits {
-            message: upload.message_max_bytes,
-            document: upload.document_max_bytes,
-        });
+    pub fn with_file_limits(mut self, upload: &UploadConfig) -> Self {
+        self.limits = Some(Arc::new(upload.clone()));
         self
     }
 }
 
-/// The 413 for an upload announcing more than its route's limit (plus multipart framing).
+/// The 413 for an upload announcing more than its file limit (the route's, or the caller's
+/// own if lower; plus a multipart body's framing), by the same rule as the upload's own.
 fn impossible<B>(
     req: &http::Request<B>,
     route: Route,
-    limits: Option<FileLimits>,
+    limits: Option<&UploadConfig>,
+    principal: &Principal,
     announced: u64,
 ) -> Option<GatewayError> {
-    let limits = limits?;
-    let limit = match route {
-        Route::Upload if query_param(req.uri(), "type").as_deref() == Some("document") => {
-            limits.document
-        }
-        _ => limits.message,
-    };
-    (announced > limit.saturating_add(crate::config::MULTIPART_FRAMING_ALLOWANCE)).then(|| {
-        GatewayError::PayloadTooLarge {
-            seen: announced,
-            limit,
-            route: route.path(),
-        }
+    let document = query_param(req.uri(), "type").as_deref() == Some("document");
+    let limit = limits?.file_limit(route, document, &principal.client);
+    let multipart = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| {
+            ct.trim_start()
+                .to_ascii_lowercase()
+                .starts_with("multipart/")
+        });
+    announced_too_large(announced, limit, multipart).then_some(GatewayError::PayloadTooLarge {
+        seen: announced,
+        limit,
+        route: route.path(),
     })
 }
 
@@ -99,7 +94,7 @@ impl<S> Layer<S> for QuotaLayer {
             inner,
             quotas: self.quotas.clone(),
             metrics: self.metrics.clone(),
-            limits: self.limits,
+            limits: self.limits.clone(),
         }
     }
 }
@@ -110,13 +105,13 @@ pub struct Quota<S> {
     inner: S,
     quotas: Quotas,
     metrics: Metrics,
-    limits: Option<FileLimits>,
+    limits: Option<Arc<UploadConfig>>,
 }
 
 /// Decides rate, concurrency and bytes; the returned slot is held for the whole request.
 async fn admit<B>(
     quotas: Quotas,
-    limits: Option<FileLimits>,
+    limits: Option<Arc<UploadConfig>>,
     req: &mut http::Request<B>,
     principal: &Principal,
 ) -> Result<Option<UploadSlot>, GatewayError> {
@@ -138,7 +133,8 @@ async fn admit<B>(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(e) = announced.and_then(|n| impossible(req, route, limits, n)) {
+    if let Some(e) = announced.and_then(|n| impossible(req, route, limits.as_deref(), principal, n))
+    {
         return Err(e);
     }
     let permit = quotas.acquire_upload(client).await?;
@@ -190,7 +186,7 @@ where
             }
         };
         let quotas = self.quotas.clone();
-        let limits = self.limits;
+        let limits = self.limits.clone();
         // Take the service that was driven ready, leave a fresh clone behind (tower's rule
         // for calling an inner service from a future).
         let clone = self.inner.clone();
@@ -232,7 +228,7 @@ mod tests {
         let mut req = request(route.path(), &[("content-length", "100")]);
         req.extensions_mut().insert(RouteMatch::of(route.path()));
         req.extensions_mut()
-            .insert(Principal::new(Arc::new(c.clone())));
+            .insert(Principal::new(Arc::new(c.clone()), None));
         req
     }
 

@@ -31,6 +31,13 @@ struct Inner {
     daily: Mutex<HashMap<String, (u64, u64)>>,
 }
 
+/// Interfaces of one corp with calls in the last 20 s, at most. Fxiaoke has a few hundred
+/// interfaces; a caller spraying distinct paths meets this bound (942902 for a new one)
+/// instead of growing the table without end (design §9: bounded tables).
+const MAX_INTERFACES: usize = 4096;
+/// Below this many windows a corp's table is not swept.
+const SWEEP_FROM: usize = 64;
+
 /// Holds one of a caller's slots; dropping it frees the slot.
 #[derive(Debug)]
 pub struct SlotGuard {
@@ -149,7 +156,13 @@ impl MemoryQuotas {
             return BudgetAnswer::DaySpent;
         }
         let mut windows = self.0.windows.lock();
-        let Some(w) = entry(&mut windows, corp).and_then(|c| entry(c, interface)) else {
+        let Some(corp_windows) = entry(&mut windows, corp) else {
+            return BudgetAnswer::Window(WINDOW);
+        };
+        if !corp_windows.contains_key(interface) && !make_room(corp_windows, now) {
+            return BudgetAnswer::Window(WINDOW);
+        }
+        let Some(w) = entry(corp_windows, interface) else {
             return BudgetAnswer::Window(WINDOW);
         };
         while w.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
@@ -165,6 +178,15 @@ impl MemoryQuotas {
         today.1 += 1;
         BudgetAnswer::Taken(daily.map(|limit| limit.saturating_sub(today.1)))
     }
+}
+
+/// Before a new interface's window is added: drops every window whose last call left the 20 s
+/// window (it would allow a full window again anyway); false when `MAX_INTERFACES` are live.
+fn make_room(windows: &mut HashMap<String, VecDeque<Instant>>, now: Instant) -> bool {
+    if windows.len() >= SWEEP_FROM {
+        windows.retain(|_, w| w.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
+    }
+    windows.len() < MAX_INTERFACES
 }
 
 impl QuotaStore for MemoryQuotas {
@@ -243,6 +265,32 @@ mod tests {
         for _ in 0..99 {
             assert!(q.take_rate("c", 100).is_ok());
         }
+    }
+
+    #[test]
+    fn budget_windows_of_quiet_interfaces_are_dropped_and_live_ones_are_bounded() {
+        let clock = ManualClock::new(0);
+        let q = MemoryQuotas::new(clock.clone());
+        let windows = |q: &MemoryQuotas| q.0.windows.lock().get("c").map_or(0, HashMap::len);
+        for round in 0..5 {
+            for i in 0..1000 {
+                let path = format!("/cgi/x/{round}/{i}");
+                let answer = q.take_call("c", &path, 100, None, 0);
+                assert!(matches!(answer, BudgetAnswer::Taken(_)), "{path}");
+            }
+            clock.advance(WINDOW);
+        }
+        // Every round's paths went quiet before the next: only the last round's are kept.
+        assert!(windows(&q) <= 1000, "{}", windows(&q));
+        for i in 0..MAX_INTERFACES {
+            q.take_call("c", &format!("/cgi/y/{i}"), 100, None, 0);
+        }
+        assert!(windows(&q) <= MAX_INTERFACES);
+        let refused = q.take_call("c", "/cgi/one/more", 100, None, 0);
+        assert!(matches!(refused, BudgetAnswer::Window(_)));
+        // An interface already counted is still served.
+        let known = q.take_call("c", "/cgi/y/1", 100, None, 0);
+        assert!(matches!(known, BudgetAnswer::Taken(_)));
     }
 
     #[test]

@@ -1,7 +1,8 @@
 //! `POST /media/download` and `POST /media/delete`: small JSON calls. The caller's body is
 //! read (≤ 64 KiB), stripped of any `corpAccessToken`/`corpId`, given the corp's own, and
 //! sent on. A download's file streams back untouched; a JSON answer passes through unchanged.
-//! Unlike an upload, the body is in hand, so a 20016 is retried once with the fresh token.
+//! Unlike an upload, the body is in hand, so a 20016 is retried once when a check of the
+//! token brings a new one.
 
 use std::sync::Arc;
 
@@ -9,6 +10,7 @@ use http::{header, HeaderValue, Response};
 use hyper::body::Incoming;
 use serde_json::{Map, Value};
 
+use super::members::{named_user, Credential};
 use crate::body::full;
 use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
@@ -18,7 +20,7 @@ use crate::route::{Route, JSON_BODY_MAX};
 use crate::state::AppState;
 use crate::upstream::corp::took;
 use crate::upstream::envelope::{UpstreamCode, MAX_ENVELOPE_BYTES};
-use crate::upstream::token::CorpToken;
+use crate::upstream::token::{CorpToken, Recheck};
 use crate::upstream::Corp;
 use tracing::Instrument as _;
 
@@ -31,7 +33,7 @@ pub async fn json_call(
     log: &LogContext,
 ) -> Result<Resp, GatewayError> {
     let corp = state.corp(&principal.client.corp)?;
-    let body = caller_body(req, route).await?;
+    let body = caller_body(req, route, principal).await?;
     for attempt in 0..2 {
         let (resp, token, span) = send_once(&corp, route, &body, log).await?;
         if route == Route::Download && is_file(&resp) {
@@ -46,12 +48,11 @@ pub async fn json_call(
             .await?;
         log.set_upstream_trace_id(answer.env.trace_id());
         log.add_upstream_time(answer.took);
-        if answer.code == UpstreamCode::TokenExpired {
-            corp.tokens.invalidate(&token);
-            if attempt == 0 {
+        // As for the passthrough: only a token the check replaced earns the one retry.
+        if attempt == 0 && answer.code == UpstreamCode::TokenExpired {
+            if let Recheck::New(_) = corp.tokens.recheck(&token).await {
                 continue;
             }
-            return Err(GatewayError::TokenRejected);
         }
         if let Some(e) = answer.code.throttled() {
             return Err(e);
@@ -72,8 +73,14 @@ pub async fn json_call(
     Err(GatewayError::TokenRejected)
 }
 
-/// The caller's JSON object, without any Fxiaoke credentials of its own (never forwarded).
-async fn caller_body(req: Req, route: Route) -> Result<Map<String, Value>, GatewayError> {
+/// The caller's JSON object, without any Fxiaoke credentials of its own (never forwarded, in
+/// any spelling); a user it names must be a string and one of the caller's `act_as`, and is
+/// forwarded as `currentOpenUserId`.
+async fn caller_body(
+    req: Req,
+    route: Route,
+    principal: &Principal,
+) -> Result<Map<String, Value>, GatewayError> {
     let raw = super::caller_json(req, JSON_BODY_MAX as u64, route.label()).await?;
     let mut body = match serde_json::from_slice::<Value>(&raw) {
         Ok(Value::Object(map)) => map,
@@ -83,8 +90,19 @@ async fn caller_body(req: Req, route: Route) -> Result<Map<String, Value>, Gatew
             })
         }
     };
-    body.remove("corpAccessToken");
-    body.remove("corpId");
+    let named = named_user(body.iter().map(|(k, v)| {
+        let user = v.as_str().map(str::to_owned).ok_or(());
+        (k.as_str(), user)
+    }));
+    let asked = named.map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
+    let user = match asked {
+        Some(u) => super::acting_user(principal, Some(u))?,
+        None => None,
+    };
+    body.retain(|k, _| Credential::of(k).is_none());
+    if let Some(u) = user {
+        body.insert("currentOpenUserId".into(), u.into());
+    }
     if !body.get("mediaId").is_some_and(Value::is_string) {
         return Err(GatewayError::BadRequest {
             detail: "`mediaId` (a string) is required".into(),

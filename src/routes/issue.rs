@@ -24,6 +24,11 @@ pub async fn issue(
     principal: &Principal,
     request_id: &str,
 ) -> Result<Resp, GatewayError> {
+    // Only a key or a certificate mints (the auth layer refuses a token here already).
+    let by = principal
+        .credential
+        .clone()
+        .ok_or(GatewayError::Unauthenticated)?;
     let corp = state.corp(&principal.client.corp)?;
     let real = corp.provider(style).get().await?;
     // Whole seconds, rounded down, so ours never outlives the real token.
@@ -38,7 +43,7 @@ pub async fn issue(
     }
     let token = state
         .sessions
-        .issue(&principal.client.name, style, Duration::from_secs(left))
+        .issue(&principal.client.name, style, Duration::from_secs(left), by)
         .await
         .map_err(|_| GatewayError::QuotaStoreDown)?;
     let body = match style {

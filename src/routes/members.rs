@@ -7,6 +7,58 @@ use std::borrow::Cow;
 
 use serde::de::IgnoredAny;
 
+/// The credential members (design §9, Boundaries): fxgate sets them, a caller never does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Credential {
+    /// `corpAccessToken`.
+    Token,
+    /// `corpId`.
+    Corp,
+    /// `currentOpenUserId`: the user, checked against `act_as`.
+    User,
+}
+
+impl Credential {
+    /// The credential `key` names in any spelling Fxiaoke's JSON readers may accept: compared
+    /// lowercased with `_` and `-` removed (`CurrentOpenUserId`, `current_open_user_id`,
+    /// `CORP-ID` …), since loose binders commonly match so and keep the last value.
+    pub fn of(key: &str) -> Option<Self> {
+        let mut folded = String::with_capacity(key.len());
+        for c in key.chars().filter(|c| *c != '_' && *c != '-') {
+            folded.extend(c.to_lowercase());
+        }
+        match folded.as_str() {
+            "corpaccesstoken" => Some(Self::Token),
+            "corpid" => Some(Self::Corp),
+            "currentopenuserid" => Some(Self::User),
+            _ => None,
+        }
+    }
+}
+
+/// The user a body names, in any spelling: one JSON string (every member naming a user must
+/// be a string, and all must agree), or `None` when none does.
+pub fn named_user<'k>(
+    members: impl Iterator<Item = (&'k str, Result<String, ()>)>,
+) -> Result<Option<String>, &'static str> {
+    let mut found: Option<String> = None;
+    for (key, value) in members {
+        if Credential::of(key) != Some(Credential::User) {
+            continue;
+        }
+        let Ok(user) = value else {
+            return Err("the user (`currentOpenUserId`) must be a JSON string");
+        };
+        match &found {
+            Some(other) if *other != user => {
+                return Err("the body names two different users (`currentOpenUserId`)")
+            }
+            _ => found = Some(user),
+        }
+    }
+    Ok(found)
+}
+
 /// One top-level member: its decoded key and where it lies in the body.
 #[derive(Debug)]
 struct Member {
@@ -67,11 +119,25 @@ impl<'a> Members<'a> {
         serde_json::from_slice::<String>(&self.raw[m.value..m.end]).ok()
     }
 
-    /// The object with every member named in `drop` removed (all of them, so a duplicate
-    /// cannot smuggle a second value past the check) and `inject` (key, value) pairs first.
-    /// With nothing removed the caller's bytes follow unchanged; otherwise the kept members
-    /// are joined by `,` (whitespace between members is the only thing not kept).
-    pub fn rebuild(&self, drop: &[&str], inject: &[(&str, &str)]) -> Vec<u8> {
+    /// The user the body names, in any spelling (`named_user`).
+    pub fn user(&self) -> Result<Option<String>, &'static str> {
+        named_user(self.members.iter().map(|m| {
+            let value = serde_json::from_slice::<String>(&self.raw[m.value..m.end]);
+            (m.key.as_str(), value.map_err(|_| ()))
+        }))
+    }
+
+    /// The object with every credential member (`Credential::of`, any spelling, every
+    /// duplicate) removed and `inject` (key, value) pairs first.
+    pub fn without_credentials(&self, inject: &[(&str, &str)]) -> Vec<u8> {
+        self.rebuild(|key| Credential::of(key).is_some(), inject)
+    }
+
+    /// The object with every member `drop` names removed (all of them, so a duplicate cannot
+    /// smuggle a second value past the check) and `inject` (key, value) pairs first. With
+    /// nothing removed the caller's bytes follow unchanged; otherwise the kept members are
+    /// joined by `,` (whitespace between members is the only thing not kept).
+    fn rebuild(&self, drop: impl Fn(&str) -> bool, inject: &[(&str, &str)]) -> Vec<u8> {
         let mut out = Vec::with_capacity(self.raw.len() + 256);
         out.push(b'{');
         for (i, (k, v)) in inject.iter().enumerate() {
@@ -82,7 +148,7 @@ impl<'a> Members<'a> {
             out.push(b':');
             push_string(&mut out, v);
         }
-        let removed = self.members.iter().any(|m| drop.contains(&m.key.as_str()));
+        let removed = self.members.iter().any(|m| drop(&m.key));
         if !removed {
             if !inject.is_empty() && !self.members.is_empty() {
                 out.push(b',');
@@ -96,11 +162,7 @@ impl<'a> Members<'a> {
             return out;
         }
         let mut first = inject.is_empty();
-        for m in self
-            .members
-            .iter()
-            .filter(|m| !drop.contains(&m.key.as_str()))
-        {
+        for m in self.members.iter().filter(|m| !drop(&m.key)) {
             if !first {
                 out.push(b',');
             }
@@ -190,10 +252,7 @@ mod tests {
     fn untouched_bytes_follow_the_injected_members() {
         let body = r#"{"zeta":1.50,"名字":"客户 A","Field__c":{"a":[1,"}"]},"alpha":null}"#;
         let m = Members::parse(body.as_bytes()).unwrap();
-        let out = m.rebuild(
-            &["corpAccessToken"],
-            &[("corpAccessToken", "t"), ("corpId", "c")],
-        );
+        let out = m.without_credentials(&[("corpAccessToken", "t"), ("corpId", "c")]);
         let expected = format!(r#"{{"corpAccessToken":"t","corpId":"c",{}"#, &body[1..]);
         assert_eq!(String::from_utf8(out).unwrap(), expected);
     }
@@ -206,11 +265,37 @@ mod tests {
         assert_eq!(m.str_value("b"), None);
         let colon = Members::parse(br#"{"a:b" : "x"}"#).unwrap();
         assert_eq!(colon.str_value("a:b").as_deref(), Some("x"));
-        let out = m.rebuild(&["corpId", "corpAccessToken"], &[("corpId", "real")]);
+        let out = m.without_credentials(&[("corpId", "real")]);
         assert_eq!(
             String::from_utf8(out).unwrap(),
             r#"{"corpId":"real","a":"1","b" : [ 2 ]}"#
         );
+    }
+
+    #[test]
+    fn credential_members_are_known_in_any_spelling() {
+        let body = r#"{"CurrentOpenUserId":"FSUID_X","a":1,"current_open_user_id":"FSUID_X","CORP-ID":"c","corp_access_token":"t","corpIdentity":2}"#;
+        let m = Members::parse(body.as_bytes()).unwrap();
+        assert_eq!(m.user(), Ok(Some("FSUID_X".to_string())));
+        assert_eq!(
+            String::from_utf8(m.without_credentials(&[])).unwrap(),
+            r#"{"a":1,"corpIdentity":2}"#
+        );
+        for bad in [
+            r#"{"currentOpenUserId":1001}"#,
+            r#"{"currentOpenUserId":["FSUID_A"]}"#,
+            r#"{"currentOpenUserId":{"id":"FSUID_A"}}"#,
+            r#"{"currentOpenUserId":null}"#,
+            r#"{"currentOpenUserId":"FSUID_A","CURRENTOPENUSERID":"FSUID_B"}"#,
+        ] {
+            assert!(
+                Members::parse(bad.as_bytes()).unwrap().user().is_err(),
+                "{bad}"
+            );
+        }
+        let escaped = Members::parse(br#"{"Corp\u0049d":"x","b":1}"#).unwrap();
+        assert_eq!(escaped.without_credentials(&[]), br#"{"b":1}"#);
+        assert_eq!(Credential::of("corpId"), Some(Credential::Corp));
     }
 
     #[test]
@@ -223,10 +308,10 @@ mod tests {
     #[test]
     fn edge_shapes() {
         let empty = Members::parse(b" {} ").unwrap();
-        assert_eq!(empty.rebuild(&[], &[("k", "v")]), br#"{"k":"v"}"#);
-        assert_eq!(empty.rebuild(&[], &[]), b"{} ");
+        assert_eq!(empty.without_credentials(&[("k", "v")]), br#"{"k":"v"}"#);
+        assert_eq!(empty.without_credentials(&[]), b"{} ");
         let only = Members::parse(br#"{"corpId":"x"}"#).unwrap();
-        assert_eq!(only.rebuild(&["corpId"], &[]), b"{}");
+        assert_eq!(only.without_credentials(&[]), b"{}");
         assert!(Members::parse(b"[1]").is_err());
         assert!(Members::parse(br#"{"a":1"#).is_err());
         assert!(Members::parse(b"").is_err());

@@ -3,7 +3,8 @@
 //! fresh `thirdTraceId` per attempt; its credential members are dropped and the corp's token
 //! injected in the caller's style, every other byte untouched (`members`). The user the call
 //! acts as must be one of the caller's `act_as`. Fxiaoke's answer comes back byte for byte.
-//! The body is in hand, so a token rejection refreshes that token once and retries once.
+//! The body is in hand, so a token rejection that a check shows was about the token (a new
+//! one came back) is retried once with the new one.
 
 use http::{header, HeaderValue, Response};
 use tracing::Instrument as _;
@@ -14,14 +15,11 @@ use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
 use crate::middleware::{Req, Resp};
-use crate::route::{ApiStyle, RouteMatch};
+use crate::route::{ApiStyle, Route, RouteMatch};
 use crate::state::AppState;
-use crate::upstream::token::{rejects, CorpToken};
+use crate::upstream::corp::Passing;
+use crate::upstream::token::{rejects, CorpToken, Recheck};
 use crate::upstream::Corp;
-
-/// Members never forwarded from a caller's body: fxgate sets the credentials, and the user
-/// only after checking it against `act_as` (in the OAuth style it travels in a header).
-const CREDENTIAL_KEYS: [&str; 3] = ["corpAccessToken", "corpId", "currentOpenUserId"];
 
 /// Handles one passthrough call.
 pub async fn call(
@@ -31,6 +29,8 @@ pub async fn call(
     log: &LogContext,
 ) -> Result<Resp, GatewayError> {
     let path = req.uri().path().to_string();
+    // The canonical-path layer refused every other spelling; the URL is built from this one.
+    crate::route::canonical(&path).map_err(|reason| GatewayError::PathNotCanonical { reason })?;
     let label = req
         .extensions()
         .get::<RouteMatch>()
@@ -45,13 +45,19 @@ pub async fn call(
         .map_err(|_| GatewayError::BadRequest {
             detail: "`x-fs-userid` must be ASCII".into(),
         })?;
-    let raw = super::caller_json(req, state.cfg.passthrough.max_body, label).await?;
+    let max_body = state.cfg.passthrough.max_body;
+    let raw = super::caller_json(req, max_body, Route::Passthrough.label()).await?;
     let body = Members::parse(&raw).map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
+    // Every member naming a user, in any spelling, must be a string and agree (400);
+    // legacy callers pick their user so, and it is checked against `act_as` (403).
+    let in_body = body
+        .user()
+        .map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
     let asked = match style {
-        ApiStyle::Legacy => body.str_value("currentOpenUserId"),
+        ApiStyle::Legacy => in_body,
         ApiStyle::OAuth => user_header,
     };
-    let user = acting_user(principal, asked)?;
+    let user = super::acting_user(principal, asked)?;
     let call = Call {
         corp: &corp,
         path: &path,
@@ -62,17 +68,26 @@ pub async fn call(
     };
     for attempt in 0..2 {
         let (resp, token, span) = call.send_once(log).await?;
-        let answer = corp.read_answer(label, resp).instrument(span).await?;
+        let answer = match corp
+            .read_answer_or_large(label, resp)
+            .instrument(span)
+            .await?
+        {
+            Passing::Whole(answer) => answer,
+            Passing::Large { status, head, rest } => {
+                let cap = state.cfg.passthrough.max_answer;
+                return stream_large(status, head, rest, cap, corp.cfg.upstream_timeout);
+            }
+        };
         log.set_upstream_trace_id(answer.env.trace_id());
         log.add_upstream_time(answer.took);
-        if rejects(style, answer.code) {
-            corp.provider(style).invalidate(&token);
-            if attempt == 0 {
+        // A rejection is checked, not believed: the token everyone uses stays in use. Only a
+        // new token earns the one retry; otherwise the rejection was about this call and its
+        // answer goes back as Fxiaoke gave it (never looped, fxiaoke.md §1).
+        if attempt == 0 && rejects(style, answer.code) {
+            if let Recheck::New(_) = corp.provider(style).recheck(&token).await {
                 continue;
             }
-            // Refreshed and refused again (Fxiaoke can hand back the same token): answered,
-            // never looped (fxiaoke.md §1).
-            return Err(GatewayError::TokenRejected);
         }
         if let Some(e) = answer.code.throttled() {
             return Err(e);
@@ -88,21 +103,45 @@ pub async fn call(
     Err(GatewayError::TokenRejected)
 }
 
-/// The user a call acts as: the one asked for, if the caller may act as it; else the caller's
-/// default (the first of `act_as`), if any.
-fn acting_user(
-    principal: &Principal,
-    asked: Option<String>,
-) -> Result<Option<String>, GatewayError> {
-    let act_as = &principal.client.act_as;
-    match asked {
-        Some(u) if act_as.contains(&u) => Ok(Some(u)),
-        Some(u) => Err(GatewayError::UserForbidden {
-            client: principal.client.name.clone(),
-            user: u,
-        }),
-        None => Ok(act_as.first().cloned()),
+/// An answer over 1 MiB (a large query result: never a token or rate-limit envelope), passed
+/// on as it comes: at most `cap` bytes (refused with 502 when its length says so up front,
+/// cut off when it crosses), and a pause of `idle` ends it.
+fn stream_large(
+    status: http::StatusCode,
+    head: bytes::Bytes,
+    rest: hyper::body::Incoming,
+    cap: u64,
+    idle: std::time::Duration,
+) -> Result<Resp, GatewayError> {
+    use futures_util::StreamExt as _;
+    use http_body_util::BodyExt as _;
+    let announced = http_body::Body::size_hint(&rest).exact();
+    if let Some(total) = announced
+        .map(|n| n + head.len() as u64)
+        .filter(|t| *t > cap)
+    {
+        return Err(GatewayError::UpstreamInvalid {
+            detail: format!("an answer of {total} bytes, over `passthrough.max_answer` ({cap})"),
+        });
     }
+    let mut seen = 0u64;
+    let first = futures_util::stream::once(async move { Ok(http_body::Frame::data(head)) });
+    let rest = http_body_util::BodyStream::new(crate::body::idle_bounded(rest, idle));
+    let frames = first.chain(rest).map(move |frame| {
+        let frame = frame?;
+        seen += frame.data_ref().map_or(0, |d| d.len() as u64);
+        match seen > cap {
+            true => Err(format!("the answer passed `passthrough.max_answer` ({cap} bytes)").into()),
+            false => Ok(frame),
+        }
+    });
+    let mut out = Response::new(http_body_util::StreamBody::new(frames).boxed_unsync());
+    *out.status_mut() = status;
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Ok(out)
 }
 
 /// One passthrough call's fixed parts.
@@ -143,7 +182,7 @@ impl Call<'_> {
                 if let Some(u) = self.user {
                     inject.push(("currentOpenUserId", u));
                 }
-                self.body.rebuild(&CREDENTIAL_KEYS, &inject)
+                self.body.without_credentials(&inject)
             }
             ApiStyle::OAuth => {
                 let mut bearer = HeaderValue::try_from(format!("Bearer {secret}"))
@@ -154,7 +193,7 @@ impl Call<'_> {
                 if let Some(u) = self.user {
                     b = b.header("x-fs-userid", u);
                 }
-                self.body.rebuild(&CREDENTIAL_KEYS, &[])
+                self.body.without_credentials(&[])
             }
         };
         let req = b

@@ -2,8 +2,9 @@
 //!
 //! hyper closes an HTTP/1 connection whose next head is late (`header_read_timeout`), but two
 //! waits have no deadline of their own: a client that connects and never sends a byte
-//! (hyper-util's protocol sniffing reads without a timer) and an HTTP/2 connection that sits
-//! open after its preface. `Tracked` counts the bytes that move and the requests in flight; the
+//! (hyper-util's protocol sniffing reads without a timer; the serve loop closes it at
+//! `request_header_timeout` from accept, as nginx's `client_header_timeout` does, using
+//! `Activity::heard`) and an HTTP/2 connection that sits open after its preface. `Tracked` counts the bytes that move and the requests in flight; the
 //! connection's own loop closes it (gracefully, then for good) when neither changes for
 //! `idle_timeout`. The same rule ends a client that stops reading its answer (slow read).
 //!
@@ -16,7 +17,7 @@
 //! does.
 
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -38,6 +39,8 @@ const IDLE_TICKS: u32 = 4;
 pub(super) struct Activity {
     moved: AtomicU64,
     in_flight: AtomicUsize,
+    /// The peer has sent at least one byte.
+    heard: AtomicBool,
 }
 
 impl Activity {
@@ -49,6 +52,11 @@ impl Activity {
 
     fn touch(&self) {
         self.moved.fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// Whether the peer has sent anything yet.
+    pub(super) fn heard(&self) -> bool {
+        self.heard.load(Ordering::Relaxed)
     }
 }
 
@@ -141,7 +149,10 @@ impl<I: AsyncRead + AsyncWrite + Unpin + Send + 'static> AsyncRead for Tracked<I
         let before = buf.filled().len();
         let polled = this.io().poll_read(cx, buf);
         match &polled {
-            Poll::Ready(Ok(())) if buf.filled().len() > before => this.activity.touch(),
+            Poll::Ready(Ok(())) if buf.filled().len() > before => {
+                this.activity.touch();
+                this.activity.heard.store(true, Ordering::Relaxed);
+            }
             Poll::Ready(_) => this.peer_done = true,
             Poll::Pending => {}
         }

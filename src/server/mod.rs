@@ -157,6 +157,7 @@ where
             builder: builder.clone(),
             shutdown: shutdown.clone(),
             idle_timeout: opts.idle_timeout,
+            header_timeout: opts.header_timeout,
             peer,
         };
         match &listener.tls {
@@ -202,6 +203,8 @@ struct Connection {
     /// Cancelled when the listener drains: the connection then closes gracefully.
     shutdown: CancellationToken,
     idle_timeout: Duration,
+    /// A connection that sends nothing at all within this, from accept, is closed.
+    header_timeout: Duration,
     peer: SocketAddr,
 }
 
@@ -234,7 +237,9 @@ impl Connection {
             .builder
             .serve_connection_with_upgrades(TokioIo::new(io), TowerToHyperService::new(counted));
         tokio::pin!(conn);
-        let mut idle = conn::IdleWatch::new(activity, self.idle_timeout);
+        let silent = tokio::time::sleep(self.header_timeout);
+        tokio::pin!(silent);
+        let mut idle = conn::IdleWatch::new(activity.clone(), self.idle_timeout);
         let mut closing = false;
         loop {
             tokio::select! {
@@ -243,6 +248,13 @@ impl Connection {
                     if let Err(e) = ended {
                         tracing::debug!(peer = %self.peer, error = %e, "connection ended with an error");
                     }
+                    return;
+                }
+                _ = &mut silent, if !activity.heard() => {
+                    if activity.heard() {
+                        continue;
+                    }
+                    tracing::debug!(peer = %self.peer, "no request head within request_header_timeout of accept; closing");
                     return;
                 }
                 _ = self.shutdown.cancelled(), if !closing => {

@@ -29,9 +29,11 @@ pub fn identity(cert: &CertificateDer<'_>) -> Option<PeerIdentity> {
         .next()
         .and_then(|cn| cn.as_str().ok())
         .map(str::to_owned);
+    use sha2::Digest as _;
     Some(PeerIdentity {
         subject: subject.to_string(),
         common_name,
+        fingerprint: hex::encode(sha2::Sha256::digest(cert.as_ref())),
     })
 }
 

@@ -24,6 +24,27 @@ use crate::store::{FailOver, StoreError};
 /// The prefix of every token fxgate issues; anything else is a gateway key.
 pub const PREFIX: &str = "fxg_";
 
+/// The credential that minted a token (design §9: a token lives only as long as it does).
+/// Only a gateway key or a client certificate mints; an `fxg_` token never does.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MintedBy {
+    /// A gateway key, by its SHA-256 (hex), as configured in `key_sha256`.
+    Key {
+        /// SHA-256 of the key, hex.
+        sha256: String,
+    },
+    /// A verified client certificate.
+    Cert {
+        /// Its subject, RFC 4514 style.
+        subject: String,
+        /// Its common name, if any (what `cert_subject = "CN=…"` matches).
+        common_name: Option<String>,
+        /// SHA-256 of its DER, hex (for the record: which certificate it was).
+        fingerprint: String,
+    },
+}
+
 /// What an issued token stands for.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Session {
@@ -33,6 +54,10 @@ pub struct Session {
     pub style: ApiStyle,
     /// Unix ms after which it is refused.
     pub expires_ms: u64,
+    /// The credential that minted it; the token is accepted only while the caller still holds
+    /// it. A stored session without one (an older release's) does not parse: its SDK gets
+    /// 20016 and fetches a new token.
+    pub minted_by: MintedBy,
 }
 
 /// A freshly minted token. `Debug` never shows it.
@@ -143,18 +168,20 @@ impl Sessions {
         Self { store, clock }
     }
 
-    /// A new token for `client` speaking `style`, valid for `life`.
+    /// A new token for `client` speaking `style`, valid for `life`, minted by `by`.
     pub async fn issue(
         &self,
         client: &str,
         style: ApiStyle,
         life: Duration,
+        by: MintedBy,
     ) -> Result<Minted, StoreError> {
         let token = Minted::new()?;
         let session = Session {
             client: client.to_string(),
             style,
             expires_ms: self.clock.unix_ms() + life.as_millis() as u64,
+            minted_by: by,
         };
         self.store
             .put(&key_of(token.expose()), &session, life)
@@ -183,12 +210,15 @@ mod tests {
         let clock = ManualClock::new(1_795_500_000_000);
         let sessions = Sessions::new(Arc::new(MemorySessions::new(100)), clock.clone());
         let life = Duration::from_secs(60);
+        let by = MintedBy::Key {
+            sha256: "00".repeat(32),
+        };
         let a = sessions
-            .issue("alpha", ApiStyle::OAuth, life)
+            .issue("alpha", ApiStyle::OAuth, life, by.clone())
             .await
             .unwrap();
         let b = sessions
-            .issue("alpha", ApiStyle::OAuth, life)
+            .issue("alpha", ApiStyle::OAuth, life, by)
             .await
             .unwrap();
         assert!(a.expose().starts_with(PREFIX) && a.expose().len() >= 4 + 43);

@@ -134,7 +134,7 @@ impl UploadRequest {
     ) -> Result<Self, GatewayError> {
         let kind = UploadKind::of(route, req.uri())?;
         let corp = state.corp(&principal.client.corp)?;
-        let route_limit = kind.limit(&state.cfg.upload);
+        let document = kind == UploadKind::Document;
         let content_type = req
             .headers()
             .get(header::CONTENT_TYPE)
@@ -144,10 +144,7 @@ impl UploadRequest {
             kind,
             corp,
             caller: principal.client.name.clone(),
-            limit: principal
-                .client
-                .max_file_bytes
-                .map_or(route_limit, |own| own.min(route_limit)),
+            limit: (state.cfg.upload).file_limit(route, document, &principal.client),
             announced: content_length(req.headers()),
             boundary: boundary(content_type.as_deref())?,
             content_type,
@@ -174,12 +171,7 @@ impl UploadRequest {
         let Some(n) = self.announced else {
             return Ok(());
         };
-        let allowance = if self.boundary.is_some() {
-            MULTIPART_FRAMING_ALLOWANCE
-        } else {
-            0
-        };
-        if n > self.limit.saturating_add(allowance) {
+        if crate::config::announced_too_large(n, self.limit, self.boundary.is_some()) {
             return Err(self.too_large(n));
         }
         Ok(())

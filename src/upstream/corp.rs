@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use tracing::field::Empty;
 
 use super::budget::UpstreamBudget;
-use super::envelope::{Envelope, UpstreamCode};
+use super::envelope::{Envelope, Read, UpstreamCode};
 use super::token::store::TokenStore;
 use super::token::{ApiStyle, CorpToken, TokenProvider};
 use super::transport::{self, HttpClient};
@@ -257,19 +257,31 @@ impl Corp {
             .await
             .map_err(|_| GatewayError::UpstreamTimeout { after })
             .and_then(|r| r)
-            .and_then(|env| match env.json {
-                Some(_) => Ok(env),
-                // Every media answer is a JSON envelope; anything else (a proxy's HTML page, a
-                // garbled body) must not reach the caller as a 200 that looks final.
-                None => Err(GatewayError::UpstreamInvalid {
-                    detail: format!(
-                        "HTTP {} with {} bytes that are not a JSON object",
-                        status.as_u16(),
-                        env.raw.len()
-                    ),
-                }),
-            })
             .inspect_err(|e| self.count_failure(label, e))?;
+        self.classify(label, status, took, env)
+    }
+
+    /// An answer read whole: a JSON object, counted by its `errorCode`.
+    fn classify(
+        &self,
+        label: &str,
+        status: StatusCode,
+        took: Duration,
+        env: Envelope,
+    ) -> Result<Answer, GatewayError> {
+        if env.json.is_none() {
+            // Every media answer is a JSON envelope; anything else (a proxy's HTML page, a
+            // garbled body) must not reach the caller as a 200 that looks final.
+            let e = GatewayError::UpstreamInvalid {
+                detail: format!(
+                    "HTTP {} with {} bytes that are not a JSON object",
+                    status.as_u16(),
+                    env.raw.len()
+                ),
+            };
+            self.count_failure(label, &e);
+            return Err(e);
+        }
         let code = env.code();
         self.count(label, code);
         if let Some(c) = code.code() {
@@ -281,6 +293,36 @@ impl Corp {
             code,
             took,
         })
+    }
+
+    /// As `read_answer`, but an answer over `MAX_ENVELOPE_BYTES` (never a token or rate-limit
+    /// envelope) comes back unread past its first bytes, to be streamed on.
+    pub async fn read_answer_or_large(
+        &self,
+        label: &str,
+        resp: Response<Incoming>,
+    ) -> Result<Passing, GatewayError> {
+        let took = took(&resp);
+        let (parts, body) = resp.into_parts();
+        let after = self.cfg.upstream_timeout;
+        let read = tokio::time::timeout(after, Envelope::read_or_large(body))
+            .await
+            .map_err(|_| GatewayError::UpstreamTimeout { after })
+            .and_then(|r| r)
+            .inspect_err(|e| self.count_failure(label, e))?;
+        match read {
+            Read::Whole(env) => self
+                .classify(label, parts.status, took, env)
+                .map(Passing::Whole),
+            Read::Large { head, rest } => {
+                self.count(label, Envelope::leading_code(&head));
+                Ok(Passing::Large {
+                    status: parts.status,
+                    head,
+                    rest,
+                })
+            }
+        }
     }
 
     /// The pool, for calls that drive the request future themselves.
@@ -312,6 +354,22 @@ impl Corp {
             .with_label_values(&[&self.cfg.name, label, error_code])
             .inc();
     }
+}
+
+/// A passthrough call's answer: read and classified, or too large to read.
+#[derive(Debug)]
+pub enum Passing {
+    /// Read whole.
+    Whole(Answer),
+    /// Over `MAX_ENVELOPE_BYTES`: its status, first bytes and the rest.
+    Large {
+        /// The HTTP status.
+        status: StatusCode,
+        /// The first bytes.
+        head: bytes::Bytes,
+        /// The rest of the body.
+        rest: Incoming,
+    },
 }
 
 /// Fxiaoke's answer to a call, read and classified.

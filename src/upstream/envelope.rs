@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 
@@ -75,6 +75,21 @@ impl UpstreamCode {
     }
 }
 
+/// An answer read far enough to decide on it.
+#[derive(Debug)]
+pub enum Read {
+    /// Whole, within `MAX_ENVELOPE_BYTES`.
+    Whole(Envelope),
+    /// Larger: what was read, and the rest still to come. No token or rate-limit envelope is
+    /// this large, so such an answer is only ever passed on.
+    Large {
+        /// The first bytes (over `MAX_ENVELOPE_BYTES`).
+        head: Bytes,
+        /// The rest of the body.
+        rest: Incoming,
+    },
+}
+
 /// A JSON answer from Fxiaoke.
 #[derive(Debug, Clone)]
 pub struct Envelope {
@@ -95,6 +110,48 @@ impl Envelope {
             })?
             .to_bytes();
         Ok(Self::from_bytes(raw))
+    }
+
+    /// Reads an answer whole when it fits in `MAX_ENVELOPE_BYTES`; a larger one is handed
+    /// back with its first bytes, to be passed on as it comes.
+    pub async fn read_or_large(mut body: Incoming) -> Result<Read, GatewayError> {
+        let mut buf = BytesMut::new();
+        while let Some(frame) = body.frame().await {
+            let frame = frame.map_err(|e| GatewayError::UpstreamInvalid {
+                detail: format!("reading the answer failed: {e}"),
+            })?;
+            if let Ok(data) = frame.into_data() {
+                buf.extend_from_slice(&data);
+                if buf.len() > MAX_ENVELOPE_BYTES {
+                    return Ok(Read::Large {
+                        head: buf.freeze(),
+                        rest: body,
+                    });
+                }
+            }
+        }
+        Ok(Read::Whole(Self::from_bytes(buf.freeze())))
+    }
+
+    /// The `errorCode` a large answer's first bytes carry (for the metric only: nothing is
+    /// decided on an answer this large).
+    pub fn leading_code(head: &[u8]) -> UpstreamCode {
+        let key = b"\"errorCode\"";
+        let Some(at) = head.windows(key.len()).position(|w| w == key) else {
+            return UpstreamCode::Missing;
+        };
+        let rest = &head[at + key.len()..];
+        let rest = rest.trim_ascii_start().strip_prefix(b":").unwrap_or(b"");
+        let rest = rest.trim_ascii_start();
+        let len = rest
+            .iter()
+            .enumerate()
+            .take_while(|(i, b)| b.is_ascii_digit() || (*i == 0 && **b == b'-'))
+            .count();
+        let code = std::str::from_utf8(&rest[..len])
+            .ok()
+            .and_then(|s| s.parse().ok());
+        UpstreamCode::of(code)
     }
 
     /// An answer already read whole.
@@ -140,5 +197,17 @@ mod tests {
         assert!(UpstreamCode::InterfaceLimit.throttled().is_some());
         assert!(UpstreamCode::FrequencyLimit.throttled().is_some());
         assert!(UpstreamCode::TokenExpired.throttled().is_none());
+    }
+
+    #[test]
+    fn a_large_answers_code_is_read_from_its_first_bytes() {
+        let code = |s: &str| Envelope::leading_code(s.as_bytes());
+        assert_eq!(
+            code(r#"{"errorCode" : 0,"data":[]}"#),
+            UpstreamCode::Success
+        );
+        assert_eq!(code(r#"{"a":1,"errorCode":-1}"#), UpstreamCode::Other(-1));
+        assert_eq!(code(r#"{"data":[]}"#), UpstreamCode::Missing);
+        assert_eq!(code(r#"{"errorCode":"#), UpstreamCode::Missing);
     }
 }

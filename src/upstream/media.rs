@@ -19,7 +19,7 @@ use tracing::Instrument as _;
 use super::body::{channel, BodySender, DigestReceiver};
 use super::corp::{Answer, Corp, Target};
 use super::envelope::UpstreamCode;
-use super::token::CorpToken;
+use super::token::{CorpToken, Recheck};
 use crate::body::{full, Body};
 use crate::error::GatewayError;
 use crate::route::Route;
@@ -162,8 +162,9 @@ impl Pending {
     }
 
     /// Fxiaoke's answer. Its deadline runs from the last byte sent: the upload itself may take
-    /// long. A 20016 invalidates the token and answers 950302 (the body is gone and is never
-    /// replayed: the caller retries); 14001/30004 answer 429.
+    /// long. A 20016 has the token checked: a new one answers 950302 (the body is gone and
+    /// is never replayed: the caller retries), the same one passes Fxiaoke's answer on;
+    /// 14001/30004 answer 429.
     pub async fn answer(self) -> Result<Answer, GatewayError> {
         let Pending { call, answer } = self;
         let span = call.target.span.clone();
@@ -175,8 +176,11 @@ impl Pending {
         .instrument(span)
         .await?;
         if answer.code == UpstreamCode::TokenExpired {
-            call.corp.tokens.invalidate(&call.token);
-            return Err(GatewayError::TokenRejected);
+            // The body is gone: a new token means the caller retries (950302); the same one
+            // means the rejection was about this upload, answered as Fxiaoke gave it.
+            if let Recheck::New(_) = call.corp.tokens.recheck(&call.token).await {
+                return Err(GatewayError::TokenRejected);
+            }
         }
         if let Some(e) = answer.code.throttled() {
             return Err(e);

@@ -27,6 +27,19 @@ use store::{StoredToken, TokenStore};
 const EXPIRY_MARGIN: Duration = Duration::from_secs(2);
 /// How long a request waits for a token before answering 950301.
 const READER_WAIT: Duration = Duration::from_secs(15);
+/// After a check handed the same token back (the rejection was about one call, not the
+/// token), further rejections of that token are not re-checked for this long (design §9).
+pub const RECHECK_QUIET: Duration = Duration::from_secs(60);
+
+/// What a check of a token Fxiaoke rejected on one call found.
+#[derive(Debug)]
+pub enum Recheck {
+    /// The token endpoint handed the same token back, or could not be asked: the rejection
+    /// stands for that call alone, whose answer goes back as Fxiaoke gave it.
+    Same,
+    /// A new token came back: the call may be retried once with it.
+    New(Arc<CorpToken>),
+}
 
 /// Whether Fxiaoke rejected a token of `style` with `code`: 20016 for both; 20005,
 /// "accessToken missing or expired", in the OAuth style too (fxiaoke.md §2).
@@ -89,8 +102,11 @@ impl CorpToken {
 #[derive(Debug, Clone, Default)]
 struct TokenState {
     token: Option<Arc<CorpToken>>,
-    /// Fxiaoke rejected `token` (20016); a fetch is due.
-    invalidated: bool,
+    /// Fxiaoke rejected `token` on some call (20016, 20005): one check (a fetch) is due. The
+    /// token stays in use meanwhile; one caller's rejection never stalls the others.
+    suspect: bool,
+    /// When a check last handed `token` back unchanged.
+    confirmed_at: Option<Instant>,
     /// Completed fetch attempts, successful or not.
     attempts: u64,
     /// The last attempt failed, and why (free of secrets).
@@ -101,7 +117,7 @@ impl TokenState {
     fn usable(&self, now: Instant) -> Option<Arc<CorpToken>> {
         let t = self.token.as_ref()?;
         let margin = EXPIRY_MARGIN.min((t.expires_at - t.fetched_at) / 50);
-        (!self.invalidated && now + margin < t.expires_at).then(|| t.clone())
+        (now + margin < t.expires_at).then(|| t.clone())
     }
 }
 
@@ -183,7 +199,7 @@ impl TokenProvider {
                 if let Some(t) = s.usable(self.clock.now()) {
                     return Ok(t);
                 }
-                if s.attempts > seen_attempts && !s.invalidated {
+                if s.attempts > seen_attempts {
                     return Err(self.no_token());
                 }
             }
@@ -193,20 +209,60 @@ impl TokenProvider {
             .unwrap_or_else(|_| Err(self.no_token()))
     }
 
-    /// Marks `token` rejected by Fxiaoke (20016) and wakes the refresher, once per token:
-    /// a later rejection of an already-replaced token changes nothing.
-    pub fn invalidate(&self, token: &CorpToken) {
-        let changed = self.shared.publish.send_if_modified(|s| match &s.token {
-            Some(cur) if cur.access_token == token.access_token && !s.invalidated => {
-                s.invalidated = true;
+    /// Fxiaoke rejected `token` on one call: asks the refresher, single-flight, whether the
+    /// token endpoint still hands out this token. Everyone keeps using it meanwhile. A token
+    /// confirmed within `RECHECK_QUIET` is not asked about again.
+    pub async fn recheck(&self, token: &Arc<CorpToken>) -> Recheck {
+        let mut rx = self.state.clone();
+        let now = self.clock.now();
+        let seen_attempts = {
+            let s = rx.borrow_and_update();
+            match s.token.as_ref() {
+                Some(cur) if cur.access_token != token.access_token => {
+                    // Already replaced: retry with the successor.
+                    return s.usable(now).map_or(Recheck::Same, Recheck::New);
+                }
+                None => return Recheck::Same,
+                Some(_) => {}
+            }
+            if s.confirmed_at.is_some_and(|at| now < at + RECHECK_QUIET) {
+                return Recheck::Same;
+            }
+            if s.suspect && s.last_error.is_some() {
+                // The token endpoint is failing: don't queue behind its backoff.
+                return Recheck::Same;
+            }
+            s.attempts
+        };
+        let asked = self.shared.publish.send_if_modified(|s| match &s.token {
+            Some(cur) if cur.access_token == token.access_token && !s.suspect => {
+                s.suspect = true;
                 true
             }
             _ => false,
         });
-        if changed {
-            tracing::warn!(corp = %self.corp, flow = %self.flow, "Fxiaoke rejected the corp token; refreshing");
-            self.shared.wake.notify_one();
+        if asked {
+            tracing::warn!(corp = %self.corp, flow = %self.flow, "Fxiaoke rejected the corp token on a call; checking it with the token endpoint");
         }
+        self.shared.wake.notify_one();
+        let wait = async {
+            loop {
+                if rx.changed().await.is_err() {
+                    return Recheck::Same;
+                }
+                let s = rx.borrow_and_update();
+                if s.attempts <= seen_attempts {
+                    continue;
+                }
+                return match s.usable(self.clock.now()) {
+                    Some(t) if t.access_token != token.access_token => Recheck::New(t),
+                    _ => Recheck::Same,
+                };
+            }
+        };
+        tokio::time::timeout(READER_WAIT, wait)
+            .await
+            .unwrap_or(Recheck::Same)
     }
 
     /// Whether a usable token is held right now (`/readyz`).

@@ -5,8 +5,9 @@
 //! * keeps a failed or same-token refresh from looping: exponential backoff, and never more
 //!   than `MAX_CALLS_PER_MINUTE` calls in any 60 s;
 //! * keeps serving the old token while it is valid, so only its expiry makes `/readyz` fail;
-//! * on `invalidate` (an upstream 20016) fetches once; if Fxiaoke hands back the same token
-//!   it is accepted rather than retried (fxiaoke.md §1: don't loop);
+//! * on `recheck` (an upstream 20016 or 20005 on some call) fetches once, the token staying in
+//!   use meanwhile; the same token handed back means the rejection was about that call, and
+//!   it is marked confirmed rather than fetched again (fxiaoke.md §1: don't loop);
 //! * takes turns with other replicas through the `TokenStore`: adopts a newer stored token,
 //!   else takes the turn (a lease), else waits for the holder's token.
 
@@ -145,7 +146,7 @@ impl Refresher {
     fn due(&mut self, state: &TokenState) -> Instant {
         let now = self.clock.now();
         let due = match (&state.token, state.usable(now)) {
-            (Some(t), Some(_)) => t.refresh_at.max(self.not_before),
+            (Some(t), Some(_)) if !state.suspect => t.refresh_at.max(self.not_before),
             _ => self.not_before,
         };
         due.max(rate_slot(&mut self.calls, now))
@@ -199,7 +200,21 @@ impl Refresher {
                     .token
                     .as_ref()
                     .is_some_and(|c| c.access_token.expose() == token);
-                if same && !state.invalidated {
+                if same && state.suspect {
+                    // The token endpoint stands by it: the rejection was about one call.
+                    self.count(RefreshResult::SameToken);
+                    tracing::info!(corp = %self.cfg.name, flow = %self.flow, "the token endpoint handed back the rejected token; the rejection was about that call");
+                    self.succeeded();
+                    let now = self.clock.now();
+                    self.shared.publish.send_modify(|s| {
+                        s.suspect = false;
+                        s.confirmed_at = Some(now);
+                        s.attempts += 1;
+                        s.last_error = None;
+                    });
+                    return;
+                }
+                if same {
                     // Still inside Fxiaoke's same-token window: try again later, the old
                     // token stays in service meanwhile.
                     self.count(RefreshResult::SameToken);
@@ -228,7 +243,7 @@ impl Refresher {
                 self.shared.publish.send_modify(|s| {
                     s.attempts += 1;
                     s.last_error = Some(why);
-                    // An invalidated token stays refused; a merely old one stays in use.
+                    // A suspect token stays in use (and suspect: the check is retried).
                 });
             }
         }
@@ -237,7 +252,8 @@ impl Refresher {
     fn publish(&self, token: CorpToken) {
         self.shared.publish.send_modify(|s| {
             s.token = Some(Arc::new(token));
-            s.invalidated = false;
+            s.suspect = false;
+            s.confirmed_at = None;
             s.attempts += 1;
             s.last_error = None;
         });
@@ -303,7 +319,7 @@ impl Refresher {
             None => true,
             Some(cur) if cur.access_token.expose() == stored.token => false,
             // Ours was rejected by Fxiaoke: any other live token is better.
-            Some(_) if state.invalidated => true,
+            Some(_) if state.suspect => true,
             Some(cur) => stored.issued_ms > cur.issued_ms,
         }
     }
