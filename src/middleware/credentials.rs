@@ -24,24 +24,23 @@ use crate::session::PREFIX;
 pub struct PreAuthPool {
     requests: Arc<Semaphore>,
     bytes: Arc<Semaphore>,
-    max_bytes: u32,
     timeout: Duration,
 }
 
 impl PreAuthPool {
     /// A pool of `limits`.
     pub fn new(limits: Unauthenticated) -> Self {
-        let max_bytes = u32::try_from(limits.max_bytes).unwrap_or(u32::MAX);
+        let max_bytes = usize::try_from(limits.max_bytes).unwrap_or(usize::MAX);
         Self {
             requests: Arc::new(Semaphore::new(limits.max_requests)),
-            bytes: Arc::new(Semaphore::new(max_bytes as usize)),
-            max_bytes,
+            bytes: Arc::new(Semaphore::new(max_bytes.min(Semaphore::MAX_PERMITS))),
             timeout: limits.timeout,
         }
     }
 
+    /// `n` more bytes; a body larger than the whole pool never fits and is refused too.
     fn bytes(&self, n: usize) -> Result<OwnedSemaphorePermit, GatewayError> {
-        let n = u32::try_from(n).unwrap_or(u32::MAX).min(self.max_bytes);
+        let n = u32::try_from(n).map_err(|_| GatewayError::Overloaded)?;
         self.bytes
             .clone()
             .try_acquire_many_owned(n)

@@ -53,7 +53,11 @@ pub(super) async fn call(state: &State, req: Request<Incoming>) -> Response<Body
         Ok(c) => c,
         Err(resp) => return resp,
     };
-    if state.faults.lock().take_call_rejection() {
+    let rejected = {
+        let mut faults = state.faults.lock();
+        faults.take_call_rejection() || faults.rejects_user(caller.user.as_deref())
+    };
+    if rejected {
         state.stats.bump(|s| &s.token_rejected);
         return fx_error(
             20016,
@@ -158,7 +162,12 @@ fn send(state: &State, body: &Map<String, Value>, caller: Caller) -> Response<Bo
     }))
 }
 
+/// Largest `data.padBytes` the sandbox fills an answer with.
+const MAX_PAD: u64 = 64 * 1024 * 1024;
+
 /// A small `/cgi/crm/v2/data/query`: one record of the asked object, owned by the caller.
+/// `data.padBytes` (the sandbox's own) gives the record a `remark` that long, for answers
+/// larger than an envelope.
 fn query(body: &Map<String, Value>, caller: Caller) -> Response<Body> {
     let Some(object) = body
         .get("data")
@@ -167,6 +176,12 @@ fn query(body: &Map<String, Value>, caller: Caller) -> Response<Body> {
     else {
         return fx_error(10002, "data.dataObjectApiName is required");
     };
+    let pad = body
+        .get("data")
+        .and_then(|d| d.get("padBytes"))
+        .and_then(Value::as_u64)
+        .unwrap_or(0)
+        .min(MAX_PAD) as usize;
     answer(json!({
         "errorCode": 0,
         "errorMessage": "success",
@@ -178,6 +193,7 @@ fn query(body: &Map<String, Value>, caller: Caller) -> Response<Body> {
                 "object_describe_api_name": object,
                 "name": "示例客户",
                 "owner": [caller.user.unwrap_or_default()],
+                "remark": "r".repeat(pad),
             }],
         },
         "traceId": trace_id(),

@@ -224,6 +224,11 @@ pub(super) struct Faults {
     /// Fxiaoke stopped accepting before its time).
     #[serde(default)]
     pub(super) reject_calls: u32,
+    /// Answer every business call acting as this user with 20016 while its token is valid
+    /// (Fxiaoke's "the cropId,cropAccessToken or authorization is error" for a reason of that
+    /// call's own, such as a user the app may not act as); other calls are served.
+    #[serde(default)]
+    pub(super) reject_user: Option<String>,
 }
 
 /// A broken answer the sandbox can give an upload instead of its own.
@@ -265,6 +270,11 @@ impl Faults {
         self.upload_answers = new.upload_answers;
         self.upload_read_kib_per_sec = new.upload_read_kib_per_sec;
         self.reject_calls = new.reject_calls;
+        self.reject_user = new.reject_user;
+    }
+
+    pub(super) fn rejects_user(&self, user: Option<&str>) -> bool {
+        self.reject_user.is_some() && self.reject_user.as_deref() == user
     }
 
     pub(super) fn take_call_rejection(&mut self) -> bool {
