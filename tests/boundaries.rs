@@ -449,7 +449,7 @@ async fn mint(gw: &Gateway, name: &str, key: &str) -> String {
 /// A query carrying `token` as a legacy SDK does: its errorCode.
 async fn use_token(gw: &Gateway, token: &str) -> Value {
     let body = json!({"corpAccessToken": token, "corpId": "x", "data": {"dataObjectApiName": "AccountObj"}});
-    let (status, answer) = post(&gw, "/cgi/crm/v2/data/query", "", &body.to_string()).await;
+    let (status, answer) = post(gw, "/cgi/crm/v2/data/query", "", &body.to_string()).await;
     assert_eq!(status, 200, "{answer}");
     answer["errorCode"].clone()
 }
