@@ -2,8 +2,10 @@
 """Third-party attack tools against a release fxgate on loopback, each while a normal caller
 keeps uploading: slowhttptest (slow headers, slow body, slow read), h2load over TLS and h2c,
 HTTP/2 rapid reset and a CONTINUATION flood (crafted with the `h2` package), testssl.sh on the
-TLS listener. Prints a Markdown table for the README. Run through scripts/attack, which
-installs the tools. Every phase is bounded in time."""
+TLS listener, and 1000 anonymous clients trickling `/cgi` bodies (design §9: nothing is held
+for a caller not yet known). Prints a Markdown table for the docs. Run through scripts/attack,
+which installs the tools. Every phase is bounded in time. FXGATE_BIN runs another build (an
+older release, to compare)."""
 
 import json
 import re
@@ -23,7 +25,8 @@ import h2.connection
 import h2.events
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-BIN = os.path.join(ROOT, "target", "release", "fxgate")
+BIN = os.environ.get("FXGATE_BIN") or os.path.join(ROOT, "target", "release", "fxgate")
+import selectors
 KEY = "attack-caller-key-5b2f"
 SECS = int(os.environ.get("FXGATE_ATTACK_SECS", "30"))
 JPEG = b"\xff\xd8\xff\xe0" + os.urandom(4000)
@@ -143,14 +146,34 @@ class Caller(threading.Thread):
                 f"p99 {p99 * 1000:.1f} ms")
 
 
+class PeakRss(threading.Thread):
+    """Samples the gateway's RSS every 50 ms until stopped; the highest seen."""
+
+    def __init__(self, gw):
+        super().__init__(daemon=True)
+        self.gw, self.peak, self.halt = gw, gw.rss_kib(), threading.Event()
+
+    def run(self):
+        while not self.halt.wait(0.05):
+            self.peak = max(self.peak, self.gw.rss_kib())
+
+    def stop(self):
+        self.halt.set()
+        self.join(5)
+        return self.peak
+
+
 def under_attack(gw, name, run):
     """Runs `run()` while a normal caller uploads; one table row."""
     caller = Caller(gw)
     caller.start()
     fds0, rss0 = gw.fds(), gw.rss_kib()
+    peak = PeakRss(gw)
+    peak.start()
     t = time.monotonic()
     result = run()
     took = time.monotonic() - t
+    result += f"; peak RSS +{(peak.stop() - rss0) / 1024:.1f} MiB"
     served = caller.summary()
     # The attack's connections are closed; what is left must be back near where it started.
     time.sleep(1)
@@ -271,6 +294,62 @@ def continuation_flood(gw):
             f"bounded lingering close); fxgate answered GOAWAY {goaway}")
 
 
+def anonymous_bodies(gw, n=1000):
+    """`n` clients with no credential, each announcing a 1 MiB `/cgi` body (the passthrough's
+    max_body, so fxgate must read it to look for an SDK's token), sending its first 256 KiB at
+    once and then 16 bytes a second. A connection fxgate answers or closes is opened again on
+    the next second's tick, so about `n` stay open. Bounded by SECS and 200 000 connections."""
+    head = (b"POST /cgi/crm/v2/data/query HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            b"Content-Type: application/json\r\nContent-Length: 1048576\r\n\r\n{\"data\":\"")
+    sel = selectors.DefaultSelector()
+    opened = answered = refused = 0
+
+    def open_one():
+        nonlocal opened, refused
+        try:
+            s = socket.create_connection(("127.0.0.1", gw.port), timeout=2)
+            s.setblocking(False)
+            try:
+                s.send(head + b"x" * (256 * 1024))
+            except BlockingIOError:
+                pass
+            sel.register(s, selectors.EVENT_READ)
+            opened += 1
+        except OSError:
+            refused += 1
+
+    for _ in range(n):
+        open_one()
+    deadline, tick, closed = time.monotonic() + SECS, time.monotonic(), 0
+    while time.monotonic() < deadline and opened < 200000:
+        for key, _ in sel.select(timeout=0.1):
+            s = key.fileobj
+            try:
+                data = s.recv(65536)
+            except OSError:
+                data = b""
+            answered += data.startswith(b"HTTP/")
+            sel.unregister(s)
+            s.close()
+            closed += 1
+        if time.monotonic() - tick >= 1:
+            tick = time.monotonic()
+            for _ in range(closed):
+                open_one()
+            closed = 0
+            for key in list(sel.get_map().values()):
+                try:
+                    key.fileobj.send(b"x" * 16)
+                except OSError:
+                    pass
+    still = len(sel.get_map())
+    for key in list(sel.get_map().values()):
+        key.fileobj.close()
+    sel.close()
+    return (f"{n} anonymous slow bodies: {opened} connections opened in all, {answered} answered "
+            f"by fxgate, {still} open at the end, {refused} connects refused")
+
+
 def testssl(gw):
     out = subprocess.run(
         ["testssl", "--quiet", "--color", "0", "--warnings", "off", "-p", "-U", "-S",
@@ -300,6 +379,7 @@ def main():
         ("HTTP/2 rapid reset (Python h2)", plain, lambda: rapid_reset(plain)),
         ("HTTP/2 CONTINUATION flood (Python h2)", plain, lambda: continuation_flood(plain)),
         ("testssl.sh on the TLS listener", tls, lambda: testssl(tls)),
+        ("1000 anonymous slow /cgi bodies", plain, lambda: anonymous_bodies(plain)),
     ]
     print("| attack | what the tool reports | normal caller meanwhile (one upload / 100 ms) | fxgate before → after | time |")
     print("|---|---|---|---|---|", flush=True)
