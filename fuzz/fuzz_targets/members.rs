@@ -1,22 +1,23 @@
 //! The credential splice of JSON passthrough calls: for any caller body that is a JSON object,
-//! the body sent on holds exactly one `corpAccessToken` and one `corpId`, fxgate's, and every
-//! other member is the caller's, unchanged.
+//! the body sent on holds exactly one `corpAccessToken` and one `corpId`, fxgate's, no other
+//! member naming a credential in any spelling (`Credential::of`: lowercased, `_` and `-`
+//! removed), and every other member is the caller's, unchanged. The user it names is a string
+//! or the body is refused.
 #![no_main]
 
-use fxgate::routes::members::Members;
+use fxgate::routes::members::{Credential, Members};
 use libfuzzer_sys::fuzz_target;
 
 fuzz_target!(|data: &[u8]| {
     let Ok(members) = Members::parse(data) else {
         return;
     };
-    let out = members.rebuild(
-        &["corpAccessToken", "corpId"],
-        &[("corpAccessToken", "TOKEN"), ("corpId", "CORP")],
-    );
+    let _ = members.user();
+    let out = members.without_credentials(&[("corpAccessToken", "TOKEN"), ("corpId", "CORP")]);
     let again = Members::parse(&out).expect("the rebuilt body is a JSON object");
     assert_eq!(again.str_value("corpAccessToken").as_deref(), Some("TOKEN"));
     assert_eq!(again.str_value("corpId").as_deref(), Some("CORP"));
+    assert_eq!(again.user(), Ok(None), "no user survives the splice");
     // serde_json's `Value` refuses what Fxiaoke may take (numbers beyond f64, say), which
     // fxgate passes on untouched; the member-by-member check runs where it can parse.
     let Ok(serde_json::Value::Object(before)) = serde_json::from_slice(data) else {
@@ -26,17 +27,15 @@ fuzz_target!(|data: &[u8]| {
     let obj = parsed.as_object().expect("an object");
     assert_eq!(obj["corpAccessToken"], "TOKEN");
     assert_eq!(obj["corpId"], "CORP");
-    // Exactly once each: no caller spelling (escaped, repeated) survives beside fxgate's.
-    assert_eq!(
-        obj.len(),
-        before
-            .keys()
-            .filter(|k| *k != "corpAccessToken" && *k != "corpId")
-            .count()
-            + 2
-    );
+    for k in obj.keys() {
+        let injected = k == "corpAccessToken" || k == "corpId";
+        assert!(injected || Credential::of(k).is_none(), "{k} forwarded");
+    }
+    // Exactly once each: no caller spelling (escaped, repeated, re-cased) survives.
+    let kept = before.keys().filter(|k| Credential::of(k).is_none());
+    assert_eq!(obj.len(), kept.count() + 2);
     for (k, v) in &before {
-        if k != "corpAccessToken" && k != "corpId" {
+        if Credential::of(k).is_none() {
             assert_eq!(obj.get(k), Some(v), "member {k} changed");
         }
     }
