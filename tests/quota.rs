@@ -377,6 +377,37 @@ async fn an_mtls_caller_authenticates_by_certificate() {
     assert_eq!(send(&with_cert, Some("wrong")).await.unwrap().status(), 401);
     // Key callers still work on the mTLS listener.
     assert_eq!(send(&without, Some(ALPHA_KEY)).await.unwrap().status(), 200);
+
+    // The certificate mints an `fxg_` token (an SDK on an mTLS link), bound to it: usable
+    // without the certificate while `cert_subject` names it, dead once the config no longer
+    // does.
+    let minted: serde_json::Value = with_cert
+        .post(format!("{}/cgi/corpAccessToken/get/V2", gw.url))
+        .body("{}")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let token = minted["corpAccessToken"]
+        .as_str()
+        .expect("a token")
+        .to_string();
+    let use_token = || {
+        let body =
+            serde_json::json!({"corpAccessToken": token, "data": {"dataObjectApiName": "x"}});
+        let without = without.clone();
+        let url = format!("{}/cgi/crm/v2/data/query", gw.url);
+        async move {
+            let r = without.post(url).json(&body).send().await.unwrap();
+            r.json::<serde_json::Value>().await.unwrap()["errorCode"].clone()
+        }
+    };
+    assert_eq!(use_token().await, 0);
+    gw.rewrite_config(&toml.replace("CN=billing-svc", "CN=billing-svc-2"));
+    assert_eq!(gw.reload().await.status(), 200);
+    assert_eq!(use_token().await, 20016);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
