@@ -44,8 +44,8 @@ pub struct Principal {
     pub client: Arc<ClientConfig>,
     /// The token style its calls speak: its `api_style`, or that of the `fxg_` token it sent.
     pub style: ApiStyle,
-    /// The credential it proved, when that may mint an `fxg_` token (a key or a
-    /// certificate); `None` for a caller that sent an `fxg_` token.
+    /// At a token endpoint, the credential it proved, which the token minted is bound to (a
+    /// key or a certificate); `None` elsewhere, and for a caller that sent an `fxg_` token.
     pub credential: Option<MintedBy>,
 }
 
@@ -249,24 +249,24 @@ impl AuthLayer {
         }
         let registry = self.registry.load();
         let now_ms = self.clock.unix_ms();
-        let key_proof = |k: &str| MintedBy::Key {
-            sha256: hex::encode(hash_key(k)),
+        // Only a token endpoint needs the proof (to bind what it mints): other requests are
+        // spared a second hash of the key.
+        let minting = matches!(route, Some(Route::Token(_)));
+        let key_proof = |k: &str| {
+            minting.then(|| MintedBy::Key {
+                sha256: hex::encode(hash_key(k)),
+            })
         };
         let (client, credential) = match presented {
-            Presented::Key(k) => (
-                registry.by_key(&k, now_ms).into_caller()?,
-                Some(key_proof(&k)),
-            ),
+            Presented::Key(k) => (registry.by_key(&k, now_ms).into_caller()?, key_proof(&k)),
             Presented::App { id, secret } => (
                 registry.by_app(&id, &secret, now_ms).into_caller()?,
-                Some(key_proof(&secret)),
+                key_proof(&secret),
             ),
             Presented::Unusable => (None, None),
             // A token endpoint mints from a key or a certificate only: a token that could
             // mint its successor would outlive every rotation.
-            Presented::Token(_) if matches!(route, Some(Route::Token(_))) => {
-                return Err(GatewayError::Unauthenticated)
-            }
+            Presented::Token(_) if minting => return Err(GatewayError::Unauthenticated),
             Presented::Token(t) => {
                 let session = self
                     .sessions
@@ -285,7 +285,7 @@ impl AuthLayer {
             Presented::Nothing => {
                 let peer = req.extensions().get::<PeerIdentity>();
                 let client = peer.and_then(|p| registry.by_certificate(p));
-                let proof = peer.map(|p| MintedBy::Cert {
+                let proof = peer.filter(|_| minting).map(|p| MintedBy::Cert {
                     subject: p.subject.clone(),
                     common_name: p.common_name.clone(),
                     fingerprint: p.fingerprint.clone(),
