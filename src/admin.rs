@@ -194,27 +194,37 @@ async fn admin(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// `POST /admin/reload`: the callers from the config file, and the TLS files when the listener
-/// speaks HTTPS (each applies or is refused on its own).
+/// `POST /admin/reload`: the config file, applied whole or refused whole (409 with the keys
+/// that need a restart, 400 for a file that does not load), and the TLS files when the
+/// listener speaks HTTPS (each applies or is refused on its own).
 fn reload(state: Arc<AppState>) -> Response<Body> {
+    use crate::state::ReloadError;
     let trigger = "POST /admin/reload";
-    let clients = state.reload_logged(trigger);
+    let config = state.reload_logged(trigger);
     let tls = state.reload_tls(trigger);
-    let mut body = match &clients {
-        Ok(n) => serde_json::json!({"reloaded": true, "clients": n}),
-        Err(e) => serde_json::json!({"reloaded": false, "error": e}),
+    let (mut status, mut body) = match &config {
+        Ok(diff) => (
+            StatusCode::OK,
+            serde_json::json!({"reloaded": true, "clients": state.clients.load().all().len(), "applied": diff.to_json()}),
+        ),
+        Err(ReloadError::RestartRequired(keys)) => (
+            StatusCode::CONFLICT,
+            serde_json::json!({"reloaded": false, "restart_required": keys}),
+        ),
+        Err(ReloadError::Invalid(e)) => (
+            StatusCode::BAD_REQUEST,
+            serde_json::json!({"reloaded": false, "error": e}),
+        ),
     };
     if let Some(tls) = &tls {
         body["tls"] = match tls {
             Ok(()) => serde_json::json!({"reloaded": true}),
             Err(e) => serde_json::json!({"reloaded": false, "error": e}),
         };
+        if tls.is_err() && status == StatusCode::OK {
+            status = StatusCode::BAD_REQUEST;
+        }
     }
-    let status = if clients.is_ok() && tls.as_ref().is_none_or(Result::is_ok) {
-        StatusCode::OK
-    } else {
-        StatusCode::BAD_REQUEST
-    };
     json(status, body)
 }
 

@@ -155,6 +155,7 @@ pub async fn spawn_with(
         redis: stores.redis,
         clock,
         tls: gateway.tls(),
+        applied: ArcSwap::new(cfg.clone()),
         cfg: cfg.clone(),
         corps,
         metrics,

@@ -401,6 +401,12 @@ impl Metrics {
                     .set(budget as i64);
             }
         }
+        self.init_clients(cfg);
+    }
+
+    /// The zero series of each caller's quota rejections (at start and after a reload, which
+    /// never resets a gauge the corps' live counters own).
+    pub fn init_clients(&self, cfg: &crate::config::Config) {
         for client in &cfg.clients {
             for kind in QuotaKind::ALL {
                 self.quota_rejected

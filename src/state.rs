@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use prometheus::Registry;
 
 use crate::clock::Clock;
-use crate::config::Config;
+use crate::config::{Config, Diff};
 use crate::dedupe::Dedupe;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -20,11 +20,23 @@ use crate::session::Sessions;
 use crate::store::Redis;
 use crate::upstream::Corp;
 
+/// Why a reload applied nothing.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReloadError {
+    /// The file does not load (its message names the key).
+    Invalid(String),
+    /// It changes keys only a restart applies (listed).
+    RestartRequired(Vec<String>),
+}
+
 /// What every request handler shares.
 #[derive(Debug)]
 pub struct AppState {
-    /// The validated configuration.
+    /// The validated configuration the process started with (what needs a restart to change
+    /// is read here).
     pub cfg: Arc<Config>,
+    /// The configuration last applied (by start or reload): what a reload is compared with.
+    pub applied: ArcSwap<Config>,
     /// The corps, by name.
     pub corps: BTreeMap<String, Arc<Corp>>,
     /// The metric families.
@@ -65,30 +77,32 @@ impl AppState {
         self.dedupe.store.forget_media(corp, media_id).await;
     }
 
-    /// Re-reads the config file and applies its `[[clients]]` (callers, keys, quotas). Quota
-    /// state is kept by caller name in the store, so it survives; requests in flight finish under the rules they
-    /// started with. A config that does not load, or names a corp this process does not
-    /// run, is rejected and the old one stays.
-    pub fn reload(&self) -> Result<usize, String> {
-        let path = self
-            .cfg
-            .source
-            .clone()
-            .ok_or("this process was not started from a config file")?;
-        let new = Config::load(&path, None).map_err(|e| format!("{}: {e}", path.display()))?;
-        for c in &new.clients {
-            if !self.corps.contains_key(&c.corp) {
-                return Err(format!(
-                    "client `{}` names corp `{}`, which needs a restart to add",
-                    c.name, c.corp
-                ));
+    /// Re-reads the config file and applies it whole, or refuses it whole (design §12): the
+    /// callers (keys, certificates, limits) and the corps' budgets are applied at once; a
+    /// change to any other key needs a restart, and then nothing is applied. Quota state is
+    /// kept by caller name in the store, so it survives; requests in flight finish under the
+    /// rules they started with.
+    pub fn reload(&self) -> Result<Diff, ReloadError> {
+        let path = self.cfg.source.clone().ok_or_else(|| {
+            ReloadError::Invalid("this process was not started from a config file".into())
+        })?;
+        let new = Config::load(&path, None)
+            .map_err(|e| ReloadError::Invalid(format!("{}: {e}", path.display())))?;
+        let diff = Diff::between(&self.applied.load(), &new);
+        let restart = diff.restart_required();
+        if !restart.is_empty() {
+            return Err(ReloadError::RestartRequired(restart));
+        }
+        for (name, c) in &new.corps {
+            if let Some(corp) = self.corps.get(name) {
+                corp.set_budget(c.upstream_requests_per_20s, c.daily_call_budget);
             }
         }
-        self.metrics.init_series(&new);
-        let registry = ClientRegistry::new(&new.clients);
-        let n = registry.all().len();
-        self.clients.store(Arc::new(registry));
-        Ok(n)
+        self.metrics.init_clients(&new);
+        self.clients
+            .store(Arc::new(ClientRegistry::new(&new.clients)));
+        self.applied.store(Arc::new(new));
+        Ok(diff)
     }
 
     /// Rebuilds the caller listener's TLS config from its files (new connections get it; open
@@ -108,26 +122,31 @@ impl AppState {
         Some(result)
     }
 
-    /// Logs and applies a reload of the callers (SIGHUP, `POST /admin/reload`, a change of the
-    /// config file).
-    pub fn reload_logged(&self, trigger: &str) -> Result<usize, String> {
+    /// Logs and applies a reload (SIGHUP, `POST /admin/reload`, a change of the config file):
+    /// one structured event naming every change, old → new (never a secret), or why nothing
+    /// was applied.
+    pub fn reload_logged(&self, trigger: &str) -> Result<Diff, ReloadError> {
         let result = self.reload();
         self.metrics
             .count_reload(crate::metrics::Reloaded::Config, result.is_ok());
-        match result {
-            Ok(n) => {
-                tracing::info!(
-                    trigger,
-                    clients = n,
-                    "configuration reloaded: clients and quotas applied"
-                );
-                Ok(n)
-            }
-            Err(e) => {
-                tracing::error!(trigger, error = %e, "configuration reload rejected; the previous configuration stays in force");
-                Err(e)
-            }
+        match &result {
+            Ok(diff) => tracing::info!(
+                trigger,
+                changes = %diff.to_json(),
+                "config applied"
+            ),
+            Err(ReloadError::RestartRequired(keys)) => tracing::error!(
+                trigger,
+                restart_required = ?keys,
+                "configuration reload refused: these keys need a restart; nothing was applied"
+            ),
+            Err(ReloadError::Invalid(e)) => tracing::error!(
+                trigger,
+                error = %e,
+                "configuration reload rejected; the previous configuration stays in force"
+            ),
         }
+        result
     }
 
     /// Whether every corp holds a usable token.

@@ -3,6 +3,7 @@
 //! then `Config::try_from(FileConfig)` checks every value and cross-field rule. Nothing
 //! downstream sees a raw string: durations are `Duration`, sizes `u64`, secrets `Secret`.
 
+mod diff;
 mod effective;
 pub mod file;
 mod limits;
@@ -12,6 +13,7 @@ mod secret;
 mod telemetry;
 mod validate;
 
+pub use diff::{Change, Diff};
 pub use limits::announced_too_large;
 pub use parse::{hash_key, parse_duration, parse_sha256, parse_size};
 pub use secret::Secret;

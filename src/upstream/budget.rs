@@ -3,7 +3,7 @@
 //! short wait is allowed, then 942902) and the optional daily call budget. The counting is the
 //! quota store's (`QuotaStore::budget`), so replicas sharing Redis share one budget.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -14,12 +14,19 @@ use crate::quota::{cst_day, BudgetAnswer, QuotaStore};
 /// How long a request may wait, in all, for a slot in the corp's 20 s window before 942902.
 const BUDGET_QUEUE_BOUND: Duration = Duration::from_secs(2);
 
-/// The corp's allowance at Fxiaoke.
+/// `daily` when no daily budget is set.
+const NO_DAILY: u64 = u64::MAX;
+/// `left` before the store has said.
+const UNKNOWN: u64 = u64::MAX;
+
+/// The corp's allowance at Fxiaoke. Its limits are live: a reload sets them
+/// (`set_limits`) and the next call is held to the new ones.
 #[derive(Debug)]
 pub struct UpstreamBudget {
     corp: String,
-    per_20s: u32,
-    daily: Option<u64>,
+    per_20s: AtomicU32,
+    /// The daily budget (`NO_DAILY`: none).
+    daily: AtomicU64,
     clock: Arc<dyn Clock>,
     store: Arc<dyn QuotaStore>,
     /// Calls left today as the store last said (`u64::MAX`: not yet known).
@@ -38,12 +45,36 @@ impl UpstreamBudget {
     ) -> Self {
         Self {
             corp: corp.to_string(),
-            per_20s,
-            daily,
+            per_20s: AtomicU32::new(per_20s),
+            daily: AtomicU64::new(daily.unwrap_or(NO_DAILY)),
             clock,
             store,
-            left: AtomicU64::new(u64::MAX),
+            left: AtomicU64::new(UNKNOWN),
         }
+    }
+
+    fn daily(&self) -> Option<u64> {
+        Some(self.daily.load(Ordering::Relaxed)).filter(|d| *d != NO_DAILY)
+    }
+
+    /// New limits (a reload): the next call is held to them, and what is left today is the
+    /// new daily budget less today's use, never a fresh budget.
+    pub fn set_limits(&self, per_20s: u32, daily: Option<u64>) {
+        let before = self.daily();
+        self.per_20s.store(per_20s, Ordering::Relaxed);
+        self.daily
+            .store(daily.unwrap_or(NO_DAILY), Ordering::Relaxed);
+        let left = self.left.load(Ordering::Relaxed);
+        let used = before
+            .filter(|_| left != UNKNOWN)
+            .map(|b| b.saturating_sub(left));
+        let now_left = match (daily, used) {
+            (Some(limit), Some(used)) => limit.saturating_sub(used),
+            // Today's use is not known yet (no call since the start, or no budget before):
+            // the next call's answer from the store says.
+            _ => UNKNOWN,
+        };
+        self.left.store(now_left, Ordering::Relaxed);
     }
 
     /// Takes one call on `interface`, waiting up to `BUDGET_QUEUE_BOUND` in all for the
@@ -55,7 +86,13 @@ impl UpstreamBudget {
             let now = self.clock.unix_secs();
             let answer = self
                 .store
-                .budget(&self.corp, interface, self.per_20s, self.daily, now)
+                .budget(
+                    &self.corp,
+                    interface,
+                    self.per_20s.load(Ordering::Relaxed),
+                    self.daily(),
+                    now,
+                )
                 .await
                 .map_err(|_| GatewayError::QuotaStoreDown)?;
             match answer {
@@ -89,10 +126,10 @@ impl UpstreamBudget {
 
     /// Calls left today, when a daily budget is set.
     pub fn remaining_today(&self) -> Option<u64> {
-        let limit = self.daily?;
+        let limit = self.daily()?;
         Some(match self.left.load(Ordering::Relaxed) {
-            u64::MAX => limit,
-            left => left,
+            UNKNOWN => limit,
+            left => left.min(limit),
         })
     }
 }
@@ -102,6 +139,29 @@ mod tests {
     use super::*;
     use crate::clock::ManualClock;
     use crate::quota::memory::MemoryQuotas;
+
+    #[tokio::test]
+    async fn a_raised_daily_budget_counts_todays_use_and_applies_at_once() {
+        let clock = ManualClock::new(0);
+        let store = Arc::new(MemoryQuotas::new(clock.clone()));
+        let budget = UpstreamBudget::new("c", 100, Some(5), clock.clone(), store);
+        for _ in 0..5 {
+            budget.acquire("/x").await.expect("within the day's 5");
+        }
+        assert_eq!(budget.remaining_today(), Some(0));
+        assert!(budget.acquire("/x").await.is_err());
+        budget.set_limits(100, Some(1000));
+        assert_eq!(
+            budget.remaining_today(),
+            Some(995),
+            "the new limit less today's use"
+        );
+        budget
+            .acquire("/x")
+            .await
+            .expect("the raised budget applies to the next call");
+        assert_eq!(budget.remaining_today(), Some(994));
+    }
 
     #[tokio::test(start_paused = true)]
     async fn a_window_that_stays_full_is_waited_for_at_most_the_bound_in_all() {

@@ -330,6 +330,25 @@ impl Corp {
         self.clients.get()
     }
 
+    /// New budget limits from a reload, and the gauges that show them: the limit, and what is
+    /// left of it today (the new limit less today's use).
+    pub fn set_budget(&self, per_20s: u32, daily: Option<u64>) {
+        self.budget.set_limits(per_20s, daily);
+        if let Some(limit) = daily {
+            let name = [self.cfg.name.as_str()];
+            self.metrics
+                .upstream_budget_limit
+                .with_label_values(&name)
+                .set(limit as i64);
+            if let Some(left) = self.budget.remaining_today() {
+                self.metrics
+                    .upstream_budget_remaining
+                    .with_label_values(&name)
+                    .set(left as i64);
+            }
+        }
+    }
+
     /// Takes one call on the interface at `path` from the corp's budget (each path has its
     /// own 20 s window; waiting briefly for it), and publishes what is left of the day's budget.
     pub async fn take_budget(&self, path: &str) -> Result<(), GatewayError> {

@@ -1,0 +1,142 @@
+//! A reload tells the truth (design §12): what it can apply it applies whole, at once, and says
+//! so in one event naming each change; what needs a restart refuses the whole reload with 409
+//! and the keys, and nothing changes. Black-box: the real binary, its admin listener, SIGHUP.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use support::*;
+
+fn with_budget(sandbox: &Sandbox, corp_extra: &str) -> String {
+    config(&sandbox.url, corp_extra, "")
+}
+
+async fn query(gw: &Gateway) -> (u16, Value) {
+    let resp = client()
+        .post(format!("{}/cgi/crm/v2/data/query", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .body(r#"{"data":{"dataObjectApiName":"AccountObj"}}"#)
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    (status, resp.json().await.unwrap_or(Value::Null))
+}
+
+/// Waits (bounded: 15 s) until `fxgate_reloads_total{what="config",result}` reaches `n`.
+async fn reloads(gw: &Gateway, result: &str, n: f64) {
+    let series = format!(r#"fxgate_reloads_total{{result="{result}",what="config"}}"#);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while metric(&gw.metrics().await, &series) < n {
+        assert!(Instant::now() < deadline, "no {result} reload seen");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test]
+async fn the_runbooks_budget_raise_applies_at_once_and_the_gauge_counts_todays_use() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&with_budget(&sandbox, "daily_call_budget = 5"));
+    for _ in 0..5 {
+        assert_eq!(query(&gw).await.0, 200);
+    }
+    let (status, e) = query(&gw).await;
+    assert_eq!((status, &e["errorCode"]), (429, &json!(942902)), "{e}");
+    let remaining = r#"fxgate_upstream_budget_remaining{corp="default"}"#;
+    assert_eq!(metric(&gw.metrics().await, remaining), 0.0);
+
+    gw.rewrite_config(&with_budget(&sandbox, "daily_call_budget = 1000"));
+    let r = gw.reload().await;
+    assert_eq!(r.status(), 200);
+    let body: Value = r.json().await.unwrap();
+    let changes = &body["applied"]["changes"];
+    assert_eq!(
+        changes[0],
+        json!({"key": "corps.default.daily_call_budget", "old": 5, "new": 1000}),
+        "{body}"
+    );
+    // The gauge reads the new limit less today's use, not a fresh budget.
+    assert_eq!(metric(&gw.metrics().await, remaining), 995.0);
+    for _ in 0..3 {
+        let (status, e) = query(&gw).await;
+        assert_eq!((status, &e["errorCode"]), (200, &json!(0)), "{e}");
+    }
+    assert_eq!(metric(&gw.metrics().await, remaining), 992.0);
+    assert_eq!(
+        gw.admin_clients().await["corps"]["default"]["daily_calls_left"],
+        992
+    );
+    assert!(gw.logs().contains("config applied"));
+    assert!(gw.logs().contains("corps.default.daily_call_budget"));
+}
+
+#[tokio::test]
+async fn a_change_that_needs_a_restart_refuses_the_whole_reload() {
+    let sandbox = Sandbox::spawn(&[]);
+    let original = with_budget(&sandbox, "daily_call_budget = 1");
+    let gw = Gateway::spawn(&original);
+    assert_eq!(query(&gw).await.0, 200);
+    // A budget raise that would apply, beside a listener move that cannot: nothing applies.
+    let moved = with_budget(&sandbox, "daily_call_budget = 100")
+        .replace(
+            "listen = \"127.0.0.1:0\"\nadmin",
+            "listen = \"127.0.0.1:1\"\nadmin",
+        )
+        .replace(APP_SECRET, "another-secret");
+    gw.rewrite_config(&moved);
+    let r = gw.reload().await;
+    assert_eq!(r.status(), 409);
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(
+        body["restart_required"],
+        json!(["corps.default.app_secret", "server.listen"]),
+        "{body}"
+    );
+    assert!(!body.to_string().contains("another-secret"));
+    assert_eq!(
+        metric(&gw.metrics().await, r#"fxgate_reload_ok{what="config"}"#),
+        0.0
+    );
+    // The old listener serves, under the old budget.
+    let (status, e) = query(&gw).await;
+    assert_eq!((status, &e["errorCode"]), (429, &json!(942902)), "{e}");
+    assert!(!gw.logs().contains("another-secret"));
+}
+
+#[tokio::test]
+async fn sighup_and_the_file_watch_apply_the_same_way() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&with_budget(&sandbox, "upstream_requests_per_20s = 1"));
+    assert_eq!(query(&gw).await.0, 200);
+    assert_eq!(query(&gw).await.0, 429);
+    // SIGHUP: the per-path window grows at once.
+    gw.rewrite_config(&with_budget(&sandbox, "upstream_requests_per_20s = 3"));
+    gw.signal("HUP");
+    reloads(&gw, "ok", 1.0).await;
+    assert_eq!(query(&gw).await.0, 200);
+    assert_eq!(query(&gw).await.0, 200);
+    assert_eq!(query(&gw).await.0, 429);
+    // The watch: a new caller appears without a signal.
+    let gamma = format!(
+        "{}{}",
+        with_budget(&sandbox, "upstream_requests_per_20s = 3"),
+        gamma_client("")
+    );
+    gw.rewrite_config(&gamma);
+    let before = metric(
+        &gw.metrics().await,
+        r#"fxgate_reloads_total{result="ok",what="config"}"#,
+    );
+    reloads(&gw, "ok", before + 1.0).await;
+    let r = client()
+        .post(gw.upload_url())
+        .bearer_auth(GAMMA_KEY)
+        .header("content-type", "image/jpeg")
+        .body(unique_jpeg(2000, 1))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+}
