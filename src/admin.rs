@@ -1,6 +1,6 @@
 //! The admin listener (plain HTTP/1.1, separate port): `/metrics` (Prometheus text from the
-//! injected registry), `/healthz` (the process answers), `/readyz` (every corp holds a usable
-//! token), `POST /admin/reload` and `GET /admin/clients`. `/admin/*` needs
+//! injected registry), `/healthz` (the process answers), `/readyz` (this replica can serve:
+//! `AppState::readiness`; `?verbose` lists every check), `POST /admin/reload` and `GET /admin/clients`. `/admin/*` needs
 //! `Authorization: Bearer <admin key>` (`server.admin_key_sha256`) unless the admin listener is
 //! bound to loopback. Kept off the caller-facing stack so scrapes and probes never compete with uploads.
 
@@ -37,34 +37,39 @@ fn token_state(tokens: &TokenProvider) -> &'static str {
     }
 }
 
+/// `/readyz`: 200 when every readiness check passes, else 503 naming the failing ones;
+/// `?verbose` lists every check, and each corp's OAuth token (informational).
+fn readyz(state: &AppState, verbose: bool) -> Response<Body> {
+    let checks = state.readiness();
+    let ready = checks.iter().all(|(_, ok, _)| *ok);
+    let mut lines = String::new();
+    for (name, ok, found) in checks.iter().filter(|(_, ok, _)| verbose || !*ok) {
+        let mark = if *ok { "ok" } else { "FAIL" };
+        lines.push_str(&format!("{mark} {name}: {found}\n"));
+    }
+    if verbose {
+        for (name, corp) in &state.corps {
+            lines.push_str(&format!(
+                "info corp {name} oauth: {}\n",
+                token_state(&corp.oauth)
+            ));
+        }
+    }
+    if ready && !verbose {
+        lines.push_str("ready\n");
+    }
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
+    text(status, lines)
+}
+
 async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> {
     match (req.method(), req.uri().path()) {
         (&Method::GET, "/healthz") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/readyz") => {
-            let mut lines = String::new();
-            for (name, corp) in &state.corps {
-                lines.push_str(&format!(
-                    "corp {name}: {}; oauth {}\n",
-                    if corp.tokens.ready() {
-                        "token ok"
-                    } else {
-                        "no valid token"
-                    },
-                    token_state(&corp.oauth),
-                ));
-            }
-            if let Some(redis) = &state.redis {
-                // Informational: with Redis down fxgate still serves, per the fail modes.
-                lines.push_str(&redis.status());
-                lines.push('\n');
-            }
-            let status = if state.ready() {
-                StatusCode::OK
-            } else {
-                StatusCode::SERVICE_UNAVAILABLE
-            };
-            text(status, lines)
-        }
+        (&Method::GET, "/readyz") => readyz(&state, req.uri().query() == Some("verbose")),
         (&Method::GET, "/metrics") => {
             for (name, corp) in &state.corps {
                 // An OAuth token nobody has asked for yet is no alert: its series appear once used.

@@ -149,8 +149,43 @@ impl AppState {
         result
     }
 
-    /// Whether every corp holds a usable token.
+    /// Readiness (design §12), each check with whether it passes and what it found: the
+    /// config is loaded (listeners are up, or nothing would answer); every corp obtained its
+    /// legacy token at least once since start (losing it later is an outage callers hear as
+    /// 503 / 950301 and the token alerts carry, not a reason to leave the Service); with
+    /// `quota_fail_mode = "closed"`, the shared store is up.
+    pub fn readiness(&self) -> Vec<(String, bool, String)> {
+        let mut checks = vec![("config".to_string(), true, "loaded".to_string())];
+        for (name, corp) in &self.corps {
+            let (ok, found) = match (corp.tokens.ready(), corp.tokens.obtained()) {
+                (true, _) => (true, "token ok"),
+                (false, true) => (
+                    true,
+                    "obtained once; no valid token now (callers get 503 / 950301)",
+                ),
+                (false, false) => (false, "no token obtained yet"),
+            };
+            checks.push((format!("corp {name}"), ok, found.to_string()));
+        }
+        if let Some(redis) = &self.redis {
+            let closed = self.cfg.store.quota_fail_mode == crate::store::FailMode::Closed;
+            let ok = redis.is_up() || !closed;
+            let mode = if closed {
+                "needed: quota_fail_mode = closed"
+            } else {
+                "not needed: quota_fail_mode = open"
+            };
+            checks.push((
+                "store".to_string(),
+                ok,
+                format!("{} ({mode})", redis.status()),
+            ));
+        }
+        checks
+    }
+
+    /// Whether this replica can serve (`readiness` all passes).
     pub fn ready(&self) -> bool {
-        self.corps.values().all(|c| c.tokens.ready())
+        self.readiness().iter().all(|(_, ok, _)| *ok)
     }
 }

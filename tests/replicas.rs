@@ -365,7 +365,8 @@ async fn redis_down_follows_the_fail_modes_and_sharing_resumes_when_it_returns()
         (429, &942903.into()),
         "{body}"
     );
-    // Visible: metrics and /readyz (which stays 200: the gateway still serves).
+    // Visible: metrics and /readyz (200 where the gateway still serves: A fails open; B, which
+    // fails closed, needs the store and is not ready).
     let m = a.metrics().await;
     assert_eq!(metric(&m, "fxgate_store_up"), 0.0);
     let errors: f64 = m
@@ -374,9 +375,14 @@ async fn redis_down_follows_the_fail_modes_and_sharing_resumes_when_it_returns()
         .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
         .sum();
     assert!(errors >= 1.0, "{m}");
-    let ready = reqwest::get(format!("{}/readyz", a.admin)).await.unwrap();
+    let ready = reqwest::get(format!("{}/readyz?verbose", a.admin))
+        .await
+        .unwrap();
     assert_eq!(ready.status(), 200);
     assert!(ready.text().await.unwrap().contains("store redis: down"));
+    let unready = reqwest::get(format!("{}/readyz", b.admin)).await.unwrap();
+    assert_eq!(unready.status(), 503);
+    assert!(unready.text().await.unwrap().contains("FAIL store"));
 
     // Back: both replicas reconnect by themselves and share again.
     redis.restart();

@@ -217,6 +217,37 @@ async fn a_token_answer_that_stalls_after_its_head_is_given_up_and_retried() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_token_lost_after_start_keeps_the_replica_ready_while_callers_hear_950301() {
+    let t = InProcess::spawn(SandboxOptions::default(), "").await;
+    t.wait("tokens_issued", 1).await;
+    let http = client();
+    let (status, _, body) =
+        upload_multipart(&http, &t.upload_url(), ALPHA_KEY, jpeg(300, 1), "a.jpg").await;
+    assert_eq!((status, &body["errorCode"]), (200, &0.into()), "{body}");
+    // The token endpoint fails for longer than the token lives.
+    t.faults(serde_json::json!({"token_fail_calls": 1_000_000}))
+        .await;
+    t.advance(Duration::from_secs(7300));
+    t.wait("token_failures", 1).await;
+    let (status, headers, body) =
+        upload_multipart(&http, &t.upload_url(), ALPHA_KEY, jpeg(300, 2), "b.jpg").await;
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (503, &950301.into()),
+        "{body}"
+    );
+    assert!(headers.contains_key("retry-after"));
+    // Ready all the same: a Fxiaoke outage must not empty the Service; the token alerts
+    // (fxgate_token_valid 0) carry it.
+    assert!(t.ready().await);
+    let m = t.metrics().await;
+    assert_eq!(
+        metric(&m, r#"fxgate_token_valid{corp="default",flow="legacy"}"#),
+        0.0
+    );
+}
+
 #[tokio::test]
 async fn readyz_is_ok_once_a_token_is_held() {
     // The token is published right after the sandbox answers; a request awaits it.

@@ -362,7 +362,7 @@ impl Gateway {
     pub async fn until_store_ok(&self) {
         let deadline = std::time::Instant::now() + Duration::from_secs(15);
         loop {
-            let text = reqwest::get(format!("{}/readyz", self.admin))
+            let text = reqwest::get(format!("{}/readyz?verbose", self.admin))
                 .await
                 .unwrap()
                 .text()

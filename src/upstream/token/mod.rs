@@ -270,6 +270,12 @@ impl TokenProvider {
         self.state.borrow().usable(self.clock.now()).is_some()
     }
 
+    /// Whether a token was obtained at least once since start (readiness: a Fxiaoke outage
+    /// later makes callers wait for 950301, not the replica leave the Service).
+    pub fn obtained(&self) -> bool {
+        self.state.borrow().token.is_some()
+    }
+
     /// Whether a token was ever asked for or fetched (a lazy flow nobody used is idle).
     pub fn in_use(&self) -> bool {
         let s = self.state.borrow();
