@@ -28,17 +28,19 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run the gateway.
+    /// Run the gateway. Exit codes: 0 drained and stopped, 1 a runtime failure, 2 the config
+    /// does not load, 3 a second SIGTERM/SIGINT cut the drain short.
     Serve {
-        /// Config file.
-        #[arg(long, default_value = "config/fxgate.toml")]
-        config: PathBuf,
+        /// Config file [default: $FXGATE_CONFIG, else config/fxgate.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
-    /// Validate a config and print the effective settings, secrets masked.
+    /// Validate a config (and open every file `serve` would: TLS certificate, key and CA,
+    /// secret files) and print the effective settings, secrets masked. Exit 2 when invalid.
     CheckConfig {
-        /// Config file.
-        #[arg(long, default_value = "config/fxgate.toml")]
-        config: PathBuf,
+        /// Config file [default: $FXGATE_CONFIG, else config/fxgate.toml].
+        #[arg(long)]
+        config: Option<PathBuf>,
     },
     /// Run the built-in imitation of the Fxiaoke endpoints.
     Sandbox {
@@ -111,8 +113,8 @@ fn main() -> ExitCode {
             println!("{}", hex::encode(config::hash_key(key)));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config: path } => match load(&path) {
-            Ok(cfg) => {
+        Command::CheckConfig { config: path } => match check(&config_path(path)) {
+            Ok((path, cfg)) => {
                 println!(
                     "{}",
                     serde_json::to_string_pretty(&cfg.effective()).unwrap_or_default()
@@ -120,7 +122,7 @@ fn main() -> ExitCode {
                 eprintln!("fxgate: {}: configuration is valid", path.display());
                 ExitCode::SUCCESS
             }
-            Err(e) => {
+            Err((path, e)) => {
                 eprintln!("fxgate: {}: {e}", path.display());
                 ExitCode::from(2)
             }
@@ -150,13 +152,15 @@ fn main() -> ExitCode {
                 per_path_limit: (!no_path_limit).then_some(100),
                 clock: fxgate::clock::SystemClock::shared(),
             };
-            run(async move {
+            let ran = run(async move {
                 sandbox::run_standalone(listen, opts)
                     .await
                     .map_err(Into::into)
-            })
+            });
+            ran.map_or_else(|code| code, |()| ExitCode::SUCCESS)
         }
         Command::Serve { config: path } => {
+            let path = config_path(path);
             let cfg = match load(&path) {
                 Ok(c) => c,
                 Err(e) => {
@@ -164,7 +168,11 @@ fn main() -> ExitCode {
                     return ExitCode::from(2);
                 }
             };
-            run(serve(cfg))
+            match run(serve(cfg)) {
+                Ok(Stopped::Drained) => ExitCode::SUCCESS,
+                Ok(Stopped::Cut) => ExitCode::from(3),
+                Err(code) => code,
+            }
         }
     }
 }
@@ -180,6 +188,24 @@ fn healthcheck(admin: &str, ready: bool, timeout: Duration) -> ExitCode {
     }
 }
 
+/// `--config`, else `$FXGATE_CONFIG`, else `config/fxgate.toml`.
+fn config_path(flag: Option<PathBuf>) -> PathBuf {
+    flag.or_else(|| std::env::var_os("FXGATE_CONFIG").map(PathBuf::from))
+        .unwrap_or_else(|| PathBuf::from("config/fxgate.toml"))
+}
+
+/// `check-config`: the config at `path`, and every file `serve` would open (the TLS
+/// certificate, key and client CA: read and built as `serve` builds them; secret files are
+/// read by the load itself), so a config that passes here does not fail at start.
+fn check(path: &std::path::Path) -> Result<(PathBuf, Config), (PathBuf, String)> {
+    let failed = |e: String| (path.to_path_buf(), e);
+    let cfg = load(path).map_err(|e| failed(e.to_string()))?;
+    if let Some(tls) = &cfg.server.tls {
+        fxgate::server::Tls::load(tls).map_err(|e| failed(e.to_string()))?;
+    }
+    Ok((path.to_path_buf(), cfg))
+}
+
 /// The config at `path`, refused if its dedupe index would not fit this process's memory limit.
 fn load(path: &std::path::Path) -> Result<Config, config::ConfigError> {
     let cfg = Config::load(path, None)?;
@@ -187,7 +213,9 @@ fn load(path: &std::path::Path) -> Result<Config, config::ConfigError> {
     Ok(cfg)
 }
 
-fn run(fut: impl std::future::Future<Output = Result<(), fxgate::BoxError>>) -> ExitCode {
+fn run<T>(
+    fut: impl std::future::Future<Output = Result<T, fxgate::BoxError>>,
+) -> Result<T, ExitCode> {
     let rt = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -195,19 +223,27 @@ fn run(fut: impl std::future::Future<Output = Result<(), fxgate::BoxError>>) -> 
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("fxgate: cannot start the runtime: {e}");
-            return ExitCode::FAILURE;
+            return Err(ExitCode::FAILURE);
         }
     };
-    match rt.block_on(fut) {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("fxgate: {e}");
-            ExitCode::FAILURE
-        }
-    }
+    let result = rt.block_on(fut).map_err(|e| {
+        eprintln!("fxgate: {e}");
+        ExitCode::FAILURE
+    });
+    // A drain cut short leaves tasks behind: don't wait for them.
+    rt.shutdown_timeout(Duration::from_secs(1));
+    result
 }
 
-async fn serve(cfg: Config) -> Result<(), fxgate::BoxError> {
+/// How `serve` ended.
+enum Stopped {
+    /// In-flight requests finished (or `shutdown_grace` passed).
+    Drained,
+    /// A second SIGTERM/SIGINT during the drain: stopped at once.
+    Cut,
+}
+
+async fn serve(cfg: Config) -> Result<Stopped, fxgate::BoxError> {
     // In the runtime: span exports run on it.
     let telemetry = fxgate::telemetry::init(cfg.log_format, &cfg.tracing)?;
     let running = fxgate::app::spawn(cfg).await?;
@@ -232,8 +268,17 @@ async fn serve(cfg: Config) -> Result<(), fxgate::BoxError> {
         _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: shutting down"),
         _ = term.recv() => tracing::info!("SIGTERM: shutting down"),
     }
-    running.shutdown().await;
+    // A second signal during the drain means "now": the drain is cut short (exit 3).
+    let stopped = tokio::select! {
+        () = running.shutdown() => Stopped::Drained,
+        _ = tokio::signal::ctrl_c() => Stopped::Cut,
+        _ = term.recv() => Stopped::Cut,
+    };
+    if let Stopped::Cut = stopped {
+        tracing::warn!("second signal: stopping without waiting for requests in flight");
+        return Ok(stopped);
+    }
     // Last: the spans of the drained requests go out too.
     telemetry.shutdown().await;
-    Ok(())
+    Ok(stopped)
 }

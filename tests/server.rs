@@ -4,7 +4,7 @@
 mod support;
 
 use std::process::{Command, Stdio};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -573,4 +573,68 @@ fn serve_refuses_a_dedupe_index_that_would_not_fit_in_half_its_cgroup_memory_lim
     assert!(first.contains("listening"), "{first}");
     child.kill().unwrap();
     child.wait().unwrap();
+}
+
+#[tokio::test]
+async fn check_config_opens_every_file_serve_would_and_fxgate_config_names_the_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fxgate.toml");
+    let missing = dir.path().join("no-such-cert.pem");
+    let toml = config("sandbox", "", "").replace(
+        "[server]\n",
+        &format!(
+            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
+            missing.display(),
+            missing.display()
+        ),
+    );
+    std::fs::write(&path, toml).unwrap();
+    let path_s = path.to_str().unwrap();
+    let (code, _, err) = fxgate(&["check-config", "--config", path_s], None, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("server.tls_cert"), "{err}");
+    // Without --config, $FXGATE_CONFIG names the file (here: the same broken one).
+    let (code, _, err) = fxgate(&["check-config"], None, &[("FXGATE_CONFIG", path_s)]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(path_s) && err.contains("server.tls_cert"),
+        "{err}"
+    );
+    std::fs::write(&path, config("sandbox", "", "")).unwrap();
+    let (code, _, err) = fxgate(&["check-config"], None, &[("FXGATE_CONFIG", path_s)]);
+    assert_eq!(code, 0, "{err}");
+}
+
+#[tokio::test]
+async fn a_second_sigterm_cuts_the_drain_short_with_exit_code_3() {
+    let (sandbox, mut gw) = pair(&[], "", "");
+    // Fxiaoke takes 30 s to answer; the drain would wait `shutdown_grace` (10 s) for it.
+    sandbox
+        .faults(serde_json::json!({"upload_delay_ms": 30_000}))
+        .await;
+    let http = client();
+    let url = gw.upload_url();
+    let _in_flight = tokio::spawn(async move {
+        upload_multipart(&http, &url, ALPHA_KEY, jpeg(1000, 1), "s.jpg").await
+    });
+    sandbox.wait("uploads_active", 1).await;
+    gw.terminate();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.logs().contains("SIGTERM: shutting down") {
+        assert!(
+            Instant::now() < deadline,
+            "the first SIGTERM was not logged"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let cut = Instant::now();
+    gw.terminate();
+    let status = gw.wait_exit(Duration::from_secs(8));
+    assert_eq!(status.code(), Some(3), "{status:?}");
+    assert!(
+        cut.elapsed() < Duration::from_secs(5),
+        "{:?}",
+        cut.elapsed()
+    );
+    assert!(gw.logs().contains("second signal"));
 }
