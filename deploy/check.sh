@@ -66,3 +66,15 @@ for r in rules:
 print(f"ok deploy/prometheus/alerts.yml: {len(rules)} alerts, each with for: and a runbook section")
 PY
 bash deploy/k8s/check.sh
+
+# The systemd unit, as systemd itself reads it (ExecStart pointed at the binary built here:
+# verify checks that the command exists).
+bin=""
+for b in target/release/fxgate target/debug/fxgate; do [ -x "$b" ] && bin="$PWD/$b" && break; done
+if [ -z "$bin" ]; then cargo build --quiet; bin="$PWD/target/debug/fxgate"; fi
+unit_dir=$(mktemp -d)
+sed "s|/usr/local/bin/fxgate|$bin|" deploy/fxgate.service > "$unit_dir/fxgate.service"
+systemd-analyze verify "$unit_dir/fxgate.service"
+grep -q '^LoadCredential=fx_permanent_code:' deploy/fxgate.service
+grep -q '^ConfigurationDirectory=fxgate' deploy/fxgate.service
+echo "ok deploy/fxgate.service: systemd-analyze verify, every secret by LoadCredential"

@@ -118,7 +118,22 @@ async fn sighup_and_the_file_watch_apply_the_same_way() {
     assert_eq!(query(&gw).await.0, 200);
     assert_eq!(query(&gw).await.0, 200);
     assert_eq!(query(&gw).await.0, 429);
-    // The watch: a new caller appears without a signal.
+    // The watch: a new caller appears without a signal, and nothing the process holds is lost
+    // (on the memory backend a restart would cost the dedupe index).
+    let file = unique_jpeg(3000, 7);
+    let (status, _, first) = upload_multipart(
+        &client(),
+        &gw.upload_url(),
+        ALPHA_KEY,
+        file.clone(),
+        "k.jpg",
+    )
+    .await;
+    assert_eq!(
+        (status, &first["deduplicated"]),
+        (200, &json!(false)),
+        "{first}"
+    );
     let gamma = format!(
         "{}{}",
         with_budget(&sandbox, "upstream_requests_per_20s = 3"),
@@ -139,4 +154,12 @@ async fn sighup_and_the_file_watch_apply_the_same_way() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
+    let (status, _, again) =
+        upload_multipart(&client(), &gw.upload_url(), ALPHA_KEY, file, "k.jpg").await;
+    assert_eq!(
+        (status, &again["deduplicated"]),
+        (200, &json!(true)),
+        "{again}"
+    );
+    assert_eq!(again["mediaId"], first["mediaId"]);
 }

@@ -87,15 +87,32 @@ if services["fxgate"]["spec"].get("type", "ClusterIP") != "ClusterIP" or \
         admin_service["spec"].get("type", "ClusterIP") != "ClusterIP":
     fail("fxgate Services must stay ClusterIP (expose callers through your ingress)")
 
+# Config by a watched volume (design §12): the fxgate ConfigMap keeps its name, so an edit
+# reaches running pods (applied within server.watch_interval) instead of rolling them; it is
+# mounted as a directory (a subPath mount never sees an update). Secrets stay hash-suffixed:
+# a new secret rolls the pods.
 hashed = re.compile(r"-[a-z0-9]{10}$")
 for v in pod["volumes"]:
-    ref = v.get("configMap", {}).get("name") or v.get("secret", {}).get("secretName")
-    if ref and not hashed.search(ref):
-        fail(f"volume {v['name']} refers to {ref}, not a hash-suffixed generated object")
+    if "configMap" in v and v["configMap"]["name"] != "fxgate-config" and not hashed.search(v["configMap"]["name"]):
+        fail(f"volume {v['name']} refers to {v['configMap']['name']}, neither the watched config nor hash-suffixed")
+    secret = v.get("secret", {}).get("secretName")
+    if secret and not hashed.search(secret):
+        fail(f"volume {v['name']} refers to {secret}, not a hash-suffixed generated Secret")
+if not any(v.get("configMap", {}).get("name") == "fxgate-config" for v in pod["volumes"]):
+    fail("the config is not mounted from the ConfigMap fxgate-config")
+for m in container.get("volumeMounts", []):
+    if m["name"] == "config" and m.get("subPath"):
+        fail("the config volume is mounted by subPath, which never sees an update")
+watch = tomllib.loads(next(c for c in by_kind["ConfigMap"] if "fxgate.toml" in c["data"])["data"]["fxgate.toml"])
+if watch.get("server", {}).get("watch_interval") in ("0s", "0"):
+    fail("server.watch_interval is off: config changes would never reach the pods")
 for kind in ("ConfigMap", "Secret"):
     for obj in by_kind.get(kind, []):
-        if not hashed.search(obj["metadata"]["name"]):
-            fail(f"{kind} {obj['metadata']['name']} has no content hash in its name")
+        name = obj["metadata"]["name"]
+        if kind == "ConfigMap" and name == "fxgate-config":
+            pass
+        elif not hashed.search(name):
+            fail(f"{kind} {name} has no content hash in its name")
         for value in (obj.get("data") or {}).values():
             if "REPLACE_ME" == value:
                 fail(f"{kind} {obj['metadata']['name']} holds a placeholder")

