@@ -73,7 +73,7 @@ pub fn service(state: Arc<AppState>) -> AppService {
         .layer(AuthLayer::new(
             state.clients.clone(),
             state.sessions.clone(),
-            state.cfg.passthrough.max_body as usize,
+            state.passthrough.clone(),
             PreAuthPool::new(state.cfg.server.unauthenticated),
             state.clock.clone(),
         ))
@@ -87,7 +87,7 @@ pub fn service(state: Arc<AppState>) -> AppService {
         // Needs the Principal; decides rate, concurrency and bytes before the body is read.
         .layer(
             QuotaLayer::new(state.quotas.clone(), state.metrics.clone())
-                .with_file_limits(&state.cfg.upload),
+                .with_file_limits(state.upload.clone()),
         )
         .service(Router::new(state));
     tower::util::BoxCloneService::new(stack)
@@ -156,6 +156,8 @@ pub async fn spawn_with(
         clock,
         tls: gateway.tls(),
         applied: ArcSwap::new(cfg.clone()),
+        upload: Arc::new(ArcSwap::from_pointee(cfg.upload.clone())),
+        passthrough: Arc::new(ArcSwap::from_pointee(cfg.passthrough.clone())),
         cfg: cfg.clone(),
         corps,
         metrics,

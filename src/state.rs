@@ -9,7 +9,7 @@ use arc_swap::ArcSwap;
 use prometheus::Registry;
 
 use crate::clock::Clock;
-use crate::config::{Config, Diff};
+use crate::config::{Config, Diff, PassthroughConfig, UploadConfig};
 use crate::dedupe::Dedupe;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
@@ -37,6 +37,10 @@ pub struct AppState {
     pub cfg: Arc<Config>,
     /// The configuration last applied (by start or reload): what a reload is compared with.
     pub applied: ArcSwap<Config>,
+    /// `[upload]` in force (a reload swaps it; an upload reads it once, at its start).
+    pub upload: Arc<ArcSwap<UploadConfig>>,
+    /// `[passthrough]` in force (likewise).
+    pub passthrough: Arc<ArcSwap<PassthroughConfig>>,
     /// The corps, by name.
     pub corps: BTreeMap<String, Arc<Corp>>,
     /// The metric families.
@@ -79,7 +83,8 @@ impl AppState {
 
     /// Re-reads the config file and applies it whole, or refuses it whole (design §12): the
     /// callers (keys, certificates, limits) and the corps' budgets are applied at once; a
-    /// change to any other key needs a restart, and then nothing is applied. Quota state is
+    /// change to any other key needs a restart, and then nothing is applied. (`[upload]` and
+    /// `[passthrough]` limits apply too.) Quota state is
     /// kept by caller name in the store, so it survives; requests in flight finish under the
     /// rules they started with.
     pub fn reload(&self) -> Result<Diff, ReloadError> {
@@ -99,6 +104,8 @@ impl AppState {
             }
         }
         self.metrics.init_clients(&new);
+        self.upload.store(Arc::new(new.upload.clone()));
+        self.passthrough.store(Arc::new(new.passthrough.clone()));
         self.clients
             .store(Arc::new(ClientRegistry::new(&new.clients)));
         self.applied.store(Arc::new(new));

@@ -163,3 +163,128 @@ async fn sighup_and_the_file_watch_apply_the_same_way() {
     );
     assert_eq!(again["mediaId"], first["mediaId"]);
 }
+
+/// Rewrites the config to `toml`, reloads, and returns the keys the reload said it applied.
+async fn apply(gw: &Gateway, toml: &str) -> Vec<String> {
+    gw.rewrite_config(toml);
+    let r = gw.reload().await;
+    let body: Value = r.json().await.unwrap();
+    assert_eq!(body["reloaded"], true, "{body}");
+    let applied = &body["applied"];
+    let mut keys: Vec<String> = applied["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap().to_string())
+        .collect();
+    keys.extend(
+        applied["clients_changed"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| format!("clients.{}", c.as_str().unwrap())),
+    );
+    keys
+}
+
+async fn raw_upload(gw: &Gateway, path: &str, content_type: &str, bytes: Vec<u8>) -> u16 {
+    client()
+        .post(format!("{}{path}", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .header("content-type", content_type)
+        .body(bytes)
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+#[tokio::test]
+async fn every_live_key_takes_effect_on_the_next_request() {
+    let sandbox = Sandbox::spawn(&[]);
+    let toml = |sections: &str, alpha: &str| {
+        config(&sandbox.url, "", sections)
+            .replace("name = \"alpha\"\n", &format!("name = \"alpha\"\n{alpha}"))
+    };
+    let gw = Gateway::spawn(&toml("", ""));
+    let png = || {
+        let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
+        v.extend(uuid_bytes());
+        v
+    };
+    let msg = "/media/upload/message";
+    let doc = "/media/upload?type=document&filename=a.pdf";
+    let big_answer = r#"{"data":{"dataObjectApiName":"x","padBytes":3145728}}"#;
+    let query = |body: &'static str| {
+        let gw = &gw;
+        async move {
+            client()
+                .post(format!("{}/cgi/crm/v2/data/query", gw.url))
+                .bearer_auth(ALPHA_KEY)
+                .body(body)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    // Before: everything passes.
+    assert_eq!(
+        raw_upload(&gw, msg, "image/jpeg", unique_jpeg(200_000, 1)).await,
+        200
+    );
+    assert_eq!(raw_upload(&gw, msg, "image/png", png()).await, 200);
+    assert_eq!(
+        raw_upload(&gw, doc, "application/pdf", unique_jpeg(4096, 2)).await,
+        200
+    );
+    assert_eq!(query(big_answer).await, 200);
+
+    // Each key, changed by a reload, decides the very next request.
+    let steps: [(&str, &str, &str); 6] = [
+        ("upload.message_max_bytes", "[upload]\nmessage_max_bytes = \"100KiB\"\n", ""),
+        ("upload.message_types", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\n", ""),
+        ("upload.document_max_bytes", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\ndocument_max_bytes = \"1KiB\"\n", ""),
+        ("passthrough.max_answer", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\ndocument_max_bytes = \"1KiB\"\n[passthrough]\nmax_answer = \"2MiB\"\n", ""),
+        ("passthrough.max_body", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\ndocument_max_bytes = \"1KiB\"\n[passthrough]\nmax_answer = \"2MiB\"\nmax_body = \"32B\"\n", ""),
+        ("clients.alpha", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\ndocument_max_bytes = \"1KiB\"\n[passthrough]\nmax_answer = \"2MiB\"\nmax_body = \"32B\"\n", "max_file_bytes = \"1KiB\"\n"),
+    ];
+    for (n, (key, sections, alpha)) in steps.into_iter().enumerate() {
+        let applied = apply(&gw, &toml(sections, alpha)).await;
+        assert_eq!(applied, [key], "step {n}");
+        let seed = 10 + n as u32;
+        let (status, expected) = match key {
+            "upload.message_max_bytes" => (
+                raw_upload(&gw, msg, "image/jpeg", unique_jpeg(200_000, seed)).await,
+                413,
+            ),
+            "upload.message_types" => (raw_upload(&gw, msg, "image/png", png()).await, 415),
+            "upload.document_max_bytes" => (
+                raw_upload(&gw, doc, "application/pdf", unique_jpeg(4096, seed)).await,
+                413,
+            ),
+            "passthrough.max_answer" => (query(big_answer).await, 502),
+            "passthrough.max_body" => (
+                query(r#"{"data":{"dataObjectApiName":"AccountObj"}}"#).await,
+                413,
+            ),
+            _ => (
+                raw_upload(&gw, msg, "image/jpeg", unique_jpeg(2000, seed)).await,
+                413,
+            ),
+        };
+        assert_eq!(status, expected, "{key}");
+    }
+}
+
+fn uuid_bytes() -> Vec<u8> {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static N: AtomicU32 = AtomicU32::new(0);
+    let n = N.fetch_add(1, Ordering::Relaxed);
+    let mut v = vec![0u8; 64];
+    v[..4].copy_from_slice(&n.to_le_bytes());
+    v[4..12].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
+    v
+}

@@ -129,9 +129,10 @@ impl Diff {
         diff
     }
 
-    /// The changed keys a running process cannot apply: everything but the callers and the
-    /// corps' budgets (design §12 lists more as live; until they are, a reload that changes
-    /// them is refused whole rather than half applied).
+    /// The changed keys a running process cannot apply: everything but the callers, the
+    /// corps' budgets and the `[upload]` and `[passthrough]` limits (design §12 lists more as
+    /// live; until they are, a reload that changes them is refused whole rather than half
+    /// applied).
     pub fn restart_required(&self) -> Vec<String> {
         self.changes
             .iter()
@@ -159,7 +160,13 @@ impl Diff {
     }
 }
 
+/// Sections a running process applies whole on reload.
+const LIVE_SECTIONS: [&str; 2] = ["upload.", "passthrough."];
+
 fn is_live(key: &str) -> bool {
+    if LIVE_SECTIONS.iter().any(|s| key.starts_with(s)) {
+        return true;
+    }
     let mut parts = key.splitn(3, '.');
     matches!(
         (parts.next(), parts.next(), parts.next()),

@@ -32,7 +32,7 @@ pub use super::credentials::PreAuthPool;
 use super::credentials::{from_body, from_head, PoolPlace, Presented};
 use super::{BoxFuture, PeerIdentity, Resp};
 use crate::clock::Clock;
-use crate::config::{hash_key, ClientConfig};
+use crate::config::{hash_key, ClientConfig, PassthroughConfig};
 use crate::error::GatewayError;
 use crate::route::{ApiStyle, Route, RouteMatch, JSON_BODY_MAX};
 use crate::session::{MintedBy, Session, Sessions};
@@ -184,26 +184,26 @@ impl KeyMatch {
 pub struct AuthLayer {
     registry: Arc<ArcSwap<ClientRegistry>>,
     sessions: Sessions,
-    max_body: usize,
+    passthrough: Arc<ArcSwap<PassthroughConfig>>,
     pool: PreAuthPool,
     clock: Arc<dyn Clock>,
 }
 
 impl AuthLayer {
     /// Authenticates against the registry in force (reloads swap it) and the `fxg_` tokens in
-    /// `sessions`; a body carrying the credential is read up to `max_body` bytes, in `pool`.
-    /// Keys' `not_after` is read on `clock`.
+    /// `sessions`; a body carrying the credential is read up to the `passthrough.max_body` in
+    /// force, in `pool`. Keys' `not_after` is read on `clock`.
     pub fn new(
         registry: Arc<ArcSwap<ClientRegistry>>,
         sessions: Sessions,
-        max_body: usize,
+        passthrough: Arc<ArcSwap<PassthroughConfig>>,
         pool: PreAuthPool,
         clock: Arc<dyn Clock>,
     ) -> Self {
         Self {
             registry,
             sessions,
-            max_body,
+            passthrough,
             pool,
             clock,
         }
@@ -240,7 +240,7 @@ impl AuthLayer {
         if matches!(presented, Presented::Nothing) {
             let limit = match route {
                 Some(Route::Token(_) | Route::Download | Route::Delete) => Some(JSON_BODY_MAX),
-                Some(Route::Passthrough) => Some(self.max_body),
+                Some(Route::Passthrough) => Some(self.passthrough.load().max_body as usize),
                 _ => None,
             };
             if let (Some(limit), Some(route)) = (limit, route) {

@@ -9,6 +9,7 @@
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
+use arc_swap::ArcSwap;
 use http::header;
 use parking_lot::Mutex;
 use tower::{Layer, Service};
@@ -38,7 +39,7 @@ impl TicketSlot {
 pub struct QuotaLayer {
     quotas: Quotas,
     metrics: Metrics,
-    limits: Option<Arc<UploadConfig>>,
+    limits: Option<Arc<ArcSwap<UploadConfig>>>,
 }
 
 impl QuotaLayer {
@@ -54,8 +55,8 @@ impl QuotaLayer {
     /// Refuses (413) an upload whose `Content-Length` no file on its route could have, before
     /// reserving any of the caller's daily bytes: otherwise a caller near its byte quota would
     /// be told 429 "retry tomorrow" for a request that can never succeed (issue 14).
-    pub fn with_file_limits(mut self, upload: &UploadConfig) -> Self {
-        self.limits = Some(Arc::new(upload.clone()));
+    pub fn with_file_limits(mut self, upload: Arc<ArcSwap<UploadConfig>>) -> Self {
+        self.limits = Some(upload);
         self
     }
 }
@@ -105,13 +106,13 @@ pub struct Quota<S> {
     inner: S,
     quotas: Quotas,
     metrics: Metrics,
-    limits: Option<Arc<UploadConfig>>,
+    limits: Option<Arc<ArcSwap<UploadConfig>>>,
 }
 
 /// Decides rate, concurrency and bytes; the returned slot is held for the whole request.
 async fn admit<B>(
     quotas: Quotas,
-    limits: Option<Arc<UploadConfig>>,
+    limits: Option<Arc<ArcSwap<UploadConfig>>>,
     req: &mut http::Request<B>,
     principal: &Principal,
 ) -> Result<Option<UploadSlot>, GatewayError> {
@@ -133,8 +134,15 @@ async fn admit<B>(
         .get(header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    if let Some(e) = announced.and_then(|n| impossible(req, route, limits.as_deref(), principal, n))
-    {
+    if let Some(e) = announced.and_then(|n| {
+        impossible(
+            req,
+            route,
+            limits.map(|l| l.load_full()).as_deref(),
+            principal,
+            n,
+        )
+    }) {
         return Err(e);
     }
     let permit = quotas.acquire_upload(client).await?;

@@ -45,7 +45,8 @@ pub async fn call(
         .map_err(|_| GatewayError::BadRequest {
             detail: "`x-fs-userid` must be ASCII".into(),
         })?;
-    let max_body = state.cfg.passthrough.max_body;
+    let limits = state.passthrough.load_full();
+    let max_body = limits.max_body;
     let raw = super::caller_json(req, max_body, Route::Passthrough.label()).await?;
     let body = Members::parse(&raw).map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
     // Every member naming a user, in any spelling, must be a string and agree (400);
@@ -75,7 +76,7 @@ pub async fn call(
         {
             Passing::Whole(answer) => answer,
             Passing::Large { status, head, rest } => {
-                let cap = state.cfg.passthrough.max_answer;
+                let cap = limits.max_answer;
                 return stream_large(status, head, rest, cap, corp.cfg.upstream_timeout);
             }
         };

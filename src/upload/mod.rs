@@ -66,7 +66,7 @@ pub async fn handle(
     }
     let mut file = up.open_file(req.into_body()).await?;
     let mut held = Held::read_head(&mut file).await?;
-    let sniffed = check_type(&held, up.kind, &state.cfg.upload)?;
+    let sniffed = check_type(&held, up.kind, &state.upload.load())?;
     let part = up.part(&file, sniffed);
     let whole = held.gather_small(&mut file, &up).await?;
     let _inflight = Inflight::enter(&state.metrics);

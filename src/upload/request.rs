@@ -144,7 +144,10 @@ impl UploadRequest {
             kind,
             corp,
             caller: principal.client.name.clone(),
-            limit: (state.cfg.upload).file_limit(route, document, &principal.client),
+            limit: state
+                .upload
+                .load()
+                .file_limit(route, document, &principal.client),
             announced: content_length(req.headers()),
             boundary: boundary(content_type.as_deref())?,
             content_type,

@@ -4,6 +4,13 @@ use crate::clock::{ManualClock, SystemClock};
 use crate::config::ClientKey;
 use crate::middleware::testing::{caller, registry, sessions, with_body, TestBody};
 
+fn limit(max_body: u64) -> Arc<ArcSwap<crate::config::PassthroughConfig>> {
+    Arc::new(ArcSwap::from_pointee(crate::config::PassthroughConfig {
+        max_body,
+        max_answer: 1 << 20,
+    }))
+}
+
 fn pool() -> PreAuthPool {
     PreAuthPool::new(crate::config::Unauthenticated {
         max_requests: 4,
@@ -40,7 +47,7 @@ async fn seen(req: http::Request<TestBody>) -> Result<String, GatewayError> {
     let layer = AuthLayer::new(
         registry(&[caller("alpha"), caller("beta")]),
         sessions(),
-        1024,
+        limit(1024),
         pool(),
         SystemClock::shared(),
     );
@@ -74,7 +81,7 @@ async fn no_key_or_a_wrong_one_is_refused_even_with_a_certificate() {
     let layer = AuthLayer::new(
         registry(&[cert_caller]),
         sessions(),
-        1024,
+        limit(1024),
         pool(),
         SystemClock::shared(),
     );
@@ -96,7 +103,7 @@ async fn a_verified_certificate_names_its_caller_without_a_key() {
     let resp = AuthLayer::new(
         registry(&[c]),
         sessions(),
-        1024,
+        limit(1024),
         pool(),
         SystemClock::shared(),
     )
@@ -125,7 +132,7 @@ async fn an_issued_token_names_its_caller_in_any_place_and_an_unknown_one_is_200
     let layer = AuthLayer::new(
         registry(&[caller("alpha"), caller("beta")]),
         sessions,
-        1024,
+        limit(1024),
         pool(),
         SystemClock::shared(),
     );
@@ -155,7 +162,7 @@ async fn an_sdk_proves_itself_at_a_token_endpoint_with_name_and_key_in_the_body(
     let layer = AuthLayer::new(
         registry(&[caller("alpha")]),
         sessions(),
-        1024,
+        limit(1024),
         pool(),
         SystemClock::shared(),
     );
@@ -184,7 +191,13 @@ async fn during_a_rotation_both_keys_work_until_the_old_ones_not_after() {
             not_after_ms: None,
         },
     ];
-    let layer = AuthLayer::new(registry(&[c]), sessions(), 1024, pool(), clock.clone());
+    let layer = AuthLayer::new(
+        registry(&[c]),
+        sessions(),
+        limit(1024),
+        pool(),
+        clock.clone(),
+    );
     let ask = |key: &'static str| {
         let svc = layer.layer(echo());
         async move {
