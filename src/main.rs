@@ -113,20 +113,7 @@ fn main() -> ExitCode {
             println!("{}", hex::encode(config::hash_key(key)));
             ExitCode::SUCCESS
         }
-        Command::CheckConfig { config: path } => match check(&config_path(path)) {
-            Ok((path, cfg)) => {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&cfg.effective()).unwrap_or_default()
-                );
-                eprintln!("fxgate: {}: configuration is valid", path.display());
-                ExitCode::SUCCESS
-            }
-            Err((path, e)) => {
-                eprintln!("fxgate: {}: {e}", path.display());
-                ExitCode::from(2)
-            }
-        },
+        Command::CheckConfig { config: path } => check_config(&config_path(path)),
         Command::Sandbox {
             listen,
             token_ttl,
@@ -159,21 +146,7 @@ fn main() -> ExitCode {
             });
             ran.map_or_else(|code| code, |()| ExitCode::SUCCESS)
         }
-        Command::Serve { config: path } => {
-            let path = config_path(path);
-            let cfg = match load(&path) {
-                Ok(c) => c,
-                Err(e) => {
-                    eprintln!("fxgate: {}: {e}", path.display());
-                    return ExitCode::from(2);
-                }
-            };
-            match run(serve(cfg)) {
-                Ok(Stopped::Drained) => ExitCode::SUCCESS,
-                Ok(Stopped::Cut) => ExitCode::from(3),
-                Err(code) => code,
-            }
-        }
+        Command::Serve { config: path } => serve_command(&config_path(path)),
     }
 }
 
@@ -185,6 +158,38 @@ fn healthcheck(admin: &str, ready: bool, timeout: Duration) -> ExitCode {
             eprintln!("fxgate: healthcheck: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// `check-config`: exit 0 with the effective settings, or 2 naming what is wrong.
+fn check_config(path: &std::path::Path) -> ExitCode {
+    match check(path) {
+        Ok((path, cfg)) => {
+            let effective = serde_json::to_string_pretty(&cfg.effective()).unwrap_or_default();
+            println!("{effective}");
+            eprintln!("fxgate: {}: configuration is valid", path.display());
+            ExitCode::SUCCESS
+        }
+        Err((path, e)) => {
+            eprintln!("fxgate: {}: {e}", path.display());
+            ExitCode::from(2)
+        }
+    }
+}
+
+/// `serve`, with its exit codes: 0 drained, 1 runtime failure, 2 config, 3 drain cut short.
+fn serve_command(path: &std::path::Path) -> ExitCode {
+    let cfg = match load(path) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("fxgate: {}: {e}", path.display());
+            return ExitCode::from(2);
+        }
+    };
+    match run(serve(cfg)) {
+        Ok(Stopped::Drained) => ExitCode::SUCCESS,
+        Ok(Stopped::Cut) => ExitCode::from(3),
+        Err(code) => code,
     }
 }
 

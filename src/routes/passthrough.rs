@@ -49,16 +49,7 @@ pub async fn call(
     let max_body = limits.max_body;
     let raw = super::caller_json(req, max_body, Route::Passthrough.label()).await?;
     let body = Members::parse(&raw).map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
-    // Every member naming a user, in any spelling, must be a string and agree (400);
-    // legacy callers pick their user so, and it is checked against `act_as` (403).
-    let in_body = body
-        .user()
-        .map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
-    let asked = match style {
-        ApiStyle::Legacy => in_body,
-        ApiStyle::OAuth => user_header,
-    };
-    let user = super::acting_user(principal, asked)?;
+    let user = user_of(principal, &body, user_header)?;
     let call = Call {
         corp: &corp,
         path: &path,
@@ -102,6 +93,24 @@ pub async fn call(
         return Ok(out);
     }
     Err(GatewayError::TokenRejected)
+}
+
+/// The user a call acts as. Every member naming a user, in any spelling, must be a string and
+/// agree (400); legacy callers pick their user so, OAuth ones by `X-Fs-Userid`; it must be
+/// one of the caller's `act_as` (403).
+fn user_of(
+    principal: &Principal,
+    body: &Members<'_>,
+    header: Option<String>,
+) -> Result<Option<String>, GatewayError> {
+    let in_body = body
+        .user()
+        .map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
+    let asked = match principal.style {
+        ApiStyle::Legacy => in_body,
+        ApiStyle::OAuth => header,
+    };
+    super::acting_user(principal, asked)
 }
 
 /// An answer over 1 MiB (a large query result: never a token or rate-limit envelope), passed
