@@ -53,6 +53,10 @@ pub enum GatewayError {
     /// No caller key, or one that matches no configured caller.
     #[error("unknown or missing caller key")]
     Unauthenticated,
+    /// An `fxg_` token presented to a token endpoint: only a key or a certificate mints one
+    /// (design §9), so a leaked token cannot renew itself.
+    #[error("a token cannot mint a token")]
+    TokenCannotMint,
     /// A configured caller key past its `not_after` (rotated out).
     #[error("expired caller key")]
     KeyExpired,
@@ -181,7 +185,7 @@ impl GatewayError {
             BadRequest { .. } => (StatusCode::BAD_REQUEST, 940003),
             PathNotCanonical { .. } => (StatusCode::BAD_REQUEST, 940004),
             BodyInterrupted => (StatusCode::BAD_REQUEST, 940005),
-            Unauthenticated | KeyExpired => (StatusCode::UNAUTHORIZED, 940101),
+            Unauthenticated | KeyExpired | TokenCannotMint => (StatusCode::UNAUTHORIZED, 940101),
             TokenUnknown => (StatusCode::OK, 20016),
             RouteForbidden { .. } => (StatusCode::FORBIDDEN, 940301),
             UserForbidden { .. } => (StatusCode::FORBIDDEN, 940302),
@@ -213,6 +217,7 @@ impl GatewayError {
             | PathNotCanonical { .. }
             | Unauthenticated
             | KeyExpired
+            | TokenCannotMint
             | TokenUnknown
             | RouteForbidden { .. }
             | UserForbidden { .. }
@@ -260,6 +265,7 @@ impl GatewayError {
             Unauthenticated => {
                 "send a gateway key as `Authorization: Bearer <key>` or `X-Api-Key: <key>`".into()
             }
+            TokenCannotMint => "an fxg_ token cannot mint another; fetch one with the caller's gateway key (`appId` = caller name, `appSecret` = key) or its client certificate".into(),
             TokenUnknown => "the token is unknown or expired; fetch a new one from /cgi/corpAccessToken/get/V2 or /oauth2.0/token".into(),
             RouteForbidden { client } => format!("caller `{client}` may not use this route"),
             UserForbidden { client, user } => format!(

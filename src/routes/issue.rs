@@ -28,7 +28,7 @@ pub async fn issue(
     let by = principal
         .credential
         .clone()
-        .ok_or(GatewayError::Unauthenticated)?;
+        .ok_or(GatewayError::TokenCannotMint)?;
     let corp = state.corp(&principal.client.corp)?;
     let real = corp.provider(style).get().await?;
     // Whole seconds, rounded down, so ours never outlives the real token.
