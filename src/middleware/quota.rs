@@ -70,16 +70,16 @@ fn impossible<B>(
     principal: &Principal,
     announced: u64,
 ) -> Option<GatewayError> {
-    let document = query_param(req.uri(), "type").as_deref() == Some("document");
+    let document =
+        route == Route::Upload && query_param(req.uri(), "type").as_deref() == Some("document");
     let limit = limits?.file_limit(route, document, &principal.client);
     let multipart = req
         .headers()
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|ct| {
-            ct.trim_start()
-                .to_ascii_lowercase()
-                .starts_with("multipart/")
+            let ct = ct.trim_start().as_bytes();
+            ct.len() >= 10 && ct[..10].eq_ignore_ascii_case(b"multipart/")
         });
     announced_too_large(announced, limit, multipart).then_some(GatewayError::PayloadTooLarge {
         seen: announced,
@@ -138,7 +138,7 @@ async fn admit<B>(
         impossible(
             req,
             route,
-            limits.map(|l| l.load_full()).as_deref(),
+            limits.as_ref().map(|l| l.load()).as_deref().map(|a| &**a),
             principal,
             n,
         )
