@@ -266,7 +266,7 @@ impl AuthLayer {
             Presented::Unusable => (None, None),
             // A token endpoint mints from a key or a certificate only: a token that could
             // mint its successor would outlive every rotation.
-            Presented::Token(_) if minting => return Err(GatewayError::Unauthenticated),
+            Presented::Token(_) if minting => return Err(GatewayError::TokenCannotMint),
             Presented::Token(t) => {
                 let session = self
                     .sessions
