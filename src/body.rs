@@ -23,6 +23,8 @@ pub enum ReadError {
         /// The route label the 413 names.
         route: &'static str,
     },
+    /// The caller's `grow` refused more bytes (a pool is full).
+    Refused,
 }
 
 /// The body of every response fxgate produces, and of every request it sends upstream.
@@ -47,6 +49,21 @@ pub async fn read_capped<B>(
 where
     B: http_body::Body<Data = Bytes> + Unpin,
 {
+    read_capped_with(body, limit, route, wait, |_| true).await
+}
+
+/// As [`read_capped`], asking `grow(total)` before the body grows to `total` bytes; a `false`
+/// stops the read (`Refused`): how a bounded pool accounts for what it holds.
+pub async fn read_capped_with<B>(
+    body: &mut B,
+    limit: usize,
+    route: &'static str,
+    wait: Duration,
+    mut grow: impl FnMut(usize) -> bool,
+) -> Result<Bytes, ReadError>
+where
+    B: http_body::Body<Data = Bytes> + Unpin,
+{
     let mut buf = BytesMut::new();
     let read = async {
         while let Some(frame) = body.frame().await {
@@ -58,6 +75,9 @@ where
                         limit: limit as u64,
                         route,
                     });
+                }
+                if !grow(buf.len() + data.len()) {
+                    return Err(ReadError::Refused);
                 }
                 buf.extend_from_slice(&data);
             }

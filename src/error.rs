@@ -168,6 +168,7 @@ impl From<ReadError> for GatewayError {
     fn from(e: ReadError) -> Self {
         match e {
             ReadError::Interrupted => GatewayError::BodyInterrupted,
+            ReadError::Refused => GatewayError::Overloaded,
             ReadError::TooLarge { seen, limit, route } => {
                 GatewayError::PayloadTooLarge { seen, limit, route }
             }

@@ -5,11 +5,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header;
-use http_body_util::BodyExt as _;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
+use crate::body::read_capped_with;
 use crate::config::Unauthenticated;
 use crate::error::GatewayError;
 use crate::route::{query_param, Route};
@@ -52,7 +52,18 @@ impl PreAuthPool {
 /// caller is known (or refused).
 #[derive(Debug, Default)]
 pub(super) struct PoolPlace {
-    _permits: Vec<OwnedSemaphorePermit>,
+    seat: Option<OwnedSemaphorePermit>,
+    bytes: Option<OwnedSemaphorePermit>,
+}
+
+impl PoolPlace {
+    /// Adds `more` bytes to what this place holds.
+    fn hold(&mut self, more: OwnedSemaphorePermit) {
+        match &mut self.bytes {
+            Some(held) => held.merge(more),
+            None => self.bytes = Some(more),
+        }
+    }
 }
 
 /// A body the auth layer had to read to find the credential, for the handler.
@@ -134,9 +145,7 @@ where
 {
     let mut place = PoolPlace::default();
     let seat = pool.requests.clone().try_acquire_owned();
-    place
-        ._permits
-        .push(seat.map_err(|_| GatewayError::Overloaded)?);
+    place.seat = Some(seat.map_err(|_| GatewayError::Overloaded)?);
     let announced = req
         .headers()
         .get(header::CONTENT_LENGTH)
@@ -148,10 +157,20 @@ where
             route: route.label(),
         });
     }
-    let read = read_pooled(req.body_mut(), limit, route, pool, announced, &mut place);
-    let body = tokio::time::timeout(pool.timeout, read)
-        .await
-        .map_err(|_| GatewayError::BodyInterrupted)??;
+    // The announced length is reserved up front; a chunked body's bytes as they arrive.
+    let mut reserved = announced.unwrap_or(0) as usize;
+    if reserved > 0 {
+        place.hold(pool.bytes(reserved)?);
+    }
+    let grow = |total: usize| {
+        if total <= reserved {
+            return true;
+        }
+        let more = pool.bytes(total - reserved).ok();
+        reserved = total;
+        more.map(|p| place.hold(p)).is_some()
+    };
+    let body = read_capped_with(req.body_mut(), limit, route.label(), pool.timeout, grow).await?;
     let found = match serde_json::from_slice::<BodyCredentials>(&body) {
         Ok(BodyCredentials {
             app_id: Some(id),
@@ -163,44 +182,4 @@ where
     };
     req.extensions_mut().insert(CallerBody(body));
     Ok((found, place))
-}
-
-/// The body, whole: its announced length reserved from the pool up front, anything beyond it
-/// (a chunked body) as it arrives.
-async fn read_pooled<B>(
-    body: &mut B,
-    limit: usize,
-    route: Route,
-    pool: &PreAuthPool,
-    announced: Option<u64>,
-    place: &mut PoolPlace,
-) -> Result<Bytes, GatewayError>
-where
-    B: http_body::Body<Data = Bytes> + Unpin,
-{
-    let mut reserved = announced.unwrap_or(0) as usize;
-    if reserved > 0 {
-        place._permits.push(pool.bytes(reserved)?);
-    }
-    let mut buf = BytesMut::new();
-    while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|_| GatewayError::BodyInterrupted)?;
-        let Ok(data) = frame.into_data() else {
-            continue;
-        };
-        let len = buf.len() + data.len();
-        if len > limit {
-            return Err(GatewayError::PayloadTooLarge {
-                seen: len as u64,
-                limit: limit as u64,
-                route: route.label(),
-            });
-        }
-        if len > reserved {
-            place._permits.push(pool.bytes(len - reserved)?);
-            reserved = len;
-        }
-        buf.extend_from_slice(&data);
-    }
-    Ok(buf.freeze())
 }
