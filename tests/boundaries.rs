@@ -491,6 +491,13 @@ async fn an_fxg_token_dies_with_the_key_that_minted_it_on_every_replica() {
     // A token never mints another: only a key or a certificate does.
     let (status, e) = post(&b, "/cgi/corpAccessToken/get/V2", &token, "{}").await;
     assert_eq!((status, &e["errorCode"]), (401, &json!(940101)), "{e}");
+    assert!(
+        e["errorDescription"]
+            .as_str()
+            .unwrap()
+            .contains("cannot mint"),
+        "{e}"
+    );
     let in_body = json!({"corpAccessToken": token, "appId": "legacy"}).to_string();
     let (status, _) = post(&a, "/oauth2.0/token", "", &in_body).await;
     assert_eq!(status, 401);
