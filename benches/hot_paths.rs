@@ -110,10 +110,14 @@ fn token_lookup(c: &mut Criterion) {
         let cfg = fxgate::Config::load(&path, Some(Default::default())).expect("config");
         let corp = cfg.corps["default"].clone();
         let metrics = fxgate::metrics::Metrics::register(&prometheus::Registry::new()).expect("metrics");
+        let endpoint = fxgate::upstream::token::Endpoint {
+            timing: std::sync::Arc::new(fxgate::upstream::timing::Timing::new(&corp)),
+            cfg: corp,
+            base: sandbox.url(),
+        };
         let provider = fxgate::upstream::token::TokenProvider::spawn(
-            corp,
+            endpoint,
             fxgate::upstream::token::ApiStyle::Legacy,
-            sandbox.url(),
             metrics,
             std::sync::Arc::new(fxgate::upstream::token::store::MemoryTokens),
             fxgate::clock::SystemClock::shared(),

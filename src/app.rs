@@ -36,7 +36,7 @@ use crate::server::{AppService, ServeOptions};
 use crate::session::redis::RedisSessions;
 use crate::session::{MemorySessions, SessionStore, Sessions};
 use crate::state::AppState;
-use crate::store::{Backend, FailMode, FailOver, Redis};
+use crate::store::{Backend, FailMode, FailOver, ModeSwitch, Redis};
 use crate::upstream::token::redis::RedisTokens;
 use crate::upstream::token::store::{MemoryTokens, TokenStore};
 use crate::upstream::token::ApiStyle;
@@ -153,6 +153,7 @@ pub async fn spawn_with(
         sessions: Sessions::new(stores.sessions.clone(), clock.clone()),
         dedupe: stores.dedupe(&cfg, &clock),
         redis: stores.redis,
+        quota_mode: stores.quota_mode,
         clock,
         tls: gateway.tls(),
         applied: ArcSwap::new(cfg.clone()),
@@ -220,6 +221,8 @@ async fn watch_files(state: &Arc<AppState>, shutdown: &CancellationToken) {
 /// Redis as a miss by itself).
 struct Stores {
     redis: Option<Arc<Redis>>,
+    /// `quota_fail_mode` in force, for the quota and budget stores (a reload changes it).
+    quota_mode: Arc<ModeSwitch>,
     quotas: Arc<dyn QuotaStore>,
     sessions: Arc<dyn SessionStore>,
 }
@@ -233,9 +236,11 @@ impl Stores {
     ) -> Result<Self, crate::body::BoxError> {
         let local: Arc<dyn QuotaStore> = Arc::new(MemoryQuotas::new(clock.clone()));
         let own_sessions: Arc<dyn SessionStore> = Arc::new(MemorySessions::new(SESSIONS_MAX));
+        let quota_mode = ModeSwitch::new(cfg.store.quota_fail_mode);
         Ok(match cfg.store.backend {
             Backend::Memory => Self {
                 redis: None,
+                quota_mode,
                 quotas: local,
                 sessions: own_sessions,
             },
@@ -245,7 +250,8 @@ impl Stores {
                 let shared: Arc<dyn QuotaStore> = Arc::new(RedisQuotas::new(redis.clone()));
                 let sessions: Arc<dyn SessionStore> = Arc::new(RedisSessions::new(redis.clone()));
                 Self {
-                    quotas: Arc::new(FailOver::new(shared, local, cfg.store.quota_fail_mode)),
+                    quotas: Arc::new(FailOver::switched(shared, local, quota_mode.clone())),
+                    quota_mode,
                     // Open: with Redis down a replica issues and checks its own tokens; an SDK
                     // holding one this replica does not know gets 20016 and fetches another.
                     sessions: Arc::new(FailOver::new(sessions, own_sessions, FailMode::Open)),

@@ -126,7 +126,14 @@ fn main() -> ExitCode {
             discard,
             no_path_limit,
         } => {
-            fxgate::telemetry::init_logs(LogFormat::Pretty);
+            fxgate::telemetry::init_logs(
+                LogFormat::Pretty,
+                &config::LogConfig {
+                    format: LogFormat::Pretty,
+                    level: None,
+                }
+                .directive(),
+            );
             let opts = SandboxOptions {
                 token_ttl,
                 app_id,
@@ -250,7 +257,7 @@ enum Stopped {
 
 async fn serve(cfg: Config) -> Result<Stopped, fxgate::BoxError> {
     // In the runtime: span exports run on it.
-    let telemetry = fxgate::telemetry::init(cfg.log_format, &cfg.tracing)?;
+    let telemetry = fxgate::telemetry::init(&cfg.log, &cfg.tracing)?;
     let running = fxgate::app::spawn(cfg).await?;
     tracing::info!(listen = %running.addr, admin = %running.admin_addr, version = env!("CARGO_PKG_VERSION"), "fxgate serving");
     // One machine-readable line on stdout: tests and scripts learn the bound ports from it.

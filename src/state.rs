@@ -17,7 +17,7 @@ use crate::middleware::auth::ClientRegistry;
 use crate::quota::Quotas;
 use crate::sandbox::SandboxHandle;
 use crate::session::Sessions;
-use crate::store::Redis;
+use crate::store::{ModeSwitch, Redis};
 use crate::upstream::Corp;
 
 /// Why a reload applied nothing.
@@ -55,6 +55,8 @@ pub struct AppState {
     pub dedupe: Dedupe,
     /// The shared store, with `backend = "redis"`.
     pub redis: Option<Arc<Redis>>,
+    /// `quota_fail_mode` in force (a reload changes it).
+    pub quota_mode: Arc<ModeSwitch>,
     /// Caller quotas, in the configured store.
     pub quotas: Quotas,
     /// The `fxg_` tokens fxgate issued (SDK drop-in).
@@ -81,12 +83,11 @@ impl AppState {
         self.dedupe.store.forget_media(corp, media_id).await;
     }
 
-    /// Re-reads the config file and applies it whole, or refuses it whole (design §12): the
-    /// callers (keys, certificates, limits) and the corps' budgets are applied at once; a
-    /// change to any other key needs a restart, and then nothing is applied. (`[upload]` and
-    /// `[passthrough]` limits apply too.) Quota state is
+    /// Re-reads the config file and applies it whole, or refuses it whole (design §12): every
+    /// live key (`Diff::restart_required` says which are not) is put in force at once; a
+    /// change to any other key needs a restart, and then nothing is applied. Quota state is
     /// kept by caller name in the store, so it survives; requests in flight finish under the
-    /// rules they started with.
+    /// rules they started with (each reads its limits and deadlines when it starts).
     pub fn reload(&self) -> Result<Diff, ReloadError> {
         let path = self.cfg.source.clone().ok_or_else(|| {
             ReloadError::Invalid("this process was not started from a config file".into())
@@ -98,11 +99,18 @@ impl AppState {
         if !restart.is_empty() {
             return Err(ReloadError::RestartRequired(restart));
         }
+        if new.log.level != self.applied.load().log.level {
+            // First: the one step that could still fail (validated, so it should not).
+            crate::telemetry::set_log_level(&new.log.directive())
+                .map_err(|e| ReloadError::Invalid(format!("{}: log.level: {e}", path.display())))?;
+        }
         for (name, c) in &new.corps {
             if let Some(corp) = self.corps.get(name) {
-                corp.set_budget(c.upstream_requests_per_20s, c.daily_call_budget);
+                corp.apply(c);
             }
         }
+        self.dedupe.apply(&new.dedupe);
+        self.quota_mode.set(new.store.quota_fail_mode);
         self.metrics.init_clients(&new);
         self.upload.store(Arc::new(new.upload.clone()));
         self.passthrough.store(Arc::new(new.passthrough.clone()));
@@ -175,7 +183,7 @@ impl AppState {
             checks.push((format!("corp {name}"), ok, found.to_string()));
         }
         if let Some(redis) = &self.redis {
-            let closed = self.cfg.store.quota_fail_mode == crate::store::FailMode::Closed;
+            let closed = self.quota_mode.get() == crate::store::FailMode::Closed;
             let ok = redis.is_up() || !closed;
             let mode = if closed {
                 "needed: quota_fail_mode = closed"

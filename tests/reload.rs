@@ -162,6 +162,18 @@ async fn sighup_and_the_file_watch_apply_the_same_way() {
         "{again}"
     );
     assert_eq!(again["mediaId"], first["mediaId"]);
+    // And a caller removed from the file is refused on its next request.
+    gw.rewrite_config(&with_budget(&sandbox, "upstream_requests_per_20s = 3"));
+    reloads(&gw, "ok", before + 2.0).await;
+    let r = client()
+        .post(gw.upload_url())
+        .bearer_auth(GAMMA_KEY)
+        .header("content-type", "image/jpeg")
+        .body(unique_jpeg(2000, 2))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
 }
 
 /// Rewrites the config to `toml`, reloads, and returns the keys the reload said it applied.
@@ -287,4 +299,156 @@ fn uuid_bytes() -> Vec<u8> {
     v[..4].copy_from_slice(&n.to_le_bytes());
     v[4..12].copy_from_slice(&std::process::id().to_le_bytes().repeat(2));
     v
+}
+
+/// Reloads `corp_extra` / `extra` into `gw` and returns the keys the answer says it applied.
+async fn apply_in(gw: &InProcess, corp_extra: &str, extra: &str) -> Vec<String> {
+    let (status, body) = gw.reload_with(corp_extra, extra).await;
+    assert_eq!(status, 200, "{body}");
+    body["applied"]["changes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| c["key"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// The keys whose effect needs time or a second caller: the deadline, the refresh point, the
+/// dedupe TTL and claim scope, each changed by a reload and seen on the next request. The
+/// clock is the injected one (hours of token life and TTL without sleeping).
+#[tokio::test]
+async fn deadlines_refresh_point_and_dedupe_policy_take_effect_on_the_next_request() {
+    let gw = InProcess::spawn(Default::default(), "").await;
+    let http = client();
+    let send = |key: &'static str, file: Vec<u8>| {
+        let (http, url) = (http.clone(), gw.upload_url());
+        async move {
+            let r = http
+                .post(format!("{url}?filename=f.jpg"))
+                .bearer_auth(key)
+                .header("content-type", "image/jpeg")
+                .header("repr-digest", repr_digest(&file))
+                .body(file)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.json::<Value>().await.unwrap())
+        }
+    };
+
+    // corps.*.upstream_timeout: a Fxiaoke that takes 1 s is within the default 30 s...
+    gw.faults(json!({"upload_delay_ms": 1000})).await;
+    assert_eq!(send(ALPHA_KEY, unique_jpeg(900, 1)).await.0, 200);
+    let corp = "upstream_timeout = \"300ms\"";
+    assert_eq!(
+        apply_in(&gw, corp, "").await,
+        ["corps.default.upstream_timeout"]
+    );
+    // ...and past the new 300 ms.
+    let (status, e) = send(ALPHA_KEY, unique_jpeg(900, 2)).await;
+    assert_eq!((status, &e["errorCode"]), (504, &json!(950401)), "{e}");
+    gw.faults(json!({})).await;
+
+    // dedupe.claim_scope: beta's digest claim on alpha's file is no claim hit under "client"...
+    let hits = |m: &str| metric(m, r#"fxgate_dedupe_total{result="hit_claim"}"#);
+    let shared = unique_jpeg(900, 3);
+    let (status, first) = send(ALPHA_KEY, shared.clone()).await;
+    assert_eq!(status, 200, "{first}");
+    let before = hits(&gw.metrics().await);
+    let (_, b) = send(BETA_KEY, shared.clone()).await;
+    assert_eq!(hits(&gw.metrics().await), before, "{b}");
+    let scope = "[dedupe]\nclaim_scope = \"corp\"\n";
+    assert_eq!(apply_in(&gw, corp, scope).await, ["dedupe.claim_scope"]);
+    // ...and is one under "corp" (a fresh file, as beta now holds the first).
+    let other = unique_jpeg(900, 4);
+    send(ALPHA_KEY, other.clone()).await;
+    let before = hits(&gw.metrics().await);
+    let (_, b) = send(BETA_KEY, other).await;
+    assert_eq!(hits(&gw.metrics().await), before + 1.0, "{b}");
+
+    // dedupe.ttl: an entry 11 minutes old is trusted for 72 h, then not at all under 10 min.
+    gw.advance(Duration::from_secs(11 * 60));
+    let (_, hit) = send(ALPHA_KEY, shared.clone()).await;
+    assert_eq!(hit["deduplicated"], true, "{hit}");
+    let ttl = "[dedupe]\nclaim_scope = \"corp\"\nttl = \"10m\"\n";
+    assert_eq!(apply_in(&gw, corp, ttl).await, ["dedupe.ttl"]);
+    let (_, miss) = send(ALPHA_KEY, shared).await;
+    assert_eq!(miss["deduplicated"], false, "{miss}");
+
+    // corps.*.refresh_at: at 5000 s of the token's 7200 s nothing is due under 0.93 (6696 s);
+    // under 0.5 (3600 s) the refresh is overdue, and the refresher calls at once.
+    gw.advance(Duration::from_secs(5000) - Duration::from_secs(11 * 60));
+    let calls = gw.stats()["token_calls"].as_u64().unwrap();
+    let corp = "upstream_timeout = \"300ms\"\nrefresh_at = 0.5";
+    assert_eq!(apply_in(&gw, corp, ttl).await, ["corps.default.refresh_at"]);
+    gw.wait("token_calls", calls + 1).await;
+}
+
+#[tokio::test]
+async fn the_fail_mode_applies_to_the_next_request_and_to_readiness() {
+    let mut redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    let (open, closed) = (redis_store(&redis, "open"), redis_store(&redis, "closed"));
+    let toml = |store: &str| config(&sandbox.url, "", store);
+    let gw = Gateway::spawn(&toml(&open));
+    gw.until_store_ok().await;
+    let msg = "/media/upload/message";
+    assert_eq!(
+        raw_upload(&gw, msg, "image/jpeg", unique_jpeg(800, 1)).await,
+        200
+    );
+    redis.kill();
+    // Open: served from this replica's own counters, and ready.
+    assert_eq!(
+        raw_upload(&gw, msg, "image/jpeg", unique_jpeg(800, 2)).await,
+        200
+    );
+    assert!(gw.ready().await);
+    assert_eq!(apply(&gw, &toml(&closed)).await, ["store.quota_fail_mode"]);
+    // Closed: the next request is refused, and the replica leaves the Service.
+    let r = client()
+        .post(format!("{}{msg}", gw.url))
+        .bearer_auth(ALPHA_KEY)
+        .header("content-type", "image/jpeg")
+        .body(unique_jpeg(800, 3))
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    let e: Value = r.json().await.unwrap();
+    assert_eq!((status, &e["errorCode"]), (429, &json!(942903)), "{e}");
+    assert!(!gw.ready().await);
+}
+
+#[tokio::test]
+async fn the_log_level_applies_to_the_next_line_and_wins_over_rust_log() {
+    let sandbox = Sandbox::spawn(&[]);
+    let toml = |level: &str| config(&sandbox.url, "", &format!("[log]\nlevel = \"{level}\"\n"));
+    // The gateway runs with RUST_LOG=debug: `log.level` decides.
+    let gw = Gateway::spawn(&toml("warn"));
+    let call = |id: &'static str| {
+        let gw = &gw;
+        async move {
+            client()
+                .post(format!("{}/cgi/crm/v2/data/query", gw.url))
+                .bearer_auth(ALPHA_KEY)
+                .header("x-request-id", id)
+                .body(r#"{"data":{"dataObjectApiName":"AccountObj"}}"#)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }
+    };
+    assert_eq!(call("quiet-call-1").await, 200);
+    assert_eq!(apply(&gw, &toml("info")).await, ["log.level"]);
+    assert_eq!(call("heard-call-2").await, 200);
+    // The access line is written as the answer ends: wait for it (bounded).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.logs().contains("heard-call-2") {
+        assert!(Instant::now() < deadline, "no access line at info");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(!gw.logs().contains("quiet-call-1"), "{}", gw.logs());
 }

@@ -555,11 +555,7 @@ async fn the_oauth_token_is_fetched_once_for_all_replicas() {
 /// not bring the entry back.
 async fn holders_are_added_in_one_step(store: std::sync::Arc<dyn fxgate::dedupe::DedupeStore>) {
     use fxgate::dedupe::{Dedupe, DedupeKey, MediaRef};
-    let dedupe = Dedupe {
-        store,
-        coalescer: Default::default(),
-        claim_scope: fxgate::config::ClaimScope::Client,
-    };
+    let dedupe = Dedupe::over(store, fxgate::config::ClaimScope::Client);
     let key = |n: u8| DedupeKey {
         corp: "default".into(),
         route: "message",

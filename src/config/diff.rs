@@ -32,7 +32,25 @@ pub struct Diff {
 }
 
 /// Keys a running process applies on reload, besides `[[clients]]`: `corps.<name>.<key>`.
-const LIVE_CORP_KEYS: [&str; 2] = ["upstream_requests_per_20s", "daily_call_budget"];
+const LIVE_CORP_KEYS: [&str; 5] = [
+    "upstream_requests_per_20s",
+    "daily_call_budget",
+    "upstream_timeout",
+    "connect_timeout",
+    "refresh_at",
+];
+
+/// Sections a running process applies whole on reload.
+const LIVE_SECTIONS: [&str; 2] = ["upload.", "passthrough."];
+
+/// Single keys a running process applies on reload (`dedupe.max_entries` sizes the index and
+/// `log.format` builds the log writer: those need a restart).
+const LIVE_KEYS: [&str; 4] = [
+    "dedupe.ttl",
+    "dedupe.claim_scope",
+    "store.quota_fail_mode",
+    "log.level",
+];
 
 impl Diff {
     /// `new` against `old`.
@@ -129,10 +147,11 @@ impl Diff {
         diff
     }
 
-    /// The changed keys a running process cannot apply: everything but the callers, the
-    /// corps' budgets and the `[upload]` and `[passthrough]` limits (design §12 lists more as
-    /// live; until they are, a reload that changes them is refused whole rather than half
-    /// applied).
+    /// The changed keys a running process cannot apply: listeners, TLS, the store's backend
+    /// and address, workers, the corps' endpoints and credentials, the index size, the log
+    /// format, tracing. Everything design §12 lists as live (callers, the corps' budgets,
+    /// deadlines and refresh point, `[upload]`, `[passthrough]`, the dedupe TTL and scope, the
+    /// fail mode, the log level) is applied.
     pub fn restart_required(&self) -> Vec<String> {
         self.changes
             .iter()
@@ -160,11 +179,8 @@ impl Diff {
     }
 }
 
-/// Sections a running process applies whole on reload.
-const LIVE_SECTIONS: [&str; 2] = ["upload.", "passthrough."];
-
 fn is_live(key: &str) -> bool {
-    if LIVE_SECTIONS.iter().any(|s| key.starts_with(s)) {
+    if LIVE_KEYS.contains(&key) || LIVE_SECTIONS.iter().any(|s| key.starts_with(s)) {
         return true;
     }
     let mut parts = key.splitn(3, '.');
@@ -204,7 +220,7 @@ mod tests {
     }
 
     #[test]
-    fn budgets_and_callers_are_live_and_everything_else_needs_a_restart() {
+    fn live_keys_apply_and_the_rest_needs_a_restart() {
         let old = load("daily_call_budget = 5");
         let new = load("daily_call_budget = 1000");
         let d = Diff::between(&old, &new);
@@ -216,13 +232,14 @@ mod tests {
         );
         assert!(d.restart_required().is_empty());
         let moved = load(
-            "daily_call_budget = 5\nupstream_timeout = \"5s\"\n[server]\nlisten = \"127.0.0.1:1\"",
+            "daily_call_budget = 5\nupstream_timeout = \"5s\"\nrefresh_at = 0.8\n[server]\nlisten = \"127.0.0.1:1\"\n[dedupe]\nttl = \"1h\"\nmax_entries = 10\n[log]\nlevel = \"debug\"\nformat = \"json\"",
         );
         let d = Diff::between(&old, &moved);
         assert_eq!(
             d.restart_required(),
-            ["corps.default.upstream_timeout", "server.listen"]
+            ["dedupe.max_entries", "log.format", "server.listen"]
         );
+        assert_eq!(d.changes.len(), 7, "{d:?}");
         assert!(Diff::between(&old, &old).is_empty());
         // A secret that changes is named, never shown.
         let rotated = Config::from_toml(

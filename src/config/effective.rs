@@ -48,7 +48,7 @@ impl Config {
                 "max_unauthenticated": s.unauthenticated.max_requests, "unauthenticated_body_bytes": s.unauthenticated.max_bytes, "unauthenticated_body_timeout": d(s.unauthenticated.timeout),
             },
             "tracing": self.tracing_json(),
-            "log": { "format": match self.log_format { LogFormat::Pretty => "pretty", LogFormat::Json => "json" } },
+            "log": { "format": match self.log.format { LogFormat::Pretty => "pretty", LogFormat::Json => "json" }, "level": self.log.level },
             "corps": corps,
             "upload": {
                 "message_max_bytes": self.upload.message_max_bytes,

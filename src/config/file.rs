@@ -146,6 +146,8 @@ pub struct ServerFile {
 pub struct LogFile {
     /// `"pretty"` (default) or `"json"`.
     pub format: Option<String>,
+    /// A level or `EnvFilter` directive; unset: `RUST_LOG`, else `"info"`.
+    pub level: Option<String>,
 }
 
 /// `[corps.NAME]`

@@ -17,6 +17,7 @@ pub use diff::{Change, Diff};
 pub use limits::announced_too_large;
 pub use parse::{hash_key, parse_duration, parse_sha256, parse_size};
 pub use secret::Secret;
+pub use telemetry::{LogConfig, LogFormat, TracingConfig};
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
@@ -97,15 +98,6 @@ pub struct TlsConfig {
     pub key: PathBuf,
     /// Client CA bundle (mTLS), optional.
     pub client_ca: Option<PathBuf>,
-}
-
-/// Log output format.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogFormat {
-    /// Human-readable lines.
-    Pretty,
-    /// One JSON object per line.
-    Json,
 }
 
 /// Where a corp's Fxiaoke endpoints are.
@@ -274,26 +266,13 @@ pub struct PassthroughConfig {
     pub max_answer: u64,
 }
 
-/// `[tracing]`, validated.
-#[derive(Debug, Clone)]
-pub struct TracingConfig {
-    /// Where spans are exported (OTLP/HTTP, protobuf); `None`: not exported.
-    pub otlp_endpoint: Option<http::Uri>,
-    /// `service.name`.
-    pub service_name: String,
-    /// Fraction of root traces sampled.
-    pub sample_ratio: f64,
-    /// Deadline of one export.
-    pub export_timeout: Duration,
-}
-
 /// The whole validated configuration.
 #[derive(Debug, Clone)]
 pub struct Config {
     /// `[server]`
     pub server: ServerConfig,
     /// `[log]`
-    pub log_format: LogFormat,
+    pub log: LogConfig,
     /// `[corps.*]`, by name.
     pub corps: BTreeMap<String, CorpConfig>,
     /// `[upload]`

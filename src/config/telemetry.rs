@@ -1,8 +1,81 @@
-//! `[tracing]`, validated: where spans go and how many.
+//! `[log]` and `[tracing]`, validated: how log lines look and which are written, where spans
+//! go and how many.
 
-use super::file::{TracingFile, DEFAULT_EXPORT_TIMEOUT, DEFAULT_SAMPLE_RATIO};
+use std::time::Duration;
+
+use super::file::{LogFile, TracingFile, DEFAULT_EXPORT_TIMEOUT, DEFAULT_SAMPLE_RATIO};
 use super::parse::parse_duration;
-use super::{invalid, ConfigError, TracingConfig};
+use super::{invalid, ConfigError};
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Pretty,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `[log]`, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LogConfig {
+    /// Line format (a restart changes it).
+    pub format: LogFormat,
+    /// Which lines are written: an `EnvFilter` directive (`"info"`, `"warn,fxgate=debug"`).
+    /// Unset: `RUST_LOG`, else `info`. A reload applies it.
+    pub level: Option<String>,
+}
+
+impl LogConfig {
+    /// The filter directive in force: `level`, else `RUST_LOG`, else `info`.
+    pub fn directive(&self) -> String {
+        self.level
+            .clone()
+            .or_else(|| std::env::var("RUST_LOG").ok().filter(|v| !v.is_empty()))
+            .unwrap_or_else(|| "info".into())
+    }
+}
+
+/// `[tracing]`, validated.
+#[derive(Debug, Clone)]
+pub struct TracingConfig {
+    /// Where spans are exported (OTLP/HTTP, protobuf); `None`: not exported.
+    pub otlp_endpoint: Option<http::Uri>,
+    /// `service.name`.
+    pub service_name: String,
+    /// Fraction of root traces sampled.
+    pub sample_ratio: f64,
+    /// Deadline of one export.
+    pub export_timeout: Duration,
+}
+
+pub(super) fn log(log: &LogFile) -> Result<LogConfig, ConfigError> {
+    let format = match log.format.as_deref().unwrap_or("pretty") {
+        "pretty" => LogFormat::Pretty,
+        "json" => LogFormat::Json,
+        other => {
+            return Err(invalid(
+                "log.format",
+                format!("`{other}`: use \"pretty\" or \"json\""),
+            ))
+        }
+    };
+    let level = match log.level.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(l) => match tracing_subscriber::EnvFilter::try_new(l) {
+            Ok(_) => Some(l.to_string()),
+            Err(e) => {
+                return Err(invalid(
+                    "log.level",
+                    format!(
+                    "`{l}` is not a level or filter like \"info\" or \"warn,fxgate=debug\" ({e})"
+                ),
+                ))
+            }
+        },
+    };
+    Ok(LogConfig { format, level })
+}
 
 pub(super) fn tracing(t: TracingFile) -> Result<TracingConfig, ConfigError> {
     let otlp_endpoint = match t.otlp_endpoint.as_deref() {

@@ -20,7 +20,7 @@ impl TryFrom<FileConfig> for Config {
         let corps = corps(f.corps)?;
         Ok(Config {
             server: server(f.server)?,
-            log_format: log_format(&f.log)?,
+            log: super::telemetry::log(&f.log)?,
             upload: upload(f.upload)?,
             dedupe: dedupe(f.dedupe)?,
             store: store(f.store)?,
@@ -121,20 +121,6 @@ fn server(s: ServerFile) -> Result<ServerConfig, ConfigError> {
         unauthenticated,
     };
     Ok(server)
-}
-
-fn log_format(log: &LogFile) -> Result<LogFormat, ConfigError> {
-    let log_format = match log.format.as_deref().unwrap_or("pretty") {
-        "pretty" => LogFormat::Pretty,
-        "json" => LogFormat::Json,
-        other => {
-            return Err(invalid(
-                "log.format",
-                format!("`{other}`: use \"pretty\" or \"json\""),
-            ))
-        }
-    };
-    Ok(log_format)
 }
 
 fn corps(files: BTreeMap<String, CorpFile>) -> Result<BTreeMap<String, CorpConfig>, ConfigError> {

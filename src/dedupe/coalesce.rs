@@ -144,7 +144,7 @@ impl Dedupe {
     /// Looks up a digest `caller` claims for `key` before any body byte is read; on a miss,
     /// decides who uploads it. Waits at most `bound` for another upload of the same file.
     pub async fn claim(&self, key: &DedupeKey, caller: &str, bound: Duration) -> Claim {
-        let per_caller = self.claim_scope == ClaimScope::Client;
+        let per_caller = self.claim_scope() == ClaimScope::Client;
         loop {
             if let Some(media) = self.visible(key, per_caller, caller).await {
                 return Claim::Hit(media);

@@ -16,6 +16,7 @@
 //! concurrent uploads from queueing on one lock.
 
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicU64, Ordering};
 
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -253,7 +254,8 @@ pub struct CompactIndex {
     shards: Box<[Mutex<Shard>]>,
     names: Interner,
     hasher: RandomState,
-    ttl_ms: u64,
+    /// The trust period in force (a reload changes it).
+    ttl_ms: AtomicU64,
 }
 
 impl CompactIndex {
@@ -268,8 +270,15 @@ impl CompactIndex {
                 .collect(),
             names: Interner::default(),
             hasher: RandomState::new(),
-            ttl_ms,
+            ttl_ms: AtomicU64::new(ttl_ms),
         }
+    }
+
+    /// A new trust period for every lookup from now on. Entries stay in insertion order,
+    /// which is still expiry order: they all share the one period. Entries already dropped
+    /// under a shorter one stay dropped.
+    pub fn set_ttl_ms(&self, ttl_ms: u64) {
+        self.ttl_ms.store(ttl_ms, Ordering::Relaxed);
     }
 
     /// The file part of a key: its SHA-256, or for a document that of the SHA-256 and the
@@ -311,7 +320,7 @@ impl CompactIndex {
     pub fn get(&self, key: &Key, now_ms: u64) -> Option<MediaRef> {
         let (shard, pos) = self.locate(key)?;
         let entry = shard.slot(pos)?;
-        if now_ms.saturating_sub(entry.created_ms) >= self.ttl_ms {
+        if now_ms.saturating_sub(entry.created_ms) >= self.ttl_ms.load(Ordering::Relaxed) {
             return None;
         }
         let more = entry.more_holders.iter().flat_map(|h| h.iter().copied());
@@ -365,7 +374,7 @@ impl CompactIndex {
         let hash = self.hasher.hash_one(k);
         // Checked, not saturating: with `now < ttl` a saturated 0 made an entry created at 0
         // count as expired here while `get` still served it (a flaky test found it).
-        let expired = now_ms.checked_sub(self.ttl_ms);
+        let expired = now_ms.checked_sub(self.ttl_ms.load(Ordering::Relaxed));
         self.shard(hash)
             .lock()
             .push(&self.hasher, hash, entry, expired);

@@ -55,6 +55,11 @@ impl DedupeStore for MemoryStore {
         Box::pin(async {})
     }
 
+    fn set_ttl(&self, ttl: Duration) {
+        self.index
+            .set_ttl_ms(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
+    }
+
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()> {
         let (index, corp, media_id) = (self.index.clone(), corp.to_string(), media_id.to_string());
         // A scan of the whole index (milliseconds at a million entries): off the runtime's

@@ -5,11 +5,12 @@
 //! itself are recorded, and only after Fxiaoke's `errorCode 0`.
 
 use std::fmt;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
-use crate::config::DedupeConfig;
+use crate::config::{ClaimScope, DedupeConfig};
 use crate::store::{Lease, Redis};
 use futures_util::future::BoxFuture;
 
@@ -96,6 +97,8 @@ pub trait DedupeStore: Send + Sync + fmt::Debug {
     ) -> BoxFuture<'a, ()>;
     /// Forgets every entry pointing at `media_id` of `corp` (after a delete).
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()>;
+    /// A new trust period, counted from each entry's upload, for every lookup from now on.
+    fn set_ttl(&self, ttl: Duration);
     /// The right to upload `key` (for `scope`) across processes. The embedded store grants
     /// it at once: within one process the `Coalescer` is enough.
     fn lock<'a>(
@@ -123,26 +126,48 @@ pub struct Dedupe {
     pub store: Arc<dyn DedupeStore>,
     /// In-flight claimed uploads.
     pub coalescer: Coalescer,
-    /// Whether claims may hit other callers' entries.
-    pub claim_scope: crate::config::ClaimScope,
+    /// Whether claims may hit other callers' entries (`claim_scope = "corp"`); a reload
+    /// changes it for the next claim.
+    corp_wide: AtomicBool,
 }
 
 impl Dedupe {
     /// The embedded (compact) index, its trust period timed by `clock`.
     pub fn memory(cfg: &DedupeConfig, clock: Arc<dyn Clock>) -> Self {
+        let store = MemoryStore::new(cfg.ttl, cfg.max_entries, clock);
+        Self::over(Arc::new(store), cfg.claim_scope)
+    }
+
+    /// The index in `store`, claims hitting entries per `scope`.
+    pub fn over(store: Arc<dyn DedupeStore>, scope: ClaimScope) -> Self {
         Self {
-            store: Arc::new(MemoryStore::new(cfg.ttl, cfg.max_entries, clock)),
+            store,
             coalescer: Coalescer::default(),
-            claim_scope: cfg.claim_scope,
+            corp_wide: AtomicBool::new(scope == ClaimScope::Corp),
         }
     }
 
     /// The index in Redis, shared by replicas.
     pub fn redis(cfg: &DedupeConfig, redis: Arc<Redis>, lock_ttl: Duration) -> Self {
-        Self {
-            store: Arc::new(redis::RedisStore::new(redis, cfg.ttl, lock_ttl)),
-            coalescer: Coalescer::default(),
-            claim_scope: cfg.claim_scope,
+        let store = redis::RedisStore::new(redis, cfg.ttl, lock_ttl);
+        Self::over(Arc::new(store), cfg.claim_scope)
+    }
+
+    /// Puts a reloaded `[dedupe]` in force: the trust period (for every lookup from now on,
+    /// entries already recorded included: a shorter one stops hits on older entries at once)
+    /// and the claim scope. `max_entries` sizes the index and needs a restart.
+    pub fn apply(&self, cfg: &DedupeConfig) {
+        self.store.set_ttl(cfg.ttl);
+        self.corp_wide
+            .store(cfg.claim_scope == ClaimScope::Corp, Ordering::Relaxed);
+    }
+
+    /// Whose entries a digest claim may hit.
+    pub fn claim_scope(&self) -> ClaimScope {
+        if self.corp_wide.load(Ordering::Relaxed) {
+            ClaimScope::Corp
+        } else {
+            ClaimScope::Client
         }
     }
 

@@ -10,6 +10,7 @@
 //! A Redis failure is a miss (the file is uploaded normally) and is counted, never an error
 //! for the caller.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -61,7 +62,9 @@ return 1
 #[derive(Debug)]
 pub struct RedisStore {
     redis: Arc<Redis>,
-    ttl: Duration,
+    /// The trust period in force, in ms (a reload changes it; keys written under a longer
+    /// one are checked against it on every read).
+    ttl_ms: AtomicU64,
     lock_ttl: Duration,
 }
 
@@ -71,7 +74,7 @@ impl RedisStore {
     pub fn new(redis: Arc<Redis>, ttl: Duration, lock_ttl: Duration) -> Self {
         Self {
             redis,
-            ttl,
+            ttl_ms: AtomicU64::new(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX)),
             lock_ttl,
         }
     }
@@ -136,7 +139,13 @@ impl DedupeStore for RedisStore {
                 .await
                 .ok()
                 .flatten();
-            v.as_deref().and_then(decode)
+            let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed));
+            v.as_deref().and_then(decode).filter(|m| {
+                SystemTime::now()
+                    .duration_since(m.created_at)
+                    .unwrap_or_default()
+                    < ttl
+            })
         })
     }
 
@@ -148,7 +157,8 @@ impl DedupeStore for RedisStore {
             let age = SystemTime::now()
                 .duration_since(value.created_at)
                 .unwrap_or_default();
-            let ttl = self.ttl.saturating_sub(age).as_millis().max(1) as u64;
+            let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed));
+            let ttl = ttl.saturating_sub(age).as_millis().max(1) as u64;
             let v = encode(&value);
             let _ = self
                 .redis
@@ -195,6 +205,13 @@ impl DedupeStore for RedisStore {
                 })
                 .await;
         })
+    }
+
+    fn set_ttl(&self, ttl: Duration) {
+        self.ttl_ms.store(
+            u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX),
+            Ordering::Relaxed,
+        );
     }
 
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()> {

@@ -40,7 +40,7 @@ pub async fn json_call(
             log.add_upstream_time(took(&resp));
             // The file itself: stream it back as it comes.
             corp.count(route.label(), UpstreamCode::Success);
-            return Ok(stream_back(resp, corp.cfg.upstream_timeout));
+            return Ok(stream_back(resp, corp.timing.upstream_timeout()));
         }
         let answer = corp
             .read_answer(route.label(), resp)

@@ -68,7 +68,7 @@ pub async fn call(
             Passing::Whole(answer) => answer,
             Passing::Large { status, head, rest } => {
                 let cap = limits.max_answer;
-                return stream_large(status, head, rest, cap, corp.cfg.upstream_timeout);
+                return stream_large(status, head, rest, cap, corp.timing.upstream_timeout());
             }
         };
         log.set_upstream_trace_id(answer.env.trace_id());

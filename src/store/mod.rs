@@ -7,6 +7,7 @@
 
 pub mod redis;
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
@@ -28,6 +29,32 @@ pub enum StoreError {
     Redis(String),
 }
 
+/// A fail mode in force, which a reload may change (`quota_fail_mode`): every store operation
+/// reads it when it fails, so the next failure after a reload follows the new mode.
+#[derive(Debug)]
+pub struct ModeSwitch(AtomicBool);
+
+impl ModeSwitch {
+    /// Starting in `mode`.
+    pub fn new(mode: FailMode) -> Arc<Self> {
+        Arc::new(Self(AtomicBool::new(mode == FailMode::Closed)))
+    }
+
+    /// The mode in force.
+    pub fn get(&self) -> FailMode {
+        if self.0.load(Ordering::Relaxed) {
+            FailMode::Closed
+        } else {
+            FailMode::Open
+        }
+    }
+
+    /// Puts `mode` in force.
+    pub fn set(&self, mode: FailMode) {
+        self.0.store(mode == FailMode::Closed, Ordering::Relaxed);
+    }
+}
+
 /// A shared store in front of a local one: every operation goes to `primary`; when it fails,
 /// `FailMode::Open` answers from `fallback` (this replica's own state) and `FailMode::Closed`
 /// passes the failure on.
@@ -35,12 +62,17 @@ pub enum StoreError {
 pub struct FailOver<S: ?Sized> {
     primary: Arc<S>,
     fallback: Arc<S>,
-    mode: FailMode,
+    mode: Arc<ModeSwitch>,
 }
 
 impl<S: ?Sized> FailOver<S> {
-    /// `primary`, falling back to `fallback` per `mode`.
+    /// `primary`, falling back to `fallback` per `mode`, for good.
     pub fn new(primary: Arc<S>, fallback: Arc<S>, mode: FailMode) -> Self {
+        Self::switched(primary, fallback, ModeSwitch::new(mode))
+    }
+
+    /// `primary`, falling back to `fallback` per the mode `mode` holds at each failure.
+    pub fn switched(primary: Arc<S>, fallback: Arc<S>, mode: Arc<ModeSwitch>) -> Self {
         Self {
             primary,
             fallback,
@@ -56,7 +88,7 @@ impl<S: ?Sized> FailOver<S> {
     ) -> Result<T, StoreError> {
         match op(&self.primary).await {
             Ok(v) => Ok(v),
-            Err(e) => match self.mode {
+            Err(e) => match self.mode.get() {
                 FailMode::Open => op(&self.fallback).await,
                 FailMode::Closed => Err(e),
             },

@@ -1,7 +1,7 @@
 //! Log and trace setup, the only place either is decided.
 //!
-//! Logs: `tracing-subscriber` with an `EnvFilter` (`RUST_LOG`, default `info`), pretty or JSON
-//! lines on stderr. Traces: an OpenTelemetry layer beside it turns fxgate's spans (`request`,
+//! Logs: `tracing-subscriber` with an `EnvFilter` (`log.level`, else `RUST_LOG`, else `info`;
+//! a reload swaps it in place), pretty or JSON lines on stderr. Traces: an OpenTelemetry layer beside it turns fxgate's spans (`request`,
 //! `upstream`, `token_fetch`, `dedupe_lookup`) into OpenTelemetry spans with W3C ids, whatever
 //! `RUST_LOG` says (its own filter: fxgate's spans at `info`, no events), exported over OTLP/HTTP,
 //! when `tracing.otlp_endpoint` is set. Without it the layer is not installed (see `trace` for
@@ -16,7 +16,11 @@ use tracing_subscriber::layer::SubscriberExt as _;
 use tracing_subscriber::util::SubscriberInitExt as _;
 use tracing_subscriber::{EnvFilter, Layer as _};
 
-use crate::config::{LogFormat, TracingConfig};
+use std::sync::OnceLock;
+
+use tracing_subscriber::{reload, Registry};
+
+use crate::config::{LogConfig, LogFormat, TracingConfig};
 
 /// The installed span pipeline; `shutdown` exports what is still queued.
 #[derive(Debug)]
@@ -38,18 +42,33 @@ impl Telemetry {
     }
 }
 
-/// Logs only (the sandbox command); a second call is ignored (tests).
-pub fn init_logs(format: LogFormat) {
+/// The installed log filter, which a reload replaces (`set_log_level`).
+static LEVELS: OnceLock<reload::Handle<EnvFilter, Registry>> = OnceLock::new();
+
+/// Logs only, filtered by `directive` (the sandbox command passes `RUST_LOG`'s); a second call
+/// is ignored (tests).
+pub fn init_logs(format: LogFormat, directive: &str) {
     let _ = tracing_subscriber::registry()
-        .with(fmt_layer(format))
+        .with(fmt_layer(format, directive))
         .try_init();
+}
+
+/// Puts a new log filter in force (a reload of `log.level`), for every line from now on.
+pub fn set_log_level(directive: &str) -> Result<(), String> {
+    let filter = EnvFilter::try_new(directive).map_err(|e| e.to_string())?;
+    match LEVELS.get() {
+        Some(handle) => handle.reload(filter).map_err(|e| e.to_string()),
+        // No subscriber of ours (a library embedding fxgate): nothing to change.
+        None => Ok(()),
+    }
 }
 
 /// Logs, and spans when `cfg` exports them (without export the OpenTelemetry layer is not
 /// installed at all: see `trace`). Call inside the runtime: exports run on it.
-pub fn init(format: LogFormat, cfg: &TracingConfig) -> Result<Telemetry, crate::BoxError> {
+pub fn init(log: &LogConfig, cfg: &TracingConfig) -> Result<Telemetry, crate::BoxError> {
+    let (format, directive) = (log.format, log.directive());
     let Some(url) = &cfg.otlp_endpoint else {
-        init_logs(format);
+        init_logs(format, &directive);
         return Ok(Telemetry {
             provider: None,
             export_timeout: cfg.export_timeout,
@@ -86,7 +105,7 @@ pub fn init(format: LogFormat, cfg: &TracingConfig) -> Result<Telemetry, crate::
             .with_max_level_hint(tracing::Level::INFO),
         );
     let _ = tracing_subscriber::registry()
-        .with(fmt_layer(format))
+        .with(fmt_layer(format, &directive))
         .with(spans)
         .try_init();
     crate::trace::use_spans();
@@ -98,8 +117,12 @@ pub fn init(format: LogFormat, cfg: &TracingConfig) -> Result<Telemetry, crate::
 
 type FmtLayer = Box<dyn tracing_subscriber::Layer<tracing_subscriber::Registry> + Send + Sync>;
 
-fn fmt_layer(format: LogFormat) -> FmtLayer {
-    let levels = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info"));
+fn fmt_layer(format: LogFormat, directive: &str) -> FmtLayer {
+    let (levels, handle) = reload::Layer::new(
+        EnvFilter::try_new(directive).unwrap_or_else(|_| EnvFilter::new("info")),
+    );
+    // The first subscriber installed is the one in force; a later (ignored) one keeps its own.
+    let _ = LEVELS.set(handle);
     // Events only: a log line names its request by `request_id` and `trace_id`, and the
     // per-request spans would otherwise have their fields formatted into a string each, on
     // every request, for lines that do not show them.

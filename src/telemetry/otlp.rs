@@ -4,6 +4,7 @@
 //! export future there; a hyper request needs tokio's reactor. So the request is spawned on
 //! fxgate's runtime and the export waits on its `JoinHandle`, which any executor can await.
 
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,6 +12,7 @@ use http_body_util::{BodyExt as _, Limited};
 use opentelemetry_http::{HttpClient, HttpError, Request, Response};
 use opentelemetry_otlp::{Protocol, WithExportConfig as _, WithHttpConfig as _};
 
+use crate::upstream::timing::Timing;
 use crate::upstream::transport;
 
 /// A collector's answer is a few bytes; anything much larger is not one.
@@ -22,7 +24,7 @@ pub(super) fn exporter(
     timeout: Duration,
 ) -> Result<opentelemetry_otlp::SpanExporter, crate::BoxError> {
     let client = Client {
-        http: transport::unpooled(timeout),
+        http: transport::unpooled(Arc::new(Timing::connect_within(timeout))),
         runtime: tokio::runtime::Handle::try_current()?,
         timeout,
     };

@@ -48,7 +48,7 @@ pub async fn handle(
     let mut up = UploadRequest::parse(state, &req, route, principal)?;
     up.refuse_oversized()?;
     if let Some(key) = up.claim_key() {
-        let bound = up.corp.cfg.upstream_timeout * 2;
+        let bound = up.corp.timing.upstream_timeout() * 2;
         let span = dedupe_span("claimed_digest");
         let claim = state
             .dedupe
@@ -229,7 +229,7 @@ async fn stream(
         tx: &tx,
         limit: up.limit,
         route: up.kind.route().path(),
-        send_timeout: up.corp.cfg.upstream_timeout,
+        send_timeout: up.corp.timing.upstream_timeout(),
         ticket: &mut up.ticket,
     };
     let (size, digest) = match pump.run(head, &mut file, digest).await? {

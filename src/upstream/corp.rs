@@ -9,8 +9,9 @@ use tracing::field::Empty;
 
 use super::budget::UpstreamBudget;
 use super::envelope::{Envelope, Read, UpstreamCode};
+use super::timing::Timing;
 use super::token::store::TokenStore;
-use super::token::{ApiStyle, CorpToken, TokenProvider};
+use super::token::{ApiStyle, CorpToken, Endpoint, TokenProvider};
 use super::transport::{self, HttpClient};
 use crate::body::Body;
 use crate::clock::Clock;
@@ -37,6 +38,9 @@ pub struct Corp {
     pub oauth: TokenProvider,
     /// Its allowance at Fxiaoke.
     pub budget: UpstreamBudget,
+    /// Its deadlines and refresh point in force (a reload changes them; read them here, not
+    /// in `cfg`).
+    pub timing: Arc<Timing>,
     metrics: Metrics,
 }
 
@@ -104,16 +108,15 @@ impl Corp {
             clock.clone(),
             quotas,
         );
-        let clients = PerWorker::new(workers, || transport::pooled(cfg.connect_timeout));
+        let timing = Arc::new(Timing::new(&cfg));
+        let clients = PerWorker::new(workers, || transport::pooled(timing.clone()));
         let provider = |flow| {
-            TokenProvider::spawn(
-                cfg.clone(),
-                flow,
-                base.clone(),
-                metrics.clone(),
-                tokens(flow),
-                clock.clone(),
-            )
+            let endpoint = Endpoint {
+                cfg: cfg.clone(),
+                timing: timing.clone(),
+                base: base.clone(),
+            };
+            TokenProvider::spawn(endpoint, flow, metrics.clone(), tokens(flow), clock.clone())
         };
         let (legacy, oauth) = (provider(ApiStyle::Legacy), provider(ApiStyle::OAuth));
         Arc::new(Self {
@@ -123,6 +126,7 @@ impl Corp {
             tokens: legacy,
             oauth,
             budget,
+            timing,
             metrics,
         })
     }
@@ -202,16 +206,15 @@ impl Corp {
         E: Into<GatewayError>,
     {
         let started = Instant::now();
-        let result = tokio::time::timeout(self.cfg.upstream_timeout, answer).await;
+        let after = self.timing.upstream_timeout();
+        let result = tokio::time::timeout(after, answer).await;
         let took = started.elapsed();
         self.metrics
             .upstream_duration
             .with_label_values(&[label])
             .observe(took.as_secs_f64());
         let result = match result {
-            Err(_) => Err(GatewayError::UpstreamTimeout {
-                after: self.cfg.upstream_timeout,
-            }),
+            Err(_) => Err(GatewayError::UpstreamTimeout { after }),
             Ok(r) => r.map_err(Into::into),
         };
         let span = tracing::Span::current();
@@ -252,7 +255,7 @@ impl Corp {
     ) -> Result<Answer, GatewayError> {
         let status = resp.status();
         let took = took(&resp);
-        let after = self.cfg.upstream_timeout;
+        let after = self.timing.upstream_timeout();
         let env = tokio::time::timeout(after, Envelope::read(resp.into_body()))
             .await
             .map_err(|_| GatewayError::UpstreamTimeout { after })
@@ -304,7 +307,7 @@ impl Corp {
     ) -> Result<Passing, GatewayError> {
         let took = took(&resp);
         let (parts, body) = resp.into_parts();
-        let after = self.cfg.upstream_timeout;
+        let after = self.timing.upstream_timeout();
         let read = tokio::time::timeout(after, Envelope::read_or_large(body))
             .await
             .map_err(|_| GatewayError::UpstreamTimeout { after })
@@ -330,9 +333,20 @@ impl Corp {
         self.clients.get()
     }
 
+    /// Puts a reloaded corp's live settings in force: its budget (`set_budget`), its deadlines
+    /// for the next call and connection, and its refresh point, which reschedules the token
+    /// refreshes due under the old one.
+    pub fn apply(&self, cfg: &CorpConfig) {
+        self.set_budget(cfg.upstream_requests_per_20s, cfg.daily_call_budget);
+        if self.timing.set(cfg) {
+            self.tokens.reschedule();
+            self.oauth.reschedule();
+        }
+    }
+
     /// New budget limits from a reload, and the gauges that show them: the limit, and what is
     /// left of it today (the new limit less today's use).
-    pub fn set_budget(&self, per_20s: u32, daily: Option<u64>) {
+    fn set_budget(&self, per_20s: u32, daily: Option<u64>) {
         self.budget.set_limits(per_20s, daily);
         if let Some(limit) = daily {
             let name = [self.cfg.name.as_str()];

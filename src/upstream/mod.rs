@@ -6,6 +6,7 @@ pub mod budget;
 pub mod corp;
 pub mod envelope;
 pub mod media;
+pub mod timing;
 pub mod token;
 pub mod transport;
 

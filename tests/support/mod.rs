@@ -667,6 +667,20 @@ impl InProcess {
         assert!(resp.status().is_success());
     }
 
+    /// Rewrites the config file (the standard test config with `corp_extra` and `extra`) and
+    /// reloads it through `POST /admin/reload`: the answer's status and body.
+    pub async fn reload_with(&self, corp_extra: &str, extra: &str) -> (u16, serde_json::Value) {
+        let toml = config(&self.sandbox.url(), corp_extra, extra);
+        std::fs::write(self._dir.path().join("fxgate.toml"), toml).unwrap();
+        let r = self
+            .http
+            .post(format!("{}/admin/reload", self.admin))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.json().await.unwrap())
+    }
+
     /// Moves the shared clock forward.
     pub fn advance(&self, d: Duration) {
         self.clock.advance(d);

@@ -19,6 +19,7 @@ use crate::config::{CorpConfig, Secret};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 pub use crate::route::ApiStyle;
+use crate::upstream::timing::Timing;
 use refresher::Refresher;
 use store::{StoredToken, TokenStore};
 
@@ -47,6 +48,18 @@ pub fn rejects(style: ApiStyle, code: crate::upstream::envelope::UpstreamCode) -
     use crate::upstream::envelope::UpstreamCode;
     code == UpstreamCode::TokenExpired
         || (style == ApiStyle::OAuth && code == UpstreamCode::Other(20005))
+}
+
+/// Where a corp's token endpoint is and how to call it: its settings (name, app id, secrets),
+/// the deadlines and refresh point in force, and its base URL.
+#[derive(Debug, Clone)]
+pub struct Endpoint {
+    /// The corp's configuration.
+    pub cfg: CorpConfig,
+    /// Its deadlines and refresh point (a reload changes them).
+    pub timing: Arc<Timing>,
+    /// Its base URL, without trailing slash.
+    pub base: String,
 }
 
 /// A corp access token. `Debug` never shows the token itself.
@@ -142,9 +155,8 @@ impl TokenProvider {
     /// through `store`. The legacy token is fetched at once (uploads need it and `/readyz`
     /// waits for it); the OAuth token when a call first needs it.
     pub fn spawn(
-        cfg: CorpConfig,
+        endpoint: Endpoint,
         flow: ApiStyle,
-        base: String,
         metrics: Metrics,
         store: Arc<dyn TokenStore>,
         clock: Arc<dyn Clock>,
@@ -154,11 +166,10 @@ impl TokenProvider {
             publish,
             wake: Notify::new(),
         });
-        let corp = cfg.name.clone();
+        let corp = endpoint.cfg.name.clone();
         let refresher = Refresher::new(
-            cfg,
+            endpoint,
             flow,
-            base,
             metrics,
             shared.clone(),
             store,
@@ -171,6 +182,14 @@ impl TokenProvider {
             state,
             shared,
             clock,
+        }
+    }
+
+    /// The refresh point changed (a reload): the refresher works out again when its next call
+    /// is due. A provider that never fetched (an OAuth token nobody asked for) stays asleep.
+    pub fn reschedule(&self) {
+        if self.state.borrow().token.is_some() {
+            self.shared.wake.notify_one();
         }
     }
 

@@ -19,12 +19,13 @@ use tracing::Instrument as _;
 use http::{header, Request};
 
 use super::store::{StoredToken, TokenStore, Turn};
-use super::{ApiStyle, CorpToken, Shared, TokenState};
+use super::{ApiStyle, CorpToken, Endpoint, Shared, TokenState};
 use crate::body::full;
 use crate::clock::Clock;
 use crate::config::{CorpConfig, Secret};
 use crate::metrics::{Metrics, RefreshResult};
 use crate::upstream::envelope::{Envelope, UpstreamCode};
+use crate::upstream::timing::Timing;
 use crate::upstream::transport::{self, HttpClient};
 
 /// Fxiaoke allows 10 token calls a minute; one is kept in reserve for clock skew.
@@ -39,6 +40,8 @@ const TURN_WAIT: Duration = Duration::from_secs(12);
 
 pub(super) struct Refresher {
     cfg: CorpConfig,
+    /// Deadlines and the refresh point in force (a reload changes them).
+    timing: Arc<Timing>,
     flow: ApiStyle,
     base: String,
     client: HttpClient,
@@ -75,9 +78,8 @@ enum Fetched {
 
 impl Refresher {
     pub(super) fn new(
-        cfg: CorpConfig,
+        endpoint: Endpoint,
         flow: ApiStyle,
-        base: String,
         metrics: Metrics,
         shared: Arc<Shared>,
         store: Arc<dyn TokenStore>,
@@ -85,10 +87,12 @@ impl Refresher {
     ) -> Self {
         // Token calls get their own connection each time (at most 9 a minute): a pooled
         // connection the server has just closed would fail the call for nothing.
-        let client = transport::unpooled(cfg.connect_timeout);
+        let Endpoint { cfg, timing, base } = endpoint;
+        let client = transport::unpooled(timing.clone());
         let not_before = clock.now();
         Self {
             cfg,
+            timing,
             flow,
             base,
             client,
@@ -146,7 +150,12 @@ impl Refresher {
     fn due(&mut self, state: &TokenState) -> Instant {
         let now = self.clock.now();
         let due = match (&state.token, state.usable(now)) {
-            (Some(t), Some(_)) if !state.suspect => t.refresh_at.max(self.not_before),
+            // From the refresh point in force, so a reload that moves it reschedules this
+            // token too (`t.refresh_at` is what the fetching replica's config said).
+            (Some(t), Some(_)) if !state.suspect => {
+                let life = t.expires_at.saturating_duration_since(t.fetched_at);
+                (t.fetched_at + life.mul_f64(self.timing.refresh_at())).max(self.not_before)
+            }
             _ => self.not_before,
         };
         due.max(rate_slot(&mut self.calls, now))
@@ -227,7 +236,7 @@ impl Refresher {
                     corp_id,
                     fetched_at: started,
                     expires_at: started + expires_in,
-                    refresh_at: started + expires_in.mul_f64(self.cfg.refresh_at),
+                    refresh_at: started + expires_in.mul_f64(self.timing.refresh_at()),
                     issued_ms,
                 };
                 self.count(RefreshResult::Ok);
@@ -346,8 +355,8 @@ impl Refresher {
         // One deadline for the whole call, head and body: this task is the corp's only way to
         // a token, so an answer that stalls after its head must not hold it (issue 14).
         let deadline = tokio::time::Instant::now()
-            + self.cfg.connect_timeout
-            + self.cfg.upstream_timeout.min(Duration::from_secs(30));
+            + self.timing.connect_timeout()
+            + self.timing.upstream_timeout().min(Duration::from_secs(30));
         let resp = match tokio::time::timeout_at(deadline, self.client.request(req)).await {
             Err(_) => return Fetched::Failed("token endpoint timed out".into()),
             Ok(Err(e)) => return Fetched::Failed(transport::transport_detail(&e)),
