@@ -51,10 +51,10 @@ for p in ("target/", ".git/", "deploy/k8s/base/secrets/"):
     assert p in ignored, f".dockerignore lacks {p}"
 print("ok deploy/Dockerfile: pinned bases, non-root, fxgate healthcheck, caller-less config, stripped")
 
-# Each alert: a `for:`, and a runbook_url whose anchor is a heading of the README's Runbook.
+# Each alert: a `for:`, and a runbook_url whose anchor is a heading of the Runbook in docs/operations.md.
 def anchor(heading):
     return re.sub(r"[^a-z0-9 _-]", "", heading.strip().lower()).replace(" ", "-")
-readme = open("README.md").read()
+readme = open("docs/operations.md").read()
 runbook = readme[readme.index("\n## Runbook"):]
 runbook = runbook[: runbook.find("\n## ", 1) if "\n## " in runbook[1:] else None]
 anchors = {anchor(l.lstrip("#")) for l in runbook.splitlines() if l.startswith("### ")}
@@ -62,7 +62,7 @@ rules = [r for g in yaml.safe_load(open("deploy/prometheus/alerts.yml"))["groups
 for r in rules:
     assert r.get("for"), f"{r['alert']}: no for:"
     url = r["annotations"]["runbook_url"]
-    assert url.split("#")[1] in anchors, f"{r['alert']}: {url} has no section in the README's Runbook"
+    assert url.split("#")[1] in anchors, f"{r['alert']}: {url} has no section in the Runbook of docs/operations.md"
 print(f"ok deploy/prometheus/alerts.yml: {len(rules)} alerts, each with for: and a runbook section")
 PY
 bash deploy/k8s/check.sh

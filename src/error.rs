@@ -1,8 +1,8 @@
 //! `GatewayError`: every failure fxgate itself raises, classified by fault, and the one place
 //! where such an error becomes an HTTP response in Fxiaoke's envelope.
 //!
-//! Codes are six digits: `9`, then the HTTP status, then a serial (design §3). The README's
-//! error table is generated from the same list of variants, so keep them in step.
+//! Codes are six digits: `9`, then the HTTP status, then a serial (design §3). The error table
+//! in docs/api.md lists the same variants, so keep them in step.
 
 use std::time::Duration;
 
@@ -273,7 +273,7 @@ impl GatewayError {
                 "caller `{client}` may not act as user `{}`; its `act_as` lists the users it may",
                 echo(user)
             ),
-            NotFound => "no such route; see the README for the routes fxgate serves".into(),
+            NotFound => "no such route; see docs/api.md for the routes fxgate serves".into(),
             MethodNotAllowed => "this route accepts POST only".into(),
             PayloadTooLarge { seen, limit, route } if is_upload_label(route) => {
                 format!("media part is {seen} bytes; limit for {route} is {limit}")

@@ -29,7 +29,7 @@ pub enum Route {
 }
 
 impl Route {
-    /// Every route with a path of its own, in the README's order.
+    /// Every route with a path of its own, in docs/api.md's order.
     pub const ALL: [Route; 6] = [
         Route::UploadMessage,
         Route::Upload,

@@ -3,7 +3,7 @@
 //! what a request touches that owns I/O — the upstream connection pool — is kept per thread
 //! in a [`PerWorker`], so that one request is handled from accept to answer on one thread and
 //! never has to wake another (measured in `benches/e2e`: a 10 KiB upload cost 50 µs of CPU on
-//! the shared multi-thread runtime and 44 µs served this way; the README has the steps).
+//! the shared multi-thread runtime and 44 µs served this way; docs/benchmarks.md has the steps).
 
 use std::cell::Cell;
 

@@ -7,7 +7,7 @@
 //! failure means for them: the token falls back to local fetching, dedupe to a miss, quotas to
 //! `quota_fail_mode`. Every failure is counted in `fxgate_store_errors_total{store,op}`.
 //!
-//! Key names (all under `store.key_prefix`, default `fxgate`) are listed in the README.
+//! Key names (all under `store.key_prefix`, default `fxgate`) are listed in docs/operations.md.
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
