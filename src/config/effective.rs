@@ -2,54 +2,23 @@
 
 use std::time::Duration;
 
+use serde_json::{json, Value};
+
 use super::parse::mask_url_password;
 use super::*;
 
+fn d(d: Duration) -> String {
+    humantime::format_duration(d).to_string()
+}
+
 impl Config {
     /// The effective settings, defaults filled in and secrets masked (`check-config`).
-    pub fn effective(&self) -> serde_json::Value {
-        use serde_json::json;
-        let d = |d: Duration| humantime::format_duration(d).to_string();
-        let s = &self.server;
-        let corps: serde_json::Map<_, _> = self
-            .corps
-            .iter()
-            .map(|(name, c)| {
-                (
-                    name.clone(),
-                    json!({
-                        "base_url": match &c.base_url { BaseUrl::Sandbox => "sandbox".to_string(), BaseUrl::Url(u) => u.clone() },
-                        "app_id": c.app_id,
-                        "app_secret": "****",
-                        "permanent_code": "****",
-                        "refresh_at": c.refresh_at,
-                        "upstream_requests_per_20s": c.upstream_requests_per_20s,
-                        "daily_call_budget": c.daily_call_budget,
-                        "upstream_timeout": d(c.upstream_timeout),
-                        "connect_timeout": d(c.connect_timeout),
-                    }),
-                )
-            })
-            .collect();
-        serde_json::json!({
-            "server": {
-                "listen": s.listen.to_string(),
-                "admin_listen": s.admin_listen.to_string(),
-                "tls_cert": s.tls.as_ref().map(|t| t.cert.display().to_string()),
-                "tls_key": s.tls.as_ref().map(|t| t.key.display().to_string()),
-                "client_ca": s.tls.as_ref().and_then(|t| t.client_ca.as_ref()).map(|p| p.display().to_string()),
-                "request_header_timeout": d(s.request_header_timeout),
-                "idle_timeout": d(s.idle_timeout),
-                "shutdown_grace": d(s.shutdown_grace),
-                "admin_key_sha256": s.admin_key_sha256.map(hex::encode),
-                "max_inflight": s.max_inflight,
-                "watch_interval": s.watch_interval.map(d),
-                "workers": s.workers,
-                "max_unauthenticated": s.unauthenticated.max_requests, "unauthenticated_body_bytes": s.unauthenticated.max_bytes, "unauthenticated_body_timeout": d(s.unauthenticated.timeout),
-            },
+    pub fn effective(&self) -> Value {
+        json!({
+            "server": self.server_json(),
             "tracing": self.tracing_json(),
             "log": { "format": match self.log.format { LogFormat::Pretty => "pretty", LogFormat::Json => "json" }, "level": self.log.level },
-            "corps": corps,
+            "corps": self.corps.iter().map(|(name, c)| (name.clone(), corp_json(c))).collect::<serde_json::Map<_, _>>(),
             "upload": {
                 "message_max_bytes": self.upload.message_max_bytes,
                 "message_types": self.upload.message_types.iter().map(|t| t.mime()).collect::<Vec<_>>(),
@@ -69,32 +38,71 @@ impl Config {
                 "lease_ttl": d(self.store.lease_ttl),
             },
             "passthrough": {"max_body": self.passthrough.max_body, "max_answer": self.passthrough.max_answer},
-            "clients": self.clients.iter().map(|c| json!({
-                "name": c.name,
-                "keys": c.keys.iter().map(|k| json!({
-                    "sha256": hex::encode(k.sha256),
-                    "not_after": super::not_after_text(k.not_after_ms),
-                })).collect::<Vec<_>>(),
-                "cert_subject": c.cert_subject,
-                "corp": c.corp,
-                "requests_per_minute": c.requests_per_minute,
-                "bytes_per_day": c.bytes_per_day,
-                "max_concurrent_uploads": c.max_concurrent_uploads,
-                "max_file_bytes": c.max_file_bytes,
-                "routes": c.routes.as_ref().map(|r| r.iter().map(RoutePattern::to_config).collect::<Vec<_>>()),
-                "api_style": c.api_style.label(),
-                "act_as": c.act_as,
-            })).collect::<Vec<_>>(),
+            "clients": self.clients.iter().map(client_json).collect::<Vec<_>>(),
         })
     }
 
-    fn tracing_json(&self) -> serde_json::Value {
+    fn server_json(&self) -> Value {
+        let s = &self.server;
+        json!({
+            "listen": s.listen.to_string(),
+            "admin_listen": s.admin_listen.to_string(),
+            "tls_cert": s.tls.as_ref().map(|t| t.cert.display().to_string()),
+            "tls_key": s.tls.as_ref().map(|t| t.key.display().to_string()),
+            "client_ca": s.tls.as_ref().and_then(|t| t.client_ca.as_ref()).map(|p| p.display().to_string()),
+            "request_header_timeout": d(s.request_header_timeout),
+            "idle_timeout": d(s.idle_timeout),
+            "shutdown_grace": d(s.shutdown_grace),
+            "admin_key_sha256": s.admin_key_sha256.map(hex::encode),
+            "max_inflight": s.max_inflight,
+            "watch_interval": s.watch_interval.map(d),
+            "workers": s.workers,
+            "max_unauthenticated": s.unauthenticated.max_requests,
+            "unauthenticated_body_bytes": s.unauthenticated.max_bytes,
+            "unauthenticated_body_timeout": d(s.unauthenticated.timeout),
+        })
+    }
+
+    fn tracing_json(&self) -> Value {
         let t = &self.tracing;
-        serde_json::json!({
+        json!({
             "otlp_endpoint": t.otlp_endpoint.as_ref().map(ToString::to_string),
             "service_name": t.service_name,
             "sample_ratio": t.sample_ratio,
-            "export_timeout": humantime::format_duration(t.export_timeout).to_string(),
+            "export_timeout": d(t.export_timeout),
         })
     }
+}
+
+fn corp_json(c: &CorpConfig) -> Value {
+    json!({
+        "base_url": match &c.base_url { BaseUrl::Sandbox => "sandbox".to_string(), BaseUrl::Url(u) => u.clone() },
+        "app_id": c.app_id,
+        "app_secret": "****",
+        "permanent_code": "****",
+        "refresh_at": c.refresh_at,
+        "upstream_requests_per_20s": c.upstream_requests_per_20s,
+        "daily_call_budget": c.daily_call_budget,
+        "upstream_timeout": d(c.upstream_timeout),
+        "connect_timeout": d(c.connect_timeout),
+    })
+}
+
+fn client_json(c: &ClientConfig) -> Value {
+    json!({
+        "name": c.name,
+        "keys": c.keys.iter().map(|k| json!({
+            "sha256": hex::encode(k.sha256),
+            "not_after": super::not_after_text(k.not_after_ms),
+        })).collect::<Vec<_>>(),
+        "cert_subject": c.cert_subject,
+        "corp": c.corp,
+        "requests_per_minute": c.requests_per_minute,
+        "bytes_per_day": c.bytes_per_day,
+        "max_concurrent_uploads": c.max_concurrent_uploads,
+        "max_file_bytes": c.max_file_bytes,
+        "routes": c.routes.as_ref().map(|r| r.iter().map(RoutePattern::to_config).collect::<Vec<_>>()),
+        "api_style": c.api_style.label(),
+        "act_as": c.act_as,
+    })
 }

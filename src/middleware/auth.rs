@@ -228,6 +228,29 @@ pub struct Auth<S> {
 }
 
 impl AuthLayer {
+    /// The caller an `fxg_` token was issued to, while the credential that minted it is still
+    /// theirs.
+    async fn by_token(
+        &self,
+        token: &str,
+        registry: &ClientRegistry,
+        now_ms: u64,
+    ) -> Result<Principal, GatewayError> {
+        let session = self
+            .sessions
+            .check(token)
+            .await
+            .map_err(|_| GatewayError::QuotaStoreDown)?;
+        // Dead with the credential that minted it, or with its caller.
+        let found = session.and_then(|s| Some((registry.by_session(&s, now_ms)?, s.style)));
+        let (client, style) = found.ok_or(GatewayError::TokenUnknown)?;
+        Ok(Principal {
+            client,
+            style,
+            credential: None,
+        })
+    }
+
     /// Who is calling, from whatever the request carries.
     async fn identify<B>(&self, req: &mut http::Request<B>) -> Result<Principal, GatewayError>
     where
@@ -267,21 +290,7 @@ impl AuthLayer {
             // A token endpoint mints from a key or a certificate only: a token that could
             // mint its successor would outlive every rotation.
             Presented::Token(_) if minting => return Err(GatewayError::TokenCannotMint),
-            Presented::Token(t) => {
-                let session = self
-                    .sessions
-                    .check(&t)
-                    .await
-                    .map_err(|_| GatewayError::QuotaStoreDown)?;
-                // Dead with the credential that minted it, or with its caller.
-                let found = session.and_then(|s| Some((registry.by_session(&s, now_ms)?, s.style)));
-                let (client, style) = found.ok_or(GatewayError::TokenUnknown)?;
-                return Ok(Principal {
-                    client,
-                    style,
-                    credential: None,
-                });
-            }
+            Presented::Token(t) => return self.by_token(&t, &registry, now_ms).await,
             Presented::Nothing => {
                 let peer = req.extensions().get::<PeerIdentity>();
                 let client = peer.and_then(|p| registry.by_certificate(p));

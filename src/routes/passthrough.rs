@@ -37,14 +37,7 @@ pub async fn call(
         .map_or("other", |m| m.label());
     let corp = state.corp(&principal.client.corp)?;
     let style = principal.style;
-    let user_header = req
-        .headers()
-        .get("x-fs-userid")
-        .map(|v| v.to_str().map(str::to_owned))
-        .transpose()
-        .map_err(|_| GatewayError::BadRequest {
-            detail: "`x-fs-userid` must be ASCII".into(),
-        })?;
+    let user_header = user_header(&req)?;
     let limits = state.passthrough.load_full();
     let max_body = limits.max_body;
     let raw = super::caller_json(req, max_body, Route::Passthrough.label()).await?;
@@ -84,15 +77,31 @@ pub async fn call(
         if let Some(e) = answer.code.throttled() {
             return Err(e);
         }
-        let mut out = Response::new(full(answer.env.raw));
-        *out.status_mut() = answer.status;
-        out.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
-        return Ok(out);
+        return Ok(json_answer(answer.status, answer.env.raw));
     }
     Err(GatewayError::TokenRejected)
+}
+
+/// `X-Fs-Userid`, the user an OAuth-style caller acts as, if sent (ASCII only).
+fn user_header(req: &Req) -> Result<Option<String>, GatewayError> {
+    req.headers()
+        .get("x-fs-userid")
+        .map(|v| v.to_str().map(str::to_owned))
+        .transpose()
+        .map_err(|_| GatewayError::BadRequest {
+            detail: "`x-fs-userid` must be ASCII".into(),
+        })
+}
+
+/// Fxiaoke's JSON answer, passed back as it came.
+fn json_answer(status: http::StatusCode, raw: bytes::Bytes) -> Resp {
+    let mut out = Response::new(full(raw));
+    *out.status_mut() = status;
+    out.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    out
 }
 
 /// The user a call acts as. Every member naming a user, in any spelling, must be a string and

@@ -8,7 +8,8 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use sha2::{Digest, Sha256};
 
-use super::state::{Media, ScriptedAnswer, State};
+use super::faults::ScriptedAnswer;
+use super::state::{Media, State};
 use super::{authorize, full, fx_error, json, read_json, valid_trace_id, SandboxOptions};
 use crate::body::Body;
 use crate::route::query_param;

@@ -7,6 +7,7 @@
 //! which read its counters over HTTP (`GET /_sandbox/stats`) and script faults
 //! (`POST /_sandbox/faults`), so the same checks work whether it runs in or out of process.
 
+mod faults;
 mod media;
 mod openapi;
 mod state;
@@ -27,7 +28,8 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{full, Body};
 use crate::clock::{Clock, SystemClock};
 use crate::route::query_param;
-use state::{Endpoint, Faults, State};
+use faults::Faults;
+use state::{Endpoint, State};
 pub use state::{Stats, StatsSnapshot};
 
 /// How the sandbox behaves; the defaults are Fxiaoke's documented values.

@@ -9,6 +9,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::Notify;
 
+use super::faults::Faults;
 use super::SandboxOptions;
 
 /// The `corpId` the sandbox issues.
@@ -189,128 +190,6 @@ impl Media {
 }
 
 /// Faults a test can script through `POST /_sandbox/faults`.
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub(super) struct Faults {
-    /// Forget every issued token: the next use answers 20016.
-    #[serde(default)]
-    pub(super) revoke_tokens: bool,
-    /// Hold each upload answer this long after reading the body.
-    #[serde(default, rename = "upload_delay_ms", with = "millis")]
-    pub(super) upload_delay: Duration,
-    /// Answer the next N token calls with errorCode -1.
-    #[serde(default)]
-    pub(super) token_fail_calls: u32,
-    /// Answer the next upload with this errorCode.
-    #[serde(default)]
-    pub(super) fail_next_upload: Option<i64>,
-    /// Answer the next N token calls with a head and the start of a body that never ends.
-    #[serde(default)]
-    pub(super) token_stall_calls: u32,
-    /// Answer the next N uploads (body read, nothing stored) likewise.
-    #[serde(default)]
-    pub(super) upload_stall_answers: u32,
-    /// Send the next N downloads' first half, then nothing more, for good.
-    #[serde(default)]
-    pub(super) download_stalls: u32,
-    /// Read every upload body at most this fast, in KiB/s (a slow Fxiaoke: back-pressure all
-    /// the way to the caller); 0 = as fast as it comes.
-    #[serde(default)]
-    pub(super) upload_read_kib_per_sec: u64,
-    /// Answers for the next uploads (body read, nothing stored), one per upload, in order.
-    #[serde(default)]
-    pub(super) upload_answers: std::collections::VecDeque<ScriptedAnswer>,
-    /// Answer the next N business calls with 20016, whatever token they carry (a token that
-    /// Fxiaoke stopped accepting before its time).
-    #[serde(default)]
-    pub(super) reject_calls: u32,
-    /// Answer every business call acting as this user with 20016 while its token is valid
-    /// (Fxiaoke's "the cropId,cropAccessToken or authorization is error" for a reason of that
-    /// call's own, such as a user the app may not act as); other calls are served.
-    #[serde(default)]
-    pub(super) reject_user: Option<String>,
-}
-
-/// A broken answer the sandbox can give an upload instead of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub(super) enum ScriptedAnswer {
-    /// 200 with an HTML error page (a proxy in the way).
-    Html,
-    /// 200 `application/json` whose body is not JSON.
-    Garbage,
-    /// 200 `text/plain` `OK`.
-    PlainText,
-    /// 502 with an HTML body (a load balancer).
-    BadGateway,
-    /// 500 with Fxiaoke's JSON envelope.
-    ServerError,
-    /// A head, a few bytes of body, then the connection is cut.
-    ResetMidBody,
-}
-
-mod millis {
-    use std::time::Duration;
-
-    use serde::{Deserialize, Deserializer};
-
-    pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-        Ok(Duration::from_millis(u64::deserialize(d)?))
-    }
-}
-
-impl Faults {
-    pub(super) fn apply(&mut self, new: Faults) {
-        self.upload_delay = new.upload_delay;
-        self.token_fail_calls = new.token_fail_calls;
-        self.fail_next_upload = new.fail_next_upload;
-        self.token_stall_calls = new.token_stall_calls;
-        self.upload_stall_answers = new.upload_stall_answers;
-        self.download_stalls = new.download_stalls;
-        self.upload_answers = new.upload_answers;
-        self.upload_read_kib_per_sec = new.upload_read_kib_per_sec;
-        self.reject_calls = new.reject_calls;
-        self.reject_user = new.reject_user;
-    }
-
-    pub(super) fn rejects_user(&self, user: Option<&str>) -> bool {
-        self.reject_user.is_some() && self.reject_user.as_deref() == user
-    }
-
-    pub(super) fn take_call_rejection(&mut self) -> bool {
-        let reject = self.reject_calls > 0;
-        self.reject_calls = self.reject_calls.saturating_sub(1);
-        reject
-    }
-
-    pub(super) fn take_upload_stall(&mut self) -> bool {
-        let stall = self.upload_stall_answers > 0;
-        self.upload_stall_answers = self.upload_stall_answers.saturating_sub(1);
-        stall
-    }
-
-    pub(super) fn take_download_stall(&mut self) -> bool {
-        let stall = self.download_stalls > 0;
-        self.download_stalls = self.download_stalls.saturating_sub(1);
-        stall
-    }
-
-    pub(super) fn take_token_stall(&mut self) -> bool {
-        let stall = self.token_stall_calls > 0;
-        self.token_stall_calls = self.token_stall_calls.saturating_sub(1);
-        stall
-    }
-
-    pub(super) fn take_token_failure(&mut self) -> bool {
-        if self.token_fail_calls > 0 {
-            self.token_fail_calls -= 1;
-            true
-        } else {
-            false
-        }
-    }
-}
-
 #[derive(Debug, Default)]
 struct TokenBook {
     /// The token the endpoint currently hands out, with its issue time.

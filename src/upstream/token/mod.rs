@@ -5,6 +5,7 @@
 //! `TokenStore` (`store`: alone in memory, or `redis`). Lifetimes and the refresh schedule run
 //! on the injected `Clock`, so tests cover hours of token life in milliseconds.
 
+mod endpoint;
 pub mod redis;
 mod refresher;
 pub mod store;

@@ -16,11 +16,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tracing::Instrument as _;
 
-use http::{header, Request};
-
+use super::endpoint::{self, Fetched};
 use super::store::{StoredToken, TokenStore, Turn};
 use super::{ApiStyle, CorpToken, Endpoint, Shared, TokenState};
-use crate::body::full;
 use crate::clock::Clock;
 use crate::config::{CorpConfig, Secret};
 use crate::metrics::{Metrics, RefreshResult};
@@ -64,16 +62,6 @@ enum Decision {
     Fetch(Turn),
     /// All replicas together used the minute's calls: try again then.
     Wait(Duration),
-}
-
-/// What a fetch gave.
-enum Fetched {
-    Token {
-        token: String,
-        corp_id: String,
-        expires_in: Duration,
-    },
-    Failed(String),
 }
 
 impl Refresher {
@@ -205,45 +193,8 @@ impl Refresher {
                 corp_id,
                 expires_in,
             } => {
-                let same = state
-                    .token
-                    .as_ref()
-                    .is_some_and(|c| c.access_token.expose() == token);
-                if same && state.suspect {
-                    // The token endpoint stands by it: the rejection was about one call.
-                    self.count(RefreshResult::SameToken);
-                    tracing::info!(corp = %self.cfg.name, flow = %self.flow, "the token endpoint handed back the rejected token; the rejection was about that call");
-                    self.succeeded();
-                    let now = self.clock.now();
-                    self.shared.publish.send_modify(|s| {
-                        s.suspect = false;
-                        s.confirmed_at = Some(now);
-                        s.attempts += 1;
-                        s.last_error = None;
-                    });
-                    return;
-                }
-                if same {
-                    // Still inside Fxiaoke's same-token window: try again later, the old
-                    // token stays in service meanwhile.
-                    self.count(RefreshResult::SameToken);
-                    self.back_off(started);
-                    self.shared.publish.send_modify(|s| s.attempts += 1);
-                    return;
-                }
-                let token = CorpToken {
-                    access_token: Secret::new(token),
-                    corp_id,
-                    fetched_at: started,
-                    expires_at: started + expires_in,
-                    refresh_at: started + expires_in.mul_f64(self.timing.refresh_at()),
-                    issued_ms,
-                };
-                self.count(RefreshResult::Ok);
-                self.share(&token).await;
-                tracing::info!(corp = %self.cfg.name, flow = %self.flow, expires_in_s = expires_in.as_secs(), same_token = same, "corp token fetched");
-                self.succeeded();
-                self.publish(token);
+                self.took(state, started, issued_ms, token, corp_id, expires_in)
+                    .await
             }
             Fetched::Failed(why) => {
                 self.count(RefreshResult::Error);
@@ -256,6 +207,58 @@ impl Refresher {
                 });
             }
         }
+    }
+
+    /// A token came back: the same one (a check passed, or Fxiaoke's same-token window) or a
+    /// new one, shared and published.
+    async fn took(
+        &mut self,
+        state: &TokenState,
+        started: Instant,
+        issued_ms: u64,
+        token: String,
+        corp_id: String,
+        expires_in: Duration,
+    ) {
+        let same = state
+            .token
+            .as_ref()
+            .is_some_and(|c| c.access_token.expose() == token);
+        if same && state.suspect {
+            // The token endpoint stands by it: the rejection was about one call.
+            self.count(RefreshResult::SameToken);
+            tracing::info!(corp = %self.cfg.name, flow = %self.flow, "the token endpoint handed back the rejected token; the rejection was about that call");
+            self.succeeded();
+            let now = self.clock.now();
+            self.shared.publish.send_modify(|s| {
+                s.suspect = false;
+                s.confirmed_at = Some(now);
+                s.attempts += 1;
+                s.last_error = None;
+            });
+            return;
+        }
+        if same {
+            // Still inside Fxiaoke's same-token window: try again later, the old
+            // token stays in service meanwhile.
+            self.count(RefreshResult::SameToken);
+            self.back_off(started);
+            self.shared.publish.send_modify(|s| s.attempts += 1);
+            return;
+        }
+        let token = CorpToken {
+            access_token: Secret::new(token),
+            corp_id,
+            fetched_at: started,
+            expires_at: started + expires_in,
+            refresh_at: started + expires_in.mul_f64(self.timing.refresh_at()),
+            issued_ms,
+        };
+        self.count(RefreshResult::Ok);
+        self.share(&token).await;
+        tracing::info!(corp = %self.cfg.name, flow = %self.flow, expires_in_s = expires_in.as_secs(), same_token = same, "corp token fetched");
+        self.succeeded();
+        self.publish(token);
     }
 
     fn publish(&self, token: CorpToken) {
@@ -348,7 +351,7 @@ impl Refresher {
     }
 
     async fn fetch(&self) -> Fetched {
-        let req = match self.token_request() {
+        let req = match endpoint::request(&self.base, &self.cfg, self.flow) {
             Ok(r) => r,
             Err(why) => return Fetched::Failed(why),
         };
@@ -382,59 +385,7 @@ impl Refresher {
                 env.trace_id().unwrap_or_default()
             ));
         }
-        parse_token(&env, self.flow)
-    }
-
-    fn token_request(&self) -> Result<Request<crate::body::Body>, String> {
-        let trace = uuid::Uuid::new_v4();
-        let uri = format!(
-            "{}{}?thirdTraceId={trace}",
-            self.base,
-            self.flow.token_path()
-        )
-        .parse::<http::Uri>()
-        .map_err(|_| "invalid base_url".to_string())?;
-        let mut body = serde_json::json!({
-            "appId": self.cfg.app_id,
-            "appSecret": self.cfg.app_secret.expose(),
-            "permanentCode": self.cfg.permanent_code.expose(),
-        });
-        if self.flow == ApiStyle::OAuth {
-            body["grantType"] = "app_secret".into();
-        }
-        let mut b = Request::post(uri);
-        if let Some(h) = b.headers_mut() {
-            crate::trace::inject(h);
-        }
-        b.header(header::CONTENT_TYPE, "application/json; charset=utf-8")
-            .body(full(body.to_string()))
-            .map_err(|e| format!("cannot build request: {e}"))
-    }
-}
-
-fn parse_token(env: &Envelope, flow: ApiStyle) -> Fetched {
-    let (token_field, account_field) = flow.fields();
-    let json = env.json.as_ref();
-    let token = json
-        .and_then(|j| j.get(token_field))
-        .and_then(|v| v.as_str())
-        .filter(|t| !t.is_empty());
-    let corp_id = json
-        .and_then(|j| j.get(account_field))
-        .and_then(|v| v.as_str());
-    let expires_in = json
-        .and_then(|j| j.get("expiresIn"))
-        .and_then(|v| v.as_u64())
-        .filter(|e| *e > 0);
-    match (token, corp_id, expires_in) {
-        (Some(t), Some(c), Some(e)) => Fetched::Token {
-            token: t.to_string(),
-            corp_id: c.to_string(),
-            expires_in: Duration::from_secs(e.min(7200)),
-        },
-        _ => Fetched::Failed(format!(
-            "token answer lacks {token_field}, {account_field} or a positive expiresIn"
-        )),
+        endpoint::parse(&env, self.flow)
     }
 }
 

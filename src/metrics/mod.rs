@@ -2,12 +2,16 @@
 //! global one) so tests can build their own. Label values are bounded: routes come from the
 //! route table, clients and corps from config, error codes from Fxiaoke's small code space.
 
+mod labels;
+
 use std::sync::Arc;
 
 use prometheus::{
     Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
     Registry,
 };
+
+pub use labels::{DedupeResult, QuotaKind, RefreshResult, Reloaded};
 
 /// All of fxgate's metric families, shared: one `Arc` clone per layer call instead of one per
 /// family (the access log and quota layers clone it for every request).
@@ -78,116 +82,6 @@ pub struct Families {
     pub reload_ok: IntGaugeVec,
 }
 
-/// `fxgate_reloads_total{what}`: what was reloaded.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Reloaded {
-    /// The callers and their quotas, from the config file.
-    Config,
-    /// The TLS certificate, key and client CA.
-    Tls,
-}
-
-impl Reloaded {
-    const ALL: [Self; 2] = [Self::Config, Self::Tls];
-
-    fn as_str(self) -> &'static str {
-        match self {
-            Self::Config => "config",
-            Self::Tls => "tls",
-        }
-    }
-}
-
-/// `fxgate_dedupe_total{result}`: how an upload met the index.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum DedupeResult {
-    /// A claimed digest was found before the body was read.
-    HitClaim,
-    /// The whole file came and was found.
-    HitStream,
-    /// The file was new.
-    Miss,
-}
-
-impl DedupeResult {
-    /// Every value, for zero-initialised series.
-    pub const ALL: [Self; 3] = [Self::HitClaim, Self::HitStream, Self::Miss];
-
-    /// The label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::HitClaim => "hit_claim",
-            Self::HitStream => "hit_stream",
-            Self::Miss => "miss",
-        }
-    }
-}
-
-/// `fxgate_token_refresh_total{result}`: what a turn at the token gave.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum RefreshResult {
-    /// A new token.
-    Ok,
-    /// Fxiaoke handed back the token already held (its same-token window).
-    SameToken,
-    /// The call failed.
-    Error,
-    /// Another replica's token was taken over from the shared store.
-    Shared,
-}
-
-impl RefreshResult {
-    /// Every value, for zero-initialised series.
-    pub const ALL: [Self; 4] = [Self::Ok, Self::SameToken, Self::Error, Self::Shared];
-
-    /// The label value.
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::Ok => "ok",
-            Self::SameToken => "same_token",
-            Self::Error => "error",
-            Self::Shared => "shared",
-        }
-    }
-}
-
-/// `fxgate_quota_rejected_total{kind}`: which caller limit refused a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum QuotaKind {
-    /// `requests_per_minute`.
-    RequestsPerMinute,
-    /// `max_concurrent_uploads`.
-    MaxConcurrentUploads,
-    /// `bytes_per_day`.
-    BytesPerDay,
-    /// The route allow-list.
-    Route,
-    /// The shared store is down and quotas fail closed.
-    StoreUnavailable,
-}
-
-impl QuotaKind {
-    /// Every value, for zero-initialised series.
-    pub const ALL: [Self; 5] = [
-        Self::RequestsPerMinute,
-        Self::MaxConcurrentUploads,
-        Self::BytesPerDay,
-        Self::Route,
-        Self::StoreUnavailable,
-    ];
-
-    /// The label value (also the `kind` of a 942901).
-    pub const fn as_str(self) -> &'static str {
-        match self {
-            Self::RequestsPerMinute => "requests_per_minute",
-            Self::MaxConcurrentUploads => "max_concurrent_uploads",
-            Self::BytesPerDay => "bytes_per_day",
-            Self::Route => "route",
-            Self::StoreUnavailable => "store_unavailable",
-        }
-    }
-}
-
 /// From 1 ms (digest claims) to 10 minutes (20 MiB on a slow link), with a bound at each value
 /// an SLO or alert is written against (0.1, 0.25, 0.5, 1, 2.5, 5 s): `histogram_quantile` is
 /// exact only at bucket bounds, and "p99 under 1 s" needs a bucket ending at 1 s.
@@ -230,6 +124,25 @@ fn store_families() -> prometheus::Result<(IntCounterVec, IntGauge, IntCounterVe
     ))
 }
 
+fn token_families() -> prometheus::Result<(IntCounterVec, IntGaugeVec, IntGaugeVec)> {
+    let refresh = counters(
+        "fxgate_token_refresh_total",
+        "Token endpoint calls by flow (legacy, oauth) and result (ok, same_token, error, shared)",
+        &["corp", "flow", "result"],
+    )?;
+    let age = gauges(
+        "fxgate_token_age_seconds",
+        "Age of the corp token in use, by flow",
+        &["corp", "flow"],
+    )?;
+    let valid = gauges(
+        "fxgate_token_valid",
+        "1 while the corp holds a usable access token of that flow",
+        &["corp", "flow"],
+    )?;
+    Ok((refresh, age, valid))
+}
+
 fn reload_families() -> prometheus::Result<(IntCounterVec, IntGaugeVec)> {
     let reloads = counters(
         "fxgate_reloads_total",
@@ -248,6 +161,7 @@ impl Families {
     fn new() -> prometheus::Result<Self> {
         let (reloads, reload_ok) = reload_families()?;
         let (store_errors, store_up, store_calls) = store_families()?;
+        let (token_refresh, token_age, token_valid) = token_families()?;
         Ok(Self {
             requests: counters(
                 "fxgate_requests_total",
@@ -264,7 +178,10 @@ impl Families {
                 &["client", "route"],
             )?,
             inflight_uploads: IntGauge::new("fxgate_inflight_uploads", "Uploads streaming now")?,
-            runtime_tasks: IntGauge::new("fxgate_runtime_tasks", "Tokio tasks alive in the process")?,
+            runtime_tasks: IntGauge::new(
+                "fxgate_runtime_tasks",
+                "Tokio tasks alive in the process",
+            )?,
             upstream_requests: counters(
                 "fxgate_upstream_requests_total",
                 "Calls to Fxiaoke by errorCode of the answer",
@@ -274,16 +191,8 @@ impl Families {
                 "fxgate_upstream_duration_seconds",
                 "Time Fxiaoke took to answer",
             )?,
-            token_refresh: counters(
-                "fxgate_token_refresh_total",
-                "Token endpoint calls by flow (legacy, oauth) and result (ok, same_token, error, shared)",
-                &["corp", "flow", "result"],
-            )?,
-            token_age: gauges(
-                "fxgate_token_age_seconds",
-                "Age of the corp token in use, by flow",
-                &["corp", "flow"],
-            )?,
+            token_refresh,
+            token_age,
             dedupe: counters(
                 "fxgate_dedupe_total",
                 "Dedupe lookups by result (hit_claim, hit_stream, miss)",
@@ -304,11 +213,7 @@ impl Families {
                 &["corp"],
             )?,
             build_info: gauges("fxgate_build_info", "Build version", &["version"])?,
-            token_valid: gauges(
-                "fxgate_token_valid",
-                "1 while the corp holds a usable access token of that flow",
-                &["corp", "flow"],
-            )?,
+            token_valid,
             upstream_budget_limit: gauges(
                 "fxgate_upstream_budget_daily_limit",
                 "The corp's configured daily call budget",
