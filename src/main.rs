@@ -221,7 +221,7 @@ fn check(path: &std::path::Path) -> Result<(PathBuf, Config), (PathBuf, String)>
 /// The config at `path`, refused if its dedupe index would not fit this process's memory limit.
 fn load(path: &std::path::Path) -> Result<Config, config::ConfigError> {
     let cfg = Config::load(path, None)?;
-    config::memory::check_index_fits(&cfg, config::memory::cgroup_memory_limit())?;
+    fxgate::dedupe::fits::check_index_fits(&cfg, fxgate::dedupe::fits::cgroup_memory_limit())?;
     Ok(cfg)
 }
 

@@ -492,7 +492,7 @@ impl MemoryCgroup {
     fn create(limit: u64) -> Self {
         let own = std::fs::read_to_string("/proc/self/cgroup").unwrap();
         let name = format!("fxgate-test-{}", std::process::id());
-        for (parent, file) in fxgate::config::memory::candidates(&own) {
+        for (parent, file) in fxgate::dedupe::fits::candidates(&own) {
             let dir = parent.join(&name);
             if std::fs::create_dir_all(&dir).is_ok() {
                 // A v2 directory without the memory controller has no limit file to write.

@@ -8,7 +8,6 @@ mod diff;
 mod effective;
 pub mod file;
 mod limits;
-pub mod memory;
 mod parse;
 mod secret;
 mod telemetry;

@@ -16,6 +16,7 @@ use futures_util::future::BoxFuture;
 
 pub mod coalesce;
 pub mod compact;
+pub mod fits;
 pub mod memory;
 pub mod redis;
 

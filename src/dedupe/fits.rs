@@ -1,12 +1,20 @@
-//! Does the configured dedupe index fit the container? fxgate reads its cgroup's memory limit
+//! Does the configured dedupe index fit the container? (Here, not in `config`: the entry size
+//! is the index's fact, and `config` imports nothing of the modules it configures.) fxgate reads its cgroup's memory limit
 //! at start and refuses a config whose in-memory index, full at `dedupe.max_entries`, would take
 //! more than half of it: a pod OOM-killed when its index fills loses the index with it, at the
 //! busiest moment. The other half is for connections, buffers and the allocator.
 
 use std::path::{Path, PathBuf};
 
-use super::{invalid, Backend, Config, ConfigError};
-use crate::dedupe::compact::BYTES_PER_ENTRY;
+use super::compact::BYTES_PER_ENTRY;
+use crate::config::{Backend, Config, ConfigError};
+
+fn invalid(key: &str, problem: String) -> ConfigError {
+    ConfigError::Invalid {
+        key: key.into(),
+        problem,
+    }
+}
 
 /// Limits at or above this are "unlimited" (cgroup v1 writes 2^63 rounded to a page).
 const UNLIMITED: u64 = 1 << 62;
