@@ -36,6 +36,18 @@ struct LogFields {
 #[derive(Debug, Clone, Default)]
 pub struct LogContext(Arc<Mutex<LogFields>>);
 
+impl crate::upstream::call::Report for LogContext {
+    fn third_trace_id(&self, id: &str) {
+        self.set_third_trace_id(id);
+    }
+    fn upstream_trace_id(&self, id: Option<String>) {
+        self.set_upstream_trace_id(id);
+    }
+    fn upstream_time(&self, took: Duration) {
+        self.add_upstream_time(took);
+    }
+}
+
 impl LogContext {
     /// The authenticated caller's name.
     pub fn set_client(&self, name: &str) {

@@ -7,7 +7,6 @@
 //! one came back) is retried once with the new one.
 
 use http::{header, HeaderValue, Response};
-use tracing::Instrument as _;
 
 use super::members::Members;
 use crate::body::full;
@@ -17,9 +16,8 @@ use crate::middleware::auth::Principal;
 use crate::middleware::{Req, Resp};
 use crate::route::{ApiStyle, Route, RouteMatch};
 use crate::state::AppState;
-use crate::upstream::corp::Passing;
-use crate::upstream::token::{rejects, CorpToken, Recheck};
-use crate::upstream::Corp;
+use crate::upstream::call::{JsonCall, Reply, Take};
+use crate::upstream::token::CorpToken;
 
 /// Handles one passthrough call.
 pub async fn call(
@@ -43,43 +41,25 @@ pub async fn call(
     let raw = super::caller_json(req, max_body, Route::Passthrough.label()).await?;
     let body = Members::parse(&raw).map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
     let user = user_of(principal, &body, user_header)?;
-    let call = Call {
-        corp: &corp,
+    let build = |token: &CorpToken, head: http::request::Builder| {
+        with_credentials(head, token, style, user.as_deref(), &body)
+    };
+    let call = JsonCall {
         path: &path,
         label,
         style,
-        user: user.as_deref(),
-        body: &body,
+        token_in_query: false,
+        take: Take::JsonOrLarge,
+        build: &build,
     };
-    for attempt in 0..2 {
-        let (resp, token, span) = call.send_once(log).await?;
-        let answer = match corp
-            .read_answer_or_large(label, resp)
-            .instrument(span)
-            .await?
-        {
-            Passing::Whole(answer) => answer,
-            Passing::Large { status, head, rest } => {
-                let cap = limits.max_answer;
-                return stream_large(status, head, rest, cap, corp.timing.upstream_timeout());
-            }
-        };
-        log.set_upstream_trace_id(answer.env.trace_id());
-        log.add_upstream_time(answer.took);
-        // A rejection is checked, not believed: the token everyone uses stays in use. Only a
-        // new token earns the one retry; otherwise the rejection was about this call and its
-        // answer goes back as Fxiaoke gave it (never looped, fxiaoke.md §1).
-        if attempt == 0 && rejects(style, answer.code) {
-            if let Recheck::New(_) = corp.provider(style).recheck(&token).await {
-                continue;
-            }
+    match corp.call(&call, log).await? {
+        Reply::Json(answer) => Ok(super::json_answer(answer.status, answer.env.raw)),
+        Reply::Large { status, head, rest } => {
+            let idle = corp.timing.upstream_timeout();
+            stream_large(status, head, rest, limits.max_answer, idle)
         }
-        if let Some(e) = answer.code.throttled() {
-            return Err(e);
-        }
-        return Ok(json_answer(answer.status, answer.env.raw));
+        Reply::File(_) => Err(internal("a file where none is taken")),
     }
-    Err(GatewayError::TokenRejected)
 }
 
 /// `X-Fs-Userid`, the user an OAuth-style caller acts as, if sent (ASCII only).
@@ -91,17 +71,6 @@ fn user_header(req: &Req) -> Result<Option<String>, GatewayError> {
         .map_err(|_| GatewayError::BadRequest {
             detail: "`x-fs-userid` must be ASCII".into(),
         })
-}
-
-/// Fxiaoke's JSON answer, passed back as it came.
-fn json_answer(status: http::StatusCode, raw: bytes::Bytes) -> Resp {
-    let mut out = Response::new(full(raw));
-    *out.status_mut() = status;
-    out.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    out
 }
 
 /// The user a call acts as. Every member naming a user, in any spelling, must be a string and
@@ -163,68 +132,39 @@ fn stream_large(
     Ok(out)
 }
 
-/// One passthrough call's fixed parts.
-struct Call<'a> {
-    corp: &'a Corp,
-    path: &'a str,
-    label: &'static str,
+/// One attempt's request: the caller's body without credentials of its own, and the corp's
+/// token where `style` puts it (legacy: body members; OAuth: `Authorization`, `X-Fs-Ea`).
+fn with_credentials(
+    mut head: http::request::Builder,
+    token: &CorpToken,
     style: ApiStyle,
-    user: Option<&'a str>,
-    body: &'a Members<'a>,
-}
-
-impl Call<'_> {
-    /// One attempt: the path's budget, the style's token, a fresh `thirdTraceId`; the answer's
-    /// head and the span the call runs in.
-    async fn send_once(
-        &self,
-        log: &LogContext,
-    ) -> Result<
-        (
-            Response<hyper::body::Incoming>,
-            std::sync::Arc<CorpToken>,
-            tracing::Span,
-        ),
-        GatewayError,
-    > {
-        self.corp.take_budget(self.path).await?;
-        let token = self.corp.provider(self.style).get().await?;
-        let target = self.corp.target(self.path, None, &[])?;
-        log.set_third_trace_id(&target.third_trace_id);
-        let secret = token.access_token.expose();
-        let mut b = target
-            .post()
-            .header(header::CONTENT_TYPE, "application/json; charset=utf-8");
-        let body = match self.style {
-            ApiStyle::Legacy => {
-                let mut inject = vec![("corpAccessToken", secret), ("corpId", &token.corp_id)];
-                if let Some(u) = self.user {
-                    inject.push(("currentOpenUserId", u));
-                }
-                self.body.without_credentials(&inject)
+    user: Option<&str>,
+    body: &Members<'_>,
+) -> Result<http::Request<crate::body::Body>, GatewayError> {
+    head = head.header(header::CONTENT_TYPE, "application/json; charset=utf-8");
+    let secret = token.access_token.expose();
+    let body = match style {
+        ApiStyle::Legacy => {
+            let mut inject = vec![("corpAccessToken", secret), ("corpId", &token.corp_id)];
+            if let Some(u) = user {
+                inject.push(("currentOpenUserId", u));
             }
-            ApiStyle::OAuth => {
-                let mut bearer = HeaderValue::try_from(format!("Bearer {secret}"))
-                    .map_err(|_| internal("the OAuth token is not a header value"))?;
-                bearer.set_sensitive(true);
-                b = b.header(header::AUTHORIZATION, bearer);
-                b = b.header("x-fs-ea", &token.corp_id);
-                if let Some(u) = self.user {
-                    b = b.header("x-fs-userid", u);
-                }
-                self.body.without_credentials(&[])
+            body.without_credentials(&inject)
+        }
+        ApiStyle::OAuth => {
+            let mut bearer = HeaderValue::try_from(format!("Bearer {secret}"))
+                .map_err(|_| internal("the OAuth token is not a header value"))?;
+            bearer.set_sensitive(true);
+            head = head.header(header::AUTHORIZATION, bearer);
+            head = head.header("x-fs-ea", &token.corp_id);
+            if let Some(u) = user {
+                head = head.header("x-fs-userid", u);
             }
-        };
-        let req = b
-            .body(full(body))
-            .map_err(|e| internal(&format!("building upstream request: {e}")))?;
-        let resp = self
-            .corp
-            .send(self.label, req)
-            .instrument(target.span.clone())
-            .await?;
-        Ok((resp, token, target.span))
-    }
+            body.without_credentials(&[])
+        }
+    };
+    head.body(full(body))
+        .map_err(|e| internal(&format!("building upstream request: {e}")))
 }
 
 fn internal(detail: &str) -> GatewayError {

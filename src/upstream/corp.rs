@@ -365,7 +365,7 @@ impl Corp {
 
     /// Takes one call on the interface at `path` from the corp's budget (each path has its
     /// own 20 s window; waiting briefly for it), and publishes what is left of the day's budget.
-    pub async fn take_budget(&self, path: &str) -> Result<(), GatewayError> {
+    pub(super) async fn take_budget(&self, path: &str) -> Result<(), GatewayError> {
         let r = self.budget.acquire(path).await;
         if let Some(left) = self.budget.remaining_today() {
             self.metrics

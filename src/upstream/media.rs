@@ -17,9 +17,9 @@ use hyper::body::Incoming;
 use tracing::Instrument as _;
 
 use super::body::{channel, BodySender, DigestReceiver};
+use super::call::Verdict;
 use super::corp::{Answer, Corp, Target};
-use super::envelope::UpstreamCode;
-use super::token::{CorpToken, Recheck};
+use super::token::{ApiStyle, CorpToken};
 use crate::body::{full, Body};
 use crate::error::GatewayError;
 use crate::route::Route;
@@ -56,10 +56,10 @@ impl MediaCall {
         filename: &str,
         part_type: &str,
     ) -> Result<Self, GatewayError> {
-        corp.take_budget(route.path()).await?;
-        let token = corp.tokens.get().await?;
         let extra: Vec<(&str, &str)> = type_param.map(|t| ("type", t)).into_iter().collect();
-        let target = corp.target(route.path(), Some(&token), &extra)?;
+        let (token, target) = corp
+            .prepare(route.path(), ApiStyle::Legacy, true, &extra)
+            .await?;
         let boundary = format!("fxgate-{}", uuid::Uuid::new_v4().simple());
         let prefix = Bytes::from(format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\nContent-Type: {part_type}\r\n\r\n"
@@ -175,17 +175,14 @@ impl Pending {
         }
         .instrument(span)
         .await?;
-        if answer.code == UpstreamCode::TokenExpired {
-            // The body is gone: a new token means the caller retries (950302); the same one
-            // means the rejection was about this upload, answered as Fxiaoke gave it.
-            if let Recheck::New(_) = call.corp.tokens.recheck(&call.token).await {
-                return Err(GatewayError::TokenRejected);
-            }
+        // The body is gone and is never replayed: a new token means the caller retries
+        // (950302); the same one means the rejection was about this upload, answered as
+        // Fxiaoke gave it.
+        let style = ApiStyle::Legacy;
+        match call.corp.judge(style, &call.token, answer, true).await? {
+            Verdict::Retry => Err(GatewayError::TokenRejected),
+            Verdict::Final(answer) => Ok(answer),
         }
-        if let Some(e) = answer.code.throttled() {
-            return Err(e);
-        }
-        Ok(answer)
     }
 }
 

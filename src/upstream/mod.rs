@@ -3,6 +3,7 @@
 
 pub mod body;
 pub mod budget;
+pub mod call;
 pub mod corp;
 pub mod envelope;
 pub mod media;

@@ -409,7 +409,11 @@ pub fn pair(sandbox_args: &[&str], corp_extra: &str, extra: &str) -> (Sandbox, G
 }
 
 pub fn client() -> reqwest::Client {
+    // Idle pooled connections are dropped before the gateway closes them (it waits at most
+    // `request_header_timeout`, 10 s in tests, for the next head): a connection reused just
+    // as the server closes it fails the request, which a loaded machine made happen.
     reqwest::Client::builder()
+        .pool_idle_timeout(Duration::from_secs(5))
         .pool_max_idle_per_host(1024)
         .build()
         .unwrap()
