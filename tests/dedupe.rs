@@ -347,8 +347,8 @@ async fn corp_scope_lets_any_caller_claim() {
 }
 
 #[tokio::test]
-async fn delete_evicts_and_entries_expire_after_the_ttl() {
-    let (sandbox, gw) = pair(&[], "", "[dedupe]\nttl = \"1s\"");
+async fn a_delete_evicts_the_entry() {
+    let (sandbox, gw) = pair(&[], "", "");
     let http = client();
     let file = jpeg(30_000, 101);
     let first = upload(&http, &gw, ALPHA_KEY, &file, None).await;
@@ -370,14 +370,41 @@ async fn delete_evicts_and_entries_expire_after_the_ttl() {
         "a deleted mediaId must not be handed out: {again}"
     );
     assert_ne!(again["mediaId"], first["mediaId"]);
-    // Within the TTL the entry is reused...
     let hit = upload(&http, &gw, ALPHA_KEY, &file, None).await;
     assert_eq!(hit["deduplicated"], true);
-    // ...after it (1 s here), the file goes upstream again.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    let expired = upload(&http, &gw, ALPHA_KEY, &file, None).await;
+    assert_eq!(sandbox.stats().await["uploads_completed"], 2);
+}
+
+#[tokio::test]
+async fn an_entry_is_trusted_for_the_ttl_from_its_upload_and_not_after() {
+    // The injected clock: an hour passes without sleeping.
+    let gw = InProcess::spawn_full(
+        Default::default(),
+        "",
+        "[dedupe]\nttl = \"1h\"",
+        serde_json::json!({}),
+    )
+    .await;
+    let http = client();
+    let file = jpeg(30_000, 102);
+    let send = || {
+        http.post(format!("{}?filename=f.jpg", gw.upload_url()))
+            .bearer_auth(ALPHA_KEY)
+            .header("content-type", "image/jpeg")
+            .body(file.clone())
+            .send()
+    };
+    let first: serde_json::Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(first["deduplicated"], false, "{first}");
+    gw.advance(Duration::from_secs(3599));
+    let hit: serde_json::Value = send().await.unwrap().json().await.unwrap();
+    assert_eq!(hit["deduplicated"], true, "{hit}");
+    assert_eq!(hit["mediaId"], first["mediaId"]);
+    // Re-recording a holder never extends the hour: one second on, it has passed.
+    gw.advance(Duration::from_secs(1));
+    let expired: serde_json::Value = send().await.unwrap().json().await.unwrap();
     assert_eq!(expired["deduplicated"], false, "{expired}");
-    assert_eq!(sandbox.stats().await["uploads_completed"], 3);
+    assert_eq!(gw.stats()["uploads_completed"], 2);
 }
 
 #[tokio::test]

@@ -452,15 +452,21 @@ pub struct RedisServer {
 }
 
 impl RedisServer {
+    /// On a port free a moment ago: when another process took it in between, redis-server
+    /// exits at once and another port is tried (a few times).
     pub fn start() -> Self {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let mut s = Self { child: None, port };
-        s.restart();
-        s
+        for _ in 0..5 {
+            let port = std::net::TcpListener::bind("127.0.0.1:0")
+                .unwrap()
+                .local_addr()
+                .unwrap()
+                .port();
+            let mut s = Self { child: None, port };
+            if s.try_start() {
+                return s;
+            }
+        }
+        panic!("redis-server did not start on any of 5 free ports");
     }
 
     pub fn url(&self) -> String {
@@ -469,6 +475,15 @@ impl RedisServer {
 
     /// Starts it (again, on the same port) and returns once it accepts connections.
     pub fn restart(&mut self) {
+        assert!(
+            self.try_start(),
+            "redis-server did not restart on port {}",
+            self.port
+        );
+    }
+
+    /// Starts it on `port`; whether it became ready (false: it exited first).
+    fn try_start(&mut self) -> bool {
         let mut child = Command::new("redis-server")
             .args(["--port", &self.port.to_string()])
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
@@ -480,15 +495,23 @@ impl RedisServer {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stdout).lines() {
-                let Ok(line) = line else { return };
+                let Ok(line) = line else { break };
                 if line.contains("Ready to accept connections") {
-                    let _ = tx.send(());
+                    let _ = tx.send(true);
                 }
             }
+            // Its output ended: it exited (a port taken, say) or was killed.
+            let _ = tx.send(false);
         });
-        rx.recv_timeout(Duration::from_secs(20))
-            .expect("redis-server became ready");
-        self.child = Some(child);
+        let ready = rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("redis-server answered within 20 s");
+        if ready {
+            self.child = Some(child);
+        } else {
+            let _ = child.wait();
+        }
+        ready
     }
 
     /// SIGKILL: gone at once, as in a crash.
