@@ -85,10 +85,7 @@ pub fn service(state: Arc<AppState>) -> AppService {
             state.metrics.clone(),
         ))
         // Needs the Principal; decides rate, concurrency and bytes before the body is read.
-        .layer(
-            QuotaLayer::new(state.quotas.clone(), state.metrics.clone())
-                .with_file_limits(state.upload.clone()),
-        )
+        .layer(QuotaLayer::new(state.quotas.clone(), state.metrics.clone()))
         .service(Router::new(state));
     tower::util::BoxCloneService::new(stack)
 }

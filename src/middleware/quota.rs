@@ -1,91 +1,34 @@
-//! `QuotaLayer`: the caller's route allow-list (403, 940301), request rate, concurrent uploads
-//! and daily bytes (429, 942901, `Retry-After`), all decided before the body is read. Sits
-//! inside `AuthLayer` (it needs the `Principal`). Upload requests get a `TicketSlot` in their
-//! extensions holding the bytes reserved by `Content-Length`; the upload handler takes it,
-//! grows it as a chunked body flows, and settles it on success (dropping it refunds). The
-//! concurrency permit is held until the inner future resolves, i.e. the upload is done.
-//! Every quota rejection, here or later in the handler, is counted here.
+//! `QuotaLayer`: the caller's route allow-list (403, 940301), request rate and concurrent
+//! uploads (429, 942901, `Retry-After`), decided before the body is read. Sits inside
+//! `AuthLayer` (it needs the `Principal`). The concurrency permit is held until the inner
+//! future resolves, i.e. the upload is done. An upload's size and bytes are its own (`upload`:
+//! one 413 decision, then today's bytes reserved); every quota rejection, here or later in
+//! the handler, is counted here.
 
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
-use arc_swap::ArcSwap;
-use http::header;
-use parking_lot::Mutex;
 use tower::{Layer, Service};
 
 use super::auth::Principal;
 use super::{BoxFuture, Resp};
-use crate::config::{announced_too_large, UploadConfig};
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
 use crate::metrics::QuotaKind;
-use crate::quota::{BytesTicket, Quotas, UploadSlot};
-use crate::route::{query_param, Route, RouteMatch};
-
-/// The bytes reservation of an upload, for the handler to take.
-#[derive(Debug, Clone)]
-pub struct TicketSlot(Arc<Mutex<Option<BytesTicket>>>);
-
-impl TicketSlot {
-    /// Takes the ticket (once).
-    pub fn take(&self) -> Option<BytesTicket> {
-        self.0.lock().take()
-    }
-}
+use crate::quota::{Quotas, UploadSlot};
+use crate::route::{Route, RouteMatch};
 
 /// Enforces caller quotas.
 #[derive(Debug, Clone)]
 pub struct QuotaLayer {
     quotas: Quotas,
     metrics: Metrics,
-    limits: Option<Arc<ArcSwap<UploadConfig>>>,
 }
 
 impl QuotaLayer {
     /// Enforces `quotas`, counting rejections into `metrics`.
     pub fn new(quotas: Quotas, metrics: Metrics) -> Self {
-        Self {
-            quotas,
-            metrics,
-            limits: None,
-        }
+        Self { quotas, metrics }
     }
-
-    /// Refuses (413) an upload whose `Content-Length` no file on its route could have, before
-    /// reserving any of the caller's daily bytes: otherwise a caller near its byte quota would
-    /// be told 429 "retry tomorrow" for a request that can never succeed (issue 14).
-    pub fn with_file_limits(mut self, upload: Arc<ArcSwap<UploadConfig>>) -> Self {
-        self.limits = Some(upload);
-        self
-    }
-}
-
-/// The 413 for an upload announcing more than its file limit (the route's, or the caller's
-/// own if lower; plus a multipart body's framing), by the same rule as the upload's own.
-fn impossible<B>(
-    req: &http::Request<B>,
-    route: Route,
-    limits: Option<&UploadConfig>,
-    principal: &Principal,
-    announced: u64,
-) -> Option<GatewayError> {
-    let document =
-        route == Route::Upload && query_param(req.uri(), "type").as_deref() == Some("document");
-    let limit = limits?.file_limit(route, document, &principal.client);
-    let multipart = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|ct| {
-            let ct = ct.trim_start().as_bytes();
-            ct.len() >= 10 && ct[..10].eq_ignore_ascii_case(b"multipart/")
-        });
-    announced_too_large(announced, limit, multipart).then_some(GatewayError::PayloadTooLarge {
-        seen: announced,
-        limit,
-        route: route.path(),
-    })
 }
 
 impl<S> Layer<S> for QuotaLayer {
@@ -95,7 +38,6 @@ impl<S> Layer<S> for QuotaLayer {
             inner,
             quotas: self.quotas.clone(),
             metrics: self.metrics.clone(),
-            limits: self.limits.clone(),
         }
     }
 }
@@ -106,50 +48,45 @@ pub struct Quota<S> {
     inner: S,
     quotas: Quotas,
     metrics: Metrics,
-    limits: Option<Arc<ArcSwap<UploadConfig>>>,
 }
 
-/// Decides rate, concurrency and bytes; the returned slot is held for the whole request.
-async fn admit<B>(
+/// What the layer decides a request by, read from its head before the future starts.
+struct Ask {
+    route: Option<Route>,
+    /// The caller may call this path (its allow-list; the token endpoints are exempt: they
+    /// only hand out a token that carries this caller's own rights).
+    allowed: bool,
+}
+
+impl Ask {
+    fn of<B>(req: &http::Request<B>, principal: &Principal) -> Self {
+        let route = req.extensions().get::<RouteMatch>().and_then(|m| m.route);
+        let exempt = matches!(route, Some(Route::Token(_)));
+        Self {
+            route,
+            allowed: exempt || principal.client.may_call(req.uri().path()),
+        }
+    }
+}
+
+/// Decides the allow-list, rate and concurrency; the returned slot is held for the whole
+/// request.
+async fn admit(
     quotas: Quotas,
-    limits: Option<Arc<ArcSwap<UploadConfig>>>,
-    req: &mut http::Request<B>,
+    ask: Ask,
     principal: &Principal,
 ) -> Result<Option<UploadSlot>, GatewayError> {
-    let route = req.extensions().get::<RouteMatch>().and_then(|m| m.route);
     let client = &principal.client;
-    // The token endpoints only hand out a token that carries this caller's own rights.
-    let exempt = matches!(route, Some(Route::Token(_)));
-    if !exempt && !client.may_call(req.uri().path()) {
+    if !ask.allowed {
         return Err(GatewayError::RouteForbidden {
             client: client.name.clone(),
         });
     }
     quotas.check_rate(client).await?;
-    let Some(route) = route.filter(|r| r.is_upload()) else {
+    if !ask.route.is_some_and(|r| r.is_upload()) {
         return Ok(None);
-    };
-    let announced = req
-        .headers()
-        .get(header::CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse::<u64>().ok());
-    if let Some(e) = announced.and_then(|n| {
-        impossible(
-            req,
-            route,
-            limits.as_ref().map(|l| l.load()).as_deref().map(|a| &**a),
-            principal,
-            n,
-        )
-    }) {
-        return Err(e);
     }
-    let permit = quotas.acquire_upload(client).await?;
-    let ticket = quotas.bytes_ticket(client, announced).await?;
-    req.extensions_mut()
-        .insert(TicketSlot(Arc::new(Mutex::new(Some(ticket)))));
-    Ok(permit)
+    quotas.acquire_upload(client).await
 }
 
 fn rejection_kind(e: &GatewayError) -> Option<&'static str> {
@@ -175,7 +112,7 @@ where
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
+    fn call(&mut self, req: http::Request<B>) -> Self::Future {
         let Some(principal) = req.extensions().get::<Principal>().cloned() else {
             return Box::pin(async {
                 Err(GatewayError::Internal {
@@ -194,13 +131,13 @@ where
             }
         };
         let quotas = self.quotas.clone();
-        let limits = self.limits.clone();
+        let ask = Ask::of(&req, &principal);
         // Take the service that was driven ready, leave a fresh clone behind (tower's rule
         // for calling an inner service from a future).
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         Box::pin(async move {
-            let permit = match admit(quotas, limits, &mut req, &principal).await {
+            let permit = match admit(quotas, ask, &principal).await {
                 Ok(p) => p,
                 Err(e) => {
                     count(&e);
@@ -219,6 +156,10 @@ where
 
 #[cfg(test)]
 mod tests {
+    use std::sync::Arc;
+
+    use parking_lot::Mutex;
+
     use super::*;
     use crate::clock::ManualClock;
     use crate::middleware::testing::{caller, metrics, ok, request};
@@ -282,7 +223,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn an_upload_holds_its_slot_until_it_ends_and_gets_a_byte_ticket() {
+    async fn an_upload_holds_its_slot_until_it_ends() {
         let m = metrics();
         let mut c = caller("alpha");
         c.max_concurrent_uploads = Some(1);
@@ -293,12 +234,8 @@ mod tests {
         let gate = Arc::new(Mutex::new(Some((entered_tx, wait))));
         let slow = tower::service_fn(move |req: http::Request<()>| {
             let gate = gate.lock().take();
+            let _ = req;
             async move {
-                let ticket = req
-                    .extensions()
-                    .get::<TicketSlot>()
-                    .and_then(TicketSlot::take);
-                assert!(ticket.is_some(), "an upload gets its byte reservation");
                 if let Some((entered, wait)) = gate {
                     let _ = entered.send(());
                     let _ = wait.await;

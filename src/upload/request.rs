@@ -14,7 +14,6 @@ use crate::config::UploadConfig;
 use crate::dedupe::{DedupeKey, LeaderGuard};
 use crate::error::GatewayError;
 use crate::middleware::auth::Principal;
-use crate::middleware::quota::TicketSlot;
 use crate::middleware::request_id::RequestId;
 use crate::quota::BytesTicket;
 use crate::route::{query_param, Route};
@@ -104,7 +103,8 @@ pub struct UploadRequest {
     pub announced: Option<u64>,
     /// The digest the caller claims for the file (RFC 9530 or `X-Content-SHA256`).
     pub claim: Option<[u8; 32]>,
-    /// Bytes reserved by the quota layer; dropped unsettled (failure, dedupe hit) it refunds.
+    /// Today's bytes this upload reserved (`reserve_bytes`); dropped unsettled (failure,
+    /// dedupe hit) it refunds.
     pub ticket: Option<BytesTicket>,
     /// When this upload leads a coalesced claim: the requests waiting for its mediaId.
     pub leader: Option<LeaderGuard>,
@@ -155,10 +155,7 @@ impl UploadRequest {
                 .map(|f| sanitize_filename(&f))
                 .filter(|f| !f.is_empty()),
             claim: digest::claimed(req.headers())?,
-            ticket: req
-                .extensions()
-                .get::<TicketSlot>()
-                .and_then(TicketSlot::take),
+            ticket: None,
             leader: None,
             request_id: req
                 .extensions()
