@@ -5,6 +5,7 @@
 //! the request extensions as `RouteMatch`, so every layer below reads the same answer.
 
 use std::fmt;
+use std::time::Duration;
 
 /// Largest body of the small JSON routes (download, delete, the token endpoints), whoever
 /// reads it: the auth layer looking for a credential, or the handler.
@@ -70,7 +71,28 @@ impl Route {
     pub const fn is_upload(self) -> bool {
         matches!(self, Self::UploadMessage | Self::Upload)
     }
+
+    /// The most a JSON body to this route may hold, read whole: `passthrough_max` (the
+    /// `[passthrough] max_body` in force) for the passthrough, `JSON_BODY_MAX` for the other
+    /// JSON routes. `None` for an upload: its limit is the file's (`UploadConfig::file_limit`),
+    /// and its body streams.
+    pub const fn body_limit(self, passthrough_max: u64) -> Option<u64> {
+        match self {
+            Self::Token(_) | Self::Download | Self::Delete => Some(JSON_BODY_MAX as u64),
+            Self::Passthrough => Some(passthrough_max),
+            Self::UploadMessage | Self::Upload => None,
+        }
+    }
+
+    /// The longest pause between two chunks of a caller's body, once the caller is known
+    /// (before, `server.unauthenticated_body_timeout` applies).
+    pub const fn body_idle(self) -> Duration {
+        BODY_IDLE_TIMEOUT
+    }
 }
+
+/// Longest pause fxgate tolerates between two body chunks from a known caller.
+pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl fmt::Display for Route {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {

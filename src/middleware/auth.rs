@@ -34,7 +34,7 @@ use super::{BoxFuture, PeerIdentity, Resp};
 use crate::clock::Clock;
 use crate::config::{hash_key, ClientConfig, PassthroughConfig};
 use crate::error::GatewayError;
-use crate::route::{ApiStyle, Route, RouteMatch, JSON_BODY_MAX};
+use crate::route::{ApiStyle, Route, RouteMatch};
 use crate::session::{MintedBy, Session, Sessions};
 
 /// The authenticated caller, in request extensions.
@@ -261,11 +261,10 @@ impl AuthLayer {
         // Held until the caller is known: the body it read is an anonymous one until then.
         let mut _place = PoolPlace::default();
         if matches!(presented, Presented::Nothing) {
-            let limit = match route {
-                Some(Route::Token(_) | Route::Download | Route::Delete) => Some(JSON_BODY_MAX),
-                Some(Route::Passthrough) => Some(self.passthrough.load().max_body as usize),
-                _ => None,
-            };
+            let passthrough_max = self.passthrough.load().max_body;
+            let limit = route
+                .and_then(|r| r.body_limit(passthrough_max))
+                .map(|n| n as usize);
             if let (Some(limit), Some(route)) = (limit, route) {
                 (presented, _place) = from_body(req, route, limit, &self.pool).await?;
             }

@@ -14,7 +14,7 @@ use crate::error::GatewayError;
 use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
 use crate::middleware::{Req, Resp};
-use crate::route::{Route, JSON_BODY_MAX};
+use crate::route::Route;
 use crate::state::AppState;
 use crate::upstream::call::{JsonCall, Reply, Take};
 use crate::upstream::envelope::UpstreamCode;
@@ -78,7 +78,7 @@ async fn caller_body(
     route: Route,
     principal: &Principal,
 ) -> Result<Map<String, Value>, GatewayError> {
-    let raw = super::caller_json(req, JSON_BODY_MAX as u64, route.label()).await?;
+    let raw = super::caller_json(req, route, 0).await?;
     let mut body = match serde_json::from_slice::<Value>(&raw) {
         Ok(Value::Object(map)) => map,
         _ => {

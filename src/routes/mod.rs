@@ -79,14 +79,15 @@ async fn route(state: Arc<AppState>, req: Req) -> Result<Resp, GatewayError> {
 /// at most `limit` bytes (413, 941301 beyond).
 pub(crate) async fn caller_json(
     mut req: Req,
-    limit: u64,
-    label: &'static str,
+    route: Route,
+    passthrough_max: u64,
 ) -> Result<bytes::Bytes, GatewayError> {
     if let Some(body) = req.extensions().get::<CallerBody>() {
         return Ok(body.0.clone());
     }
-    let wait = crate::upload::source::BODY_IDLE_TIMEOUT;
-    crate::body::read_capped(req.body_mut(), limit as usize, label, wait)
+    let limit = route.body_limit(passthrough_max).unwrap_or(0);
+    let label = route.label();
+    crate::body::read_capped(req.body_mut(), limit as usize, label, route.body_idle())
         .await
         .map_err(GatewayError::from)
 }

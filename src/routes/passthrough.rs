@@ -37,8 +37,7 @@ pub async fn call(
     let style = principal.style;
     let user_header = user_header(&req)?;
     let limits = state.passthrough.load_full();
-    let max_body = limits.max_body;
-    let raw = super::caller_json(req, max_body, Route::Passthrough.label()).await?;
+    let raw = super::caller_json(req, Route::Passthrough, limits.max_body).await?;
     let body = Members::parse(&raw).map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
     let user = user_of(principal, &body, user_header)?;
     let build = |token: &CorpToken, head: http::request::Builder| {

@@ -46,15 +46,7 @@ pub async fn handle(
     log: &LogContext,
 ) -> Result<Response<Body>, GatewayError> {
     let mut up = UploadRequest::parse(state, &req, route, principal)?;
-    // One 413 decision, before any of the caller's bytes are reserved: a request that can
-    // never succeed is not told 429 "retry tomorrow" by a caller near its byte quota.
-    up.refuse_oversized()?;
-    up.ticket = Some(
-        state
-            .quotas
-            .bytes_ticket(&principal.client, up.announced)
-            .await?,
-    );
+    up.admit(&state.quotas, &principal.client).await?;
     if let Some(key) = up.claim_key() {
         let bound = up.corp.timing.upstream_timeout() * 2;
         let span = dedupe_span("claimed_digest");

@@ -165,9 +165,23 @@ impl UploadRequest {
         })
     }
 
+    /// The upload's size and byte policy, before the body is touched: one 413 decision, then
+    /// today's bytes reserved by `Content-Length` (a chunked body reserves as it flows). In
+    /// this order, so a request that can never succeed is not told 429 "retry tomorrow" by a
+    /// caller near its byte quota.
+    pub async fn admit(
+        &mut self,
+        quotas: &crate::quota::Quotas,
+        client: &std::sync::Arc<crate::config::ClientConfig>,
+    ) -> Result<(), GatewayError> {
+        self.refuse_oversized()?;
+        self.ticket = Some(quotas.bytes_ticket(client, self.announced).await?);
+        Ok(())
+    }
+
     /// Refuses a `Content-Length` over the limit before the body is touched: with
     /// `Expect: 100-continue` the caller never sends it.
-    pub fn refuse_oversized(&self) -> Result<(), GatewayError> {
+    fn refuse_oversized(&self) -> Result<(), GatewayError> {
         let Some(n) = self.announced else {
             return Ok(());
         };

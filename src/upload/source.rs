@@ -7,7 +7,6 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
 
 use bytes::Bytes;
 use futures_util::StreamExt;
@@ -17,8 +16,7 @@ use hyper::body::Incoming;
 use super::multipart::{Multipart, MultipartError, PartHead};
 use crate::error::GatewayError;
 
-/// Longest pause fxgate tolerates between two body chunks from a caller.
-pub const BODY_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
+pub use crate::route::BODY_IDLE_TIMEOUT;
 /// Limit on each non-file part that precedes or follows `media` (they are read and dropped).
 const OTHER_PART_MAX: usize = 64 * 1024;
 
