@@ -94,6 +94,11 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
                     .runtime_tasks
                     .set(i64::try_from(alive).unwrap_or(i64::MAX));
             }
+            // As `/readyz` says it, at the moment of the scrape (a refusal's hold ends between
+            // two probes).
+            if let Some(redis) = &state.redis {
+                state.metrics.store_up.set(i64::from(redis.healthy()));
+            }
             let mut buf = Vec::new();
             let encoder = TextEncoder::new();
             if let Err(e) = encoder.encode(&state.registry.gather(), &mut buf) {

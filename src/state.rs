@@ -184,7 +184,7 @@ impl AppState {
         }
         if let Some(redis) = &self.redis {
             let closed = self.quota_mode.get() == crate::store::FailMode::Closed;
-            let ok = redis.is_up() || !closed;
+            let ok = redis.healthy() || !closed;
             let mode = if closed {
                 "needed: quota_fail_mode = closed"
             } else {

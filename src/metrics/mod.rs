@@ -62,7 +62,7 @@ pub struct Families {
     /// `fxgate_upstream_budget_daily_limit{corp}`: the configured daily budget (beyond design
     /// §7, so alerts can compute the fraction left).
     pub upstream_budget_limit: IntGaugeVec,
-    /// `fxgate_store_errors_total{store,op}`: shared-store (Redis) commands that failed.
+    /// `fxgate_store_errors_total{store,op,kind}`: shared-store (Redis) commands that failed.
     pub store_errors: IntCounterVec,
     /// `fxgate_store_up`: 1 while the shared store answers (only with `backend = "redis"`).
     pub store_up: IntGauge,
@@ -109,8 +109,8 @@ fn store_families() -> prometheus::Result<(IntCounterVec, IntGauge, IntCounterVe
     Ok((
         counters(
             "fxgate_store_errors_total",
-            "Shared-store (Redis) commands that failed, by store and operation",
-            &["store", "op"],
+            "Shared-store (Redis) commands that failed, by store, operation and kind (io, timeout, oom, readonly, noperm, noscript, crossslot, other)",
+            &["store", "op", "kind"],
         )?,
         IntGauge::new(
             "fxgate_store_up",
@@ -321,7 +321,8 @@ impl Metrics {
     }
 
     /// With `backend = "redis"`: registers `fxgate_store_up` (a single replica has no store
-    /// to watch) and zero-initialises the store error series alerts look at.
+    /// to watch) and zero-initialises the store error series alerts look at (every kind the
+    /// commands a healthy store must accept can meet).
     pub fn register_store(&self, registry: &Registry) -> prometheus::Result<()> {
         registry.register(Box::new(self.store_up.clone()))?;
         for (store, ops) in [
@@ -331,7 +332,10 @@ impl Metrics {
             ("budget", &["window", "daily"][..]),
         ] {
             for op in ops {
-                self.store_errors.with_label_values(&[store, op]);
+                for kind in crate::store::FailureKind::ALL {
+                    self.store_errors
+                        .with_label_values(&[store, op, kind.as_str()]);
+                }
             }
         }
         Ok(())

@@ -5,6 +5,8 @@
 //! failing Redis means, so no caller knows which backend it has. `redis` is the connection
 //! every Redis implementation goes through.
 
+mod failure;
+mod lease;
 pub mod redis;
 
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -13,7 +15,9 @@ use std::sync::Arc;
 use futures_util::future::BoxFuture;
 
 pub use crate::config::{Backend, FailMode};
-pub use redis::{Lease, Redis};
+pub use failure::FailureKind;
+pub use lease::Lease;
+pub use redis::Redis;
 
 /// Why a store command did not give an answer.
 #[derive(Debug, Clone, thiserror::Error)]

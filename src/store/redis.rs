@@ -10,9 +10,9 @@
 //! Key names (all under `store.key_prefix`, default `fxgate`) are listed in docs/operations.md.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
@@ -20,15 +20,21 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::Notify;
 
+use super::failure::FailureKind;
 use super::StoreError;
 use crate::config::StoreConfig;
 use crate::metrics::Metrics;
 use crate::worker::PerWorker;
 
-/// How often a down store is retried, and a healthy one pinged (an idle connection can die
-/// unnoticed; the ping finds out before a request does).
+/// How often a down store is retried, and a healthy one probed (an idle connection can die
+/// unnoticed, and a full or read-only Redis still answers PING: the probe is a write).
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
+/// A Redis that refused a command (full, read-only, an ACL denial) counts as failing for this
+/// long after the last refusal: long enough for a probe to have looked again.
+const REFUSING_HOLD: Duration = Duration::from_secs(10);
+/// A failure of one kind is logged at warn at most this often (each is counted).
+const WARN_EVERY: Duration = Duration::from_secs(1);
 
 /// A serving thread's connection slot.
 #[derive(Debug, Default)]
@@ -46,6 +52,11 @@ pub struct Redis {
     /// Each serving thread's own, made on first use while the store is up.
     local: PerWorker<Local>,
     up: AtomicBool,
+    /// Until when (ms after `born`) a refusal keeps the store counted as failing.
+    refusing_until: AtomicU64,
+    /// When each kind of failure was last logged at warn (ms after `born`, 0: never).
+    warned: [AtomicU64; 8],
+    born: Instant,
     last_error: Mutex<Option<String>>,
     prefix: String,
     timeout: Duration,
@@ -70,6 +81,9 @@ impl Redis {
             conn: ArcSwapOption::empty(),
             local: PerWorker::new(workers, Local::default),
             up: AtomicBool::new(false),
+            refusing_until: AtomicU64::new(0),
+            warned: Default::default(),
+            born: Instant::now(),
             last_error: Mutex::new(None),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
@@ -109,7 +123,7 @@ impl Redis {
         let conn = self.open().await?;
         self.conn.store(Some(Arc::new(conn)));
         self.up.store(true, Ordering::Release);
-        self.metrics.store_up.set(1);
+        self.metrics.store_up.set(i64::from(!self.refusing()));
         *self.last_error.lock() = None;
         Ok(())
     }
@@ -127,14 +141,31 @@ impl Redis {
         }
     }
 
-    /// Whether the last command (or probe) succeeded.
+    /// Whether the store is connected (commands are tried).
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
+    }
+
+    fn now_ms(&self) -> u64 {
+        u64::try_from(self.born.elapsed().as_millis()).unwrap_or(u64::MAX)
+    }
+
+    /// Whether Redis refused a command recently (full, read-only, an ACL denial).
+    fn refusing(&self) -> bool {
+        self.now_ms() < self.refusing_until.load(Ordering::Relaxed)
+    }
+
+    /// Connected, and doing what fxgate asks of it: what `/readyz` and `fxgate_store_up` say.
+    pub fn healthy(&self) -> bool {
+        self.is_up() && !self.refusing()
     }
 
     /// One line for `/readyz`.
     pub fn status(&self) -> String {
         match (self.is_up(), self.last_error.lock().clone()) {
+            (true, Some(e)) if self.refusing() => {
+                format!("store redis: failing ({e}); serving per the fail modes")
+            }
             (true, _) => "store redis: ok".into(),
             (false, Some(e)) => format!("store redis: down ({e}); serving per the fail modes"),
             (false, None) => "store redis: down; serving per the fail modes".into(),
@@ -195,10 +226,7 @@ impl Redis {
         Fut: Future<Output = RedisResult<T>>,
     {
         let Some(conn) = self.connection().await else {
-            self.metrics
-                .store_errors
-                .with_label_values(&[store, op])
-                .inc();
+            self.count_failure(store, op, FailureKind::Io, "store down");
             return Err(StoreError::Down);
         };
         self.metrics
@@ -207,7 +235,7 @@ impl Redis {
             .inc();
         let result =
             tokio::time::timeout(self.timeout, f(MultiplexedConnection::clone(&conn))).await;
-        let err = match result {
+        let (err, kind) = match result {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => {
                 // A script or type error is ours to fix, not a sign the store is gone.
@@ -219,19 +247,43 @@ impl Redis {
                 if broken {
                     self.mark_down(&err.to_string());
                 }
-                err
+                (err, FailureKind::of(&e))
             }
             Err(_) => {
                 self.mark_down("command timed out");
-                StoreError::Timeout
+                (StoreError::Timeout, FailureKind::Timeout)
             }
         };
+        self.count_failure(store, op, kind, &err.to_string());
+        Err(err)
+    }
+
+    /// Counts a failed command by kind, logs it at warn (at most once a second per kind),
+    /// and, when Redis refused it, marks the store failing: `fxgate_store_up` 0 and
+    /// `/readyz` say so until a probe finds it doing what fxgate asks again.
+    fn count_failure(&self, store: &str, op: &str, kind: FailureKind, why: &str) {
         self.metrics
             .store_errors
-            .with_label_values(&[store, op])
+            .with_label_values(&[store, op, kind.as_str()])
             .inc();
-        tracing::debug!(store, op, error = %err, "redis command failed");
-        Err(err)
+        let now = self.now_ms().max(1);
+        if kind.refuses() {
+            let hold = u64::try_from(REFUSING_HOLD.as_millis()).unwrap_or(u64::MAX);
+            self.refusing_until.store(now + hold, Ordering::Relaxed);
+            *self.last_error.lock() = Some(why.to_string());
+            self.metrics.store_up.set(0);
+        }
+        let last = &self.warned[kind as usize];
+        let seen = last.load(Ordering::Relaxed);
+        let every = u64::try_from(WARN_EVERY.as_millis()).unwrap_or(u64::MAX);
+        let due = seen == 0 || now >= seen + every;
+        if due
+            && last
+                .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
+                .is_ok()
+        {
+            tracing::warn!(store, op, kind = kind.as_str(), error = %why, "redis command failed; serving per the fail modes");
+        }
     }
 }
 
@@ -244,11 +296,23 @@ async fn supervise(weak: Weak<Redis>) {
             tokio::select! {
                 _ = broken => {}
                 _ = tokio::time::sleep(PING_INTERVAL) => {
-                    let _ = this
-                        .run("store", "ping", |mut c| async move {
-                            redis::cmd("PING").query_async::<String>(&mut c).await
+                    // A write, with the process's own key: a Redis that answers PING can
+                    // still refuse every write (full, read-only, an ACL without it).
+                    let key = this.key(&["probe", &this.owner]);
+                    let probed = this
+                        .run("store", "probe", |mut c| async move {
+                            redis::cmd("SET")
+                                .arg(&key)
+                                .arg(1)
+                                .arg("PX")
+                                .arg(PING_INTERVAL.as_millis() as u64 * 3)
+                                .query_async::<()>(&mut c)
+                                .await
                         })
                         .await;
+                    if probed.is_ok() && this.healthy() {
+                        this.metrics.store_up.set(1);
+                    }
                 }
             }
         } else {
@@ -261,143 +325,5 @@ async fn supervise(weak: Weak<Redis>) {
                 }
             }
         }
-    }
-}
-
-static RENEW_IF_OWNER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then
-  return redis.call('PEXPIRE', KEYS[1], ARGV[2])
-end
-return 0
-"#,
-    )
-});
-
-static RELEASE_IF_OWNER: std::sync::LazyLock<redis::Script> = std::sync::LazyLock::new(|| {
-    redis::Script::new(
-        r#"
-if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
-return 0
-"#,
-    )
-});
-
-/// Something this process holds in Redis for `ttl` at a time: a task renews it every third of
-/// its life while held, and dropping it stops the renewal and releases it in the background.
-/// If the process dies, or the release cannot reach Redis, it lapses after `ttl` and another
-/// replica takes over. Key leases (`Redis::try_lease`) and upload slots are both held this way.
-pub struct Lease {
-    renewer: tokio::task::JoinHandle<()>,
-    // Behind a mutex only so that a `Lease` is `Sync` (requests hold leases across awaits by
-    // reference); it is taken once, on drop.
-    release: Mutex<Option<futures_util::future::BoxFuture<'static, ()>>>,
-}
-
-impl std::fmt::Debug for Lease {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Lease").finish_non_exhaustive()
-    }
-}
-
-impl Lease {
-    /// Starts holding: `renew` runs every `ttl / 3` until it answers `false` (the lease is
-    /// lost); `release` runs once, when the lease is dropped.
-    pub fn hold<R, F>(
-        ttl: Duration,
-        mut renew: R,
-        release: impl Future<Output = ()> + Send + 'static,
-    ) -> Self
-    where
-        R: FnMut() -> F + Send + 'static,
-        F: Future<Output = bool> + Send,
-    {
-        let renewer = tokio::spawn(async move {
-            loop {
-                tokio::time::sleep(ttl / 3).await;
-                if !renew().await {
-                    return;
-                }
-            }
-        });
-        Self {
-            renewer,
-            release: Mutex::new(Some(Box::pin(release))),
-        }
-    }
-}
-
-impl Drop for Lease {
-    fn drop(&mut self) {
-        self.renewer.abort();
-        if let (Some(release), Ok(rt)) = (
-            self.release.get_mut().take(),
-            tokio::runtime::Handle::try_current(),
-        ) {
-            rt.spawn(release);
-        }
-    }
-}
-
-impl Redis {
-    /// Takes the lease on `key` if nobody holds it; `Ok(None)` when somebody does.
-    pub async fn try_lease(
-        self: &Arc<Self>,
-        store: &'static str,
-        key: String,
-        ttl: Duration,
-    ) -> Result<Option<Lease>, StoreError> {
-        let (k, owner) = (key.clone(), self.owner.clone());
-        let set: Option<String> = self
-            .run(store, "lease", |mut c| async move {
-                redis::cmd("SET")
-                    .arg(&k)
-                    .arg(&owner)
-                    .arg("NX")
-                    .arg("PX")
-                    .arg(ttl.as_millis() as u64)
-                    .query_async(&mut c)
-                    .await
-            })
-            .await?;
-        if set.is_none() {
-            return Ok(None);
-        }
-        let renew = {
-            let (redis, key) = (self.clone(), key.clone());
-            move || {
-                let (redis, k) = (redis.clone(), key.clone());
-                async move {
-                    let owner = redis.owner.clone();
-                    let renewed: Result<i64, _> = redis
-                        .run(store, "lease", |mut c| async move {
-                            RENEW_IF_OWNER
-                                .key(&k)
-                                .arg(&owner)
-                                .arg(ttl.as_millis() as u64)
-                                .invoke_async(&mut c)
-                                .await
-                        })
-                        .await;
-                    // Lost (lapsed, or Redis is gone): whoever holds the key now owns it.
-                    matches!(renewed, Ok(1))
-                }
-            }
-        };
-        let redis = self.clone();
-        let release = async move {
-            let owner = redis.owner.clone();
-            let _: Result<i64, _> = redis
-                .run(store, "lease", |mut c| async move {
-                    RELEASE_IF_OWNER
-                        .key(&key)
-                        .arg(&owner)
-                        .invoke_async(&mut c)
-                        .await
-                })
-                .await;
-        };
-        Ok(Some(Lease::hold(ttl, renew, release)))
     }
 }

@@ -514,6 +514,16 @@ impl RedisServer {
         ready
     }
 
+    /// Runs one `redis-cli` command against it (as its admin) and returns the answer.
+    pub fn cli(&self, args: &[&str]) -> String {
+        let out = Command::new("redis-cli")
+            .args(["-h", "127.0.0.1", "-p", &self.port.to_string()])
+            .args(args)
+            .output()
+            .expect("redis-cli (Debian: redis-tools, installed with redis-server)");
+        String::from_utf8_lossy(&out.stdout).trim().to_string()
+    }
+
     /// SIGKILL: gone at once, as in a crash.
     pub fn kill(&mut self) {
         if let Some(mut c) = self.child.take() {
