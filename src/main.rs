@@ -215,6 +215,9 @@ fn check(path: &std::path::Path) -> Result<(PathBuf, Config), (PathBuf, String)>
     if let Some(tls) = &cfg.server.tls {
         fxgate::server::Tls::load(tls).map_err(|e| failed(e.to_string()))?;
     }
+    if cfg.store.backend == config::Backend::Redis {
+        fxgate::store::redis::client(&cfg.store).map_err(|e| failed(e.to_string()))?;
+    }
     Ok((path.to_path_buf(), cfg))
 }
 

@@ -120,3 +120,228 @@ async fn an_acl_user_without_a_needed_command_is_visible() {
         "the password reached the log"
     );
 }
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it, as
+/// PEM files in `dir`; and a second, unrelated CA.
+fn pki(dir: &std::path::Path) -> impl Fn(&str) -> String + '_ {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_of = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        (p.self_signed(&key).unwrap(), key)
+    };
+    let (ca, ca_key) = ca_of("redis test CA");
+    let (other, _) = ca_of("some other CA");
+    let signed = |sans: Vec<String>, cn: &str| {
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        (p.signed_by(&key, &ca, &ca_key).unwrap(), key)
+    };
+    let (server, server_key) = signed(vec!["127.0.0.1".into()], "redis");
+    let (client, client_key) = signed(Vec::new(), "fxgate");
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("other-ca.pem", other.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    move |name: &str| dir.join(name).display().to_string()
+}
+
+fn tls_store(url: &str, lines: &str) -> String {
+    format!("[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\nquota_fail_mode = \"closed\"\n{lines}")
+}
+
+#[tokio::test]
+async fn rediss_with_a_ca_an_acl_user_and_a_client_certificate() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let (ca, cert, key) = (p("ca.pem"), p("server.pem"), p("server.key"));
+    let redis = RedisServer::start_tls(&[
+        ("tls-cert-file", &cert),
+        ("tls-key-file", &key),
+        ("tls-ca-cert-file", &ca),
+        ("tls-auth-clients", "yes"),
+    ]);
+    // The admin goes over TLS too: redis-cli with the client certificate.
+    let acl = [
+        "ACL",
+        "SETUSER",
+        "fxgate",
+        "on",
+        ">pw-from-a-file",
+        "~fxgate:*",
+        "+@all",
+        "-@admin",
+        "-@dangerous",
+    ];
+    let (client_cert, client_key) = (p("client.pem"), p("client.key"));
+    let cli = |args: &[&str]| {
+        let mut all = vec![
+            "--tls",
+            "--cacert",
+            &ca,
+            "--cert",
+            &client_cert,
+            "--key",
+            &client_key,
+        ];
+        all.extend(args);
+        redis.cli(&all)
+    };
+    assert_eq!(cli(&acl), "OK");
+    // Only the ACL user can do anything now: fxgate must log in as it.
+    assert_eq!(cli(&["ACL", "SETUSER", "default", "off"]), "OK");
+    std::fs::write(dir.path().join("password"), "pw-from-a-file\n").unwrap();
+    let sandbox = Sandbox::spawn(&[]);
+    let lines = format!(
+        "redis_username = \"fxgate\"\nredis_password_file = \"{}\"\nredis_ca_file = \"{ca}\"\nredis_cert_file = \"{}\"\nredis_key_file = \"{}\"\n",
+        p("password"),
+        p("client.pem"),
+        p("client.key")
+    );
+    let gw = Gateway::spawn(&config(&sandbox.url, "", &tls_store(&redis.url(), &lines)));
+    gw.until_store_ok().await;
+    // Closed fail mode: an upload passes only when the store works.
+    let file = unique_jpeg(900, 5);
+    let up = |file: Vec<u8>| {
+        client()
+            .post(gw.upload_url())
+            .bearer_auth(ALPHA_KEY)
+            .header("content-type", "image/jpeg")
+            .body(file)
+            .send()
+    };
+    assert_eq!(up(file.clone()).await.unwrap().status(), 200);
+    let again: serde_json::Value = up(file).await.unwrap().json().await.unwrap();
+    assert_eq!(again["deduplicated"], true, "{again}");
+    // The dedupe entry is in this Redis, written as the ACL user.
+    assert!(cli(&[
+        "--user",
+        "fxgate",
+        "--pass",
+        "pw-from-a-file",
+        "--no-auth-warning",
+        "--scan",
+        "--pattern",
+        "fxgate:dedupe:*"
+    ])
+    .contains("fxgate:dedupe:"));
+    assert!(!gw.logs().contains("pw-from-a-file"));
+}
+
+#[tokio::test]
+async fn a_wrong_ca_and_a_wrong_password_are_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    let (cert, key) = (p("server.pem"), p("server.key"));
+    let redis = RedisServer::start_tls(&[
+        ("tls-cert-file", &cert),
+        ("tls-key-file", &key),
+        ("tls-ca-cert-file", &p("ca.pem")),
+        ("tls-auth-clients", "no"),
+    ]);
+    let sandbox = Sandbox::spawn(&[]);
+    // A CA that did not sign Redis's certificate: the store never comes up, and says why.
+    let wrong = format!("redis_ca_file = \"{}\"\n", p("other-ca.pem"));
+    let gw = Gateway::spawn(&config(&sandbox.url, "", &tls_store(&redis.url(), &wrong)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = reqwest::get(format!("{}/readyz?verbose", gw.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("store redis: down (") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(text.to_lowercase().contains("certificate"), "{text}");
+    assert!(!gw.ready().await, "closed fail mode needs the store");
+    // A password Redis does not accept: a noperm-kind failure, visible, never logged.
+    std::fs::write(dir.path().join("password"), "not-the-password\n").unwrap();
+    let bad = format!(
+        "redis_ca_file = \"{}\"\nredis_password_file = \"{}\"\n",
+        p("ca.pem"),
+        p("password")
+    );
+    let gw = Gateway::spawn(&config(&sandbox.url, "", &tls_store(&redis.url(), &bad)));
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = reqwest::get(format!("{}/readyz?verbose", gw.admin))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        if text.contains("store redis: down (") {
+            break text;
+        }
+        assert!(Instant::now() < deadline, "{text}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    assert!(!text.contains("not-the-password") && !gw.logs().contains("not-the-password"));
+}
+
+#[tokio::test]
+async fn check_config_refuses_tls_files_without_rediss_and_a_password_in_two_places() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = pki(dir.path());
+    std::fs::write(dir.path().join("password"), "pw\n").unwrap();
+    let check = |store: String| {
+        let path = dir.path().join("fxgate.toml");
+        std::fs::write(&path, config("sandbox", "", &store)).unwrap();
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fxgate"))
+            .args(["check-config", "--config"])
+            .arg(&path)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = check(tls_store(
+        "redis://127.0.0.1:6379",
+        &format!("redis_ca_file = \"{}\"\n", p("ca.pem")),
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("store.redis_ca_file") && err.contains("rediss://"),
+        "{err}"
+    );
+    let (code, err) = check(tls_store(
+        "redis://u:inline@127.0.0.1:6379",
+        &format!("redis_password_file = \"{}\"\n", p("password")),
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("store.redis_password_file") && !err.contains("inline"),
+        "{err}"
+    );
+    let (code, err) = check(tls_store(
+        "rediss://127.0.0.1:6379",
+        "redis_mode = \"cluster\"\n",
+    ));
+    assert_eq!(code, Some(2), "{err}");
+    assert!(err.contains("store.redis_mode"), "{err}");
+    let (code, err) = check(tls_store(
+        "rediss://127.0.0.1:6379",
+        &format!(
+            "redis_ca_file = \"{}\"\nredis_username = \"fxgate\"\nredis_password_file = \"{}\"\n",
+            p("ca.pem"),
+            p("password")
+        ),
+    ));
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -106,6 +106,15 @@ impl Diff {
                 }
             }
         }
+        if old.store.redis_password != new.store.redis_password
+            && !self.changes.iter().any(|c| c.key == "store.redis_password")
+        {
+            self.changes.push(Change {
+                key: "store.redis_password".into(),
+                old: masked(),
+                new: masked(),
+            });
+        }
         let url_changed = old.store.redis_url != new.store.redis_url;
         if url_changed && !self.changes.iter().any(|c| c.key == "store.redis_url") {
             self.changes.push(Change {

@@ -219,6 +219,20 @@ pub struct StoreFile {
     /// How long a Redis lease (a replica's turn at the token endpoint, a claimed upload's
     /// lock) outlives a replica that stopped renewing it, default `10s`.
     pub lease_ttl: Option<String>,
+    /// `"standalone"` (default); `"sentinel"` and `"cluster"` are refused by this release.
+    pub redis_mode: Option<String>,
+    /// ACL user (the URL's user is accepted too).
+    pub redis_username: Option<String>,
+    /// ACL password, inline (better: `redis_password_file`, or the environment).
+    pub redis_password: Option<String>,
+    /// A file holding the ACL password (its trailing newline ignored).
+    pub redis_password_file: Option<String>,
+    /// With `rediss://`: the only CA trusted for Redis (system roots otherwise).
+    pub redis_ca_file: Option<String>,
+    /// With `rediss://`: a client certificate, when Redis asks for one.
+    pub redis_cert_file: Option<String>,
+    /// Its key.
+    pub redis_key_file: Option<String>,
 }
 
 /// `[passthrough]`

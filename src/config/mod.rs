@@ -10,6 +10,7 @@ pub mod file;
 mod limits;
 mod parse;
 mod secret;
+mod store;
 mod telemetry;
 mod validate;
 
@@ -202,6 +203,22 @@ pub struct StoreConfig {
     pub timeout: Duration,
     /// Life of a lease without renewal (renewed every third of it while held).
     pub lease_ttl: Duration,
+    /// ACL user, when not in the URL.
+    pub redis_username: Option<String>,
+    /// ACL password, when not in the URL.
+    pub redis_password: Option<Secret>,
+    /// TLS files for a `rediss://` URL.
+    pub redis_tls: RedisTlsFiles,
+}
+
+/// `store.redis_ca_file`, `redis_cert_file`, `redis_key_file` (read when the store starts, and
+/// by `check-config`).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RedisTlsFiles {
+    /// The only CA trusted for Redis; system roots when unset.
+    pub ca: Option<PathBuf>,
+    /// A client certificate and its key, when Redis asks for one.
+    pub client: Option<(PathBuf, PathBuf)>,
 }
 
 /// One caller key.

@@ -23,7 +23,7 @@ impl TryFrom<FileConfig> for Config {
             log: super::telemetry::log(&f.log)?,
             upload: upload(f.upload)?,
             dedupe: dedupe(f.dedupe)?,
-            store: store(f.store)?,
+            store: super::store::store(f.store)?,
             passthrough: PassthroughConfig {
                 max_body: parse_size(
                     "passthrough.max_body",
@@ -248,53 +248,6 @@ fn dedupe(d: DedupeFile) -> Result<DedupeConfig, ConfigError> {
     Ok(dedupe)
 }
 
-fn store(st: StoreFile) -> Result<StoreConfig, ConfigError> {
-    let backend = match st.backend.as_deref().unwrap_or("memory") {
-        "memory" => Backend::Memory,
-        "redis" => Backend::Redis,
-        other => {
-            return Err(invalid(
-                "store.backend",
-                format!("`{other}`: use \"memory\" or \"redis\""),
-            ))
-        }
-    };
-    let redis_url = st
-        .redis_url
-        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
-    if backend == Backend::Redis {
-        if let Err(e) = redis::Client::open(redis_url.as_str()) {
-            // The crate's message never repeats the URL, so no password leaks.
-            return Err(invalid("store.redis_url", e.to_string()));
-        }
-    }
-    let key_prefix = st.key_prefix.unwrap_or_else(|| "fxgate".into());
-    if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
-        return Err(invalid(
-            "store.key_prefix",
-            "must be non-empty and without whitespace",
-        ));
-    }
-    let store = StoreConfig {
-        backend,
-        redis_url: Secret::new(redis_url),
-        key_prefix,
-        timeout: parse_duration("store.timeout", st.timeout.as_deref().unwrap_or("250ms"))?,
-        lease_ttl: lease_ttl(st.lease_ttl.as_deref())?,
-        quota_fail_mode: match st.quota_fail_mode.as_deref().unwrap_or("open") {
-            "open" => FailMode::Open,
-            "closed" => FailMode::Closed,
-            other => {
-                return Err(invalid(
-                    "store.quota_fail_mode",
-                    format!("`{other}`: use \"open\" or \"closed\""),
-                ))
-            }
-        },
-    };
-    Ok(store)
-}
-
 /// `corps.*.base_url`: `"sandbox"`, or an http(s) URL without a query (trailing `/` dropped).
 fn base_url(key: &str, value: Option<&str>) -> Result<BaseUrl, ConfigError> {
     Ok(match value.map(str::trim) {
@@ -319,13 +272,4 @@ fn base_url(key: &str, value: Option<&str>) -> Result<BaseUrl, ConfigError> {
             BaseUrl::Url(url.trim_end_matches('/').to_string())
         }
     })
-}
-
-/// `store.lease_ttl`: at least 300 ms, so renewal (every third of it) outpaces expiry.
-fn lease_ttl(value: Option<&str>) -> Result<Duration, ConfigError> {
-    let ttl = parse_duration("store.lease_ttl", value.unwrap_or(DEFAULT_LEASE_TTL))?;
-    if ttl < Duration::from_millis(300) {
-        return Err(invalid("store.lease_ttl", "must be at least 300ms"));
-    }
-    Ok(ttl)
 }

@@ -74,8 +74,7 @@ impl Redis {
         metrics: Metrics,
         workers: usize,
     ) -> Result<Arc<Self>, StoreError> {
-        let client = redis::Client::open(cfg.redis_url.expose())
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        let client = client(cfg)?;
         let this = Arc::new(Self {
             client,
             conn: ArcSwapOption::empty(),
@@ -285,6 +284,52 @@ impl Redis {
             tracing::warn!(store, op, kind = kind.as_str(), error = %why, "redis command failed; serving per the fail modes");
         }
     }
+}
+
+/// The client for `cfg`: its URL, the ACL user and password from their own keys (applied to
+/// every connection), and for `rediss://` the CA (the only one trusted when set) and client
+/// certificate read from their files. `check-config` calls it too, so a file that does not
+/// parse fails there rather than at start. Errors never repeat the URL (it may hold a
+/// password).
+pub fn client(cfg: &StoreConfig) -> Result<redis::Client, StoreError> {
+    use redis::IntoConnectionInfo as _;
+    let bad = |what: &str, e: &dyn std::fmt::Display| StoreError::Redis(format!("{what}: {e}"));
+    let mut info = cfg
+        .redis_url
+        .expose()
+        .into_connection_info()
+        .map_err(|e| bad("store.redis_url", &e))?;
+    let mut settings = info.redis_settings().clone();
+    if let Some(user) = &cfg.redis_username {
+        settings = settings.set_username(user);
+    }
+    if let Some(password) = &cfg.redis_password {
+        settings = settings.set_password(password.expose());
+    }
+    info = info.set_redis_settings(settings);
+    let tls = &cfg.redis_tls;
+    if tls.ca.is_none() && tls.client.is_none() {
+        return redis::Client::open(info).map_err(|e| bad("store.redis_url", &e));
+    }
+    let read = |key: &str, path: &std::path::Path| {
+        std::fs::read(path).map_err(|e| bad(key, &format!("{}: {e}", path.display())))
+    };
+    let root_cert = match &tls.ca {
+        Some(p) => Some(read("store.redis_ca_file", p)?),
+        None => None,
+    };
+    let client_tls = match &tls.client {
+        Some((cert, key)) => Some(redis::ClientTlsConfig {
+            client_cert: read("store.redis_cert_file", cert)?,
+            client_key: read("store.redis_key_file", key)?,
+        }),
+        None => None,
+    };
+    let certs = redis::TlsCertificates {
+        client_tls,
+        root_cert,
+    };
+    redis::Client::build_with_tls(info, certs).map_err(|e| bad("store.redis_ca_file", &e))
 }
 
 /// Reconnects a down store and pings a healthy one, for as long as the process holds it.

@@ -449,19 +449,38 @@ pub async fn upload_multipart(
 pub struct RedisServer {
     child: Option<Child>,
     pub port: u16,
+    /// TLS settings (`--tls-*`): the port then speaks TLS only.
+    tls: Vec<String>,
 }
 
 impl RedisServer {
     /// On a port free a moment ago: when another process took it in between, redis-server
     /// exits at once and another port is tried (a few times).
     pub fn start() -> Self {
+        Self::start_with(Vec::new())
+    }
+
+    /// With `tls` (`--tls-cert-file`, …) on its port, which then speaks TLS only.
+    pub fn start_tls(tls: &[(&str, &str)]) -> Self {
+        let args = tls
+            .iter()
+            .flat_map(|(k, v)| [format!("--{k}"), v.to_string()])
+            .collect();
+        Self::start_with(args)
+    }
+
+    fn start_with(tls: Vec<String>) -> Self {
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
                 .local_addr()
                 .unwrap()
                 .port();
-            let mut s = Self { child: None, port };
+            let mut s = Self {
+                child: None,
+                port,
+                tls: tls.clone(),
+            };
             if s.try_start() {
                 return s;
             }
@@ -470,7 +489,12 @@ impl RedisServer {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
+        let scheme = if self.tls.is_empty() {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://127.0.0.1:{}", self.port)
     }
 
     /// Starts it (again, on the same port) and returns once it accepts connections.
@@ -484,8 +508,15 @@ impl RedisServer {
 
     /// Starts it on `port`; whether it became ready (false: it exited first).
     fn try_start(&mut self) -> bool {
+        let port = self.port.to_string();
+        let ports = if self.tls.is_empty() {
+            vec!["--port", &port]
+        } else {
+            vec!["--port", "0", "--tls-port", &port]
+        };
         let mut child = Command::new("redis-server")
-            .args(["--port", &self.port.to_string()])
+            .args(ports)
+            .args(&self.tls)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())

@@ -1,0 +1,153 @@
+//! `[store]`, validated: the backend, and for Redis its address, credentials and TLS files
+//! (design §11). A password lives in one place (the URL or the file, never both); TLS files
+//! only with a `rediss://` URL.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::file::{StoreFile, DEFAULT_LEASE_TTL};
+use super::parse::{parse_duration, read_secret};
+use super::{invalid, Backend, ConfigError, FailMode, RedisTlsFiles, Secret, StoreConfig};
+
+pub(super) fn store(st: StoreFile) -> Result<StoreConfig, ConfigError> {
+    let backend = match st.backend.as_deref().unwrap_or("memory") {
+        "memory" => Backend::Memory,
+        "redis" => Backend::Redis,
+        other => {
+            return Err(invalid(
+                "store.backend",
+                format!("`{other}`: use \"memory\" or \"redis\""),
+            ))
+        }
+    };
+    let redis_url = st
+        .redis_url
+        .clone()
+        .unwrap_or_else(|| "redis://127.0.0.1:6379".into());
+    if backend == Backend::Redis {
+        if let Err(e) = redis::Client::open(redis_url.as_str()) {
+            // The crate's message never repeats the URL, so no password leaks.
+            return Err(invalid("store.redis_url", e.to_string()));
+        }
+    }
+    redis_mode(st.redis_mode.as_deref())?;
+    let (redis_username, redis_password) = credentials(&st, &redis_url)?;
+    let redis_tls = tls_files(&st, &redis_url)?;
+    let key_prefix = st.key_prefix.unwrap_or_else(|| "fxgate".into());
+    if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
+        return Err(invalid(
+            "store.key_prefix",
+            "must be non-empty and without whitespace",
+        ));
+    }
+    let store = StoreConfig {
+        backend,
+        redis_url: Secret::new(redis_url),
+        redis_username,
+        redis_password,
+        redis_tls,
+        key_prefix,
+        timeout: parse_duration("store.timeout", st.timeout.as_deref().unwrap_or("250ms"))?,
+        lease_ttl: lease_ttl(st.lease_ttl.as_deref())?,
+        quota_fail_mode: match st.quota_fail_mode.as_deref().unwrap_or("open") {
+            "open" => FailMode::Open,
+            "closed" => FailMode::Closed,
+            other => {
+                return Err(invalid(
+                    "store.quota_fail_mode",
+                    format!("`{other}`: use \"open\" or \"closed\""),
+                ))
+            }
+        },
+    };
+    Ok(store)
+}
+
+/// `store.redis_mode`: a single Redis (its primary endpoint, managed or not). Sentinel and
+/// Cluster are refused until fxgate follows them (a half-supported mode would fail over
+/// silently).
+fn redis_mode(mode: Option<&str>) -> Result<(), ConfigError> {
+    match mode.map(str::trim) {
+        None | Some("standalone") => Ok(()),
+        Some(m @ ("sentinel" | "cluster")) => Err(invalid(
+            "store.redis_mode",
+            format!("`{m}` is not supported by this release; use \"standalone\" (a managed Redis's primary endpoint works)"),
+        )),
+        Some(other) => Err(invalid(
+            "store.redis_mode",
+            format!("`{other}`: use \"standalone\""),
+        )),
+    }
+}
+
+/// `redis_username` and the password from `redis_password[_file]`; a password in both the URL
+/// and the file is refused (which one would win is a guess).
+fn credentials(st: &StoreFile, url: &str) -> Result<(Option<String>, Option<Secret>), ConfigError> {
+    let password = match (&st.redis_password, &st.redis_password_file) {
+        (None, None) => None,
+        (inline, file) => Some(read_secret(
+            "store.redis_password",
+            inline.clone(),
+            file.clone(),
+        )?),
+    };
+    let in_url = redis::IntoConnectionInfo::into_connection_info(url)
+        .map(|i| i.redis_settings().password().is_some())
+        .unwrap_or(false);
+    if password.is_some() && in_url {
+        return Err(invalid(
+            "store.redis_password_file",
+            "the redis_url holds a password too: keep one of them",
+        ));
+    }
+    let username = st
+        .redis_username
+        .as_deref()
+        .map(str::trim)
+        .filter(|u| !u.is_empty())
+        .map(str::to_owned);
+    Ok((username, password))
+}
+
+/// The TLS files: only with `rediss://`; a certificate and its key together; each readable.
+fn tls_files(st: &StoreFile, url: &str) -> Result<RedisTlsFiles, ConfigError> {
+    let file = |key: &str, v: &Option<String>| -> Result<Option<PathBuf>, ConfigError> {
+        let Some(path) = v.as_deref().filter(|p| !p.is_empty()) else {
+            return Ok(None);
+        };
+        if !url.starts_with("rediss://") {
+            return Err(invalid(key, "needs a rediss:// redis_url (TLS)"));
+        }
+        std::fs::metadata(path).map_err(|e| invalid(key, format!("cannot read {path}: {e}")))?;
+        Ok(Some(PathBuf::from(path)))
+    };
+    let ca = file("store.redis_ca_file", &st.redis_ca_file)?;
+    let cert = file("store.redis_cert_file", &st.redis_cert_file)?;
+    let key = file("store.redis_key_file", &st.redis_key_file)?;
+    let client = match (cert, key) {
+        (Some(c), Some(k)) => Some((c, k)),
+        (None, None) => None,
+        (Some(_), None) => {
+            return Err(invalid(
+                "store.redis_key_file",
+                "missing: `redis_cert_file` is set",
+            ))
+        }
+        (None, Some(_)) => {
+            return Err(invalid(
+                "store.redis_cert_file",
+                "missing: `redis_key_file` is set",
+            ))
+        }
+    };
+    Ok(RedisTlsFiles { ca, client })
+}
+
+/// `store.lease_ttl`: at least 300 ms, so renewal (every third of it) outpaces expiry.
+fn lease_ttl(value: Option<&str>) -> Result<Duration, ConfigError> {
+    let ttl = parse_duration("store.lease_ttl", value.unwrap_or(DEFAULT_LEASE_TTL))?;
+    if ttl < Duration::from_millis(300) {
+        return Err(invalid("store.lease_ttl", "must be at least 300ms"));
+    }
+    Ok(ttl)
+}
