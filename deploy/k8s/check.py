@@ -140,12 +140,20 @@ else:
 if "fxgate-redis" in deployments:
     if "fxgate-redis" not in policies:
         fail("no NetworkPolicy for Redis")
-    args = deployments["fxgate-redis"]["spec"]["template"]["spec"]["containers"][0]["args"]
-    if args[args.index("--maxmemory-policy") + 1] != "noeviction":
+    script = " ".join(deployments["fxgate-redis"]["spec"]["template"]["spec"]["containers"][0]["args"])
+    if "--maxmemory-policy noeviction" not in script:
         fail("Redis must run with --maxmemory-policy noeviction")
+    # AUTH (design §11): the default user off, one ACL user whose password is a Secret.
+    if "--aclfile" not in script or "user default off" not in script or "-@dangerous" not in script:
+        fail("Redis must run with an ACL file: the default user off, fxgate's user without dangerous commands")
     env = {e["name"]: e.get("value") for e in container.get("env", [])}
     if env.get("FXGATE__STORE__BACKEND") != "redis":
         fail("the Redis overlay's fxgate does not use the Redis store")
+    if env.get("FXGATE__STORE__REDIS_USERNAME") != "fxgate" or not env.get("FXGATE__STORE__REDIS_PASSWORD_FILE"):
+        fail("the Redis overlay's fxgate does not log in as its ACL user")
+    mounts = {m["mountPath"] for m in container.get("volumeMounts", [])}
+    if env.get("FXGATE__STORE__REDIS_PASSWORD_FILE", "").rsplit("/", 1)[0] not in mounts:
+        fail("the Redis password file is not mounted in fxgate")
 
 monitors = by_kind.get("ServiceMonitor", [])
 if variant == "monitoring":

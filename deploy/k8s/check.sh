@@ -18,6 +18,7 @@ trap 'rm -rf "$work"' EXIT
 cp -r . "$work/k8s"
 printf 'stand-in' >"$work/k8s/base/secrets/app_secret"
 printf 'stand-in' >"$work/k8s/base/secrets/permanent_code"
+printf 'stand-in' >"$work/k8s/overlays/redis/secrets/redis_password"
 
 for overlay in overlays/*/; do
   name=$(basename "$overlay")
