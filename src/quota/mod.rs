@@ -122,8 +122,7 @@ pub trait QuotaStore: Send + Sync + fmt::Debug {
     ) -> StoreFuture<'a, BudgetAnswer>;
 }
 
-/// The future of a store answer.
-pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+pub use crate::store::StoreFuture;
 
 /// Every call goes to Redis; a failure answers per the fail mode (from this replica's own
 /// counters, or not at all).

@@ -13,13 +13,12 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use base64::Engine as _;
-use futures_util::future::BoxFuture;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::clock::Clock;
 use crate::route::ApiStyle;
-use crate::store::{FailOver, StoreError};
+use crate::store::{FailOver, StoreError, StoreFuture};
 
 /// The prefix of every token fxgate issues; anything else is a gateway key.
 pub const PREFIX: &str = "fxg_";
@@ -95,14 +94,9 @@ pub fn key_of(token: &str) -> String {
 /// Where issued tokens live.
 pub trait SessionStore: Send + Sync + fmt::Debug {
     /// Keeps `session` under `key` for `ttl`.
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        session: &'a Session,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>>;
+    fn put<'a>(&'a self, key: &'a str, session: &'a Session, ttl: Duration) -> StoreFuture<'a, ()>;
     /// The session under `key`, if any.
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>>;
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Session>>;
 }
 
 /// One replica's tokens, in a moka cache bounded in size and by the longest token life.
@@ -130,27 +124,22 @@ impl SessionStore for MemorySessions {
         key: &'a str,
         session: &'a Session,
         _ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             self.entries.insert(key.to_string(), session.clone()).await;
             Ok(())
         })
     }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Session>> {
         Box::pin(async move { Ok(self.entries.get(key).await) })
     }
 }
 
 impl SessionStore for FailOver<dyn SessionStore> {
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        session: &'a Session,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn put<'a>(&'a self, key: &'a str, session: &'a Session, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(self.run(move |s| s.put(key, session, ttl)))
     }
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Session>> {
         Box::pin(self.run(move |s| s.get(key)))
     }
 }

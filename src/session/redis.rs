@@ -4,10 +4,8 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-
 use super::{Session, SessionStore};
-use crate::store::{Redis, StoreError};
+use crate::store::{Redis, StoreError, StoreFuture};
 
 /// Tokens shared through Redis.
 #[derive(Debug)]
@@ -23,12 +21,7 @@ impl RedisSessions {
 }
 
 impl SessionStore for RedisSessions {
-    fn put<'a>(
-        &'a self,
-        key: &'a str,
-        session: &'a Session,
-        ttl: Duration,
-    ) -> BoxFuture<'a, Result<(), StoreError>> {
+    fn put<'a>(&'a self, key: &'a str, session: &'a Session, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let key = self.redis.key(&["session", key]);
             let value = serde_json::to_string(session)
@@ -48,7 +41,7 @@ impl SessionStore for RedisSessions {
         })
     }
 
-    fn get<'a>(&'a self, key: &'a str) -> BoxFuture<'a, Result<Option<Session>, StoreError>> {
+    fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Session>> {
         Box::pin(async move {
             let key = self.redis.key(&["session", key]);
             let raw: Option<String> = self

@@ -19,6 +19,10 @@ pub use failure::FailureKind;
 pub use lease::Lease;
 pub use redis::Redis;
 
+/// What every store operation returns: its answer, later, or why there is none. One
+/// definition for the quota, token, session and dedupe stores.
+pub type StoreFuture<'a, T> = BoxFuture<'a, Result<T, StoreError>>;
+
 /// Why a store command did not give an answer.
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum StoreError {

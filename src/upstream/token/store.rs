@@ -6,7 +6,7 @@
 use std::fmt;
 use std::time::Duration;
 
-use crate::store::{FailOver, Lease, StoreError};
+use crate::store::{FailOver, Lease};
 
 /// A token as stored in a shared store.
 #[derive(Clone, PartialEq, Eq)]
@@ -39,8 +39,7 @@ impl fmt::Debug for StoredToken {
 #[derive(Debug)]
 pub struct Turn(pub Option<Lease>);
 
-/// The future of a store answer.
-pub type StoreFuture<'a, T> = futures_util::future::BoxFuture<'a, Result<T, StoreError>>;
+pub use crate::store::StoreFuture;
 
 /// Where one corp's token is shared.
 pub trait TokenStore: Send + Sync + fmt::Debug {
