@@ -140,11 +140,11 @@ struct Sent {
     size: u64,
     /// `None` when Fxiaoke stopped taking the file before its end.
     digest: Option<[u8; 32]>,
-    upstream: Upstream,
+    upstream: BytesAt,
 }
 
 /// Where the file's bytes are when its hash is final.
-enum Upstream {
+enum BytesAt {
     /// Already on their way; the closing delimiter is held back.
     Streaming {
         tx: BodySender,
@@ -154,7 +154,7 @@ enum Upstream {
     Held(Held),
 }
 
-impl Upstream {
+impl BytesAt {
     /// Completes the upload (`complete`: the file is new and whole, so the closing delimiter
     /// goes out; otherwise only the answer is awaited) and reads Fxiaoke's answer.
     async fn finish(
@@ -165,14 +165,14 @@ impl Upstream {
         log: &LogContext,
     ) -> Result<Answer, GatewayError> {
         let answer = match self {
-            Upstream::Streaming { tx, pending } => {
+            BytesAt::Streaming { tx, pending } => {
                 let pending = *pending;
                 if complete && tx.send(pending.suffix()).await.is_ok() {
                     let _ = tx.finish().await;
                 }
                 pending.answer().await?
             }
-            Upstream::Held(held) => {
+            BytesAt::Held(held) => {
                 let call = open(up, part, log).await?;
                 call.whole(held.chunks)?.answer().await?
             }
@@ -211,7 +211,7 @@ async fn hold_whole(up: &mut UploadRequest, held: Held) -> Result<Sent, GatewayE
     Ok(Sent {
         size,
         digest: Some(held.sha256()),
-        upstream: Upstream::Held(held),
+        upstream: BytesAt::Held(held),
     })
 }
 
@@ -239,7 +239,7 @@ async fn stream(
     Ok(Sent {
         size,
         digest,
-        upstream: Upstream::Streaming {
+        upstream: BytesAt::Streaming {
             tx,
             pending: Box::new(pending),
         },
