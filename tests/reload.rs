@@ -145,15 +145,9 @@ async fn sighup_and_the_file_watch_apply_the_same_way() {
         r#"fxgate_reloads_total{result="ok",what="config"}"#,
     );
     reloads(&gw, "ok", before + 1.0).await;
-    let r = client()
-        .post(gw.upload_url())
-        .bearer_auth(GAMMA_KEY)
-        .header("content-type", "image/jpeg")
-        .body(unique_jpeg(2000, 1))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let jpeg = unique_jpeg(2000, 1);
+    let (status, _) = raw_post(&gw.upload_url(), GAMMA_KEY, "image/jpeg", jpeg).await;
+    assert_eq!(status, 200);
     let (status, _, again) =
         upload_multipart(&client(), &gw.upload_url(), ALPHA_KEY, file, "k.jpg").await;
     assert_eq!(
@@ -165,15 +159,9 @@ async fn sighup_and_the_file_watch_apply_the_same_way() {
     // And a caller removed from the file is refused on its next request.
     gw.rewrite_config(&with_budget(&sandbox, "upstream_requests_per_20s = 3"));
     reloads(&gw, "ok", before + 2.0).await;
-    let r = client()
-        .post(gw.upload_url())
-        .bearer_auth(GAMMA_KEY)
-        .header("content-type", "image/jpeg")
-        .body(unique_jpeg(2000, 2))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 401);
+    let jpeg = unique_jpeg(2000, 2);
+    let (status, _) = raw_post(&gw.upload_url(), GAMMA_KEY, "image/jpeg", jpeg).await;
+    assert_eq!(status, 401);
 }
 
 /// Rewrites the config to `toml`, reloads, and returns the keys the reload said it applied.
@@ -200,16 +188,8 @@ async fn apply(gw: &Gateway, toml: &str) -> Vec<String> {
 }
 
 async fn raw_upload(gw: &Gateway, path: &str, content_type: &str, bytes: Vec<u8>) -> u16 {
-    client()
-        .post(format!("{}{path}", gw.url))
-        .bearer_auth(ALPHA_KEY)
-        .header("content-type", content_type)
-        .body(bytes)
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
+    let url = format!("{}{path}", gw.url);
+    raw_post(&url, ALPHA_KEY, content_type, bytes).await.0
 }
 
 #[tokio::test]
@@ -320,21 +300,8 @@ async fn apply_in(gw: &InProcess, corp_extra: &str, extra: &str) -> Vec<String> 
 async fn deadlines_refresh_point_and_dedupe_policy_take_effect_on_the_next_request() {
     let gw = InProcess::spawn(Default::default(), "").await;
     let http = client();
-    let send = |key: &'static str, file: Vec<u8>| {
-        let (http, url) = (http.clone(), gw.upload_url());
-        async move {
-            let r = http
-                .post(format!("{url}?filename=f.jpg"))
-                .bearer_auth(key)
-                .header("content-type", "image/jpeg")
-                .header("repr-digest", repr_digest(&file))
-                .body(file)
-                .send()
-                .await
-                .unwrap();
-            (r.status().as_u16(), r.json::<Value>().await.unwrap())
-        }
-    };
+    let url = gw.upload_url();
+    let send = |key: &'static str, file: Vec<u8>| claim_upload_status(&http, &url, key, file);
 
     // corps.*.upstream_timeout: a Fxiaoke that takes 1 s is within the default 30 s...
     gw.faults(json!({"upload_delay_ms": 1000})).await;
@@ -406,16 +373,8 @@ async fn the_fail_mode_applies_to_the_next_request_and_to_readiness() {
     assert!(gw.ready().await);
     assert_eq!(apply(&gw, &toml(&closed)).await, ["store.quota_fail_mode"]);
     // Closed: the next request is refused, and the replica leaves the Service.
-    let r = client()
-        .post(format!("{}{msg}", gw.url))
-        .bearer_auth(ALPHA_KEY)
-        .header("content-type", "image/jpeg")
-        .body(unique_jpeg(800, 3))
-        .send()
-        .await
-        .unwrap();
-    let status = r.status().as_u16();
-    let e: Value = r.json().await.unwrap();
+    let url = format!("{}{msg}", gw.url);
+    let (status, e) = raw_post(&url, ALPHA_KEY, "image/jpeg", unique_jpeg(800, 3)).await;
     assert_eq!((status, &e["errorCode"]), (429, &json!(942903)), "{e}");
     assert!(!gw.ready().await);
 }

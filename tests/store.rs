@@ -6,30 +6,16 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use support::*;
 
 /// Waits (bounded: 15 s) until `/readyz?verbose` says the store is failing, then checks the
 /// metrics and the log name `kind`.
 async fn visible(gw: &Gateway, kind: &str) {
-    let deadline = Instant::now() + Duration::from_secs(15);
-    let verbose = loop {
-        let text = reqwest::get(format!("{}/readyz?verbose", gw.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("store redis: failing") {
-            break text;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the store never showed as failing: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let verbose = gw
+        .until_readyz("store redis: failing", Duration::from_secs(15))
+        .await;
     let m = gw.metrics().await;
     assert_eq!(metric(&m, "fxgate_store_up"), 0.0, "{verbose}");
     let errors: f64 = m
@@ -47,15 +33,13 @@ async fn visible(gw: &Gateway, kind: &str) {
         "no warn line for {kind}:\n{logs}"
     );
     // Open: uploads go on, from this replica's own state.
-    let r = client()
-        .post(gw.upload_url())
-        .bearer_auth(ALPHA_KEY)
-        .header("content-type", "image/jpeg")
-        .body(unique_jpeg(900, 77))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(r.status(), 200);
+    let jpeg = unique_jpeg(900, 77);
+    assert_eq!(
+        raw_post(&gw.upload_url(), ALPHA_KEY, "image/jpeg", jpeg)
+            .await
+            .0,
+        200
+    );
 }
 
 fn gateway(sandbox: &Sandbox, url: &str) -> Gateway {
@@ -211,16 +195,10 @@ async fn rediss_with_a_ca_an_acl_user_and_a_client_certificate() {
     gw.until_store_ok().await;
     // Closed fail mode: an upload passes only when the store works.
     let file = unique_jpeg(900, 5);
-    let up = |file: Vec<u8>| {
-        client()
-            .post(gw.upload_url())
-            .bearer_auth(ALPHA_KEY)
-            .header("content-type", "image/jpeg")
-            .body(file)
-            .send()
-    };
-    assert_eq!(up(file.clone()).await.unwrap().status(), 200);
-    let again: serde_json::Value = up(file).await.unwrap().json().await.unwrap();
+    let url = gw.upload_url();
+    let up = |file: Vec<u8>| raw_post(&url, ALPHA_KEY, "image/jpeg", file);
+    assert_eq!(up(file.clone()).await.0, 200);
+    let (_, again) = up(file).await;
     assert_eq!(again["deduplicated"], true, "{again}");
     // The dedupe entry is in this Redis, written as the ACL user.
     assert!(cli(&[
@@ -252,20 +230,9 @@ async fn a_wrong_ca_and_a_wrong_password_are_clear_errors() {
     // A CA that did not sign Redis's certificate: the store never comes up, and says why.
     let wrong = format!("redis_ca_file = \"{}\"\n", p("other-ca.pem"));
     let gw = Gateway::spawn(&config(&sandbox.url, "", &tls_store(&redis.url(), &wrong)));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let text = reqwest::get(format!("{}/readyz?verbose", gw.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("store redis: down (") {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = gw
+        .until_readyz("store redis: down (", Duration::from_secs(10))
+        .await;
     assert!(text.to_lowercase().contains("certificate"), "{text}");
     assert!(!gw.ready().await, "closed fail mode needs the store");
     // A password Redis does not accept: a noperm-kind failure, visible, never logged.
@@ -276,20 +243,9 @@ async fn a_wrong_ca_and_a_wrong_password_are_clear_errors() {
         p("password")
     );
     let gw = Gateway::spawn(&config(&sandbox.url, "", &tls_store(&redis.url(), &bad)));
-    let deadline = Instant::now() + Duration::from_secs(10);
-    let text = loop {
-        let text = reqwest::get(format!("{}/readyz?verbose", gw.admin))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        if text.contains("store redis: down (") {
-            break text;
-        }
-        assert!(Instant::now() < deadline, "{text}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let text = gw
+        .until_readyz("store redis: down (", Duration::from_secs(10))
+        .await;
     assert!(!text.contains("not-the-password") && !gw.logs().contains("not-the-password"));
 }
 

@@ -360,7 +360,13 @@ impl Gateway {
     /// Returns once `/readyz` says the Redis store is reachable (at most 15 s; the store's
     /// supervisor reconnects on its own, so this polls).
     pub async fn until_store_ok(&self) {
-        let deadline = std::time::Instant::now() + Duration::from_secs(15);
+        self.until_readyz("store redis: ok", Duration::from_secs(15))
+            .await;
+    }
+
+    /// Polls `/readyz?verbose` (for at most `within`) until it contains `needle`; the text.
+    pub async fn until_readyz(&self, needle: &str, within: Duration) -> String {
+        let deadline = std::time::Instant::now() + within;
         loop {
             let text = reqwest::get(format!("{}/readyz?verbose", self.admin))
                 .await
@@ -368,10 +374,13 @@ impl Gateway {
                 .text()
                 .await
                 .unwrap();
-            if text.contains("store redis: ok") {
-                return;
+            if text.contains(needle) {
+                return text;
             }
-            assert!(std::time::Instant::now() < deadline, "no reconnect: {text}");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "never `{needle}`: {text}"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
     }
@@ -631,6 +640,46 @@ pub fn gamma_client(limits: &str) -> String {
 
 pub const GAMMA_KEY: &str = "gamma-key-90c3d5e7a1";
 
+/// A raw body of `content_type` posted to `url` by `key`: the status and the JSON answer
+/// (`Null` when the answer is not JSON).
+pub async fn raw_post(
+    url: &str,
+    key: &str,
+    content_type: &str,
+    body: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let r = client()
+        .post(url)
+        .bearer_auth(key)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or(serde_json::Value::Null))
+}
+
+/// A raw upload of `file` to `url` (a message route) claiming its digest; the status and the
+/// JSON answer.
+pub async fn claim_upload_status(
+    http: &reqwest::Client,
+    url: &str,
+    key: &str,
+    file: Vec<u8>,
+) -> (u16, serde_json::Value) {
+    let r = http
+        .post(format!("{url}?filename=f.jpg"))
+        .bearer_auth(key)
+        .header("content-type", "image/jpeg")
+        .header("repr-digest", repr_digest(&file))
+        .body(file)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
+}
+
 /// A raw upload of `file` to `url` (a message route) claiming its digest; the JSON answer.
 pub async fn claim_upload(
     http: &reqwest::Client,
@@ -638,17 +687,7 @@ pub async fn claim_upload(
     key: &str,
     file: Vec<u8>,
 ) -> serde_json::Value {
-    http.post(format!("{url}?filename=f.jpg"))
-        .bearer_auth(key)
-        .header("content-type", "image/jpeg")
-        .header("repr-digest", repr_digest(&file))
-        .body(file)
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
+    claim_upload_status(http, url, key, file).await.1
 }
 
 /// A gateway and a sandbox running in this process and sharing `clock`, talking over real
