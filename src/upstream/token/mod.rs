@@ -74,8 +74,6 @@ pub struct CorpToken {
     pub fetched_at: Instant,
     /// When it stops being accepted.
     pub expires_at: Instant,
-    /// When the refresher fetches its successor.
-    pub refresh_at: Instant,
     /// Unix ms when its fetch started: orders tokens across replicas.
     pub issued_ms: u64,
 }
@@ -93,13 +91,20 @@ impl CorpToken {
                 .checked_sub(Duration::from_millis(now_ms.saturating_sub(t.issued_ms)))
                 .unwrap_or(now),
             expires_at: at(t.expires_ms),
-            refresh_at: at(t.refresh_ms),
             issued_ms: t.issued_ms,
         }
     }
 
-    /// As stored for other replicas.
-    fn to_stored(&self, clock: &dyn Clock) -> StoredToken {
+    /// When its successor is due: once `fraction` (`refresh_at` in force) of the lifetime it
+    /// had when fetched has passed.
+    fn refresh_due(&self, fraction: f64) -> Instant {
+        let life = self.expires_at.saturating_duration_since(self.fetched_at);
+        self.fetched_at + life.mul_f64(fraction)
+    }
+
+    /// As stored for other replicas (`refresh_ms` for older releases, which read it; this one
+    /// works the due time out from the fraction in force).
+    fn to_stored(&self, clock: &dyn Clock, fraction: f64) -> StoredToken {
         let now = clock.now();
         let now_ms = clock.unix_ms();
         let ms = |at: Instant| now_ms + at.saturating_duration_since(now).as_millis() as u64;
@@ -108,7 +113,7 @@ impl CorpToken {
             corp_id: self.corp_id.clone(),
             issued_ms: self.issued_ms,
             expires_ms: ms(self.expires_at),
-            refresh_ms: ms(self.refresh_at),
+            refresh_ms: ms(self.refresh_due(fraction)),
         }
     }
 }

@@ -139,10 +139,9 @@ impl Refresher {
         let now = self.clock.now();
         let due = match (&state.token, state.usable(now)) {
             // From the refresh point in force, so a reload that moves it reschedules this
-            // token too (`t.refresh_at` is what the fetching replica's config said).
+            // token too.
             (Some(t), Some(_)) if !state.suspect => {
-                let life = t.expires_at.saturating_duration_since(t.fetched_at);
-                (t.fetched_at + life.mul_f64(self.timing.refresh_at())).max(self.not_before)
+                t.refresh_due(self.timing.refresh_at()).max(self.not_before)
             }
             _ => self.not_before,
         };
@@ -251,7 +250,6 @@ impl Refresher {
             corp_id,
             fetched_at: started,
             expires_at: started + expires_in,
-            refresh_at: started + expires_in.mul_f64(self.timing.refresh_at()),
             issued_ms,
         };
         self.count(RefreshResult::Ok);
@@ -338,7 +336,7 @@ impl Refresher {
 
     /// Writes a freshly fetched token to the store, unless a newer one is already there.
     async fn share(&self, token: &CorpToken) {
-        let stored = token.to_stored(self.clock.as_ref());
+        let stored = token.to_stored(self.clock.as_ref(), self.timing.refresh_at());
         match self.store.write_if_newer(&stored).await {
             Ok(true) => {}
             Ok(false) => {
