@@ -94,8 +94,7 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
                     .runtime_tasks
                     .set(i64::try_from(alive).unwrap_or(i64::MAX));
             }
-            // As `/readyz` says it, at the moment of the scrape (a refusal's hold ends between
-            // two probes).
+            // Derived here, at the scrape, from what `/readyz` reads: the one place it is set.
             if let Some(redis) = &state.redis {
                 state.metrics.store_up.set(i64::from(redis.healthy()));
             }

@@ -64,7 +64,8 @@ pub struct Families {
     pub upstream_budget_limit: IntGaugeVec,
     /// `fxgate_store_errors_total{store,op,kind}`: shared-store (Redis) commands that failed.
     pub store_errors: IntCounterVec,
-    /// `fxgate_store_up`: 1 while the shared store answers (only with `backend = "redis"`).
+    /// `fxgate_store_up`: 1 while the shared store answers and accepts fxgate's commands
+    /// (only with `backend = "redis"`; set at scrape time from `Redis::healthy`).
     pub store_up: IntGauge,
     /// `fxgate_store_calls_total{store,op}`: round trips to the shared store (one command,
     /// script or pipeline each), so the cost per request can be read off a dashboard.

@@ -31,10 +31,10 @@ use crate::worker::PerWorker;
 const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 const PING_INTERVAL: Duration = Duration::from_secs(2);
 /// A Redis that refused a command (full, read-only, an ACL denial) counts as failing for this
-/// long after the last refusal: long enough for a probe to have looked again.
-const REFUSING_HOLD: Duration = Duration::from_secs(10);
-/// A failure of one kind is logged at warn at most this often (each is counted).
-const WARN_EVERY: Duration = Duration::from_secs(1);
+/// long (ms) after the last refusal: long enough for a probe to have looked again.
+const REFUSING_HOLD_MS: u64 = 10_000;
+/// A failure of one kind is logged at warn at most this often (ms; each is counted).
+const WARN_EVERY_MS: u64 = 1_000;
 
 /// A serving thread's connection slot.
 #[derive(Debug, Default)]
@@ -122,7 +122,6 @@ impl Redis {
         let conn = self.open().await?;
         self.conn.store(Some(Arc::new(conn)));
         self.up.store(true, Ordering::Release);
-        self.metrics.store_up.set(i64::from(!self.refusing()));
         *self.last_error.lock() = None;
         Ok(())
     }
@@ -133,7 +132,6 @@ impl Redis {
             local.conn.store(None);
         }
         *self.last_error.lock() = Some(why.to_string());
-        self.metrics.store_up.set(0);
         if self.up.swap(false, Ordering::AcqRel) {
             tracing::warn!(error = %why, "redis store lost; falling back per the fail modes");
             self.broken.notify_one();
@@ -258,8 +256,8 @@ impl Redis {
     }
 
     /// Counts a failed command by kind, logs it at warn (at most once a second per kind),
-    /// and, when Redis refused it, marks the store failing: `fxgate_store_up` 0 and
-    /// `/readyz` say so until a probe finds it doing what fxgate asks again.
+    /// and, when Redis refused it, marks the store failing (`healthy`, which `/readyz` and
+    /// `fxgate_store_up` read) until a probe finds it doing what fxgate asks again.
     fn count_failure(&self, store: &str, op: &str, kind: FailureKind, why: &str) {
         self.metrics
             .store_errors
@@ -267,15 +265,13 @@ impl Redis {
             .inc();
         let now = self.now_ms().max(1);
         if kind.refuses() {
-            let hold = u64::try_from(REFUSING_HOLD.as_millis()).unwrap_or(u64::MAX);
-            self.refusing_until.store(now + hold, Ordering::Relaxed);
+            self.refusing_until
+                .store(now + REFUSING_HOLD_MS, Ordering::Relaxed);
             *self.last_error.lock() = Some(why.to_string());
-            self.metrics.store_up.set(0);
         }
         let last = &self.warned[kind as usize];
         let seen = last.load(Ordering::Relaxed);
-        let every = u64::try_from(WARN_EVERY.as_millis()).unwrap_or(u64::MAX);
-        let due = seen == 0 || now >= seen + every;
+        let due = seen == 0 || now >= seen + WARN_EVERY_MS;
         if due
             && last
                 .compare_exchange(seen, now, Ordering::Relaxed, Ordering::Relaxed)
@@ -329,7 +325,9 @@ pub fn client(cfg: &StoreConfig) -> Result<redis::Client, StoreError> {
         client_tls,
         root_cert,
     };
-    redis::Client::build_with_tls(info, certs).map_err(|e| bad("store.redis_ca_file", &e))
+    // The error says which file did not parse (root certificate, client chain or key).
+    redis::Client::build_with_tls(info, certs)
+        .map_err(|e| bad("store.redis_ca_file / redis_cert_file / redis_key_file", &e))
 }
 
 /// Reconnects a down store and pings a healthy one, for as long as the process holds it.
@@ -344,7 +342,7 @@ async fn supervise(weak: Weak<Redis>) {
                     // A write, with the process's own key: a Redis that answers PING can
                     // still refuse every write (full, read-only, an ACL without it).
                     let key = this.key(&["probe", &this.owner]);
-                    let probed = this
+                    let _ = this
                         .run("store", "probe", |mut c| async move {
                             redis::cmd("SET")
                                 .arg(&key)
@@ -355,9 +353,6 @@ async fn supervise(weak: Weak<Redis>) {
                                 .await
                         })
                         .await;
-                    if probed.is_ok() && this.healthy() {
-                        this.metrics.store_up.set(1);
-                    }
                 }
             }
         } else {
