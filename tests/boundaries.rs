@@ -20,26 +20,34 @@ const STALLED_KEY: &str = "stalled-key-2e8f4a6c91";
 
 /// `data` may call `/cgi/crm/v2/data/*` only (legacy style, acts as FSUID_A); `legacy` and
 /// `oauth` may call media and messages too.
-fn callers() -> String {
-    let all = r#"routes = ["/media/*", "/cgi/message/send", "/cgi/crm/v2/data/*"]"#;
-    format!(
-        "{}{}{}",
-        client_entry(
-            "data",
-            DATA_KEY,
-            "act_as = [\"FSUID_A\"]\nroutes = [\"/cgi/crm/v2/data/*\"]"
-        ),
-        client_entry(
-            "legacy",
-            LEGACY_KEY,
-            &format!("act_as = [\"FSUID_A\", \"FSUID_B\"]\n{all}")
-        ),
-        client_entry(
-            "oauth",
-            OAUTH_KEY,
-            &format!("api_style = \"oauth\"\nact_as = [\"1000\"]\n{all}")
-        ),
-    )
+fn callers() -> Vec<ClientFile> {
+    let all = list(&["/media/*", "/cgi/message/send", "/cgi/crm/v2/data/*"]);
+    vec![
+        ClientFile {
+            act_as: list(&["FSUID_A"]),
+            routes: list(&["/cgi/crm/v2/data/*"]),
+            ..caller("data", DATA_KEY)
+        },
+        ClientFile {
+            act_as: list(&["FSUID_A", "FSUID_B"]),
+            routes: all.clone(),
+            ..caller("legacy", LEGACY_KEY)
+        },
+        ClientFile {
+            api_style: some("oauth"),
+            act_as: list(&["1000"]),
+            routes: all,
+            ..caller("oauth", OAUTH_KEY)
+        },
+    ]
+}
+
+/// The standard config with `callers()` beside alpha and beta, after `edit`.
+fn with_callers(sandbox: &Sandbox, edit: impl FnOnce(&mut FileConfig)) -> FileConfig {
+    standard(&sandbox.url).with(|c| {
+        c.add(callers());
+        edit(c);
+    })
 }
 
 /// One raw HTTP/1.1 request (`target` sent byte for byte), answered and closed: the status
@@ -156,7 +164,7 @@ fn spellings() -> Vec<Vec<u8>> {
 #[tokio::test]
 async fn every_other_spelling_of_a_path_is_refused_before_anything_decides() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &callers()));
+    let gw = Gateway::spawn(&with_callers(&sandbox, |_| {}));
     // Once a call went through, the token is held: nothing below needs the token endpoint.
     let (status, body) = post(&gw, "/cgi/crm/v2/data/query", DATA_KEY, QUERY).await;
     assert_eq!((status, &body["errorCode"]), (200, &json!(0)), "{body}");
@@ -229,11 +237,9 @@ async fn every_other_spelling_of_a_path_is_refused_before_anything_decides() {
 #[tokio::test]
 async fn no_spelling_of_a_path_opens_a_second_budget_window() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(
-        &sandbox.url,
-        "upstream_requests_per_20s = 2",
-        &callers(),
-    ));
+    let gw = Gateway::spawn(&with_callers(&sandbox, |c| {
+        c.corp().upstream_requests_per_20s = Some(2)
+    }));
     let auth = format!("Bearer {DATA_KEY}");
     let mut served = 0;
     for target in [
@@ -257,7 +263,7 @@ async fn no_spelling_of_a_path_opens_a_second_budget_window() {
 #[tokio::test]
 async fn credential_members_in_any_spelling_are_never_forwarded_and_users_are_checked() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &callers()));
+    let gw = Gateway::spawn(&with_callers(&sandbox, |_| {}));
     let smuggled = json!({
         "corp_access_token": "stolen", "CorpId": "FSCID_other", "CORP-ACCESS-TOKEN": "x",
         "data": {"dataObjectApiName": "AccountObj"}, "corpIdentity": 7
@@ -352,11 +358,9 @@ async fn credential_members_in_any_spelling_are_never_forwarded_and_users_are_ch
 #[tokio::test]
 async fn errors_on_json_routes_are_worded_for_them_and_echo_little() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(
-        &sandbox.url,
-        "",
-        &format!("{}\n[passthrough]\nmax_body = \"1KiB\"\n", callers()),
-    ));
+    let gw = Gateway::spawn(&with_callers(&sandbox, |c| {
+        c.passthrough.max_body = some("1KiB")
+    }));
     let big = format!(r#"{{"data":{{"x":"{}"}}}}"#, "y".repeat(4000));
     let (status, e) = post(&gw, "/cgi/crm/v2/data/query", LEGACY_KEY, &big).await;
     assert_eq!((status, &e["errorCode"]), (413, &json!(941301)), "{e}");
@@ -377,7 +381,7 @@ async fn errors_on_json_routes_are_worded_for_them_and_echo_little() {
     // The body is over max_body here; the act_as answer is tried within the limit below.
     assert_eq!(resp.status(), 413);
     drop(gw);
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &callers()));
+    let gw = Gateway::spawn(&with_callers(&sandbox, |_| {}));
     let resp = client()
         .post(format!("{}/cgi/crm/v2/data/query", gw.url))
         .bearer_auth(LEGACY_KEY)
@@ -393,11 +397,9 @@ async fn errors_on_json_routes_are_worded_for_them_and_echo_little() {
 #[tokio::test]
 async fn a_passthrough_answer_over_a_mib_streams_back_whole_up_to_the_cap() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(
-        &sandbox.url,
-        "",
-        &format!("{}\n[passthrough]\nmax_answer = \"8MiB\"\n", callers()),
-    ));
+    let gw = Gateway::spawn(&with_callers(&sandbox, |c| {
+        c.passthrough.max_answer = some("8MiB")
+    }));
     let ask = |pad: u64| json!({"data": {"dataObjectApiName": "AccountObj", "padBytes": pad}});
     let resp = client()
         .post(format!("{}/cgi/crm/v2/data/query", gw.url))
@@ -460,14 +462,13 @@ async fn reload_both(
     b: &Gateway,
     sandbox: &Sandbox,
     redis: &RedisServer,
-    clients: &str,
+    clients: &[ClientFile],
 ) {
     for gw in [a, b] {
-        gw.rewrite_config(&config(
-            &sandbox.url,
-            "",
-            &format!("{}\n{clients}", redis_store(redis, "open")),
-        ));
+        gw.rewrite_config(&standard(&sandbox.url).with(|c| {
+            c.store = redis_store(redis, "open");
+            c.add(clients.to_vec());
+        }));
         assert_eq!(gw.reload().await.status(), 200);
     }
 }
@@ -478,11 +479,9 @@ async fn an_fxg_token_dies_with_the_key_that_minted_it_on_every_replica() {
     let sandbox = Sandbox::spawn(&[]);
     let redis = RedisServer::start();
     let spawn = || {
-        Gateway::spawn(&config(
-            &sandbox.url,
-            "",
-            &format!("{}\n{}", redis_store(&redis, "open"), callers()),
-        ))
+        Gateway::spawn(&with_callers(&sandbox, |c| {
+            c.store = redis_store(&redis, "open")
+        }))
     };
     let (a, b) = (spawn(), spawn());
     let token = mint(&a, "legacy", LEGACY_KEY).await;
@@ -503,10 +502,8 @@ async fn an_fxg_token_dies_with_the_key_that_minted_it_on_every_replica() {
     assert_eq!(status, 401);
 
     // The key is replaced: tokens it minted die at the reload, on both replicas.
-    let rotated = callers().replace(
-        &sha256_hex(LEGACY_KEY.as_bytes()),
-        &sha256_hex(NEW_KEY.as_bytes()),
-    );
+    let mut rotated = callers();
+    rotated[1].key_sha256 = Some(sha256_hex(NEW_KEY.as_bytes()));
     reload_both(&a, &b, &sandbox, &redis, &rotated).await;
     assert_eq!(use_token(&a, &token).await, 20016);
     assert_eq!(use_token(&b, &token).await, 20016);
@@ -514,15 +511,18 @@ async fn an_fxg_token_dies_with_the_key_that_minted_it_on_every_replica() {
     assert_eq!(use_token(&a, &fresh).await, 0);
 
     // The new key passes its `not_after` (and another takes over): its tokens die too.
-    let past = format!(
-        "keys = [{{ sha256 = \"{}\", not_after = \"2020-01-01T00:00:00Z\" }}, {{ sha256 = \"{}\" }}]",
-        sha256_hex(NEW_KEY.as_bytes()),
-        sha256_hex(b"third-key-0c0c0c")
-    );
-    let expired = callers().replace(
-        &format!("key_sha256 = \"{}\"", sha256_hex(LEGACY_KEY.as_bytes())),
-        &past,
-    );
+    let mut expired = callers();
+    expired[1].key_sha256 = None;
+    expired[1].keys = Some(vec![
+        KeyFile {
+            sha256: Some(sha256_hex(NEW_KEY.as_bytes())),
+            not_after: some("2020-01-01T00:00:00Z"),
+        },
+        KeyFile {
+            sha256: Some(sha256_hex(b"third-key-0c0c0c")),
+            not_after: None,
+        },
+    ]);
     reload_both(&a, &b, &sandbox, &redis, &expired).await;
     assert_eq!(use_token(&a, &fresh).await, 20016);
     assert_eq!(use_token(&b, &fresh).await, 20016);
@@ -530,8 +530,11 @@ async fn an_fxg_token_dies_with_the_key_that_minted_it_on_every_replica() {
     // The caller is removed: its tokens die with it.
     let third = mint(&a, "legacy", "third-key-0c0c0c").await;
     assert_eq!(use_token(&b, &third).await, 0);
-    let without = client_entry("data", DATA_KEY, "act_as = [\"FSUID_A\"]");
-    reload_both(&a, &b, &sandbox, &redis, &without).await;
+    let without = ClientFile {
+        act_as: list(&["FSUID_A"]),
+        ..caller("data", DATA_KEY)
+    };
+    reload_both(&a, &b, &sandbox, &redis, &[without]).await;
     assert_eq!(use_token(&a, &third).await, 20016);
     assert_eq!(use_token(&b, &third).await, 20016);
 }
@@ -539,14 +542,12 @@ async fn an_fxg_token_dies_with_the_key_that_minted_it_on_every_replica() {
 #[tokio::test]
 async fn anonymous_bodies_wait_in_their_own_small_pool_and_never_take_a_callers_place() {
     let sandbox = Sandbox::spawn(&[]);
-    let server = "max_inflight = 4\nmax_unauthenticated = 4\n\
-                  unauthenticated_body_bytes = \"64KiB\"\nunauthenticated_body_timeout = \"2s\"\n";
-    let toml = config(&sandbox.url, "", &callers()).replacen(
-        "[server]\n",
-        &format!("[server]\n{server}"),
-        1,
-    );
-    let gw = Gateway::spawn(&toml);
+    let gw = Gateway::spawn(&with_callers(&sandbox, |c| {
+        c.server.max_inflight = Some(4);
+        c.server.max_unauthenticated = Some(4);
+        c.server.unauthenticated_body_bytes = some("64KiB");
+        c.server.unauthenticated_body_timeout = some("2s");
+    }));
     let (status, e) = post(&gw, "/cgi/crm/v2/data/query", LEGACY_KEY, QUERY).await;
     assert_eq!((status, &e["errorCode"]), (200, &json!(0)), "{e}");
     let addr = gw.url.trim_start_matches("http://").to_string();
@@ -604,18 +605,19 @@ async fn anonymous_bodies_wait_in_their_own_small_pool_and_never_take_a_callers_
 #[tokio::test]
 async fn one_callers_token_rejection_never_stalls_another() {
     let sandbox = Sandbox::spawn(&[]);
-    let stalled = client_entry(
-        "stalled",
-        STALLED_KEY,
-        "api_style = \"oauth\"\nact_as = [\"9999\"]",
-    );
-    let gw = Gateway::spawn(&config(
-        &sandbox.url,
-        "",
-        &format!("{}{stalled}", callers()),
-    ));
+    let stalled = ClientFile {
+        api_style: some("oauth"),
+        act_as: list(&["9999"]),
+        ..caller("stalled", STALLED_KEY)
+    };
+    let gw = Gateway::spawn(&with_callers(&sandbox, |c| c.add([stalled])));
     // Fxiaoke refuses every call acting as 9999, for a reason of that call's own.
-    sandbox.faults(json!({"reject_user": "9999"})).await;
+    sandbox
+        .faults(Faults {
+            reject_user: some("9999"),
+            ..Faults::default()
+        })
+        .await;
     let (status, e) = post(&gw, "/cgi/crm/v2/data/query", OAUTH_KEY, QUERY).await;
     assert_eq!((status, &e["errorCode"]), (200, &json!(0)), "{e}");
     for _ in 0..6 {
@@ -636,8 +638,12 @@ async fn one_callers_token_rejection_never_stalls_another() {
 #[tokio::test]
 async fn a_file_over_the_callers_own_limit_is_413_whatever_its_bytes_today() {
     let sandbox = Sandbox::spawn(&[]);
-    let gamma = gamma_client("max_file_bytes = \"1MiB\"\nbytes_per_day = \"2MiB\"");
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &gamma));
+    let gamma = ClientFile {
+        max_file_bytes: some("1MiB"),
+        bytes_per_day: some("2MiB"),
+        ..gamma()
+    };
+    let gw = Gateway::spawn(&standard(&sandbox.url).with(|c| c.add([gamma])));
     let http = client();
     let raw_upload = |bytes: Vec<u8>| {
         http.post(gw.upload_url())
@@ -662,11 +668,9 @@ async fn a_file_over_the_callers_own_limit_is_413_whatever_its_bytes_today() {
 #[tokio::test]
 async fn a_connection_that_sends_nothing_is_closed_at_the_header_timeout() {
     let sandbox = Sandbox::spawn(&[]);
-    let toml = config(&sandbox.url, "", "").replace(
-        "request_header_timeout = \"10s\"",
-        "request_header_timeout = \"1s\"",
+    let gw = Gateway::spawn(
+        &standard(&sandbox.url).with(|c| c.server.request_header_timeout = some("1s")),
     );
-    let gw = Gateway::spawn(&toml);
     for url in [&gw.url, &gw.admin] {
         let addr = url.trim_start_matches("http://").to_string();
         let started = Instant::now();

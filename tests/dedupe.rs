@@ -40,7 +40,7 @@ async fn upload(
 
 #[tokio::test]
 async fn same_bytes_twice_without_digest_reuse_the_media_id() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(120_000, 11);
     let first = upload(&http, &gw, ALPHA_KEY, &file, None).await;
@@ -75,7 +75,7 @@ async fn same_bytes_twice_without_digest_reuse_the_media_id() {
 #[tokio::test]
 async fn a_small_repeat_is_answered_before_anything_goes_upstream() {
     // One Fxiaoke call a day: the repeat must not need a second.
-    let (sandbox, gw) = pair(&[], "daily_call_budget = 1", "");
+    let (sandbox, gw) = pair(&[], |c| c.corp().daily_call_budget = Some(1));
     let http = client();
     // Within the first 32 KiB the whole file is hashed before the upstream request opens.
     let file = jpeg(8 * 1024, 21);
@@ -110,7 +110,7 @@ async fn a_small_repeat_is_answered_before_anything_goes_upstream() {
 
 #[tokio::test]
 async fn a_claimed_digest_hit_causes_no_upstream_request() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(80_000, 21);
     let first = upload(&http, &gw, ALPHA_KEY, &file, Some(repr_digest(&file))).await;
@@ -144,7 +144,7 @@ async fn a_claimed_digest_hit_causes_no_upstream_request() {
 
 #[tokio::test]
 async fn expect_100_continue_claim_hit_never_sends_the_body() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(2 * 1024 * 1024, 31);
     let first = upload(&http, &gw, ALPHA_KEY, &file, Some(repr_digest(&file))).await;
@@ -181,10 +181,13 @@ async fn expect_100_continue_claim_hit_never_sends_the_body() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn fifty_concurrent_identical_claims_go_upstream_once() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     // Slow Fxiaoke, so all 50 arrive while the first is still uploading.
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 500}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(500),
+            ..Faults::default()
+        })
         .await;
     let http = client();
     let file = jpeg(50_000, 41);
@@ -221,7 +224,7 @@ async fn fifty_concurrent_identical_claims_go_upstream_once() {
 
 #[tokio::test]
 async fn digest_mismatch_is_400_records_nothing_and_an_honest_retry_works() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(60_000, 51);
     let lie = repr_digest(&jpeg(60_000, 52));
@@ -248,7 +251,7 @@ async fn digest_mismatch_is_400_records_nothing_and_an_honest_retry_works() {
 
 #[tokio::test]
 async fn routes_and_types_are_separate_entries() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(30_000, 61);
     let message = upload(&http, &gw, ALPHA_KEY, &file, None).await;
@@ -270,11 +273,14 @@ async fn routes_and_types_are_separate_entries() {
 
 #[tokio::test]
 async fn failed_or_abandoned_uploads_record_nothing() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(40_000, 71);
     sandbox
-        .faults(serde_json::json!({"fail_next_upload": 30002}))
+        .faults(Faults {
+            fail_next_upload: Some(30002),
+            ..Faults::default()
+        })
         .await;
     let failed = upload(&http, &gw, ALPHA_KEY, &file, Some(repr_digest(&file))).await;
     assert_eq!(
@@ -310,7 +316,7 @@ async fn failed_or_abandoned_uploads_record_nothing() {
 
 #[tokio::test]
 async fn another_callers_claim_misses_by_default() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(30_000, 81);
     let a = upload(&http, &gw, ALPHA_KEY, &file, Some(repr_digest(&file))).await;
@@ -337,7 +343,7 @@ async fn another_callers_claim_misses_by_default() {
 
 #[tokio::test]
 async fn corp_scope_lets_any_caller_claim() {
-    let (sandbox, gw) = pair(&[], "", "[dedupe]\nclaim_scope = \"corp\"");
+    let (sandbox, gw) = pair(&[], |c| c.dedupe.claim_scope = some("corp"));
     let http = client();
     let file = jpeg(30_000, 91);
     let a = upload(&http, &gw, ALPHA_KEY, &file, Some(repr_digest(&file))).await;
@@ -348,7 +354,7 @@ async fn corp_scope_lets_any_caller_claim() {
 
 #[tokio::test]
 async fn a_delete_evicts_the_entry() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(30_000, 101);
     let first = upload(&http, &gw, ALPHA_KEY, &file, None).await;
@@ -378,13 +384,7 @@ async fn a_delete_evicts_the_entry() {
 #[tokio::test]
 async fn an_entry_is_trusted_for_the_ttl_from_its_upload_and_not_after() {
     // The injected clock: an hour passes without sleeping.
-    let gw = InProcess::spawn_full(
-        Default::default(),
-        "",
-        "[dedupe]\nttl = \"1h\"",
-        serde_json::json!({}),
-    )
-    .await;
+    let gw = InProcess::spawn(Default::default(), |c| c.dedupe.ttl = some("1h")).await;
     let http = client();
     let file = jpeg(30_000, 102);
     let send = || {
@@ -412,7 +412,7 @@ async fn a_document_claim_and_its_upload_use_the_same_filename() {
     // The claim is keyed by `?filename=`; the part says otherwise. fxgate sends (and records)
     // the file under the query's name, so the next claim for that name is a hit, and the name
     // Fxiaoke holds is the one the key promises.
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = b"%PDF-1.7 the signed contract".repeat(500);
     let send = |part_name: &'static str| {
@@ -443,12 +443,10 @@ async fn a_document_claim_and_its_upload_use_the_same_filename() {
 async fn a_memory_entry_is_never_handed_out_past_its_ttl_however_often_it_is_hit() {
     // Issue 14 (medium): a hit by a new holder re-inserted the entry and restarted moka's TTL,
     // and a read never checked `created_at`: with ttl = 4s a claim at 5.5 s still hit.
-    let t = InProcess::spawn_full(
-        fxgate::sandbox::SandboxOptions::default(),
-        "",
-        "[dedupe]\nttl = \"4s\"\nclaim_scope = \"corp\"\n",
-        serde_json::json!({}),
-    )
+    let t = InProcess::spawn(Default::default(), |c| {
+        c.dedupe.ttl = some("4s");
+        c.dedupe.claim_scope = some("corp");
+    })
     .await;
     let http = client();
     let file = unique_jpeg(3000, 77);

@@ -17,36 +17,57 @@ use support::*;
 /// connection's own time, with room for a loaded CI machine.
 const ANSWER_WITHIN: Duration = Duration::from_secs(8);
 
-const GAMMA_BUDGET: &str = "bytes_per_day = 100000000\nmax_concurrent_uploads = 4";
+/// Gamma with a day's bytes to count what a failure charges.
+fn budgeted_gamma() -> ClientFile {
+    ClientFile {
+        bytes_per_day: some("100000000"),
+        max_concurrent_uploads: Some(4),
+        ..gamma()
+    }
+}
 
 #[tokio::test]
 async fn every_broken_upload_answer_is_a_clear_error_in_bounded_time_and_records_nothing() {
-    let (sandbox, gw) = pair(
-        &[],
-        "upstream_timeout = \"1s\"",
-        &gamma_client(GAMMA_BUDGET),
-    );
+    let (sandbox, gw) = pair(&[], |c| {
+        c.corp().upstream_timeout = some("1s");
+        c.add([budgeted_gamma()]);
+    });
     let http = client();
     // (what Fxiaoke, or something in front of it, answers; status; fxgate's code or Fxiaoke's)
+    let answer = |a: ScriptedAnswer| Faults {
+        upload_answers: [a].into(),
+        ..Faults::default()
+    };
     let table = [
-        ("html", 502, 950202),
-        ("garbage", 502, 950202),
-        ("plain_text", 502, 950202),
-        ("bad_gateway", 502, 950202),
-        ("reset_mid_body", 502, 950201),
+        (answer(ScriptedAnswer::Html), 502, 950202),
+        (answer(ScriptedAnswer::Garbage), 502, 950202),
+        (answer(ScriptedAnswer::PlainText), 502, 950202),
+        (answer(ScriptedAnswer::BadGateway), 502, 950202),
+        (answer(ScriptedAnswer::ResetMidBody), 502, 950201),
         // Fxiaoke's own envelope: its code is passed through, status and all.
-        ("server_error", 500, -1),
-        ("stall_before_head", 504, 950401),
-        ("stall_after_head", 504, 950401),
+        (answer(ScriptedAnswer::ServerError), 500, -1),
+        // A stall before the head, then one after it.
+        (
+            Faults {
+                upload_delay: Duration::from_secs(30),
+                ..Faults::default()
+            },
+            504,
+            950401,
+        ),
+        (
+            Faults {
+                upload_stall_answers: 1,
+                ..Faults::default()
+            },
+            504,
+            950401,
+        ),
     ];
     let mut charged = 0u64;
+    let cases = table.len() as u64;
     for (i, (fault, status, code)) in table.into_iter().enumerate() {
-        let faults = match fault {
-            "stall_before_head" => serde_json::json!({"upload_delay_ms": 30_000}),
-            "stall_after_head" => serde_json::json!({"upload_stall_answers": 1}),
-            answer => serde_json::json!({"upload_answers": [answer]}),
-        };
-        sandbox.faults(faults).await;
+        sandbox.faults(fault.clone()).await;
         let file = jpeg(2000, i as u8);
         let t = Instant::now();
         let (got, _, body) =
@@ -55,32 +76,29 @@ async fn every_broken_upload_answer_is_a_clear_error_in_bounded_time_and_records
         assert_eq!(
             (got, &body["errorCode"]),
             (status, &code.into()),
-            "{fault}: {body}"
+            "{fault:?}: {body}"
         );
-        assert!(took < ANSWER_WITHIN, "{fault}: answered after {took:?}");
+        assert!(took < ANSWER_WITHIN, "{fault:?}: answered after {took:?}");
         assert!(
             body["errorDescription"].as_str().is_some() || code == -1,
-            "{fault}: {body}"
+            "{fault:?}: {body}"
         );
         // Nothing was recorded and nothing charged: the same file, fault cleared, is a miss
         // that Fxiaoke stores, and only it is counted against the day's bytes.
-        sandbox.faults(serde_json::json!({})).await;
+        sandbox.faults(Faults::default()).await;
         let (got, _, body) =
             upload_multipart(&http, &gw.upload_url(), GAMMA_KEY, file.clone(), "f.jpg").await;
         assert_eq!(
             (got, &body["errorCode"], &body["deduplicated"]),
             (200, &0.into(), &false.into()),
-            "{fault}, then: {body}"
+            "{fault:?}, then: {body}"
         );
         charged += file.len() as u64;
         let usage = gamma_usage(&gw.admin_clients().await)["usage"].clone();
-        assert_eq!(usage["bytes_today"], charged, "{fault}: {usage}");
-        assert_eq!(usage["uploads_in_flight"], 0, "{fault}: {usage}");
+        assert_eq!(usage["bytes_today"], charged, "{fault:?}: {usage}");
+        assert_eq!(usage["uploads_in_flight"], 0, "{fault:?}: {usage}");
     }
-    assert_eq!(
-        sandbox.stats().await["uploads_completed"],
-        table.len() as u64
-    );
+    assert_eq!(sandbox.stats().await["uploads_completed"], cases);
     // Counted by what came back, and logged with fxgate's code.
     let m = gw.metrics().await;
     for (error_code, n) in [("invalid", 4.0), ("unreachable", 1.0), ("timeout", 2.0)] {
@@ -95,9 +113,12 @@ async fn every_broken_upload_answer_is_a_clear_error_in_bounded_time_and_records
 
 #[tokio::test]
 async fn an_upstream_that_reads_slowly_pushes_back_and_the_file_arrives_whole() {
-    let (sandbox, gw) = pair(&[], "upstream_timeout = \"2s\"", "");
+    let (sandbox, gw) = pair(&[], |c| c.corp().upstream_timeout = some("2s"));
     sandbox
-        .faults(serde_json::json!({"upload_read_kib_per_sec": 4096}))
+        .faults(Faults {
+            upload_read_kib_per_sec: 4096,
+            ..Faults::default()
+        })
         .await;
     let file = jpeg(3 * 1024 * 1024, 9);
     let (status, headers, body) = upload_multipart(
@@ -121,8 +142,11 @@ async fn an_upstream_that_reads_slowly_pushes_back_and_the_file_arrives_whole() 
 async fn a_token_endpoint_down_for_twelve_minutes_recovers_by_itself() {
     let t = InProcess::spawn_faulted(
         SandboxOptions::default(),
-        "",
-        serde_json::json!({"token_fail_calls": 1_000_000}),
+        |_| {},
+        Faults {
+            token_fail_calls: 1_000_000,
+            ..Faults::default()
+        },
     )
     .await;
     let http = client();
@@ -154,7 +178,7 @@ async fn a_token_endpoint_down_for_twelve_minutes_recovers_by_itself() {
         assert_eq!(t.stats()["token_calls"], calls, "minute {minute}");
     }
     // Fxiaoke is back; within the next backoff the corp has its token again.
-    t.faults(serde_json::json!({})).await;
+    t.faults(Faults::default()).await;
     t.advance(Duration::from_secs(60));
     t.wait("tokens_issued", 1).await;
     let (status, _, body) =
@@ -171,15 +195,16 @@ async fn a_token_endpoint_down_for_twelve_minutes_recovers_by_itself() {
 
 /// One gateway failing open and one failing closed, both reaching Redis through `proxy`.
 fn behind(sandbox: &Sandbox, proxy: &TcpProxy, mode: &str) -> Gateway {
-    Gateway::spawn(&config(
-        &sandbox.url,
-        "",
-        &format!(
-            "[store]\nbackend = \"redis\"\nredis_url = \"{}\"\nquota_fail_mode = \"{mode}\"\ntimeout = \"250ms\"\n{}",
-            proxy.url(),
-            gamma_client("requests_per_minute = 1000"),
-        ),
-    ))
+    Gateway::spawn(&standard(&sandbox.url).with(|c| {
+        c.store = StoreFile {
+            timeout: some("250ms"),
+            ..redis_store_at(&proxy.url(), mode)
+        };
+        c.add([ClientFile {
+            requests_per_minute: Some(1000),
+            ..gamma()
+        }]);
+    }))
 }
 
 async fn claim(http: &reqwest::Client, gw: &Gateway, file: &[u8]) -> (u16, serde_json::Value) {
@@ -256,7 +281,7 @@ async fn a_hung_or_slow_redis_costs_a_request_at_most_its_timeout_and_sharing_re
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_upload_held_up_by_a_slow_upstream_costs_at_most_256_kib() {
-    let (sandbox, gw) = pair(&[], "upstream_timeout = \"30s\"", "");
+    let (sandbox, gw) = pair(&[], |c| c.corp().upstream_timeout = some("30s"));
     let http = client();
     // Warm: the pool, the token, the allocator's first arenas.
     let (status, _, _) = upload_multipart(
@@ -269,7 +294,10 @@ async fn an_upload_held_up_by_a_slow_upstream_costs_at_most_256_kib() {
     .await;
     assert_eq!(status, 200);
     sandbox
-        .faults(serde_json::json!({"upload_read_kib_per_sec": 2048}))
+        .faults(Faults {
+            upload_read_kib_per_sec: 2048,
+            ..Faults::default()
+        })
         .await;
     let n = 48usize;
     let size = 8 * 1024 * 1024;

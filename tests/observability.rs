@@ -8,7 +8,7 @@ use support::*;
 
 #[tokio::test]
 async fn counters_move_by_the_right_amounts() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let url = gw.upload_url();
     let file = jpeg(40_000, 1);
@@ -56,7 +56,10 @@ async fn counters_move_by_the_right_amounts() {
     let anon = http.post(&url).body(jpeg(100, 1)).send().await.unwrap();
     assert_eq!(anon.status(), 401);
     sandbox
-        .faults(serde_json::json!({"revoke_tokens": true}))
+        .faults(Faults {
+            revoke_tokens: true,
+            ..Faults::default()
+        })
         .await;
     let rejected = http
         .post(&url)
@@ -182,11 +185,10 @@ fn metric_names(text: &str) -> std::collections::BTreeSet<String> {
 async fn every_metric_in_the_dashboard_and_alerts_exists_in_a_scrape() {
     // With the Redis store, whose metrics the alerts name too.
     let redis = RedisServer::start();
-    let (_sandbox, gw) = pair(
-        &[],
-        "daily_call_budget = 1000",
-        &redis_store(&redis, "open"),
-    );
+    let (_sandbox, gw) = pair(&[], |c| {
+        c.corp().daily_call_budget = Some(1000);
+        c.store = redis_store(&redis, "open");
+    });
     let (status, _, _) = upload_multipart(
         &client(),
         &gw.upload_url(),

@@ -15,27 +15,35 @@ const LEGACY_KEY: &str = "legacy-key-0b5d7c9e21";
 const OAUTH_KEY: &str = "oauth-key-6f2a8d4c13";
 
 /// `legacy` (default style, acts as FSUID_A or FSUID_B) and `oauth` (acts as 1000), both
-/// limited to media and messages; plus whatever `extra` adds.
-fn callers(extra: &str) -> String {
-    let routes = r#"routes = ["/media/*", "/cgi/message/send", "/cgi/crm/v2/data/query"]"#;
-    format!(
-        "{}{}{extra}",
-        client_entry(
-            "legacy",
-            LEGACY_KEY,
-            &format!("act_as = [\"FSUID_A\", \"FSUID_B\"]\n{routes}")
-        ),
-        client_entry(
-            "oauth",
-            OAUTH_KEY,
-            &format!("api_style = \"oauth\"\nact_as = [\"1000\"]\n{routes}")
-        ),
-    )
+/// limited to media, messages and CRM queries.
+fn callers() -> [ClientFile; 2] {
+    let routes = list(&["/media/*", "/cgi/message/send", "/cgi/crm/v2/data/query"]);
+    [
+        ClientFile {
+            act_as: list(&["FSUID_A", "FSUID_B"]),
+            routes: routes.clone(),
+            ..caller("legacy", LEGACY_KEY)
+        },
+        ClientFile {
+            api_style: some("oauth"),
+            act_as: list(&["1000"]),
+            routes,
+            ..caller("oauth", OAUTH_KEY)
+        },
+    ]
 }
 
-fn setup(sandbox_args: &[&str], corp_extra: &str) -> (Sandbox, Gateway) {
+/// The standard config with `callers()`, after `edit`.
+fn with_callers(base_url: &str, edit: impl FnOnce(&mut FileConfig)) -> FileConfig {
+    standard(base_url).with(|c| {
+        c.add(callers());
+        edit(c);
+    })
+}
+
+fn setup(sandbox_args: &[&str], edit: impl FnOnce(&mut FileConfig)) -> (Sandbox, Gateway) {
     let sandbox = Sandbox::spawn(sandbox_args);
-    let gateway = Gateway::spawn(&config(&sandbox.url, corp_extra, &callers("")));
+    let gateway = Gateway::spawn(&with_callers(&sandbox.url, edit));
     (sandbox, gateway)
 }
 
@@ -75,7 +83,7 @@ fn image_message(media_id: &str) -> String {
 
 #[tokio::test]
 async fn an_uploaded_image_is_sent_in_either_style_without_a_fxiaoke_credential() {
-    let (sandbox, gw) = setup(&[], "");
+    let (sandbox, gw) = setup(&[], |_| {});
     let http = client();
     let url = format!("{}/media/upload/message", gw.url);
     let (s, _, up) = upload_multipart(&http, &url, LEGACY_KEY, jpeg(4000, 7), "a.jpg").await;
@@ -126,7 +134,7 @@ async fn an_uploaded_image_is_sent_in_either_style_without_a_fxiaoke_credential(
 
 #[tokio::test]
 async fn every_body_byte_but_the_credentials_reaches_fxiaoke_unchanged() {
-    let (sandbox, gw) = setup(&[], "");
+    let (sandbox, gw) = setup(&[], |_| {});
     // Non-ASCII, `__c`/`__C` custom fields, numbers spelt as a re-serialiser would not keep
     // them, and a key order no sorted map would give.
     let body = r#"{"zeta":1.50,"data":{"dataObjectApiName":"AccountObj","UDSText1__C":"客户 “甲”\u00e9","field_Ab__c":[3,2,1e2]},"alpha":null}"#;
@@ -177,7 +185,7 @@ async fn every_body_byte_but_the_credentials_reaches_fxiaoke_unchanged() {
 
 #[tokio::test]
 async fn users_and_routes_outside_the_callers_lists_are_refused_before_anything_goes_upstream() {
-    let (sandbox, gw) = setup(&[], "");
+    let (sandbox, gw) = setup(&[], |_| {});
     let (s, _, e) = post(&gw, "/cgi/user/get", LEGACY_KEY, "{}").await;
     assert_eq!((s, &e["errorCode"]), (403, &json!(940301)), "{e}");
     let as_other = json!({"currentOpenUserId": "FSUID_Z", "toUser": ["FSUID_X"], "msgType": "text", "text": {"content": "hi"}});
@@ -207,7 +215,7 @@ async fn users_and_routes_outside_the_callers_lists_are_refused_before_anything_
 
 #[tokio::test]
 async fn a_rejected_token_is_checked_and_retried_once_only_when_a_new_one_comes_back() {
-    let (sandbox, gw) = setup(&[], "");
+    let (sandbox, gw) = setup(&[], |_| {});
     let query = r#"{"data":{"dataObjectApiName":"AccountObj"}}"#;
     for key in [LEGACY_KEY, OAUTH_KEY] {
         let (s, _, a) = post(&gw, "/cgi/crm/v2/data/query", key, query).await;
@@ -215,7 +223,12 @@ async fn a_rejected_token_is_checked_and_retried_once_only_when_a_new_one_comes_
     }
     let before = sandbox.stats().await;
     // Fxiaoke forgets every token: the next call of each style meets 20016, invisibly.
-    sandbox.faults(json!({"revoke_tokens": true})).await;
+    sandbox
+        .faults(Faults {
+            revoke_tokens: true,
+            ..Faults::default()
+        })
+        .await;
     for key in [LEGACY_KEY, OAUTH_KEY] {
         let (s, _, a) = post(&gw, "/cgi/crm/v2/data/query", key, query).await;
         assert_eq!((s, &a["errorCode"]), (200, &json!(0)), "{a}");
@@ -228,7 +241,12 @@ async fn a_rejected_token_is_checked_and_retried_once_only_when_a_new_one_comes_
 
     // Refused while the token endpoint still hands out the same token: the rejection was
     // about the call; Fxiaoke's answer goes back as it is, never retried or looped.
-    sandbox.faults(json!({"reject_calls": 5})).await;
+    sandbox
+        .faults(Faults {
+            reject_calls: 5,
+            ..Faults::default()
+        })
+        .await;
     let (s, _, e) = post(&gw, "/cgi/crm/v2/data/query", LEGACY_KEY, query).await;
     assert_eq!((s, &e["errorCode"]), (200, &json!(20016)), "{e}");
     let last = sandbox.stats().await;
@@ -242,7 +260,7 @@ async fn a_rejected_token_is_checked_and_retried_once_only_when_a_new_one_comes_
 
 #[tokio::test]
 async fn three_hundred_calls_at_a_cold_start_make_one_call_to_each_token_endpoint() {
-    let (sandbox, gw) = setup(&["--no-path-limit"], "");
+    let (sandbox, gw) = setup(&["--no-path-limit"], |_| {});
     let query = r#"{"data":{"dataObjectApiName":"AccountObj"}}"#;
     let calls = (0..300).map(|i| {
         let key = if i % 2 == 0 { LEGACY_KEY } else { OAUTH_KEY };
@@ -282,7 +300,7 @@ async fn three_hundred_calls_at_a_cold_start_make_one_call_to_each_token_endpoin
 
 #[tokio::test]
 async fn each_path_has_its_own_budget_and_fxiaokes_limit_becomes_a_429() {
-    let (sandbox, gw) = setup(&[], "upstream_requests_per_20s = 100");
+    let (sandbox, gw) = setup(&[], |c| c.corp().upstream_requests_per_20s = Some(100));
     let query = r#"{"data":{"dataObjectApiName":"AccountObj"}}"#;
     for _ in 0..100 {
         let (s, _, a) = post(&gw, "/cgi/crm/v2/data/query", LEGACY_KEY, query).await;
@@ -300,7 +318,7 @@ async fn each_path_has_its_own_budget_and_fxiaokes_limit_becomes_a_429() {
     drop(gw);
 
     // With fxgate's budget above Fxiaoke's, Fxiaoke's own 14001 is a 429 as for uploads.
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &callers("")));
+    let gw = Gateway::spawn(&with_callers(&sandbox.url, |_| {}));
     let (s, h, e) = post(&gw, "/cgi/crm/v2/data/query", LEGACY_KEY, query).await;
     assert_eq!((s, &e["errorCode"]), (429, &json!(942902)), "{e}");
     assert!(
@@ -314,11 +332,9 @@ async fn each_path_has_its_own_budget_and_fxiaokes_limit_becomes_a_429() {
 #[tokio::test]
 async fn bad_passthrough_bodies_get_envelopes() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(
-        &sandbox.url,
-        "",
-        &format!("[passthrough]\nmax_body = \"1KiB\"\n{}", callers("")),
-    ));
+    let gw = Gateway::spawn(&with_callers(&sandbox.url, |c| {
+        c.passthrough.max_body = some("1KiB")
+    }));
     let (s, _, e) = post(&gw, "/cgi/crm/v2/data/query", LEGACY_KEY, "[1,2]").await;
     assert_eq!((s, &e["errorCode"]), (400, &json!(940003)), "{e}");
     let (s, _, e) = post(&gw, "/cgi/crm/v2/data/query", LEGACY_KEY, "{\"a\":").await;
@@ -350,7 +366,7 @@ async fn an_unmodified_sdk_pointed_at_fxgate_uploads_and_sends_and_never_sees_th
     );
     let up = direct.upload_image(jpeg(3000, 1), "d.jpg").await;
     assert_eq!(up["errorCode"], 0, "{up}");
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &callers("")));
+    let gw = Gateway::spawn(&with_callers(&sandbox.url, |_| {}));
 
     // Pointed at fxgate: its appId is the caller's name, its appSecret the gateway key.
     let sdk = FxiaokeSdk::new(&gw.url, "legacy", LEGACY_KEY, "anything");
@@ -418,7 +434,7 @@ async fn an_unmodified_sdk_pointed_at_fxgate_uploads_and_sends_and_never_sees_th
 
 #[tokio::test]
 async fn the_oauth_endpoint_answers_an_oauth_token_for_header_style_calls() {
-    let (sandbox, gw) = setup(&[], "");
+    let (sandbox, gw) = setup(&[], |_| {});
     let r: Value = client()
         .post(format!("{}/oauth2.0/token?thirdTraceId={}", gw.url, uuid::Uuid::new_v4()))
         .json(&json!({"appId": "oauth", "appSecret": OAUTH_KEY, "permanentCode": "x", "grantType": "app_secret"}))
@@ -452,7 +468,7 @@ async fn the_oauth_endpoint_answers_an_oauth_token_for_header_style_calls() {
 #[tokio::test]
 async fn an_expired_fxg_token_is_20016_and_the_sdk_fetches_another() {
     let opts = fxgate::sandbox::SandboxOptions::default();
-    let gw = InProcess::spawn_full(opts, "", &callers(""), json!({})).await;
+    let gw = InProcess::spawn(opts, |c| c.add(callers())).await;
     let sdk = FxiaokeSdk::new(&gw.url, "legacy", LEGACY_KEY, "anything");
     let text = json!({"toUser": ["FSUID_X"], "msgType": "text", "text": {"content": "hi"}});
     let a = sdk.call("/cgi/message/send", "FSUID_A", text.clone()).await;
@@ -476,17 +492,14 @@ async fn an_expired_fxg_token_is_20016_and_the_sdk_fetches_another() {
 
 #[tokio::test]
 async fn a_reload_applies_new_users_styles_and_routes() {
-    let (sandbox, gw) = setup(&[], "");
+    let (sandbox, gw) = setup(&[], |_| {});
     let as_c = json!({"currentOpenUserId": "FSUID_C", "toUser": ["FSUID_X"], "msgType": "text", "text": {"content": "hi"}});
     let (s, _, _) = post(&gw, "/cgi/message/send", LEGACY_KEY, &as_c.to_string()).await;
     assert_eq!(s, 403);
-    let toml = config(&sandbox.url, "", &callers(""))
-        .replace(
-            r#"act_as = ["FSUID_A", "FSUID_B"]"#,
-            r#"act_as = ["FSUID_C"]"#,
-        )
-        .replace(r#"api_style = "oauth""#, r#"api_style = "legacy""#);
-    gw.rewrite_config(&toml);
+    gw.rewrite_config(&with_callers(&sandbox.url, |c| {
+        c.client("legacy").act_as = list(&["FSUID_C"]);
+        c.client("oauth").api_style = some("legacy");
+    }));
     let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let (s, _, a) = post(&gw, "/cgi/message/send", LEGACY_KEY, &as_c.to_string()).await;

@@ -9,15 +9,9 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-const GAMMA_KEY: &str = "gamma-key-5c1d7e0a";
-
-/// The standard config plus a caller `gamma` with the given limit lines.
-fn with_gamma(base_url: &str, corp_extra: &str, extra: &str, gamma: &str) -> String {
-    config(base_url, corp_extra, extra)
-        + &format!(
-            "\n[[clients]]\nname = \"gamma\"\nkey_sha256 = \"{}\"\n{gamma}\n",
-            sha256_hex(GAMMA_KEY.as_bytes())
-        )
+/// The standard config plus `gamma`, a caller with limits of its own.
+fn with_gamma(base_url: &str, gamma: ClientFile) -> FileConfig {
+    standard(base_url).with(|c| c.add([gamma]))
 }
 
 /// A raw upload (with Content-Length) to the message route; (status, Retry-After, body).
@@ -57,7 +51,13 @@ fn spawn_gamma_upload(gw: &Gateway, bytes: Vec<u8>) -> tokio::task::JoinHandle<r
 #[tokio::test]
 async fn request_rate_the_request_at_the_limit_passes_the_next_gets_429() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&with_gamma(&sandbox.url, "", "", "requests_per_minute = 5"));
+    let gw = Gateway::spawn(&with_gamma(
+        &sandbox.url,
+        ClientFile {
+            requests_per_minute: Some(5),
+            ..gamma()
+        },
+    ));
     for n in 0..5 {
         let (status, _, body) = raw(&gw, GAMMA_KEY, unique_jpeg(1000, n)).await;
         assert_eq!(status, 200, "request {n}: {body}");
@@ -84,9 +84,10 @@ async fn bytes_per_day_are_reserved_refunded_and_enforced_before_the_body() {
     let sandbox = Sandbox::spawn(&[]);
     let gw = Gateway::spawn(&with_gamma(
         &sandbox.url,
-        "",
-        "",
-        "bytes_per_day = \"100000\"",
+        ClientFile {
+            bytes_per_day: some("100000"),
+            ..gamma()
+        },
     ));
     let a = unique_jpeg(30_000, 1);
     assert_eq!(raw(&gw, GAMMA_KEY, a.clone()).await.0, 200);
@@ -97,7 +98,10 @@ async fn bytes_per_day_are_reserved_refunded_and_enforced_before_the_body() {
     pdf.resize(30_000, b' ');
     assert_eq!(raw(&gw, GAMMA_KEY, pdf).await.0, 415);
     sandbox
-        .faults(serde_json::json!({"fail_next_upload": 30002}))
+        .faults(Faults {
+            fail_next_upload: Some(30002),
+            ..Faults::default()
+        })
         .await;
     let (_, _, failed) = raw(&gw, GAMMA_KEY, unique_jpeg(30_000, 2)).await;
     assert_eq!(failed["errorCode"], 30002);
@@ -134,12 +138,16 @@ async fn concurrent_uploads_beyond_the_limit_are_refused_at_once() {
     let sandbox = Sandbox::spawn(&[]);
     let gw = Gateway::spawn(&with_gamma(
         &sandbox.url,
-        "",
-        "",
-        "max_concurrent_uploads = 2",
+        ClientFile {
+            max_concurrent_uploads: Some(2),
+            ..gamma()
+        },
     ));
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 1500}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(1500),
+            ..Faults::default()
+        })
         .await;
     let url = format!("{}?filename=c.jpg", gw.upload_url());
     let slow = (0..2u32).map(|n| {
@@ -173,7 +181,7 @@ async fn concurrent_uploads_beyond_the_limit_are_refused_at_once() {
     for s in slow {
         assert_eq!(s.await.unwrap(), 200);
     }
-    sandbox.faults(serde_json::json!({})).await;
+    sandbox.faults(Faults::default()).await;
     assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(5000, 8)).await.0, 200);
     assert_eq!(sandbox.stats().await["upload_requests"], 3);
 }
@@ -183,9 +191,11 @@ async fn route_allow_list_and_per_caller_file_limit() {
     let sandbox = Sandbox::spawn(&[]);
     let gw = Gateway::spawn(&with_gamma(
         &sandbox.url,
-        "",
-        "",
-        "routes = [\"/media/upload/message\"]\nmax_file_bytes = \"10KB\"",
+        ClientFile {
+            routes: Some(vec!["/media/upload/message".into()]),
+            max_file_bytes: some("10KB"),
+            ..gamma()
+        },
     ));
     assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(5_000, 1)).await.0, 200);
     let r = client()
@@ -231,7 +241,9 @@ async fn route_allow_list_and_per_caller_file_limit() {
 #[tokio::test]
 async fn the_corp_upstream_budget_is_shared_by_all_callers() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(&sandbox.url, "upstream_requests_per_20s = 3", ""));
+    let gw = Gateway::spawn(
+        &standard(&sandbox.url).with(|c| c.corp().upstream_requests_per_20s = Some(3)),
+    );
     let first = unique_jpeg(2000, 1);
     let claim = repr_digest(&first);
     assert_eq!(raw(&gw, ALPHA_KEY, first.clone()).await.0, 200);
@@ -259,7 +271,7 @@ async fn the_corp_upstream_budget_is_shared_by_all_callers() {
 #[tokio::test]
 async fn the_daily_call_budget_is_counted_and_exposed() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(&sandbox.url, "daily_call_budget = 2", ""));
+    let gw = Gateway::spawn(&standard(&sandbox.url).with(|c| c.corp().daily_call_budget = Some(2)));
     assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(2000, 1)).await.0, 200);
     assert_eq!(raw(&gw, BETA_KEY, unique_jpeg(2000, 2)).await.0, 200);
     let (status, _, body) = raw(&gw, ALPHA_KEY, unique_jpeg(2000, 3)).await;
@@ -285,10 +297,13 @@ async fn the_daily_call_budget_is_counted_and_exposed() {
 
 #[tokio::test]
 async fn fxiaoke_rate_limit_answers_become_429() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     for code in [14001, 30004] {
         sandbox
-            .faults(serde_json::json!({"fail_next_upload": code}))
+            .faults(Faults {
+                fail_next_upload: Some(code),
+                ..Faults::default()
+            })
             .await;
         let (status, retry, body) = raw(&gw, ALPHA_KEY, unique_jpeg(2000, code as u32)).await;
         assert_eq!(status, 429, "{body}");
@@ -330,16 +345,17 @@ async fn an_mtls_caller_authenticates_by_certificate() {
     std::fs::write(p("ca.pem"), ca.pem()).unwrap();
     std::fs::write(p("cert.pem"), server.cert.pem()).unwrap();
     std::fs::write(p("key.pem"), server.key_pair.serialize_pem()).unwrap();
-    let toml = config(&sandbox.url, "", "").replace(
-        "[server]\n",
-        &format!(
-            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nclient_ca = \"{}\"\n",
-            p("cert.pem"),
-            p("key.pem"),
-            p("ca.pem")
-        ),
-    ) + "\n[[clients]]\nname = \"billing\"\ncert_subject = \"CN=billing-svc\"\n";
-    let gw = Gateway::spawn_in(dir, &toml);
+    let mut cfg = standard(&sandbox.url).with(|c| {
+        c.server.tls_cert = Some(p("cert.pem"));
+        c.server.tls_key = Some(p("key.pem"));
+        c.server.client_ca = Some(p("ca.pem"));
+        c.add([ClientFile {
+            name: some("billing"),
+            cert_subject: some("CN=billing-svc"),
+            ..ClientFile::default()
+        }]);
+    });
+    let gw = Gateway::spawn_in(dir, &cfg);
     let root = reqwest::Certificate::from_pem(server.cert.pem().as_bytes()).unwrap();
     let identity = reqwest::Identity::from_pem(
         format!("{}{}", client_cert.pem(), client_key.serialize_pem()).as_bytes(),
@@ -405,7 +421,8 @@ async fn an_mtls_caller_authenticates_by_certificate() {
         }
     };
     assert_eq!(use_token().await, 0);
-    gw.rewrite_config(&toml.replace("CN=billing-svc", "CN=billing-svc-2"));
+    cfg.client("billing").cert_subject = some("CN=billing-svc-2");
+    gw.rewrite_config(&cfg);
     assert_eq!(gw.reload().await.status(), 200);
     assert_eq!(use_token().await, 20016);
 }
@@ -414,22 +431,20 @@ async fn an_mtls_caller_authenticates_by_certificate() {
 async fn reload_raises_a_limit_without_dropping_an_in_flight_upload() {
     let sandbox = Sandbox::spawn(&[]);
     let limited = |rpm: u32| {
-        with_gamma(
-            &sandbox.url,
-            "",
-            "",
-            &format!("requests_per_minute = {rpm}"),
-        )
-        .replace(
-            "name = \"alpha\"\n",
-            "name = \"alpha\"\nrequests_per_minute = 2\n",
-        )
+        let gamma = ClientFile {
+            requests_per_minute: Some(rpm),
+            ..gamma()
+        };
+        with_gamma(&sandbox.url, gamma).with(|c| c.client("alpha").requests_per_minute = Some(2))
     };
     let gw = Gateway::spawn(&limited(1));
     assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(1000, 1)).await.0, 200);
     assert_eq!(raw(&gw, ALPHA_KEY, unique_jpeg(1000, 2)).await.0, 200);
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 1500}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(1500),
+            ..Faults::default()
+        })
         .await;
     let in_flight = spawn_gamma_upload(&gw, unique_jpeg(1000, 3));
     sandbox.wait("uploads_active", 1).await;
@@ -444,7 +459,7 @@ async fn reload_raises_a_limit_without_dropping_an_in_flight_upload() {
         200,
         "the in-flight upload survived the reload"
     );
-    sandbox.faults(serde_json::json!({})).await;
+    sandbox.faults(Faults::default()).await;
     // Gamma's new limit applies (the old one would refuse a second request this minute)...
     assert_eq!(raw(&gw, GAMMA_KEY, unique_jpeg(1000, 4)).await.0, 200);
     // ...and alpha's unchanged counter survived: its third request this minute is refused.
@@ -459,16 +474,18 @@ async fn reload_raises_a_limit_without_dropping_an_in_flight_upload() {
 async fn a_bad_reload_keeps_the_old_config_and_sighup_reloads() {
     let sandbox = Sandbox::spawn(&[]);
     let good = |rpm: u32| {
-        with_gamma(
-            &sandbox.url,
-            "",
-            "",
-            &format!("requests_per_minute = {rpm}"),
-        )
+        let gamma = ClientFile {
+            requests_per_minute: Some(rpm),
+            ..gamma()
+        };
+        with_gamma(&sandbox.url, gamma)
     };
     let gw = Gateway::spawn(&good(1));
-    gw.rewrite_config(
-        &good(1).replace("requests_per_minute = 1", "requests_per_minute = \"lots\""),
+    // A number the file spells as a word: a typed config cannot say it, so this one is text.
+    gw.rewrite_text(
+        &good(1)
+            .toml()
+            .replace("requests_per_minute = 1", "requests_per_minute = \"lots\""),
     );
     let r = gw.reload().await;
     assert_eq!(r.status(), 400);
@@ -503,9 +520,10 @@ async fn an_oversized_upload_is_413_even_when_it_would_overrun_the_byte_quota() 
     let sandbox = Sandbox::spawn(&[]);
     let gw = Gateway::spawn(&with_gamma(
         &sandbox.url,
-        "",
-        "",
-        "bytes_per_day = \"1MiB\"",
+        ClientFile {
+            bytes_per_day: some("1MiB"),
+            ..gamma()
+        },
     ));
     let answer = expect_continue(&gw, GAMMA_KEY, "/media/upload/message", 6 << 20).await;
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
@@ -524,13 +542,18 @@ async fn a_reload_keeps_in_flight_reservations_and_slots() {
     let sandbox = Sandbox::spawn(&[]);
     let cfg = with_gamma(
         &sandbox.url,
-        "",
-        "",
-        "max_concurrent_uploads = 1\nbytes_per_day = 100000000",
+        ClientFile {
+            max_concurrent_uploads: Some(1),
+            bytes_per_day: some("100000000"),
+            ..gamma()
+        },
     );
     let gw = Gateway::spawn(&cfg);
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 3000}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(3000),
+            ..Faults::default()
+        })
         .await;
     let in_flight = spawn_gamma_upload(&gw, unique_jpeg(5000, 1));
     sandbox.wait("uploads_active", 1).await;

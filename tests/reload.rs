@@ -9,8 +9,14 @@ use std::time::{Duration, Instant};
 use serde_json::{json, Value};
 use support::*;
 
-fn with_budget(sandbox: &Sandbox, corp_extra: &str) -> String {
-    config(&sandbox.url, corp_extra, "")
+/// The standard config with the corp's daily call budget at `daily`.
+fn daily(sandbox: &Sandbox, daily: u64) -> FileConfig {
+    standard(&sandbox.url).with(|c| c.corp().daily_call_budget = Some(daily))
+}
+
+/// The standard config with each path's window at `calls` per 20 s.
+fn per_20s(sandbox: &Sandbox, calls: u32) -> FileConfig {
+    standard(&sandbox.url).with(|c| c.corp().upstream_requests_per_20s = Some(calls))
 }
 
 async fn query(gw: &Gateway) -> (u16, Value) {
@@ -38,7 +44,7 @@ async fn reloads(gw: &Gateway, result: &str, n: f64) {
 #[tokio::test]
 async fn the_runbooks_budget_raise_applies_at_once_and_the_gauge_counts_todays_use() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&with_budget(&sandbox, "daily_call_budget = 5"));
+    let gw = Gateway::spawn(&daily(&sandbox, 5));
     for _ in 0..5 {
         assert_eq!(query(&gw).await.0, 200);
     }
@@ -47,7 +53,7 @@ async fn the_runbooks_budget_raise_applies_at_once_and_the_gauge_counts_todays_u
     let remaining = r#"fxgate_upstream_budget_remaining{corp="default"}"#;
     assert_eq!(metric(&gw.metrics().await, remaining), 0.0);
 
-    gw.rewrite_config(&with_budget(&sandbox, "daily_call_budget = 1000"));
+    gw.rewrite_config(&daily(&sandbox, 1000));
     let r = gw.reload().await;
     assert_eq!(r.status(), 200);
     let body: Value = r.json().await.unwrap();
@@ -75,16 +81,13 @@ async fn the_runbooks_budget_raise_applies_at_once_and_the_gauge_counts_todays_u
 #[tokio::test]
 async fn a_change_that_needs_a_restart_refuses_the_whole_reload() {
     let sandbox = Sandbox::spawn(&[]);
-    let original = with_budget(&sandbox, "daily_call_budget = 1");
-    let gw = Gateway::spawn(&original);
+    let gw = Gateway::spawn(&daily(&sandbox, 1));
     assert_eq!(query(&gw).await.0, 200);
     // A budget raise that would apply, beside a listener move that cannot: nothing applies.
-    let moved = with_budget(&sandbox, "daily_call_budget = 100")
-        .replace(
-            "listen = \"127.0.0.1:0\"\nadmin",
-            "listen = \"127.0.0.1:1\"\nadmin",
-        )
-        .replace(APP_SECRET, "another-secret");
+    let moved = daily(&sandbox, 100).with(|c| {
+        c.server.listen = some("127.0.0.1:1");
+        c.corp().app_secret = some("another-secret");
+    });
     gw.rewrite_config(&moved);
     let r = gw.reload().await;
     assert_eq!(r.status(), 409);
@@ -108,11 +111,11 @@ async fn a_change_that_needs_a_restart_refuses_the_whole_reload() {
 #[tokio::test]
 async fn sighup_and_the_file_watch_apply_the_same_way() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&with_budget(&sandbox, "upstream_requests_per_20s = 1"));
+    let gw = Gateway::spawn(&per_20s(&sandbox, 1));
     assert_eq!(query(&gw).await.0, 200);
     assert_eq!(query(&gw).await.0, 429);
     // SIGHUP: the per-path window grows at once.
-    gw.rewrite_config(&with_budget(&sandbox, "upstream_requests_per_20s = 3"));
+    gw.rewrite_config(&per_20s(&sandbox, 3));
     gw.signal("HUP");
     reloads(&gw, "ok", 1.0).await;
     assert_eq!(query(&gw).await.0, 200);
@@ -134,12 +137,7 @@ async fn sighup_and_the_file_watch_apply_the_same_way() {
         (200, &json!(false)),
         "{first}"
     );
-    let gamma = format!(
-        "{}{}",
-        with_budget(&sandbox, "upstream_requests_per_20s = 3"),
-        gamma_client("")
-    );
-    gw.rewrite_config(&gamma);
+    gw.rewrite_config(&per_20s(&sandbox, 3).with(|c| c.add([gamma()])));
     let before = metric(
         &gw.metrics().await,
         r#"fxgate_reloads_total{result="ok",what="config"}"#,
@@ -157,7 +155,7 @@ async fn sighup_and_the_file_watch_apply_the_same_way() {
     );
     assert_eq!(again["mediaId"], first["mediaId"]);
     // And a caller removed from the file is refused on its next request.
-    gw.rewrite_config(&with_budget(&sandbox, "upstream_requests_per_20s = 3"));
+    gw.rewrite_config(&per_20s(&sandbox, 3));
     reloads(&gw, "ok", before + 2.0).await;
     let jpeg = unique_jpeg(2000, 2);
     let (status, _) = raw_post(&gw.upload_url(), GAMMA_KEY, "image/jpeg", jpeg).await;
@@ -165,8 +163,8 @@ async fn sighup_and_the_file_watch_apply_the_same_way() {
 }
 
 /// Rewrites the config to `toml`, reloads, and returns the keys the reload said it applied.
-async fn apply(gw: &Gateway, toml: &str) -> Vec<String> {
-    gw.rewrite_config(toml);
+async fn apply(gw: &Gateway, cfg: &FileConfig) -> Vec<String> {
+    gw.rewrite_config(cfg);
     let r = gw.reload().await;
     let body: Value = r.json().await.unwrap();
     assert_eq!(body["reloaded"], true, "{body}");
@@ -195,11 +193,8 @@ async fn raw_upload(gw: &Gateway, path: &str, content_type: &str, bytes: Vec<u8>
 #[tokio::test]
 async fn every_live_key_takes_effect_on_the_next_request() {
     let sandbox = Sandbox::spawn(&[]);
-    let toml = |sections: &str, alpha: &str| {
-        config(&sandbox.url, "", sections)
-            .replace("name = \"alpha\"\n", &format!("name = \"alpha\"\n{alpha}"))
-    };
-    let gw = Gateway::spawn(&toml("", ""));
+    let mut cfg = standard(&sandbox.url);
+    let gw = Gateway::spawn(&cfg);
     let png = || {
         let mut v = b"\x89PNG\r\n\x1a\n".to_vec();
         v.extend(uuid_bytes());
@@ -234,17 +229,30 @@ async fn every_live_key_takes_effect_on_the_next_request() {
     );
     assert_eq!(query(big_answer).await, 200);
 
-    // Each key, changed by a reload, decides the very next request.
-    let steps: [(&str, &str, &str); 6] = [
-        ("upload.message_max_bytes", "[upload]\nmessage_max_bytes = \"100KiB\"\n", ""),
-        ("upload.message_types", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\n", ""),
-        ("upload.document_max_bytes", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\ndocument_max_bytes = \"1KiB\"\n", ""),
-        ("passthrough.max_answer", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\ndocument_max_bytes = \"1KiB\"\n[passthrough]\nmax_answer = \"2MiB\"\n", ""),
-        ("passthrough.max_body", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\ndocument_max_bytes = \"1KiB\"\n[passthrough]\nmax_answer = \"2MiB\"\nmax_body = \"32B\"\n", ""),
-        ("clients.alpha", "[upload]\nmessage_max_bytes = \"100KiB\"\nmessage_types = [\"image/jpeg\"]\ndocument_max_bytes = \"1KiB\"\n[passthrough]\nmax_answer = \"2MiB\"\nmax_body = \"32B\"\n", "max_file_bytes = \"1KiB\"\n"),
+    // Each key, changed by a reload (the changes add up), decides the very next request.
+    let steps: [(&str, Edit); 6] = [
+        ("upload.message_max_bytes", |c| {
+            c.upload.message_max_bytes = some("100KiB")
+        }),
+        ("upload.message_types", |c| {
+            c.upload.message_types = Some(vec!["image/jpeg".into()])
+        }),
+        ("upload.document_max_bytes", |c| {
+            c.upload.document_max_bytes = some("1KiB")
+        }),
+        ("passthrough.max_answer", |c| {
+            c.passthrough.max_answer = some("2MiB")
+        }),
+        ("passthrough.max_body", |c| {
+            c.passthrough.max_body = some("32B")
+        }),
+        ("clients.alpha", |c| {
+            c.client("alpha").max_file_bytes = some("1KiB")
+        }),
     ];
-    for (n, (key, sections, alpha)) in steps.into_iter().enumerate() {
-        let applied = apply(&gw, &toml(sections, alpha)).await;
+    for (n, (key, edit)) in steps.into_iter().enumerate() {
+        edit(&mut cfg);
+        let applied = apply(&gw, &cfg).await;
         assert_eq!(applied, [key], "step {n}");
         let seed = 10 + n as u32;
         let (status, expected) = match key {
@@ -281,9 +289,9 @@ fn uuid_bytes() -> Vec<u8> {
     v
 }
 
-/// Reloads `corp_extra` / `extra` into `gw` and returns the keys the answer says it applied.
-async fn apply_in(gw: &InProcess, corp_extra: &str, extra: &str) -> Vec<String> {
-    let (status, body) = gw.reload_with(corp_extra, extra).await;
+/// Reloads `gw` with `edit` made to its config and returns the keys the answer says it applied.
+async fn apply_in(gw: &InProcess, edit: impl FnOnce(&mut FileConfig)) -> Vec<String> {
+    let (status, body) = gw.reload_with(edit).await;
     assert_eq!(status, 200, "{body}");
     body["applied"]["changes"]
         .as_array()
@@ -298,23 +306,26 @@ async fn apply_in(gw: &InProcess, corp_extra: &str, extra: &str) -> Vec<String> 
 /// clock is the injected one (hours of token life and TTL without sleeping).
 #[tokio::test]
 async fn deadlines_refresh_point_and_dedupe_policy_take_effect_on_the_next_request() {
-    let gw = InProcess::spawn(Default::default(), "").await;
+    let gw = InProcess::spawn(Default::default(), |_| {}).await;
     let http = client();
     let url = gw.upload_url();
     let send = |key: &'static str, file: Vec<u8>| claim_upload_status(&http, &url, key, file);
 
     // corps.*.upstream_timeout: a Fxiaoke that takes 1 s is within the default 30 s...
-    gw.faults(json!({"upload_delay_ms": 1000})).await;
+    gw.faults(Faults {
+        upload_delay: Duration::from_millis(1000),
+        ..Faults::default()
+    })
+    .await;
     assert_eq!(send(ALPHA_KEY, unique_jpeg(900, 1)).await.0, 200);
-    let corp = "upstream_timeout = \"300ms\"";
     assert_eq!(
-        apply_in(&gw, corp, "").await,
+        apply_in(&gw, |c| c.corp().upstream_timeout = some("300ms")).await,
         ["corps.default.upstream_timeout"]
     );
     // ...and past the new 300 ms.
     let (status, e) = send(ALPHA_KEY, unique_jpeg(900, 2)).await;
     assert_eq!((status, &e["errorCode"]), (504, &json!(950401)), "{e}");
-    gw.faults(json!({})).await;
+    gw.faults(Faults::default()).await;
 
     // dedupe.claim_scope: beta's digest claim on alpha's file is no claim hit under "client"...
     let hits = |m: &str| metric(m, r#"fxgate_dedupe_total{result="hit_claim"}"#);
@@ -324,8 +335,8 @@ async fn deadlines_refresh_point_and_dedupe_policy_take_effect_on_the_next_reque
     let before = hits(&gw.metrics().await);
     let (_, b) = send(BETA_KEY, shared.clone()).await;
     assert_eq!(hits(&gw.metrics().await), before, "{b}");
-    let scope = "[dedupe]\nclaim_scope = \"corp\"\n";
-    assert_eq!(apply_in(&gw, corp, scope).await, ["dedupe.claim_scope"]);
+    let scope = |c: &mut FileConfig| c.dedupe.claim_scope = some("corp");
+    assert_eq!(apply_in(&gw, scope).await, ["dedupe.claim_scope"]);
     // ...and is one under "corp" (a fresh file, as beta now holds the first).
     let other = unique_jpeg(900, 4);
     send(ALPHA_KEY, other.clone()).await;
@@ -337,8 +348,8 @@ async fn deadlines_refresh_point_and_dedupe_policy_take_effect_on_the_next_reque
     gw.advance(Duration::from_secs(11 * 60));
     let (_, hit) = send(ALPHA_KEY, shared.clone()).await;
     assert_eq!(hit["deduplicated"], true, "{hit}");
-    let ttl = "[dedupe]\nclaim_scope = \"corp\"\nttl = \"10m\"\n";
-    assert_eq!(apply_in(&gw, corp, ttl).await, ["dedupe.ttl"]);
+    let ttl = |c: &mut FileConfig| c.dedupe.ttl = some("10m");
+    assert_eq!(apply_in(&gw, ttl).await, ["dedupe.ttl"]);
     let (_, miss) = send(ALPHA_KEY, shared).await;
     assert_eq!(miss["deduplicated"], false, "{miss}");
 
@@ -346,8 +357,8 @@ async fn deadlines_refresh_point_and_dedupe_policy_take_effect_on_the_next_reque
     // under 0.5 (3600 s) the refresh is overdue, and the refresher calls at once.
     gw.advance(Duration::from_secs(5000) - Duration::from_secs(11 * 60));
     let calls = gw.stats()["token_calls"].as_u64().unwrap();
-    let corp = "upstream_timeout = \"300ms\"\nrefresh_at = 0.5";
-    assert_eq!(apply_in(&gw, corp, ttl).await, ["corps.default.refresh_at"]);
+    let refresh = |c: &mut FileConfig| c.corp().refresh_at = Some(0.5);
+    assert_eq!(apply_in(&gw, refresh).await, ["corps.default.refresh_at"]);
     gw.wait("token_calls", calls + 1).await;
 }
 
@@ -355,9 +366,9 @@ async fn deadlines_refresh_point_and_dedupe_policy_take_effect_on_the_next_reque
 async fn the_fail_mode_applies_to_the_next_request_and_to_readiness() {
     let mut redis = RedisServer::start();
     let sandbox = Sandbox::spawn(&[]);
-    let (open, closed) = (redis_store(&redis, "open"), redis_store(&redis, "closed"));
-    let toml = |store: &str| config(&sandbox.url, "", store);
-    let gw = Gateway::spawn(&toml(&open));
+    let at = redis.url();
+    let toml = |mode: &str| standard(&sandbox.url).with(|c| c.store = redis_store_at(&at, mode));
+    let gw = Gateway::spawn(&toml("open"));
     gw.until_store_ok().await;
     let msg = "/media/upload/message";
     assert_eq!(
@@ -371,7 +382,7 @@ async fn the_fail_mode_applies_to_the_next_request_and_to_readiness() {
         200
     );
     assert!(gw.ready().await);
-    assert_eq!(apply(&gw, &toml(&closed)).await, ["store.quota_fail_mode"]);
+    assert_eq!(apply(&gw, &toml("closed")).await, ["store.quota_fail_mode"]);
     // Closed: the next request is refused, and the replica leaves the Service.
     let url = format!("{}{msg}", gw.url);
     let (status, e) = raw_post(&url, ALPHA_KEY, "image/jpeg", unique_jpeg(800, 3)).await;
@@ -382,7 +393,7 @@ async fn the_fail_mode_applies_to_the_next_request_and_to_readiness() {
 #[tokio::test]
 async fn the_log_level_applies_to_the_next_line_and_wins_over_rust_log() {
     let sandbox = Sandbox::spawn(&[]);
-    let toml = |level: &str| config(&sandbox.url, "", &format!("[log]\nlevel = \"{level}\"\n"));
+    let toml = |level: &str| standard(&sandbox.url).with(|c| c.log.level = some(level));
     // The gateway runs with RUST_LOG=debug: `log.level` decides.
     let gw = Gateway::spawn(&toml("warn"));
     let call = |id: &'static str| {

@@ -8,25 +8,20 @@ use std::time::{Duration, Instant};
 
 use support::*;
 
-/// Two gateways on one sandbox and one Redis; `extra` adds sections (callers, …).
+/// Two gateways on one sandbox and one Redis, failing `modes`, each config after `edit`.
 fn replicas(
     sandbox: &Sandbox,
     redis: &RedisServer,
     modes: [&str; 2],
-    corp_extra: &str,
-    extra: &str,
+    edit: impl Fn(&mut FileConfig),
 ) -> (Gateway, Gateway) {
-    let a = Gateway::spawn(&config(
-        &sandbox.url,
-        corp_extra,
-        &format!("{}\n{extra}", redis_store(redis, modes[0])),
-    ));
-    let b = Gateway::spawn(&config(
-        &sandbox.url,
-        corp_extra,
-        &format!("{}\n{extra}", redis_store(redis, modes[1])),
-    ));
-    (a, b)
+    let spawn = |mode: &str| {
+        Gateway::spawn(&standard(&sandbox.url).with(|c| {
+            c.store = redis_store(redis, mode);
+            edit(c);
+        }))
+    };
+    (spawn(modes[0]), spawn(modes[1]))
 }
 
 /// `n` concurrent multipart uploads of distinct `len`-byte files by `key`, alternating between
@@ -87,7 +82,7 @@ async fn cold_start_of_two_replicas_with_500_uploads_makes_one_token_call() {
     let redis = RedisServer::start();
     // A slow token endpoint keeps the first fetch in flight while both replicas want one.
     let sandbox = Sandbox::spawn(&["--token-latency", "1500ms"]);
-    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", "");
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], |_| {});
     for (status, _, body) in spread_uploads(&a, &b, 500, ALPHA_KEY, 2000).await {
         assert_eq!((status, &body["errorCode"]), (200, &0.into()), "{body}");
     }
@@ -117,7 +112,7 @@ async fn cold_start_of_two_replicas_with_500_uploads_makes_one_token_call() {
 async fn a_file_uploaded_through_one_replica_dedupes_on_the_other() {
     let redis = RedisServer::start();
     let sandbox = Sandbox::spawn(&[]);
-    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", "");
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], |_| {});
     let http = client();
 
     // Streamed through A, then sent again through B: a stream hit on B.
@@ -153,10 +148,13 @@ async fn a_file_uploaded_through_one_replica_dedupes_on_the_other() {
 async fn concurrent_claims_of_one_file_on_two_replicas_go_upstream_once() {
     let redis = RedisServer::start();
     let sandbox = Sandbox::spawn(&[]);
-    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", "");
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], |_| {});
     // Slow Fxiaoke, so every claim arrives while the first upload is still running.
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 700}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(700),
+            ..Faults::default()
+        })
         .await;
     let http = client();
     let file = jpeg(60_000, 99);
@@ -192,13 +190,12 @@ async fn concurrent_claims_of_one_file_on_two_replicas_go_upstream_once() {
 async fn a_caller_limited_to_100_a_minute_gets_100_across_both_replicas() {
     let redis = RedisServer::start();
     let sandbox = Sandbox::spawn(&[]);
-    let (a, b) = replicas(
-        &sandbox,
-        &redis,
-        ["open", "open"],
-        "",
-        &gamma_client("requests_per_minute = 100"),
-    );
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], |c| {
+        c.add([ClientFile {
+            requests_per_minute: Some(100),
+            ..gamma()
+        }])
+    });
     let started = Instant::now();
     let mut ok = 0;
     let mut limited = 0;
@@ -227,16 +224,18 @@ async fn a_caller_limited_to_100_a_minute_gets_100_across_both_replicas() {
 async fn concurrent_upload_slots_are_shared_by_the_replicas() {
     let redis = RedisServer::start();
     let sandbox = Sandbox::spawn(&[]);
-    let (a, b) = replicas(
-        &sandbox,
-        &redis,
-        ["open", "open"],
-        "",
-        &gamma_client("max_concurrent_uploads = 2"),
-    );
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], |c| {
+        c.add([ClientFile {
+            max_concurrent_uploads: Some(2),
+            ..gamma()
+        }])
+    });
     // Two slow uploads, one per replica, hold both slots...
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 3000}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(3000),
+            ..Faults::default()
+        })
         .await;
     let http = client();
     let slow = [&a, &b].map(|gw| {
@@ -272,7 +271,10 @@ async fn concurrent_upload_slots_are_shared_by_the_replicas() {
     }
     // Released: the next one passes.
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 0}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(0),
+            ..Faults::default()
+        })
         .await;
     let (status, _, body) = upload_multipart(
         &http,
@@ -293,13 +295,10 @@ fn rand_seed() -> u32 {
 async fn the_corp_upstream_budget_holds_across_replicas() {
     let redis = RedisServer::start();
     let sandbox = Sandbox::spawn(&[]);
-    let (a, b) = replicas(
-        &sandbox,
-        &redis,
-        ["open", "open"],
-        "upstream_requests_per_20s = 10\ndaily_call_budget = 1000",
-        "",
-    );
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], |c| {
+        c.corp().upstream_requests_per_20s = Some(10);
+        c.corp().daily_call_budget = Some(1000);
+    });
     let http = client();
     let mut passed = 0;
     for i in 0..20u32 {
@@ -331,13 +330,12 @@ async fn redis_down_follows_the_fail_modes_and_sharing_resumes_when_it_returns()
     let mut redis = RedisServer::start();
     let sandbox = Sandbox::spawn(&[]);
     // A fails open, B fails closed; both limit gamma's rate.
-    let (a, b) = replicas(
-        &sandbox,
-        &redis,
-        ["open", "closed"],
-        "",
-        &gamma_client("requests_per_minute = 1000"),
-    );
+    let (a, b) = replicas(&sandbox, &redis, ["open", "closed"], |c| {
+        c.add([ClientFile {
+            requests_per_minute: Some(1000),
+            ..gamma()
+        }])
+    });
     let http = client();
     let (s, _) = upload(&http, &a, GAMMA_KEY, &unique_jpeg(800, 1), false).await;
     assert_eq!(s, 200);
@@ -404,11 +402,12 @@ async fn a_replica_dying_mid_refresh_blocks_the_others_only_until_its_lease_laps
     // during it. (The call must end before the lease can lapse, at least 2/3 s after the kill,
     // or the sandbox would rightly see two concurrent calls.)
     let sandbox = Sandbox::spawn(&["--token-latency", "500ms"]);
-    let cfg = config(
-        &sandbox.url,
-        "",
-        &redis_store(&redis, "open").replace("[store]", "[store]\nlease_ttl = \"1s\""),
-    );
+    let cfg = standard(&sandbox.url).with(|c| {
+        c.store = StoreFile {
+            lease_ttl: some("1s"),
+            ..redis_store(&redis, "open")
+        }
+    });
     let a = Gateway::spawn(&cfg);
     sandbox.wait("token_calls", 1).await;
     drop(a); // SIGKILL, lease held
@@ -441,14 +440,9 @@ async fn a_stale_token_written_late_does_not_replace_a_newer_one() {
     use fxgate::upstream::token::redis::RedisTokens;
     use fxgate::upstream::token::store::{StoredToken, TokenStore as _};
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fxgate.toml");
-    std::fs::write(
-        &path,
-        config("http://127.0.0.1:9", "", &redis_store(&redis, "open")),
-    )
-    .unwrap();
-    let cfg = fxgate::config::Config::load(&path, Some(Default::default())).unwrap();
+    let cfg = fixture::load(
+        &standard("http://127.0.0.1:9").with(|c| c.store = redis_store(&redis, "open")),
+    );
     let registry = prometheus::Registry::new();
     let metrics = fxgate::metrics::Metrics::register(&registry).unwrap();
     let store = fxgate::store::Redis::start(&cfg.store, metrics, 1)
@@ -482,7 +476,7 @@ async fn a_stale_token_written_late_does_not_replace_a_newer_one() {
 async fn an_fxg_token_issued_by_one_replica_is_accepted_by_the_other() {
     let sandbox = Sandbox::spawn(&[]);
     let redis = RedisServer::start();
-    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", "");
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], |_| {});
     // An unmodified SDK fetches its token from A (`appId` = caller name, `appSecret` = key).
     let sdk = support::sdk::FxiaokeSdk::new(&a.url, "alpha", ALPHA_KEY, "any");
     let (token, corp_id) = sdk.token().await;
@@ -524,12 +518,13 @@ async fn an_fxg_token_issued_by_one_replica_is_accepted_by_the_other() {
 async fn the_oauth_token_is_fetched_once_for_all_replicas() {
     let sandbox = Sandbox::spawn(&[]);
     let redis = RedisServer::start();
-    let oauth = client_entry(
-        "oauth",
-        GAMMA_KEY,
-        "api_style = \"oauth\"\nact_as = [\"1000\"]",
-    );
-    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], "", &oauth);
+    let (a, b) = replicas(&sandbox, &redis, ["open", "open"], |c| {
+        c.add([ClientFile {
+            api_style: some("oauth"),
+            act_as: Some(vec!["1000".into()]),
+            ..caller("oauth", GAMMA_KEY)
+        }])
+    });
     let query = serde_json::json!({"data": {"dataObjectApiName": "AccountObj"}});
     for gw in [&a, &b, &a, &b] {
         let r: serde_json::Value = client()
@@ -598,11 +593,9 @@ async fn dedupe_holders_are_added_in_one_step_and_a_delete_stays_a_delete() {
         .await;
 
     let redis = RedisServer::start();
-    let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fxgate.toml");
-    let toml = config("http://127.0.0.1:9", "", &redis_store(&redis, "open"));
-    std::fs::write(&path, toml).unwrap();
-    let cfg = fxgate::config::Config::load(&path, Some(Default::default())).unwrap();
+    let cfg = fixture::load(
+        &standard("http://127.0.0.1:9").with(|c| c.store = redis_store(&redis, "open")),
+    );
     let metrics = fxgate::metrics::Metrics::register(&prometheus::Registry::new()).unwrap();
     let store = fxgate::store::Redis::start(&cfg.store, metrics, 1)
         .await
@@ -616,7 +609,7 @@ async fn dedupe_holders_are_added_in_one_step_and_a_delete_stays_a_delete() {
 #[tokio::test]
 async fn a_dedupe_entry_in_redis_is_two_keys_of_bounded_size() {
     let redis = RedisServer::start();
-    let (_sandbox, gw) = pair(&[], "", &redis_store(&redis, "open"));
+    let (_sandbox, gw) = pair(&[], |c| c.store = redis_store(&redis, "open"));
     let http = client();
     const FILES: u32 = 100;
     for n in 0..FILES {
@@ -680,9 +673,10 @@ fn store_calls(scrape: &str, store: &str, op: &str) -> f64 {
 async fn every_serving_thread_reaches_redis_and_an_upload_costs_three_round_trips_a_hit_one() {
     let redis = RedisServer::start();
     let sandbox = Sandbox::spawn(&[]);
-    let toml = config(&sandbox.url, "", &redis_store(&redis, "closed"))
-        .replace("workers = 2", "workers = 4");
-    let gw = Gateway::spawn(&toml);
+    let gw = Gateway::spawn(&standard(&sandbox.url).with(|c| {
+        c.store = redis_store(&redis, "closed");
+        c.server.workers = Some(4);
+    }));
     // Many connections, so that every one of the four threads serves some (the kernel spreads
     // them by hash): each thread opens its own Redis connection on first use.
     for (status, _, body) in spread_uploads(&gw, &gw, 64, ALPHA_KEY, 2000).await {
@@ -726,7 +720,8 @@ async fn every_serving_thread_reaches_redis_and_an_upload_costs_three_round_trip
 async fn a_thread_refused_its_own_redis_connection_shares_the_supervisors_without_retrying() {
     let redis = RedisServer::start();
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &redis_store(&redis, "closed")));
+    let gw =
+        Gateway::spawn(&standard(&sandbox.url).with(|c| c.store = redis_store(&redis, "closed")));
     gw.until_store_ok().await;
     let admin = redis::Client::open(redis.url())
         .unwrap()

@@ -61,16 +61,14 @@ async fn until_refused(gw: &Gateway, what: &str) {
     assert_eq!(metric(&gw.metrics().await, &ok), 0.0, "{ok}");
 }
 
-fn tls_config(sandbox: &Sandbox, dir: &Path, more: &str) -> String {
-    let p = |name: &str| dir.join(name).display().to_string();
-    config(&sandbox.url, "", "").replace(
-        "[server]\n",
-        &format!(
-            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\nwatch_interval = \"50ms\"\n{more}",
-            p("cert.pem"),
-            p("key.pem"),
-        ),
-    )
+/// The standard config serving TLS from `dir`'s cert.pem and key.pem, watched every 50 ms.
+fn tls_config(sandbox: &Sandbox, dir: &Path) -> FileConfig {
+    let p = |name: &str| Some(dir.join(name).display().to_string());
+    standard(&sandbox.url).with(|c| {
+        c.server.tls_cert = p("cert.pem");
+        c.server.tls_key = p("key.pem");
+        c.server.watch_interval = some("50ms");
+    })
 }
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
@@ -130,8 +128,8 @@ async fn a_certificate_replaced_on_disk_serves_new_connections_and_open_ones_kee
     let (cert, key) = (dir.path().join("cert.pem"), dir.path().join("key.pem"));
     std::fs::write(&cert, &old.cert).unwrap();
     std::fs::write(&key, &old.key).unwrap();
-    let toml = tls_config(&sandbox, dir.path(), "");
-    let gw = Gateway::spawn_in(dir, &toml);
+    let cfg = tls_config(&sandbox, dir.path());
+    let gw = Gateway::spawn_in(dir, &cfg);
     let roots = [&old.der[..], &new.der[..]];
 
     let (presented, mut open) = connect(&gw, &roots).await;
@@ -206,12 +204,15 @@ async fn a_client_ca_replaced_on_disk_admits_the_callers_it_signed() {
     std::fs::write(dir.path().join("key.pem"), &server.key).unwrap();
     let ca = dir.path().join("ca.pem");
     std::fs::write(&ca, &old_ca.pem).unwrap();
-    let toml = tls_config(
-        &sandbox,
-        dir.path(),
-        &format!("client_ca = \"{}\"\n", ca.display()),
-    ) + "\n[[clients]]\nname = \"billing\"\ncert_subject = \"CN=billing-svc\"\n";
-    let gw = Gateway::spawn_in(dir, &toml);
+    let cfg = tls_config(&sandbox, dir.path()).with(|c| {
+        c.server.client_ca = Some(ca.display().to_string());
+        c.add([ClientFile {
+            name: some("billing"),
+            cert_subject: some("CN=billing-svc"),
+            ..ClientFile::default()
+        }]);
+    });
+    let gw = Gateway::spawn_in(dir, &cfg);
     let root = reqwest::Certificate::from_pem(server.cert.as_bytes()).unwrap();
     // A new client each time: a new connection, a new handshake.
     let upload = || {
@@ -247,9 +248,8 @@ async fn a_client_ca_replaced_on_disk_admits_the_callers_it_signed() {
 #[tokio::test]
 async fn a_changed_config_file_is_applied_without_a_signal() {
     let sandbox = Sandbox::spawn(&[]);
-    let toml =
-        config(&sandbox.url, "", "").replace("[server]\n", "[server]\nwatch_interval = \"50ms\"\n");
-    let gw = Gateway::spawn(&toml);
+    let cfg = standard(&sandbox.url).with(|c| c.server.watch_interval = some("50ms"));
+    let gw = Gateway::spawn(&cfg);
     let http = client();
     let upload = |key: &'static str, n: u32| {
         let (http, url) = (http.clone(), gw.upload_url());
@@ -261,7 +261,7 @@ async fn a_changed_config_file_is_applied_without_a_signal() {
     };
     assert_eq!(upload(GAMMA_KEY, 1).await, 401);
 
-    gw.rewrite_config(&format!("{toml}\n{}", gamma_client("")));
+    gw.rewrite_config(&cfg.clone().with(|c| c.add([gamma()])));
     until_metric(
         &gw,
         r#"fxgate_reloads_total{result="ok",what="config"}"#,
@@ -270,7 +270,13 @@ async fn a_changed_config_file_is_applied_without_a_signal() {
     .await;
     assert_eq!(upload(GAMMA_KEY, 2).await, 200);
 
-    gw.rewrite_config(&format!("{toml}\n[[clients]]\nname = \"broken\"\n"));
+    // A caller without a key or a certificate: a file the gateway must refuse.
+    gw.rewrite_config(&cfg.clone().with(|c| {
+        c.add([ClientFile {
+            name: some("broken"),
+            ..ClientFile::default()
+        }])
+    }));
     until_refused(&gw, "config").await;
     assert!(gw.logs().contains("configuration reload rejected"));
     assert_eq!(
@@ -289,18 +295,21 @@ async fn a_rotated_key_works_during_the_overlap_and_the_old_one_stops_at_not_aft
     let not_after =
         humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(60))
             .to_string();
-    let rotating = format!(
-        "[[clients]]\nname = \"rotating\"\nkeys = [{{ sha256 = \"{}\", not_after = \"{not_after}\" }}, {{ sha256 = \"{}\" }}]\n",
-        sha256_hex(b"old-key-1f2e3d"),
-        sha256_hex(b"new-key-4c5b6a"),
-    );
-    let t = InProcess::spawn_full(
-        fxgate::sandbox::SandboxOptions::default(),
-        "",
-        &rotating,
-        serde_json::json!({}),
-    )
-    .await;
+    let rotating = ClientFile {
+        name: some("rotating"),
+        keys: Some(vec![
+            KeyFile {
+                sha256: Some(sha256_hex(b"old-key-1f2e3d")),
+                not_after: Some(not_after.clone()),
+            },
+            KeyFile {
+                sha256: Some(sha256_hex(b"new-key-4c5b6a")),
+                not_after: None,
+            },
+        ]),
+        ..ClientFile::default()
+    };
+    let t = InProcess::spawn(Default::default(), |c| c.add([rotating])).await;
     let http = client();
     let upload = |key: &'static str, n: u32| {
         let (http, url) = (http.clone(), t.upload_url());

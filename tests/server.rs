@@ -18,15 +18,12 @@ async fn tls_listener_speaks_http2_and_http1() {
             .unwrap();
     std::fs::write(dir.path().join("cert.pem"), cert.cert.pem()).unwrap();
     std::fs::write(dir.path().join("key.pem"), cert.key_pair.serialize_pem()).unwrap();
-    let toml = config(&sandbox.url, "", "").replace(
-        "[server]\n",
-        &format!(
-            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            dir.path().join("cert.pem").display(),
-            dir.path().join("key.pem").display()
-        ),
-    );
-    let gw = Gateway::spawn_in(dir, &toml);
+    let file = |name: &str| Some(dir.path().join(name).display().to_string());
+    let cfg = standard(&sandbox.url).with(|c| {
+        c.server.tls_cert = file("cert.pem");
+        c.server.tls_key = file("key.pem");
+    });
+    let gw = Gateway::spawn_in(dir, &cfg);
     assert!(gw.url.starts_with("https://"));
     let root = reqwest::Certificate::from_pem(cert.cert.pem().as_bytes()).unwrap();
     for http2 in [true, false] {
@@ -66,10 +63,13 @@ async fn tls_listener_speaks_http2_and_http1() {
 
 #[tokio::test]
 async fn sigterm_lets_the_in_flight_upload_finish_and_stops_accepting() {
-    let (sandbox, mut gw) = pair(&[], "", "");
+    let (sandbox, mut gw) = pair(&[], |_| {});
     // Fxiaoke takes 1.5 s to answer this upload.
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 1500}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(1500),
+            ..Faults::default()
+        })
         .await;
     let http = client();
     let url = gw.upload_url();
@@ -95,14 +95,13 @@ async fn sigterm_lets_the_in_flight_upload_finish_and_stops_accepting() {
 #[tokio::test]
 async fn beyond_max_inflight_requests_are_shed_with_503_and_the_next_one_is_served() {
     let sandbox = Sandbox::spawn(&[]);
-    let toml = config(&sandbox.url, "", "").replace(
-        "shutdown_grace = \"10s\"",
-        "shutdown_grace = \"10s\"\nmax_inflight = 1",
-    );
-    let gw = Gateway::spawn(&toml);
+    let gw = Gateway::spawn(&standard(&sandbox.url).with(|c| c.server.max_inflight = Some(1)));
     // Fxiaoke takes 1.5 s to answer the first upload, which holds the only place.
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 1500}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(1500),
+            ..Faults::default()
+        })
         .await;
     let http = client();
     let url = gw.upload_url();
@@ -117,7 +116,7 @@ async fn beyond_max_inflight_requests_are_shed_with_503_and_the_next_one_is_serv
     assert_eq!(body["errorCode"], 950303, "{body}");
     assert_eq!(headers["retry-after"], "1");
     assert_eq!(in_flight.await.unwrap().0, 200);
-    sandbox.faults(serde_json::json!({})).await;
+    sandbox.faults(Faults::default()).await;
     let (status, _, body) =
         upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 3), "c.jpg").await;
     assert_eq!(status, 200, "{body}");
@@ -127,11 +126,9 @@ async fn beyond_max_inflight_requests_are_shed_with_503_and_the_next_one_is_serv
 #[tokio::test]
 async fn a_client_that_never_finishes_its_headers_is_disconnected() {
     let sandbox = Sandbox::spawn(&[]);
-    let toml = config(&sandbox.url, "", "").replace(
-        "request_header_timeout = \"10s\"",
-        "request_header_timeout = \"1s\"",
+    let gw = Gateway::spawn(
+        &standard(&sandbox.url).with(|c| c.server.request_header_timeout = some("1s")),
     );
-    let gw = Gateway::spawn(&toml);
     let addr = gw.url.trim_start_matches("http://").to_string();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     tcp.write_all(b"POST /media/upload/message HTTP/1.1\r\nHost: x\r\n")
@@ -162,11 +159,7 @@ async fn time_to_close(tcp: &mut tokio::net::TcpStream, bound: Duration) -> Opti
 #[tokio::test]
 async fn idle_connections_are_closed_on_every_listener() {
     let sandbox = Sandbox::spawn(&[]);
-    let toml = config(&sandbox.url, "", "").replace(
-        "request_header_timeout = \"10s\"",
-        "request_header_timeout = \"10s\"\nidle_timeout = \"1s\"",
-    );
-    let gw = Gateway::spawn(&toml);
+    let gw = Gateway::spawn(&standard(&sandbox.url).with(|c| c.server.idle_timeout = some("1s")));
     let gateway = gw.url.trim_start_matches("http://").to_string();
     let admin = gw.admin.trim_start_matches("http://").to_string();
     let h2c_preface: &[u8] =
@@ -198,7 +191,7 @@ async fn idle_connections_are_closed_on_every_listener() {
 #[tokio::test]
 async fn a_client_that_writes_its_whole_body_before_reading_still_gets_the_413() {
     let sandbox = Sandbox::spawn(&[]);
-    let gw = Gateway::spawn(&config(&sandbox.url, "", ""));
+    let gw = Gateway::spawn(&standard(&sandbox.url));
     let addr = gw.url.trim_start_matches("http://").to_string();
     let len = 16usize << 20;
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
@@ -225,7 +218,7 @@ async fn a_client_that_writes_its_whole_body_before_reading_still_gets_the_413()
 
 #[tokio::test]
 async fn secrets_never_reach_the_logs() {
-    let (sandbox, gw) = pair(&[], "", "[log]\nformat = \"json\"");
+    let (sandbox, gw) = pair(&[], |c| c.log.format = some("json"));
     let http = client();
     // Success, failures, a revocation and a download: every code path that touches a token.
     let (_, _, body) =
@@ -241,7 +234,10 @@ async fn secrets_never_reach_the_logs() {
     )
     .await;
     sandbox
-        .faults(serde_json::json!({"revoke_tokens": true}))
+        .faults(Faults {
+            revoke_tokens: true,
+            ..Faults::default()
+        })
         .await;
     upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(10_000, 2), "b.jpg").await;
     let req = serde_json::json!({"mediaId": id, "mediaTypeDesc": "IMAGE"});
@@ -321,17 +317,11 @@ fn check_config_masks_secrets_and_names_bad_keys() {
     let path = dir.path().join("c.toml");
     let path_s = path.to_str().unwrap();
     std::fs::write(dir.path().join("secret"), "file-held-secret\n").unwrap();
-    let mk = |corp_extra: &str, extra: &str| {
-        config("sandbox", corp_extra, extra).replace(
-            &format!("app_secret = \"{APP_SECRET}\""),
-            &format!(
-                "app_secret_file = \"{}\"",
-                dir.path().join("secret").display()
-            ),
-        )
-    };
-    let good = mk("", "");
-    std::fs::write(&path, &good).unwrap();
+    let good = standard("sandbox").with(|c| {
+        c.corp().app_secret = None;
+        c.corp().app_secret_file = Some(dir.path().join("secret").display().to_string());
+    });
+    std::fs::write(&path, good.toml()).unwrap();
     let (code, out, err) = fxgate(&["check-config", "--config", path_s], None, &[]);
     assert_eq!(code, 0, "{err}");
     let effective: serde_json::Value = serde_json::from_str(&out).unwrap();
@@ -355,36 +345,35 @@ fn check_config_masks_secrets_and_names_bad_keys() {
     assert_eq!(code, 2);
     assert!(err.contains("server.listen"), "{err}");
 
+    let bad = |edit: Edit| good.clone().with(edit).toml();
     for (bad, key) in [
-        (mk("", "[dedupe]\nttl = \"forever\""), "dedupe.ttl"),
+        (bad(|c| c.dedupe.ttl = some("forever")), "dedupe.ttl"),
         (
-            mk("", "[upload]\nmessage_max_bytes = \"5 parsecs\""),
+            bad(|c| c.upload.message_max_bytes = some("5 parsecs")),
             "upload.message_max_bytes",
         ),
-        (mk("refresh_at = 1.5", ""), "corps.default.refresh_at"),
-        (mk("", "[store]\nbackend = \"etcd\""), "store.backend"),
         (
-            good.replace("[server]", "[server]\nlisten_port = 1"),
+            bad(|c| c.corp().refresh_at = Some(1.5)),
+            "corps.default.refresh_at",
+        ),
+        (bad(|c| c.store.backend = some("etcd")), "store.backend"),
+        // A key that does not exist: only text can say it.
+        (
+            good.toml().replace("[server]", "[server]\nlisten_port = 1"),
             "listen_port",
         ),
-        (good.replace("workers = 2", "workers = 0"), "server.workers"),
+        (bad(|c| c.server.workers = Some(0)), "server.workers"),
+        (bad(|c| c.server.workers = Some(1000)), "server.workers"),
         (
-            good.replace("workers = 2", "workers = 1000"),
-            "server.workers",
-        ),
-        (
-            good.replace("name = \"beta\"", "name = \"alpha\""),
+            bad(|c| c.clients[1].name = some("alpha")),
             "clients[1].name",
         ),
         (
-            good.replace(
-                &format!("key_sha256 = \"{}\"", sha256_hex(BETA_KEY.as_bytes())),
-                "key_sha256 = \"abc\"",
-            ),
+            bad(|c| c.clients[1].key_sha256 = some("abc")),
             "clients[1].key_sha256",
         ),
         (
-            good.replace("base_url = \"sandbox\"", "base_url = \"ftp://x\""),
+            bad(|c| c.corp().base_url = some("ftp://x")),
             "corps.default.base_url",
         ),
     ] {
@@ -416,7 +405,7 @@ async fn healthcheck_exits_by_the_admin_listeners_answer_within_its_timeout() {
     }
 
     // Alive but not ready: the sandbox refuses this gateway's app secret.
-    let (_other, unready) = pair(&["--app-secret", "not-the-gateways"], "", "");
+    let (_other, unready) = pair(&["--app-secret", "not-the-gateways"], |_| {});
     let admin = unready.admin.trim_start_matches("http://").to_string();
     let (code, _, err) = probe(&admin, &[]);
     assert_eq!(code, 0, "{err}");
@@ -466,12 +455,13 @@ async fn healthcheck_exits_by_the_admin_listeners_answer_within_its_timeout() {
 #[tokio::test]
 async fn the_image_config_serves_no_caller() {
     let root = env!("CARGO_MANIFEST_DIR");
-    let toml = std::fs::read_to_string(format!("{root}/deploy/image.toml"))
-        .unwrap()
-        .replace("0.0.0.0:8080", "127.0.0.1:0")
-        .replace("0.0.0.0:9090", "127.0.0.1:0");
-    assert!(!toml.contains("[[clients]]"));
-    let gw = Gateway::spawn(&toml);
+    let text = std::fs::read_to_string(format!("{root}/deploy/image.toml")).unwrap();
+    let mut image: FileConfig = toml::from_str(&text).expect("the image's config parses");
+    assert!(image.clients.is_empty());
+    // On loopback and free ports instead of the image's 0.0.0.0:8080 and :9090.
+    image.server.listen = some("127.0.0.1:0");
+    image.server.admin_listen = some("127.0.0.1:0");
+    let gw = Gateway::spawn(&image);
     let admin = gw.admin.trim_start_matches("http://").to_string();
     let (code, _, err) = fxgate(&["healthcheck", "--admin", &admin], None, &[]);
     assert_eq!(code, 0, "{err}");
@@ -531,11 +521,9 @@ fn serve_refuses_a_dedupe_index_that_would_not_fit_in_half_its_cgroup_memory_lim
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fxgate.toml");
     let cfg = |max_entries: u64| {
-        config(
-            "sandbox",
-            "",
-            &format!("[dedupe]\nmax_entries = {max_entries}\n"),
-        )
+        standard("sandbox")
+            .with(|c| c.dedupe.max_entries = Some(max_entries))
+            .toml()
     };
 
     // 1 M entries at 150 bytes: 143 MiB, against 32 MiB (half of 64).
@@ -580,15 +568,11 @@ async fn check_config_opens_every_file_serve_would_and_fxgate_config_names_the_f
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("fxgate.toml");
     let missing = dir.path().join("no-such-cert.pem");
-    let toml = config("sandbox", "", "").replace(
-        "[server]\n",
-        &format!(
-            "[server]\ntls_cert = \"{}\"\ntls_key = \"{}\"\n",
-            missing.display(),
-            missing.display()
-        ),
-    );
-    std::fs::write(&path, toml).unwrap();
+    let broken = standard("sandbox").with(|c| {
+        c.server.tls_cert = Some(missing.display().to_string());
+        c.server.tls_key = Some(missing.display().to_string());
+    });
+    std::fs::write(&path, broken.toml()).unwrap();
     let path_s = path.to_str().unwrap();
     let (code, _, err) = fxgate(&["check-config", "--config", path_s], None, &[]);
     assert_eq!(code, 2, "{err}");
@@ -600,17 +584,20 @@ async fn check_config_opens_every_file_serve_would_and_fxgate_config_names_the_f
         err.contains(path_s) && err.contains("server.tls_cert"),
         "{err}"
     );
-    std::fs::write(&path, config("sandbox", "", "")).unwrap();
+    std::fs::write(&path, standard("sandbox").toml()).unwrap();
     let (code, _, err) = fxgate(&["check-config"], None, &[("FXGATE_CONFIG", path_s)]);
     assert_eq!(code, 0, "{err}");
 }
 
 #[tokio::test]
 async fn a_second_sigterm_cuts_the_drain_short_with_exit_code_3() {
-    let (sandbox, mut gw) = pair(&[], "", "");
+    let (sandbox, mut gw) = pair(&[], |_| {});
     // Fxiaoke takes 30 s to answer; the drain would wait `shutdown_grace` (10 s) for it.
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 30_000}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(30_000),
+            ..Faults::default()
+        })
         .await;
     let http = client();
     let url = gw.upload_url();

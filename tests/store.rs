@@ -43,10 +43,12 @@ async fn visible(gw: &Gateway, kind: &str) {
 }
 
 fn gateway(sandbox: &Sandbox, url: &str) -> Gateway {
-    let store = format!(
-        "[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\nquota_fail_mode = \"open\"\n"
-    );
-    Gateway::spawn(&config(&sandbox.url, "", &store))
+    Gateway::spawn(&standard(&sandbox.url).with(|c| c.store = redis_store_at(url, "open")))
+}
+
+/// A gateway on `store`.
+fn on(sandbox: &Sandbox, store: StoreFile) -> Gateway {
+    Gateway::spawn(&standard(&sandbox.url).with(|c| c.store = store))
 }
 
 #[tokio::test]
@@ -139,8 +141,9 @@ fn pki(dir: &std::path::Path) -> impl Fn(&str) -> String + '_ {
     move |name: &str| dir.join(name).display().to_string()
 }
 
-fn tls_store(url: &str, lines: &str) -> String {
-    format!("[store]\nbackend = \"redis\"\nredis_url = \"{url}\"\nquota_fail_mode = \"closed\"\n{lines}")
+/// A Redis store at `url` failing closed (every upload then needs the store).
+fn closed(url: &str) -> StoreFile {
+    redis_store_at(url, "closed")
 }
 
 #[tokio::test]
@@ -185,13 +188,17 @@ async fn rediss_with_a_ca_an_acl_user_and_a_client_certificate() {
     assert_eq!(cli(&["ACL", "SETUSER", "default", "off"]), "OK");
     std::fs::write(dir.path().join("password"), "pw-from-a-file\n").unwrap();
     let sandbox = Sandbox::spawn(&[]);
-    let lines = format!(
-        "redis_username = \"fxgate\"\nredis_password_file = \"{}\"\nredis_ca_file = \"{ca}\"\nredis_cert_file = \"{}\"\nredis_key_file = \"{}\"\n",
-        p("password"),
-        p("client.pem"),
-        p("client.key")
+    let gw = on(
+        &sandbox,
+        StoreFile {
+            redis_username: some("fxgate"),
+            redis_password_file: Some(p("password")),
+            redis_ca_file: Some(ca.clone()),
+            redis_cert_file: Some(p("client.pem")),
+            redis_key_file: Some(p("client.key")),
+            ..closed(&redis.url())
+        },
     );
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &tls_store(&redis.url(), &lines)));
     gw.until_store_ok().await;
     // Closed fail mode: an upload passes only when the store works.
     let file = unique_jpeg(900, 5);
@@ -228,8 +235,11 @@ async fn a_wrong_ca_and_a_wrong_password_are_clear_errors() {
     ]);
     let sandbox = Sandbox::spawn(&[]);
     // A CA that did not sign Redis's certificate: the store never comes up, and says why.
-    let wrong = format!("redis_ca_file = \"{}\"\n", p("other-ca.pem"));
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &tls_store(&redis.url(), &wrong)));
+    let wrong = StoreFile {
+        redis_ca_file: Some(p("other-ca.pem")),
+        ..closed(&redis.url())
+    };
+    let gw = on(&sandbox, wrong);
     let text = gw
         .until_readyz("store redis: down (", Duration::from_secs(10))
         .await;
@@ -237,12 +247,12 @@ async fn a_wrong_ca_and_a_wrong_password_are_clear_errors() {
     assert!(!gw.ready().await, "closed fail mode needs the store");
     // A password Redis does not accept: a noperm-kind failure, visible, never logged.
     std::fs::write(dir.path().join("password"), "not-the-password\n").unwrap();
-    let bad = format!(
-        "redis_ca_file = \"{}\"\nredis_password_file = \"{}\"\n",
-        p("ca.pem"),
-        p("password")
-    );
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &tls_store(&redis.url(), &bad)));
+    let bad = StoreFile {
+        redis_ca_file: Some(p("ca.pem")),
+        redis_password_file: Some(p("password")),
+        ..closed(&redis.url())
+    };
+    let gw = on(&sandbox, bad);
     let text = gw
         .until_readyz("store redis: down (", Duration::from_secs(10))
         .await;
@@ -254,9 +264,9 @@ async fn check_config_refuses_tls_files_without_rediss_and_a_password_in_two_pla
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path());
     std::fs::write(dir.path().join("password"), "pw\n").unwrap();
-    let check = |store: String| {
+    let check = |store: StoreFile| {
         let path = dir.path().join("fxgate.toml");
-        std::fs::write(&path, config("sandbox", "", &store)).unwrap();
+        std::fs::write(&path, standard("sandbox").with(|c| c.store = store).toml()).unwrap();
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_fxgate"))
             .args(["check-config", "--config"])
             .arg(&path)
@@ -267,37 +277,35 @@ async fn check_config_refuses_tls_files_without_rediss_and_a_password_in_two_pla
             String::from_utf8_lossy(&out.stderr).into_owned(),
         )
     };
-    let (code, err) = check(tls_store(
-        "redis://127.0.0.1:6379",
-        &format!("redis_ca_file = \"{}\"\n", p("ca.pem")),
-    ));
+    let (code, err) = check(StoreFile {
+        redis_ca_file: Some(p("ca.pem")),
+        ..closed("redis://127.0.0.1:6379")
+    });
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("store.redis_ca_file") && err.contains("rediss://"),
         "{err}"
     );
-    let (code, err) = check(tls_store(
-        "redis://u:inline@127.0.0.1:6379",
-        &format!("redis_password_file = \"{}\"\n", p("password")),
-    ));
+    let (code, err) = check(StoreFile {
+        redis_password_file: Some(p("password")),
+        ..closed("redis://u:inline@127.0.0.1:6379")
+    });
     assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("store.redis_password_file") && !err.contains("inline"),
         "{err}"
     );
-    let (code, err) = check(tls_store(
-        "rediss://127.0.0.1:6379",
-        "redis_mode = \"cluster\"\n",
-    ));
+    let (code, err) = check(StoreFile {
+        redis_mode: some("cluster"),
+        ..closed("rediss://127.0.0.1:6379")
+    });
     assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("store.redis_mode"), "{err}");
-    let (code, err) = check(tls_store(
-        "rediss://127.0.0.1:6379",
-        &format!(
-            "redis_ca_file = \"{}\"\nredis_username = \"fxgate\"\nredis_password_file = \"{}\"\n",
-            p("ca.pem"),
-            p("password")
-        ),
-    ));
+    let (code, err) = check(StoreFile {
+        redis_ca_file: Some(p("ca.pem")),
+        redis_username: some("fxgate"),
+        redis_password_file: Some(p("password")),
+        ..closed("rediss://127.0.0.1:6379")
+    });
     assert_eq!(code, Some(0), "{err}");
 }

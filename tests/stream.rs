@@ -11,7 +11,7 @@ use tokio::io::AsyncWriteExt;
 
 #[tokio::test]
 async fn caller_hang_up_aborts_the_upstream_upload() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let addr = gw.url.trim_start_matches("http://").to_string();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let len = 1024 * 1024;
@@ -83,11 +83,9 @@ fn pattern_sha256(total: usize) -> String {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_document_streams_with_bounded_memory() {
     let total = 100 * 1024 * 1024;
-    let (sandbox, gw) = pair(
-        &["--document-max-bytes", "209715200"],
-        "",
-        "[upload]\ndocument_max_bytes = \"200MiB\"",
-    );
+    let (sandbox, gw) = pair(&["--document-max-bytes", "209715200"], |c| {
+        c.upload.document_max_bytes = some("200MiB")
+    });
     let baseline = gw.peak_rss_kib();
     let resp = client()
         .post(format!(
@@ -127,11 +125,9 @@ async fn one_hundred_concurrent_5_mb_uploads_stay_small() {
     // sometimes not read within the tests' usual 10 s `request_header_timeout`, and the
     // gateway rightly closed it mid-upload; the head deadline is not what is measured here.
     let sandbox = Sandbox::spawn(&[]);
-    let toml = config(&sandbox.url, "", "").replace(
-        "request_header_timeout = \"10s\"",
-        "request_header_timeout = \"120s\"",
+    let gw = Gateway::spawn(
+        &standard(&sandbox.url).with(|c| c.server.request_header_timeout = some("120s")),
     );
-    let gw = Gateway::spawn(&toml);
     // A connection per upload, none pooled: the client's pool is not under test either.
     let http = reqwest::Client::builder()
         .pool_max_idle_per_host(0)
@@ -187,7 +183,7 @@ async fn one_hundred_concurrent_5_mb_uploads_stay_small() {
 
 #[tokio::test]
 async fn unreachable_upstream_is_502() {
-    let (mut sandbox, gw) = pair(&[], "", "");
+    let (mut sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let (status, _, _) =
         upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 1), "a.jpg").await;
@@ -203,9 +199,12 @@ async fn unreachable_upstream_is_502() {
 #[tokio::test]
 async fn an_upstream_answer_that_stalls_after_its_head_is_504_and_records_nothing() {
     // The head came in time; the body never ends. The caller must get its answer anyway.
-    let (sandbox, gw) = pair(&[], "upstream_timeout = \"1s\"", "");
+    let (sandbox, gw) = pair(&[], |c| c.corp().upstream_timeout = some("1s"));
     sandbox
-        .faults(serde_json::json!({"upload_stall_answers": 1}))
+        .faults(Faults {
+            upload_stall_answers: 1,
+            ..Faults::default()
+        })
         .await;
     let http = client();
     let file = jpeg(1000, 7);
@@ -231,9 +230,12 @@ async fn an_upstream_answer_that_stalls_after_its_head_is_504_and_records_nothin
 
 #[tokio::test]
 async fn slow_upstream_is_504() {
-    let (sandbox, gw) = pair(&[], "upstream_timeout = \"1s\"", "");
+    let (sandbox, gw) = pair(&[], |c| c.corp().upstream_timeout = some("1s"));
     sandbox
-        .faults(serde_json::json!({"upload_delay_ms": 4000}))
+        .faults(Faults {
+            upload_delay: Duration::from_millis(4000),
+            ..Faults::default()
+        })
         .await;
     let (status, _, body) = upload_multipart(
         &client(),
@@ -250,14 +252,17 @@ async fn slow_upstream_is_504() {
 
 #[tokio::test]
 async fn a_download_that_stalls_mid_file_is_cut_off_and_the_next_one_is_whole() {
-    let (sandbox, gw) = pair(&[], "upstream_timeout = \"1s\"", "");
+    let (sandbox, gw) = pair(&[], |c| c.corp().upstream_timeout = some("1s"));
     let http = client();
     let file = jpeg(200_000, 5);
     let (_, _, body) =
         upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, file.clone(), "d.jpg").await;
     let id = body["mediaId"].as_str().unwrap().to_string();
     sandbox
-        .faults(serde_json::json!({"download_stalls": 1}))
+        .faults(Faults {
+            download_stalls: 1,
+            ..Faults::default()
+        })
         .await;
     let download = || {
         http.post(format!("{}/media/download", gw.url))

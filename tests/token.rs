@@ -15,7 +15,7 @@ use support::*;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn cold_start_with_500_concurrent_uploads_makes_one_token_call() {
     // A slow token endpoint keeps the first fetch in flight while all 500 requests arrive.
-    let (sandbox, gw) = pair(&["--token-latency", "1500ms"], "", "");
+    let (sandbox, gw) = pair(&["--token-latency", "1500ms"], |_| {});
     let http = client();
     let url = gw.upload_url();
     let uploads = (0..500u32).map(|i| {
@@ -47,7 +47,7 @@ async fn short_lived_tokens_are_refreshed_in_the_background() {
         token_ttl: Duration::from_secs(6),
         ..SandboxOptions::default()
     };
-    let t = InProcess::spawn(opts, "").await;
+    let t = InProcess::spawn(opts, |_| {}).await;
     let http = client();
     t.wait("tokens_issued", 1).await;
     for round in 1..=4u32 {
@@ -104,13 +104,16 @@ async fn short_lived_tokens_are_refreshed_in_the_background() {
 
 #[tokio::test]
 async fn revoked_token_gives_one_950302_then_success() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let (status, _, body) =
         upload_multipart(&http, &gw.upload_url(), ALPHA_KEY, jpeg(1000, 1), "a.jpg").await;
     assert_eq!((status, body["errorCode"].as_i64()), (200, Some(0)));
     sandbox
-        .faults(serde_json::json!({"revoke_tokens": true}))
+        .faults(Faults {
+            revoke_tokens: true,
+            ..Faults::default()
+        })
         .await;
 
     let file = jpeg(1000, 2);
@@ -147,7 +150,7 @@ async fn failing_token_endpoint_backs_off_and_readyz_says_so() {
         app_secret: "the-real-secret".into(),
         ..SandboxOptions::default()
     };
-    let t = InProcess::spawn(opts, "").await;
+    let t = InProcess::spawn(opts, |_| {}).await;
     let http = client();
     t.wait("token_failures", 1).await;
     assert!(!t.ready().await);
@@ -189,8 +192,14 @@ async fn a_token_answer_that_stalls_after_its_head_is_given_up_and_retried() {
     // the body forever and the corp never had a token again. Deadline here: 1 s + 1 s.
     let t = InProcess::spawn_faulted(
         SandboxOptions::default(),
-        "upstream_timeout = \"1s\"\nconnect_timeout = \"1s\"",
-        serde_json::json!({"token_stall_calls": 1}),
+        |c| {
+            c.corp().upstream_timeout = some("1s");
+            c.corp().connect_timeout = some("1s");
+        },
+        Faults {
+            token_stall_calls: 1,
+            ..Faults::default()
+        },
     )
     .await;
     t.wait("token_calls", 1).await;
@@ -219,15 +228,18 @@ async fn a_token_answer_that_stalls_after_its_head_is_given_up_and_retried() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_token_lost_after_start_keeps_the_replica_ready_while_callers_hear_950301() {
-    let t = InProcess::spawn(SandboxOptions::default(), "").await;
+    let t = InProcess::spawn(SandboxOptions::default(), |_| {}).await;
     t.wait("tokens_issued", 1).await;
     let http = client();
     let (status, _, body) =
         upload_multipart(&http, &t.upload_url(), ALPHA_KEY, jpeg(300, 1), "a.jpg").await;
     assert_eq!((status, &body["errorCode"]), (200, &0.into()), "{body}");
     // The token endpoint fails for longer than the token lives.
-    t.faults(serde_json::json!({"token_fail_calls": 1_000_000}))
-        .await;
+    t.faults(Faults {
+        token_fail_calls: 1_000_000,
+        ..Faults::default()
+    })
+    .await;
     t.advance(Duration::from_secs(7300));
     t.wait("token_failures", 1).await;
     let (status, headers, body) =

@@ -130,17 +130,24 @@ fn access_line(logs: &str, route: &str) -> Value {
 
 const CRM_KEY: &str = "crm-key-1c7e93b5d2";
 
+/// A caller acting as one user, for the `/cgi` calls.
+fn crm() -> ClientFile {
+    ClientFile {
+        act_as: Some(vec!["FSUID_A".into()]),
+        ..caller("crm", CRM_KEY)
+    }
+}
+
 // Two workers: the collector must answer while the test blocks waiting for the exit.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_callers_traceparent_reaches_the_access_log_fxiaoke_and_the_exported_spans() {
     let collector = Collector::start().await;
     let sandbox = Sandbox::spawn(&[]);
-    let extra = format!(
-        "[log]\nformat = \"json\"\n\n[tracing]\notlp_endpoint = \"{}\"\n\n{}",
-        collector.url,
-        client_entry("crm", CRM_KEY, "act_as = [\"FSUID_A\"]"),
-    );
-    let mut gw = Gateway::spawn(&config(&sandbox.url, "", &extra));
+    let mut gw = Gateway::spawn(&standard(&sandbox.url).with(|c| {
+        c.log.format = some("json");
+        c.tracing.otlp_endpoint = some(&collector.url);
+        c.add([crm()]);
+    }));
     let http = client();
     let (upload_trace, caller_span) = ("4bf92f3577b34da6a3ce929d0e0e4736", "00f067aa0ba902b7");
 
@@ -266,11 +273,10 @@ async fn a_callers_traceparent_reaches_the_access_log_fxiaoke_and_the_exported_s
 #[tokio::test]
 async fn without_an_exporter_the_trace_still_reaches_the_log_and_fxiaoke() {
     let sandbox = Sandbox::spawn(&[]);
-    let extra = format!(
-        "[log]\nformat = \"json\"\n\n{}",
-        client_entry("crm", CRM_KEY, "act_as = [\"FSUID_A\"]"),
-    );
-    let gw = Gateway::spawn(&config(&sandbox.url, "", &extra));
+    let gw = Gateway::spawn(&standard(&sandbox.url).with(|c| {
+        c.log.format = some("json");
+        c.add([crm()]);
+    }));
     let http = client();
     // The traceparent Fxiaoke received for a call sent with `traceparent` (or none).
     let call = |traceparent: Option<&'static str>| {
@@ -336,8 +342,10 @@ async fn a_collector_that_never_answers_delays_neither_requests_nor_shutdown() {
         }
     });
     let sandbox = Sandbox::spawn(&[]);
-    let extra = format!("[tracing]\notlp_endpoint = \"{url}\"\nexport_timeout = \"1s\"\n");
-    let mut gw = Gateway::spawn(&config(&sandbox.url, "", &extra));
+    let mut gw = Gateway::spawn(&standard(&sandbox.url).with(|c| {
+        c.tracing.otlp_endpoint = some(&url);
+        c.tracing.export_timeout = some("1s");
+    }));
     let (status, _, body) = upload_multipart(
         &client(),
         &gw.upload_url(),

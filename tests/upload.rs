@@ -10,7 +10,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[tokio::test]
 async fn multipart_upload_reaches_the_sandbox_byte_for_byte() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(300_000, 7);
     let (status, headers, body) = upload_multipart(
@@ -37,7 +37,7 @@ async fn multipart_upload_reaches_the_sandbox_byte_for_byte() {
 
 #[tokio::test]
 async fn raw_upload_with_filename_and_x_api_key() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let file = jpeg(70_000, 3);
     let resp = client()
         .post(format!(
@@ -61,7 +61,7 @@ async fn raw_upload_with_filename_and_x_api_key() {
 
 #[tokio::test]
 async fn document_route_accepts_any_type_and_keeps_the_extension() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let file = b"%PDF-1.7 a small document".repeat(1000);
     let part = reqwest::multipart::Part::bytes(file.clone())
         .file_name("合同.pdf")
@@ -87,7 +87,7 @@ async fn document_route_accepts_any_type_and_keeps_the_extension() {
 
 #[tokio::test]
 async fn missing_or_unknown_key_is_401_and_reaches_nothing() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     for key in [None, Some("not-a-key"), Some("")] {
         let mut req = http
@@ -108,7 +108,7 @@ async fn missing_or_unknown_key_is_401_and_reaches_nothing() {
 
 #[tokio::test]
 async fn wrong_magic_bytes_is_415_and_fxiaoke_sees_nothing() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let pdf = b"%PDF-1.4 pretending to be a jpeg".repeat(100);
     let (status, _, body) =
         upload_multipart(&client(), &gw.upload_url(), ALPHA_KEY, pdf, "x.jpg").await;
@@ -123,7 +123,7 @@ async fn wrong_magic_bytes_is_415_and_fxiaoke_sees_nothing() {
 
 #[tokio::test]
 async fn oversize_content_length_is_refused_before_the_body_is_sent() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let answer = expect_continue(&gw, ALPHA_KEY, "/media/upload/message", 6 << 20).await;
     // Straight to 413: no `100 Continue`, so a well-behaved client never sends a body byte.
     assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
@@ -137,7 +137,7 @@ async fn oversize_content_length_is_refused_before_the_body_is_sent() {
 
 #[tokio::test]
 async fn oversize_chunked_body_is_cut_off_and_the_upstream_upload_aborted() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..96)
         .map(|i| {
             Ok(if i == 0 {
@@ -166,7 +166,7 @@ async fn oversize_chunked_body_is_cut_off_and_the_upstream_upload_aborted() {
 
 #[tokio::test]
 async fn bad_requests_get_clear_envelopes() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     // No `type` on the CRM route.
     let r = http
@@ -229,7 +229,7 @@ async fn bad_requests_get_clear_envelopes() {
 
 #[tokio::test]
 async fn download_streams_the_file_and_delete_passes_through() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let http = client();
     let file = jpeg(200_000, 9);
     let (_, _, body) =
@@ -311,7 +311,7 @@ fn padded_multipart(fillers: usize, fillers_first: bool) -> reqwest::Body {
 
 #[tokio::test]
 async fn chunked_multipart_filler_parts_cannot_stretch_the_body_past_the_file_limit() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     // 100 parts of 60 000 bytes: 6 MB in a body for the 5 MiB route, each part under the
     // per-part bound, no Content-Length to refuse up front.
     for fillers_first in [false, true] {
@@ -343,7 +343,7 @@ async fn chunked_multipart_filler_parts_cannot_stretch_the_body_past_the_file_li
 
 #[tokio::test]
 async fn a_chunked_multipart_upload_leaves_the_connection_reusable() {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     let addr = gw.url.trim_start_matches("http://").to_string();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     for n in 0..2u32 {

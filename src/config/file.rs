@@ -1,9 +1,10 @@
 //! The serde mirror of `config/*.toml`. Every key is documented here with its unit and default;
-//! `deny_unknown_fields` turns a typo into a startup error that names the key.
+//! `deny_unknown_fields` turns a typo into a startup error that names the key. `Serialize` is
+//! for the tests, which build configs as values and write them out (`None` keys are left out).
 
 use std::collections::BTreeMap;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
 /// Default caller-facing listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8080";
@@ -52,7 +53,7 @@ pub const DEFAULT_PASSTHROUGH_MAX_ANSWER: &str = "16MiB";
 pub const DEFAULT_DOCUMENT_MAX_BYTES: &str = "20MiB";
 
 /// The whole file.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileConfig {
     /// Listeners, TLS, timeouts.
@@ -85,7 +86,7 @@ pub struct FileConfig {
 }
 
 /// `[tracing]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct TracingFile {
     /// OTLP/HTTP traces URL (e.g. `http://otel-collector:4318/v1/traces`); unset: no export.
@@ -100,7 +101,7 @@ pub struct TracingFile {
 }
 
 /// `[server]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
     /// Caller-facing address, default `127.0.0.1:8080`.
@@ -141,7 +142,7 @@ pub struct ServerFile {
 }
 
 /// `[log]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct LogFile {
     /// `"pretty"` (default) or `"json"`.
@@ -151,7 +152,7 @@ pub struct LogFile {
 }
 
 /// `[corps.NAME]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct CorpFile {
     /// `"sandbox"` (in-process imitation) or `https://open.fxiaoke.com` (or another cloud).
@@ -179,7 +180,7 @@ pub struct CorpFile {
 }
 
 /// `[upload]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct UploadFile {
     /// Limit on `/media/upload/message` and `type=image`, default `5MiB`.
@@ -191,7 +192,7 @@ pub struct UploadFile {
 }
 
 /// `[dedupe]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct DedupeFile {
     /// How long a mediaId is trusted for reuse, default `72h`.
@@ -203,7 +204,7 @@ pub struct DedupeFile {
 }
 
 /// `[store]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct StoreFile {
     /// `"memory"` (default) or `"redis"`.
@@ -236,7 +237,7 @@ pub struct StoreFile {
 }
 
 /// `[passthrough]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct PassthroughFile {
     /// Largest JSON body of a `/cgi/*` call, default `1MiB`.
@@ -247,7 +248,7 @@ pub struct PassthroughFile {
 }
 
 /// One of `[[clients]] keys = [{ sha256 = "…", not_after = "2027-01-31T00:00:00Z" }]`.
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct KeyFile {
     /// SHA-256 (hex) of the key.
@@ -257,7 +258,7 @@ pub struct KeyFile {
 }
 
 /// `[[clients]]`
-#[derive(Debug, Default, Deserialize)]
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClientFile {
     /// Name used in logs, metrics and `/admin/clients`.

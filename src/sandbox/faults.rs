@@ -1,56 +1,59 @@
 //! The faults a test scripts into the sandbox (`POST /_sandbox/faults`): delays, failures,
-//! scripted answers, one of each kind of misbehaviour Fxiaoke may show.
+//! scripted answers, one of each kind of misbehaviour Fxiaoke may show. Public and `Serialize`
+//! so that tests script them as values (`Faults { upload_delay, ..Faults::default() }`).
 
 use std::time::Duration;
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 
-#[derive(Debug, Default, Deserialize)]
+/// One script: every field left at its default is "behave". Posting one replaces the last
+/// (`revoke_tokens` aside, which acts at once).
+#[derive(Debug, Default, Clone, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
-pub(super) struct Faults {
+pub struct Faults {
     /// Forget every issued token: the next use answers 20016.
     #[serde(default)]
-    pub(super) revoke_tokens: bool,
+    pub revoke_tokens: bool,
     /// Hold each upload answer this long after reading the body.
     #[serde(default, rename = "upload_delay_ms", with = "millis")]
-    pub(super) upload_delay: Duration,
+    pub upload_delay: Duration,
     /// Answer the next N token calls with errorCode -1.
     #[serde(default)]
-    pub(super) token_fail_calls: u32,
+    pub token_fail_calls: u32,
     /// Answer the next upload with this errorCode.
     #[serde(default)]
-    pub(super) fail_next_upload: Option<i64>,
+    pub fail_next_upload: Option<i64>,
     /// Answer the next N token calls with a head and the start of a body that never ends.
     #[serde(default)]
-    pub(super) token_stall_calls: u32,
+    pub token_stall_calls: u32,
     /// Answer the next N uploads (body read, nothing stored) likewise.
     #[serde(default)]
-    pub(super) upload_stall_answers: u32,
+    pub upload_stall_answers: u32,
     /// Send the next N downloads' first half, then nothing more, for good.
     #[serde(default)]
-    pub(super) download_stalls: u32,
+    pub download_stalls: u32,
     /// Read every upload body at most this fast, in KiB/s (a slow Fxiaoke: back-pressure all
     /// the way to the caller); 0 = as fast as it comes.
     #[serde(default)]
-    pub(super) upload_read_kib_per_sec: u64,
+    pub upload_read_kib_per_sec: u64,
     /// Answers for the next uploads (body read, nothing stored), one per upload, in order.
     #[serde(default)]
-    pub(super) upload_answers: std::collections::VecDeque<ScriptedAnswer>,
+    pub upload_answers: std::collections::VecDeque<ScriptedAnswer>,
     /// Answer the next N business calls with 20016, whatever token they carry (a token that
     /// Fxiaoke stopped accepting before its time).
     #[serde(default)]
-    pub(super) reject_calls: u32,
+    pub reject_calls: u32,
     /// Answer every business call acting as this user with 20016 while its token is valid
     /// (Fxiaoke's "the cropId,cropAccessToken or authorization is error" for a reason of that
     /// call's own, such as a user the app may not act as); other calls are served.
     #[serde(default)]
-    pub(super) reject_user: Option<String>,
+    pub reject_user: Option<String>,
 }
 
 /// A broken answer the sandbox can give an upload instead of its own.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, Serialize)]
 #[serde(rename_all = "snake_case")]
-pub(super) enum ScriptedAnswer {
+pub enum ScriptedAnswer {
     /// 200 with an HTML error page (a proxy in the way).
     Html,
     /// 200 `application/json` whose body is not JSON.
@@ -68,10 +71,14 @@ pub(super) enum ScriptedAnswer {
 mod millis {
     use std::time::Duration;
 
-    use serde::{Deserialize, Deserializer};
+    use serde::{Deserialize, Deserializer, Serializer};
 
     pub(super) fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
         Ok(Duration::from_millis(u64::deserialize(d)?))
+    }
+
+    pub(super) fn serialize<S: Serializer>(d: &Duration, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_u64(u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
     }
 }
 

@@ -28,7 +28,7 @@ use tokio_util::sync::CancellationToken;
 use crate::body::{full, Body};
 use crate::clock::{Clock, SystemClock};
 use crate::route::query_param;
-use faults::Faults;
+pub use faults::{Faults, ScriptedAnswer};
 use state::{Endpoint, State};
 pub use state::{Stats, StatsSnapshot};
 

@@ -13,8 +13,19 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+pub mod fixture;
 pub mod proxy;
 pub mod sdk;
+
+// Each test file uses some of these.
+#[allow(unused_imports)]
+pub use fixture::{
+    caller, gamma, list, redis_store, redis_store_at, some, standard, Edit, TestConfig,
+};
+#[allow(unused_imports)]
+pub use fxgate::config::file::{ClientFile, CorpFile, FileConfig, KeyFile, StoreFile};
+#[allow(unused_imports)]
+pub use fxgate::sandbox::{Faults, ScriptedAnswer};
 
 pub const ALPHA_KEY: &str = "alpha-key-7d1f0c2e9b";
 pub const BETA_KEY: &str = "beta-key-4a8e2b6f13";
@@ -59,7 +70,7 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
 }
 
-fn key_hash(key: &str) -> String {
+pub(crate) fn key_hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
@@ -115,7 +126,7 @@ impl Sandbox {
         await_counter(&self.http, &self.url, counter, value).await
     }
 
-    pub async fn faults(&self, faults: serde_json::Value) {
+    pub async fn faults(&self, faults: Faults) {
         let r: serde_json::Value = self
             .http
             .post(format!("{}/_sandbox/faults", self.url))
@@ -170,48 +181,6 @@ impl Drop for Sandbox {
     }
 }
 
-/// The standard test config: two callers (alpha, beta) on one corp at `base_url`, loopback
-/// port 0 everywhere; `extra` is appended (later tables win over nothing, so it adds sections).
-pub fn config(base_url: &str, corp_extra: &str, extra: &str) -> String {
-    // Load tests send more than Fxiaoke's 100 calls per 20 s; budget tests set their own.
-    let budget = if corp_extra.contains("upstream_requests_per_20s") {
-        String::new()
-    } else {
-        "upstream_requests_per_20s = 1000000".to_string()
-    };
-    format!(
-        r#"
-[server]
-listen = "127.0.0.1:0"
-admin_listen = "127.0.0.1:0"
-request_header_timeout = "10s"
-shutdown_grace = "10s"
-# Two serving threads whatever the machine: every test crosses the per-thread paths.
-workers = 2
-
-[corps.default]
-base_url = "{base_url}"
-app_id = "sandbox-app"
-app_secret = "{APP_SECRET}"
-permanent_code = "sandbox-permanent-code"
-{budget}
-{corp_extra}
-
-{extra}
-
-[[clients]]
-name = "alpha"
-key_sha256 = "{alpha}"
-
-[[clients]]
-name = "beta"
-key_sha256 = "{beta}"
-"#,
-        alpha = key_hash(ALPHA_KEY),
-        beta = key_hash(BETA_KEY),
-    )
-}
-
 /// A gateway process.
 pub struct Gateway {
     child: Child,
@@ -222,12 +191,17 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    pub fn spawn(toml: &str) -> Self {
-        Self::spawn_in(tempfile::tempdir().unwrap(), toml)
+    pub fn spawn(cfg: &FileConfig) -> Self {
+        Self::spawn_in(tempfile::tempdir().unwrap(), cfg)
     }
 
     /// Spawns with the config written into `dir` (which may hold certificates).
-    pub fn spawn_in(dir: tempfile::TempDir, toml: &str) -> Self {
+    pub fn spawn_in(dir: tempfile::TempDir, cfg: &FileConfig) -> Self {
+        Self::spawn_text(dir, &cfg.toml())
+    }
+
+    /// Spawns from config text as written (for what a typed config cannot say).
+    pub fn spawn_text(dir: tempfile::TempDir, toml: &str) -> Self {
         let cfg = dir.path().join("fxgate.toml");
         std::fs::write(&cfg, toml).unwrap();
         let log = dir.path().join("fxgate.log");
@@ -241,7 +215,7 @@ impl Gateway {
             .spawn()
             .expect("spawn fxgate");
         let line = read_listening(&mut child);
-        let scheme = if toml.contains("tls_cert") {
+        let scheme = if toml.contains("tls_cert =") {
             "https"
         } else {
             "http"
@@ -322,7 +296,12 @@ impl Gateway {
     }
 
     /// Replaces the config file the gateway was started from (for reload tests).
-    pub fn rewrite_config(&self, toml: &str) {
+    pub fn rewrite_config(&self, cfg: &FileConfig) {
+        self.rewrite_text(&cfg.toml());
+    }
+
+    /// Replaces the config file with `toml` as written (a deliberately broken file).
+    pub fn rewrite_text(&self, toml: &str) {
         std::fs::write(self.dir.path().join("fxgate.toml"), toml).unwrap();
     }
 
@@ -396,7 +375,7 @@ impl Drop for Gateway {
 /// `pair` once the gateway holds its corp token: the sandbox issued one, and an upload (which
 /// awaits the token's publication) went through.
 pub async fn pair_holding_token() -> (Sandbox, Gateway) {
-    let (sandbox, gw) = pair(&[], "", "");
+    let (sandbox, gw) = pair(&[], |_| {});
     sandbox.wait("tokens_issued", 1).await;
     let (status, _, body) = upload_multipart(
         &client(),
@@ -410,10 +389,10 @@ pub async fn pair_holding_token() -> (Sandbox, Gateway) {
     (sandbox, gw)
 }
 
-/// A sandbox plus a gateway in front of it, with the standard config.
-pub fn pair(sandbox_args: &[&str], corp_extra: &str, extra: &str) -> (Sandbox, Gateway) {
+/// A sandbox plus a gateway in front of it, on the standard config after `edit`.
+pub fn pair(sandbox_args: &[&str], edit: impl FnOnce(&mut FileConfig)) -> (Sandbox, Gateway) {
     let sandbox = Sandbox::spawn(sandbox_args);
-    let gateway = Gateway::spawn(&config(&sandbox.url, corp_extra, extra));
+    let gateway = Gateway::spawn(&standard(&sandbox.url).with(edit));
     (sandbox, gateway)
 }
 
@@ -579,14 +558,6 @@ impl Drop for RedisServer {
     }
 }
 
-/// The `[store]` section for `redis`.
-pub fn redis_store(redis: &RedisServer, fail_mode: &str) -> String {
-    format!(
-        "[store]\nbackend = \"redis\"\nredis_url = \"{}\"\nquota_fail_mode = \"{fail_mode}\"\n",
-        redis.url()
-    )
-}
-
 /// Sends an upload head with `Content-Length: len` and `Expect: 100-continue` by `key` to
 /// `path` over a raw socket, and returns the first answer (no body byte is ever sent).
 pub async fn expect_continue(gw: &Gateway, key: &str, path: &str, len: u64) -> String {
@@ -620,22 +591,6 @@ pub fn admin_entry(clients: &serde_json::Value, name: &str) -> serde_json::Value
         .find(|c| c["name"] == name)
         .cloned()
         .unwrap_or_else(|| panic!("no caller {name} in {clients}"))
-}
-
-/// A caller `name` holding `key`, with more settings (TOML lines).
-pub fn client_entry(name: &str, key: &str, lines: &str) -> String {
-    format!(
-        "[[clients]]\nname = \"{name}\"\nkey_sha256 = \"{}\"\n{lines}\n",
-        key_hash(key)
-    )
-}
-
-/// A caller `gamma` with its own limits (TOML lines), for tests that need one.
-pub fn gamma_client(limits: &str) -> String {
-    format!(
-        "[[clients]]\nname = \"gamma\"\nkey_sha256 = \"{}\"\n{limits}\n",
-        key_hash(GAMMA_KEY)
-    )
 }
 
 pub const GAMMA_KEY: &str = "gamma-key-90c3d5e7a1";
@@ -701,31 +656,26 @@ pub struct InProcess {
     pub admin: String,
     http: reqwest::Client,
     _dir: tempfile::TempDir,
+    /// The config in force, which `reload_with` edits.
+    cfg: std::sync::Mutex<FileConfig>,
 }
 
 impl InProcess {
     /// Starts a sandbox with `opts` (its clock replaced by a fresh `ManualClock`) and a gateway
-    /// on the standard test config, with `corp_extra` in its corp table.
-    pub async fn spawn(opts: fxgate::sandbox::SandboxOptions, corp_extra: &str) -> Self {
-        Self::spawn_faulted(opts, corp_extra, serde_json::json!({})).await
+    /// on the standard test config after `edit`.
+    pub async fn spawn(
+        opts: fxgate::sandbox::SandboxOptions,
+        edit: impl FnOnce(&mut FileConfig),
+    ) -> Self {
+        Self::spawn_faulted(opts, edit, Faults::default()).await
     }
 
     /// As `spawn`, with `faults` scripted in the sandbox before the gateway starts (so they
     /// meet its very first token call).
     pub async fn spawn_faulted(
-        opts: fxgate::sandbox::SandboxOptions,
-        corp_extra: &str,
-        faults: serde_json::Value,
-    ) -> Self {
-        Self::spawn_full(opts, corp_extra, "", faults).await
-    }
-
-    /// As `spawn_faulted`, with `extra` sections (more callers, say) in the config.
-    pub async fn spawn_full(
         mut opts: fxgate::sandbox::SandboxOptions,
-        corp_extra: &str,
-        extra: &str,
-        faults: serde_json::Value,
+        edit: impl FnOnce(&mut FileConfig),
+        faults: Faults,
     ) -> Self {
         let clock = fxgate::clock::ManualClock::at_now();
         opts.clock = clock.clone();
@@ -742,7 +692,8 @@ impl InProcess {
         assert!(scripted.status().is_success());
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("fxgate.toml");
-        std::fs::write(&path, config(&sandbox.url(), corp_extra, extra)).unwrap();
+        let file = standard(&sandbox.url()).with(edit);
+        std::fs::write(&path, file.toml()).unwrap();
         let cfg = fxgate::Config::load(&path, Some(Default::default())).expect("config loads");
         let running = fxgate::app::spawn_with(cfg, clock.clone())
             .await
@@ -755,6 +706,7 @@ impl InProcess {
             running,
             http,
             _dir: dir,
+            cfg: std::sync::Mutex::new(file),
         }
     }
 
@@ -763,7 +715,7 @@ impl InProcess {
     }
 
     /// Scripts the sandbox's faults (replacing the ones before).
-    pub async fn faults(&self, faults: serde_json::Value) {
+    pub async fn faults(&self, faults: Faults) {
         let resp = self
             .http
             .post(format!("{}/_sandbox/faults", self.sandbox.url()))
@@ -774,10 +726,17 @@ impl InProcess {
         assert!(resp.status().is_success());
     }
 
-    /// Rewrites the config file (the standard test config with `corp_extra` and `extra`) and
-    /// reloads it through `POST /admin/reload`: the answer's status and body.
-    pub async fn reload_with(&self, corp_extra: &str, extra: &str) -> (u16, serde_json::Value) {
-        let toml = config(&self.sandbox.url(), corp_extra, extra);
+    /// Edits the config in force (edits add up), writes it and reloads it through
+    /// `POST /admin/reload`: the answer's status and body.
+    pub async fn reload_with(
+        &self,
+        edit: impl FnOnce(&mut FileConfig),
+    ) -> (u16, serde_json::Value) {
+        let toml = {
+            let mut cfg = self.cfg.lock().unwrap();
+            edit(&mut cfg);
+            cfg.toml()
+        };
         std::fs::write(self._dir.path().join("fxgate.toml"), toml).unwrap();
         let r = self
             .http
