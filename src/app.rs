@@ -37,6 +37,9 @@ use crate::session::redis::RedisSessions;
 use crate::session::{MemorySessions, SessionStore, Sessions};
 use crate::state::AppState;
 use crate::store::{Backend, FailMode, FailOver, ModeSwitch, Redis};
+use crate::upstream::budget::memory::MemoryBudget;
+use crate::upstream::budget::redis::RedisBudget;
+use crate::upstream::budget::BudgetStore;
 use crate::upstream::token::redis::RedisTokens;
 use crate::upstream::token::store::{MemoryTokens, TokenStore};
 use crate::upstream::token::ApiStyle;
@@ -213,14 +216,16 @@ async fn watch_files(state: &Arc<AppState>, shutdown: &CancellationToken) {
     }
 }
 
-/// The stores of `[store]`: in memory, or in Redis behind the fail-mode decorator (quotas per
-/// `quota_fail_mode`; the token always falls back to fetching alone; dedupe treats a failing
-/// Redis as a miss by itself).
+/// The stores of `[store]`: in memory, or in Redis behind the fail-mode decorator (quotas and
+/// the corp budget per `quota_fail_mode`; the token always falls back to fetching alone; dedupe
+/// falls back to this replica's own index).
 struct Stores {
     redis: Option<Arc<Redis>>,
     /// `quota_fail_mode` in force, for the quota and budget stores (a reload changes it).
     quota_mode: Arc<ModeSwitch>,
     quotas: Arc<dyn QuotaStore>,
+    /// The corps' allowance at Fxiaoke.
+    budget: Arc<dyn BudgetStore>,
     sessions: Arc<dyn SessionStore>,
 }
 
@@ -232,6 +237,7 @@ impl Stores {
         clock: &Arc<dyn Clock>,
     ) -> Result<Self, crate::body::BoxError> {
         let local: Arc<dyn QuotaStore> = Arc::new(MemoryQuotas::new(clock.clone()));
+        let own_budget: Arc<dyn BudgetStore> = Arc::new(MemoryBudget::new(clock.clone()));
         let own_sessions: Arc<dyn SessionStore> = Arc::new(MemorySessions::new(SESSIONS_MAX));
         let quota_mode = ModeSwitch::new(cfg.store.quota_fail_mode);
         Ok(match cfg.store.backend {
@@ -239,15 +245,18 @@ impl Stores {
                 redis: None,
                 quota_mode,
                 quotas: local,
+                budget: own_budget,
                 sessions: own_sessions,
             },
             Backend::Redis => {
                 metrics.register_store(registry)?;
                 let redis = Redis::start(&cfg.store, metrics.clone(), cfg.server.workers).await?;
                 let shared: Arc<dyn QuotaStore> = Arc::new(RedisQuotas::new(redis.clone()));
+                let budget: Arc<dyn BudgetStore> = Arc::new(RedisBudget::new(redis.clone()));
                 let sessions: Arc<dyn SessionStore> = Arc::new(RedisSessions::new(redis.clone()));
                 Self {
                     quotas: Arc::new(FailOver::switched(shared, local, quota_mode.clone())),
+                    budget: Arc::new(FailOver::switched(budget, own_budget, quota_mode.clone())),
                     quota_mode,
                     // Open: with Redis down a replica issues and checks its own tokens; an SDK
                     // holding one this replica does not know gets 20016 and fetches another.
@@ -327,7 +336,7 @@ async fn spawn_corps(
             base,
             metrics.clone(),
             clock.clone(),
-            stores.quotas.clone(),
+            stores.budget.clone(),
             |flow| stores.tokens(cfg, name, flow, clock),
             cfg.server.workers,
         );

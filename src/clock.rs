@@ -12,6 +12,17 @@ use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 use futures_util::future::BoxFuture;
 use tokio::sync::Notify;
 
+/// Fxiaoke's daily quotas reset at 00:00 China Standard Time (UTC+8, no DST).
+const CST_OFFSET_SECS: u64 = 8 * 3600;
+const DAY: u64 = 86_400;
+
+/// The CST calendar day of `unix_secs`, and the seconds until the next one starts: the day
+/// that callers' byte quotas and the corp's daily call budget are counted on.
+pub fn cst_day(unix_secs: u64) -> (u64, u64) {
+    let shifted = unix_secs + CST_OFFSET_SECS;
+    (shifted / DAY, DAY - shifted % DAY)
+}
+
 /// A source of time.
 pub trait Clock: Send + Sync + fmt::Debug {
     /// Monotonic now.
@@ -125,6 +136,15 @@ impl Clock for ManualClock {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn cst_days_start_at_utc_16h() {
+        // 2026-11-24T15:59:59Z is 23:59:59 CST; one second later a new CST day begins.
+        let before = 1_795_535_999;
+        let (d1, left) = cst_day(before);
+        assert_eq!(left, 1);
+        assert_eq!(cst_day(before + 1).0, d1 + 1);
+    }
 
     #[tokio::test]
     async fn sleepers_wake_when_the_clock_passes_them_and_not_before() {

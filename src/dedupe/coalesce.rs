@@ -23,10 +23,10 @@ pub enum Outcome {
     Failed,
 }
 
-type Slot = watch::Receiver<Option<Outcome>>;
+type Pending = watch::Receiver<Option<Outcome>>;
 /// A claimed upload: its key, and the caller when claims are scoped per caller.
 type InflightKey = (DedupeKey, Option<String>);
-type InflightMap = Arc<Mutex<HashMap<InflightKey, Slot>>>;
+type InflightMap = Arc<Mutex<HashMap<InflightKey, Pending>>>;
 
 /// Concurrent uploads of the same claimed digest: the first leads, the rest wait for it.
 #[derive(Debug, Default)]
@@ -40,7 +40,7 @@ pub enum Role {
     /// Upload, then report through the guard.
     Leader(LeaderGuard),
     /// Wait on this for the leader's outcome.
-    Follower(Slot),
+    Follower(Pending),
 }
 
 /// Held by the leading upload; dropping it without `complete` tells followers it failed.
@@ -99,7 +99,7 @@ impl Coalescer {
 }
 
 /// Waits for a leader's outcome, at most `bound`; `None` on timeout.
-pub async fn follow(mut slot: Slot, bound: Duration) -> Option<Outcome> {
+pub async fn follow(mut slot: Pending, bound: Duration) -> Option<Outcome> {
     let wait = async {
         loop {
             if let Some(outcome) = slot.borrow_and_update().clone() {

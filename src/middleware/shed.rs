@@ -54,9 +54,9 @@ pub struct Shed<S> {
 
 /// One request's place among the `max`; given back when the request's future ends (answered,
 /// failed or dropped).
-struct Slot(Arc<AtomicUsize>);
+struct InflightGuard(Arc<AtomicUsize>);
 
-impl Drop for Slot {
+impl Drop for InflightGuard {
     fn drop(&mut self) {
         self.0.fetch_sub(1, Ordering::AcqRel);
     }
@@ -82,7 +82,7 @@ where
             limit.metrics.shed.inc();
             return Box::pin(std::future::ready(Err(GatewayError::Overloaded)));
         }
-        let slot = Slot(limit.inflight.clone());
+        let slot = InflightGuard(limit.inflight.clone());
         let fut = self.inner.call(req);
         Box::pin(async move {
             let answered = fut.await;

@@ -1,17 +1,17 @@
-//! `MemoryQuotas`: quota and budget state in this process (`backend = "memory"`, and each
+//! `MemoryQuotas`: caller quota state in this process (`backend = "memory"`, and each
 //! replica's own counters while Redis is down and quotas fail open). State is keyed by caller
-//! and corp name, so it survives a reload: a caller whose `requests_per_minute` changed starts
+//! name, so it survives a reload: a caller whose `requests_per_minute` changed starts
 //! a fresh rate window, everything else carries on.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use futures_util::future::BoxFuture;
 use parking_lot::Mutex;
 
-use super::{cst_day, BudgetAnswer, QuotaStore, Reserved, Slot, StoreFuture, UploadSlot, WINDOW};
-use crate::clock::Clock;
+use super::{Held, QuotaStore, Reserved, StoreFuture, UploadSlot};
+use crate::clock::{cst_day, Clock};
 
 /// Quota state of this process; cheap to clone.
 #[derive(Debug, Clone)]
@@ -25,27 +25,16 @@ struct Inner {
     slots: Arc<Mutex<HashMap<String, u64>>>,
     /// (CST day, bytes used or reserved on it) per caller.
     bytes: Mutex<HashMap<String, (u64, u64)>>,
-    /// Call times in the last 20 s per corp and interface.
-    windows: Mutex<HashMap<String, HashMap<String, VecDeque<Instant>>>>,
-    /// (CST day, calls on it) per corp.
-    daily: Mutex<HashMap<String, (u64, u64)>>,
 }
-
-/// Interfaces of one corp with calls in the last 20 s, at most. Fxiaoke has a few hundred
-/// interfaces; a caller spraying distinct paths meets this bound (942902 for a new one)
-/// instead of growing the table without end (design §9: bounded tables).
-const MAX_INTERFACES: usize = 4096;
-/// Below this many windows a corp's table is not swept.
-const SWEEP_FROM: usize = 64;
 
 /// Holds one of a caller's slots; dropping it frees the slot.
 #[derive(Debug)]
-pub struct SlotGuard {
+pub struct CountedSlot {
     slots: Arc<Mutex<HashMap<String, u64>>>,
     client: String,
 }
 
-impl Drop for SlotGuard {
+impl Drop for CountedSlot {
     fn drop(&mut self) {
         if let Some(n) = self.slots.lock().get_mut(&self.client) {
             *n = n.saturating_sub(1);
@@ -55,7 +44,10 @@ impl Drop for SlotGuard {
 
 /// The entry for `key`, allocating the key only the first time (these run per request). Never
 /// `None` in fact; callers treat it as a refusal rather than panic.
-fn entry<'m, V: Default>(map: &'m mut HashMap<String, V>, key: &str) -> Option<&'m mut V> {
+pub(crate) fn entry<'m, V: Default>(
+    map: &'m mut HashMap<String, V>,
+    key: &str,
+) -> Option<&'m mut V> {
     if !map.contains_key(key) {
         map.insert(key.to_string(), V::default());
     }
@@ -74,8 +66,6 @@ impl MemoryQuotas {
             rates: Mutex::default(),
             slots: Arc::default(),
             bytes: Mutex::default(),
-            windows: Mutex::default(),
-            daily: Mutex::default(),
         }))
     }
 
@@ -109,7 +99,7 @@ impl MemoryQuotas {
             return None;
         }
         *n += 1;
-        Some(UploadSlot::from(Slot::Counted(SlotGuard {
+        Some(UploadSlot::from(Held::Counted(CountedSlot {
             slots: self.0.slots.clone(),
             client: client.to_string(),
         })))
@@ -134,59 +124,6 @@ impl MemoryQuotas {
         used.1 += n;
         Ok(day)
     }
-
-    fn take_call(
-        &self,
-        corp: &str,
-        interface: &str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> BudgetAnswer {
-        let now = self.0.clock.now();
-        let day = cst_day(unix_secs).0;
-        let mut calls = self.0.daily.lock();
-        let Some(today) = entry(&mut calls, corp) else {
-            return BudgetAnswer::Window(WINDOW);
-        };
-        if today.0 != day {
-            *today = (day, 0);
-        }
-        if daily.is_some_and(|limit| today.1 >= limit) {
-            return BudgetAnswer::DaySpent;
-        }
-        let mut windows = self.0.windows.lock();
-        let Some(corp_windows) = entry(&mut windows, corp) else {
-            return BudgetAnswer::Window(WINDOW);
-        };
-        if !corp_windows.contains_key(interface) && !make_room(corp_windows, now) {
-            return BudgetAnswer::Window(WINDOW);
-        }
-        let Some(w) = entry(corp_windows, interface) else {
-            return BudgetAnswer::Window(WINDOW);
-        };
-        while w.front().is_some_and(|t| now.duration_since(*t) >= WINDOW) {
-            w.pop_front();
-        }
-        if w.len() >= per_20s as usize {
-            let wait = w.front().map_or(Duration::ZERO, |t| {
-                (*t + WINDOW).saturating_duration_since(now)
-            });
-            return BudgetAnswer::Window(wait.max(Duration::from_millis(1)));
-        }
-        w.push_back(now);
-        today.1 += 1;
-        BudgetAnswer::Taken(daily.map(|limit| limit.saturating_sub(today.1)))
-    }
-}
-
-/// Before a new interface's window is added: drops every window whose last call left the 20 s
-/// window (it would allow a full window again anyway); false when `MAX_INTERFACES` are live.
-fn make_room(windows: &mut HashMap<String, VecDeque<Instant>>, now: Instant) -> bool {
-    if windows.len() >= SWEEP_FROM {
-        windows.retain(|_, w| w.back().is_some_and(|t| now.duration_since(*t) < WINDOW));
-    }
-    windows.len() < MAX_INTERFACES
 }
 
 impl QuotaStore for MemoryQuotas {
@@ -229,16 +166,6 @@ impl QuotaStore for MemoryQuotas {
         let used = self.0.bytes.lock().get(client).copied();
         ready(used.filter(|u| u.0 == today).map_or(0, |u| u.1))
     }
-    fn budget<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> StoreFuture<'a, BudgetAnswer> {
-        ready(self.take_call(corp, interface, per_20s, daily, unix_secs))
-    }
 }
 
 #[cfg(test)]
@@ -267,54 +194,6 @@ mod tests {
         }
     }
 
-    #[test]
-    fn budget_windows_of_quiet_interfaces_are_dropped_and_live_ones_are_bounded() {
-        let clock = ManualClock::new(0);
-        let q = MemoryQuotas::new(clock.clone());
-        let windows = |q: &MemoryQuotas| q.0.windows.lock().get("c").map_or(0, HashMap::len);
-        for round in 0..5 {
-            for i in 0..1000 {
-                let path = format!("/cgi/x/{round}/{i}");
-                let answer = q.take_call("c", &path, 100, None, 0);
-                assert!(matches!(answer, BudgetAnswer::Taken(_)), "{path}");
-            }
-            clock.advance(WINDOW);
-        }
-        // Every round's paths went quiet before the next: only the last round's are kept.
-        assert!(windows(&q) <= 1000, "{}", windows(&q));
-        for i in 0..MAX_INTERFACES {
-            q.take_call("c", &format!("/cgi/y/{i}"), 100, None, 0);
-        }
-        assert!(windows(&q) <= MAX_INTERFACES);
-        let refused = q.take_call("c", "/cgi/one/more", 100, None, 0);
-        assert!(matches!(refused, BudgetAnswer::Window(_)));
-        // An interface already counted is still served.
-        let known = q.take_call("c", "/cgi/y/1", 100, None, 0);
-        assert!(matches!(known, BudgetAnswer::Taken(_)));
-    }
-
-    #[test]
-    fn the_daily_budget_is_never_overshot_by_concurrent_callers() {
-        let q = Arc::new(MemoryQuotas::new(ManualClock::new(0)));
-        let taken: usize = std::thread::scope(|s| {
-            let workers: Vec<_> = (0..8)
-                .map(|_| {
-                    let q = q.clone();
-                    s.spawn(move || {
-                        (0..100)
-                            .filter(|_| {
-                                let answer = q.take_call("corp", "/x", 10_000, Some(50), 0);
-                                matches!(answer, BudgetAnswer::Taken(_))
-                            })
-                            .count()
-                    })
-                })
-                .collect();
-            workers.into_iter().map(|w| w.join().unwrap_or(0)).sum()
-        });
-        assert_eq!(taken, 50);
-    }
-
     #[tokio::test]
     async fn an_upload_spanning_cst_midnight_is_charged_once() {
         // 23:59:58 CST.
@@ -337,15 +216,6 @@ mod tests {
         t.settle(9 << 20);
         // The 3 MiB before midnight were yesterday's; today has only the 6 MiB after it.
         assert_eq!(used(clock.unix_secs()), 6 << 20);
-    }
-
-    #[test]
-    fn cst_days_start_at_utc_16h() {
-        // 2026-11-24T15:59:59Z is 23:59:59 CST; one second later a new CST day begins.
-        let before = 1_795_535_999;
-        let (d1, left) = cst_day(before);
-        assert_eq!(left, 1);
-        assert_eq!(cst_day(before + 1).0, d1 + 1);
     }
 
     #[test]
@@ -412,20 +282,5 @@ mod tests {
         clock.advance(Duration::from_secs(86_400));
         assert_eq!(today(), 0);
         assert!(quotas.bytes_ticket(&cfg, Some(8 << 20)).await.is_ok());
-    }
-
-    #[test]
-    fn upstream_window_is_per_interface_and_slides() {
-        let clock = ManualClock::new(1_795_500_000_000);
-        let q = MemoryQuotas::new(clock.clone());
-        let take = |i: &str| q.take_call("corp", i, 3, Some(5), clock.unix_secs());
-        for _ in 0..3 {
-            assert!(matches!(take("/media/upload"), BudgetAnswer::Taken(_)));
-        }
-        assert_eq!(take("/media/upload"), BudgetAnswer::Window(WINDOW));
-        assert_eq!(take("/media/download"), BudgetAnswer::Taken(Some(1)));
-        clock.advance(WINDOW);
-        assert_eq!(take("/media/upload"), BudgetAnswer::Taken(Some(0)));
-        assert_eq!(take("/media/delete"), BudgetAnswer::DaySpent);
     }
 }

@@ -7,9 +7,9 @@
 //! * concurrent uploads: a slot per upload, held until it ends;
 //! * bytes per calendar day (Asia/Shanghai, UTC+8, where Fxiaoke's quotas reset), reserved by
 //!   `Content-Length` before the body is read, grown as a chunked body flows, settled to the
-//!   file's real size on success and refunded on failure or a dedupe hit (`ticket`);
-//! * the corp's Fxiaoke allowance (`upstream::budget` asks `budget`): at most
-//!   `upstream_requests_per_20s` calls per interface in any 20 s, and the daily call budget.
+//!   file's real size on success and refunded on failure or a dedupe hit (`ticket`).
+//!
+//! The corp's allowance at Fxiaoke is not a caller's quota: `upstream::budget` counts it.
 
 pub mod memory;
 pub mod redis;
@@ -28,29 +28,6 @@ use crate::metrics::QuotaKind;
 use crate::store::{FailOver, Lease, StoreError};
 pub use ticket::BytesTicket;
 
-/// Fxiaoke's daily quotas reset at 00:00 China Standard Time (UTC+8, no DST).
-const CST_OFFSET_SECS: u64 = 8 * 3600;
-const DAY: u64 = 86_400;
-/// Fxiaoke's per-interface window.
-pub const WINDOW: Duration = Duration::from_secs(20);
-
-/// The CST calendar day of `unix_secs`, and the seconds until the next one starts.
-pub fn cst_day(unix_secs: u64) -> (u64, u64) {
-    let shifted = unix_secs + CST_OFFSET_SECS;
-    (shifted / DAY, DAY - shifted % DAY)
-}
-
-/// What the upstream budget said.
-#[derive(Debug, PartialEq, Eq)]
-pub enum BudgetAnswer {
-    /// One call taken; calls left today when a daily budget is set.
-    Taken(Option<u64>),
-    /// The 20 s window is full for this long.
-    Window(Duration),
-    /// Today's budget is spent.
-    DaySpent,
-}
-
 /// Bytes reserved on one CST day, and the store that holds them (a refund goes back there).
 #[derive(Debug, Clone)]
 pub struct Reserved {
@@ -64,21 +41,21 @@ pub struct Reserved {
 #[derive(Debug)]
 pub struct UploadSlot {
     // Never read: holding it is the point, dropping it the release.
-    _held: Slot,
+    _held: Held,
 }
 
 // Fields never read: holding them is the point, dropping them the release.
 #[allow(dead_code)]
 #[derive(Debug)]
-enum Slot {
+enum Held {
     /// Counted in this process; released by the guard.
-    Counted(memory::SlotGuard),
+    Counted(memory::CountedSlot),
     /// Leased in Redis; renewed while held, released on drop.
     Leased(Lease),
 }
 
-impl From<Slot> for UploadSlot {
-    fn from(held: Slot) -> Self {
+impl From<Held> for UploadSlot {
+    fn from(held: Held) -> Self {
         Self { _held: held }
     }
 }
@@ -110,16 +87,6 @@ pub trait QuotaStore: Send + Sync + fmt::Debug {
     fn refund_bytes(&self, client: &str, n: u64, day: u64) -> BoxFuture<'static, ()>;
     /// Bytes of `client` used on the CST day of `unix_secs`.
     fn bytes_today<'a>(&'a self, client: &'a str, unix_secs: u64) -> StoreFuture<'a, u64>;
-    /// One call on `interface` of `corp`: at most `per_20s` in any 20 s, at most `daily` on the
-    /// CST day of `unix_secs`.
-    fn budget<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> StoreFuture<'a, BudgetAnswer>;
 }
 
 pub use crate::store::StoreFuture;
@@ -155,16 +122,6 @@ impl QuotaStore for FailOver<dyn QuotaStore> {
     }
     fn bytes_today<'a>(&'a self, client: &'a str, unix_secs: u64) -> StoreFuture<'a, u64> {
         Box::pin(self.sum(move |s| s.bytes_today(client, unix_secs)))
-    }
-    fn budget<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> StoreFuture<'a, BudgetAnswer> {
-        Box::pin(self.run(move |s| s.budget(corp, interface, per_20s, daily, unix_secs)))
     }
 }
 

@@ -1,4 +1,4 @@
-//! `RedisQuotas`: quotas and the upstream budget in Redis, global across replicas. Every decision is one Lua
+//! `RedisQuotas`: caller quotas in Redis, global across replicas. Every decision is one Lua
 //! script (atomic in Redis) using Redis's own clock (`TIME`), so replicas with skewed clocks
 //! still share one limit. Keys (under `store.key_prefix`):
 //!
@@ -7,8 +7,6 @@
 //!   expiry in ms). A replica renews its leases while uploads run; a dead replica's slots
 //!   expire after `SLOT_LEASE`.
 //! * `quota:{client}:bytes:{cst_day}` — bytes reserved today (expires after two days).
-//! * `budget:{corp}:{interface}` — sorted set of call times in the last 20 s.
-//! * `budget:{corp}:daily:{cst_day}` — calls today (expires after two days).
 
 use std::sync::{Arc, LazyLock};
 
@@ -17,7 +15,8 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{cst_day, BudgetAnswer, QuotaStore, Reserved, Slot, StoreFuture, UploadSlot};
+use super::{Held, QuotaStore, Reserved, StoreFuture, UploadSlot};
+use crate::clock::cst_day;
 use crate::store::{Lease, Redis, StoreError};
 
 /// How long an upload slot outlives a replica that stopped renewing it.
@@ -99,37 +98,6 @@ local used = tonumber(redis.call('GET', KEYS[1]) or '0')
 local n = math.min(used, tonumber(ARGV[1]))
 if n > 0 then redis.call('DECRBY', KEYS[1], n) end
 return used - n
-"#,
-    )
-});
-
-/// Daily budget (KEYS[2], limit ARGV[3], 0 = none) checked first, then the 20 s window
-/// (KEYS[1], limit ARGV[1]). Answers {ms to wait or 0, 1 if the day is spent, calls left today
-/// or -1}.
-static BUDGET: LazyLock<Script> = LazyLock::new(|| {
-    Script::new(
-        r#"
-local t = redis.call('TIME')
-local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local daily = tonumber(ARGV[3])
-local used = 0
-if daily > 0 then
-  used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used >= daily then return {1, 1, 0} end
-end
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 20000)
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
-  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {math.max(1, tonumber(oldest[2]) + 20000 - now), 0, daily > 0 and daily - used or -1}
-end
-redis.call('ZADD', KEYS[1], now, ARGV[2])
-redis.call('PEXPIRE', KEYS[1], 21000)
-if daily > 0 then
-  redis.call('INCR', KEYS[2])
-  redis.call('EXPIRE', KEYS[2], 172800)
-  return {0, 0, daily - used - 1}
-end
-return {0, 0, -1}
 "#,
     )
 });
@@ -229,7 +197,7 @@ impl RedisQuotas {
                 })
                 .await;
         };
-        Ok(Some(UploadSlot::from(Slot::Leased(Lease::hold(
+        Ok(Some(UploadSlot::from(Held::Leased(Lease::hold(
             SLOT_LEASE, renew, release,
         )))))
     }
@@ -301,43 +269,6 @@ impl RedisQuotas {
             .await?;
         Ok(v.unwrap_or(0))
     }
-
-    /// Takes one call on `interface` of `corp`: at most `per_20s` in any 20 s, and at most
-    /// `daily` on the CST day of `unix_secs`.
-    async fn take_call(
-        &self,
-        corp: &str,
-        interface: &str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> Result<BudgetAnswer, StoreError> {
-        let window = self.redis.key(&["budget", corp, interface]);
-        let day = self
-            .redis
-            .key(&["budget", corp, "daily", &cst_day(unix_secs).0.to_string()]);
-        let member = unique();
-        let (wait, spent, left): (i64, i64, i64) = self
-            .redis
-            .run("budget", "window", |mut c| async move {
-                BUDGET
-                    .key(&window)
-                    .key(&day)
-                    .arg(per_20s)
-                    .arg(&member)
-                    .arg(daily.unwrap_or(0))
-                    .invoke_async(&mut c)
-                    .await
-            })
-            .await?;
-        Ok(if spent == 1 {
-            BudgetAnswer::DaySpent
-        } else if wait > 0 {
-            BudgetAnswer::Window(Duration::from_millis(wait as u64))
-        } else {
-            BudgetAnswer::Taken((left >= 0).then_some(left as u64))
-        })
-    }
 }
 
 impl QuotaStore for RedisQuotas {
@@ -375,15 +306,5 @@ impl QuotaStore for RedisQuotas {
     }
     fn bytes_today<'a>(&'a self, client: &'a str, unix_secs: u64) -> StoreFuture<'a, u64> {
         Box::pin(self.used_bytes(client, unix_secs))
-    }
-    fn budget<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> StoreFuture<'a, BudgetAnswer> {
-        Box::pin(self.take_call(corp, interface, per_20s, daily, unix_secs))
     }
 }

@@ -13,7 +13,7 @@ use super::source::FileSource;
 use crate::error::GatewayError;
 use crate::quota::BytesTicket;
 use crate::sniff::HEAD_LEN;
-use crate::upstream::body::{BodySender, DigestReceiver, FileSlot};
+use crate::upstream::body::{BodySender, DigestReceiver, SendPermit};
 
 /// Files up to this size are read whole before the upstream request opens. It is within the
 /// server's inbound read buffer, so it adds no memory per upload.
@@ -175,7 +175,7 @@ impl<'a> Pump<'a> {
 
     /// Room for one chunk in the upstream body, waiting at most `send_timeout`; `None` when
     /// the upstream request is gone.
-    async fn room(&self) -> Result<Option<FileSlot<'a>>, GatewayError> {
+    async fn room(&self) -> Result<Option<SendPermit<'a>>, GatewayError> {
         // A deadline (a timer entry) only when the body is full and we must wait.
         match self.tx.try_slot() {
             Ok(Some(slot)) => return Ok(Some(slot)),

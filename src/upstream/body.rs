@@ -178,20 +178,20 @@ impl BodySender {
     }
 
     /// Room for one chunk of the file if there is room now; `None` when the body is full.
-    pub fn try_slot(&self) -> Result<Option<FileSlot<'_>>, UpstreamGone> {
+    pub fn try_slot(&self) -> Result<Option<SendPermit<'_>>, UpstreamGone> {
         match self.tx.try_reserve() {
-            Ok(p) => Ok(Some(FileSlot(p))),
+            Ok(p) => Ok(Some(SendPermit(p))),
             Err(mpsc::error::TrySendError::Full(())) => Ok(None),
             Err(mpsc::error::TrySendError::Closed(())) => Err(UpstreamGone),
         }
     }
 
     /// Room for one chunk of the file, once hyper has taken what is queued.
-    pub async fn slot(&self) -> Result<FileSlot<'_>, UpstreamGone> {
+    pub async fn slot(&self) -> Result<SendPermit<'_>, UpstreamGone> {
         self.tx
             .reserve()
             .await
-            .map(FileSlot)
+            .map(SendPermit)
             .map_err(|_| UpstreamGone)
     }
 
@@ -209,15 +209,15 @@ impl BodySender {
 /// Room for one chunk of the file, taken before the chunk is read from the caller: under
 /// back-pressure the bytes wait in the caller's socket, not in a chunk fxgate holds while
 /// waiting for room (that chunk cost 64 KiB per upload held up by a slow Fxiaoke).
-pub struct FileSlot<'a>(mpsc::Permit<'a, Msg>);
+pub struct SendPermit<'a>(mpsc::Permit<'a, Msg>);
 
-impl std::fmt::Debug for FileSlot<'_> {
+impl std::fmt::Debug for SendPermit<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str("FileSlot")
+        f.write_str("SendPermit")
     }
 }
 
-impl FileSlot<'_> {
+impl SendPermit<'_> {
     /// Queues the chunk in the room taken.
     pub fn send(self, chunk: Bytes) {
         if !chunk.is_empty() {

@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tracing::field::Empty;
 
-use super::budget::UpstreamBudget;
+use super::budget::{BudgetStore, UpstreamBudget};
 use super::envelope::{Envelope, Read, UpstreamCode};
 use super::timing::Timing;
 use super::token::store::TokenStore;
@@ -18,7 +18,6 @@ use crate::clock::Clock;
 use crate::config::CorpConfig;
 use crate::error::GatewayError;
 use crate::metrics::Metrics;
-use crate::quota::QuotaStore;
 use crate::worker::PerWorker;
 use http::{HeaderMap, Request, Response, StatusCode, Uri};
 use hyper::body::Incoming;
@@ -91,13 +90,13 @@ impl std::fmt::Debug for Target {
 
 impl Corp {
     /// Builds the corp and starts its token refresher. Its token is shared through `tokens`
-    /// and its budget counted in `quotas` (memory, or Redis behind a fail-mode decorator).
+    /// and its budget counted in `budget` (memory, or Redis behind a fail-mode decorator).
     pub fn spawn(
         cfg: CorpConfig,
         base: String,
         metrics: Metrics,
         clock: Arc<dyn Clock>,
-        quotas: Arc<dyn QuotaStore>,
+        counted: Arc<dyn BudgetStore>,
         tokens: impl Fn(ApiStyle) -> Arc<dyn TokenStore>,
         workers: usize,
     ) -> Arc<Self> {
@@ -106,7 +105,7 @@ impl Corp {
             cfg.upstream_requests_per_20s,
             cfg.daily_call_budget,
             clock.clone(),
-            quotas,
+            counted,
         );
         let timing = Arc::new(Timing::new(&cfg));
         let clients = PerWorker::new(workers, || transport::pooled(timing.clone()));

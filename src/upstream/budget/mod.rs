@@ -1,15 +1,62 @@
 //! `UpstreamBudget`: the corp's allowance at Fxiaoke (design §2, fxiaoke.md §5), taken before
 //! every upstream call: at most `upstream_requests_per_20s` calls per interface in any 20 s (a
-//! short wait is allowed, then 942902) and the optional daily call budget. The counting is the
-//! quota store's (`QuotaStore::budget`), so replicas sharing Redis share one budget.
+//! short wait is allowed, then 942902) and the optional daily call budget. A `BudgetStore`
+//! counts: `memory` (this process) or `redis` (one budget for every replica, behind
+//! `store::FailOver` with `quota_fail_mode`). Not a caller's quota: the corp's, shared by all
+//! its callers.
+
+pub mod memory;
+pub mod redis;
 
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::clock::Clock;
+use crate::clock::{cst_day, Clock};
 use crate::error::GatewayError;
-use crate::quota::{cst_day, BudgetAnswer, QuotaStore};
+use crate::store::{FailOver, StoreFuture};
+
+/// Fxiaoke's per-interface window.
+pub const WINDOW: Duration = Duration::from_secs(20);
+
+/// What the budget store said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum BudgetAnswer {
+    /// One call taken; calls left today when a daily budget is set.
+    Taken(Option<u64>),
+    /// The 20 s window is full for this long.
+    Window(Duration),
+    /// Today's budget is spent.
+    DaySpent,
+}
+
+/// Where the corp's calls are counted. `Err` only when the store itself failed.
+pub trait BudgetStore: Send + Sync + std::fmt::Debug {
+    /// One call on `interface` of `corp`: at most `per_20s` in any 20 s, at most `daily` on
+    /// the CST day of `unix_secs`.
+    fn take<'a>(
+        &'a self,
+        corp: &'a str,
+        interface: &'a str,
+        per_20s: u32,
+        daily: Option<u64>,
+        unix_secs: u64,
+    ) -> StoreFuture<'a, BudgetAnswer>;
+}
+
+/// Redis first; a failure answers per the fail mode (this replica's own count, or not at all).
+impl BudgetStore for FailOver<dyn BudgetStore> {
+    fn take<'a>(
+        &'a self,
+        corp: &'a str,
+        interface: &'a str,
+        per_20s: u32,
+        daily: Option<u64>,
+        unix_secs: u64,
+    ) -> StoreFuture<'a, BudgetAnswer> {
+        Box::pin(self.run(move |s| s.take(corp, interface, per_20s, daily, unix_secs)))
+    }
+}
 
 /// How long a request may wait, in all, for a slot in the corp's 20 s window before 942902.
 const BUDGET_QUEUE_BOUND: Duration = Duration::from_secs(2);
@@ -28,7 +75,7 @@ pub struct UpstreamBudget {
     /// The daily budget (`NO_DAILY`: none).
     daily: AtomicU64,
     clock: Arc<dyn Clock>,
-    store: Arc<dyn QuotaStore>,
+    store: Arc<dyn BudgetStore>,
     /// Calls left today as the store last said (`u64::MAX`: not yet known).
     left: AtomicU64,
 }
@@ -41,7 +88,7 @@ impl UpstreamBudget {
         per_20s: u32,
         daily: Option<u64>,
         clock: Arc<dyn Clock>,
-        store: Arc<dyn QuotaStore>,
+        store: Arc<dyn BudgetStore>,
     ) -> Self {
         Self {
             corp: corp.to_string(),
@@ -86,7 +133,7 @@ impl UpstreamBudget {
             let now = self.clock.unix_secs();
             let answer = self
                 .store
-                .budget(
+                .take(
                     &self.corp,
                     interface,
                     self.per_20s.load(Ordering::Relaxed),
@@ -136,14 +183,14 @@ impl UpstreamBudget {
 
 #[cfg(test)]
 mod tests {
+    use super::memory::MemoryBudget;
     use super::*;
     use crate::clock::ManualClock;
-    use crate::quota::memory::MemoryQuotas;
 
     #[tokio::test]
     async fn a_raised_daily_budget_counts_todays_use_and_applies_at_once() {
         let clock = ManualClock::new(0);
-        let store = Arc::new(MemoryQuotas::new(clock.clone()));
+        let store = Arc::new(MemoryBudget::new(clock.clone()));
         let budget = UpstreamBudget::new("c", 100, Some(5), clock.clone(), store);
         for _ in 0..5 {
             budget.acquire("/x").await.expect("within the day's 5");
@@ -166,7 +213,7 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn a_window_that_stays_full_is_waited_for_at_most_the_bound_in_all() {
         let clock = ManualClock::new(0);
-        let store = Arc::new(MemoryQuotas::new(clock.clone()));
+        let store = Arc::new(MemoryBudget::new(clock.clone()));
         let budget = UpstreamBudget::new("c", 1, None, clock.clone(), store);
         budget
             .acquire("/media/upload")

@@ -1,0 +1,109 @@
+//! `RedisBudget`: the corp's allowance at Fxiaoke counted in Redis, one budget for every
+//! replica. One Lua script decides each call (atomic in Redis) on Redis's own clock (`TIME`).
+//! Keys (under `store.key_prefix`):
+//!
+//! * `budget:{corp}:{interface}` — sorted set of call times in the last 20 s.
+//! * `budget:{corp}:daily:{cst_day}` — calls today (expires after two days).
+
+use std::sync::{Arc, LazyLock};
+use std::time::Duration;
+
+use redis::Script;
+
+use super::{BudgetAnswer, BudgetStore};
+use crate::clock::cst_day;
+use crate::store::{Redis, StoreError, StoreFuture};
+
+/// Daily budget (KEYS[2], limit ARGV[3], 0 = none) checked first, then the 20 s window
+/// (KEYS[1], limit ARGV[1]). Answers {ms to wait or 0, 1 if the day is spent, calls left today
+/// or -1}.
+static BUDGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local daily = tonumber(ARGV[3])
+local used = 0
+if daily > 0 then
+  used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used >= daily then return {1, 1, 0} end
+end
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 20000)
+if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {math.max(1, tonumber(oldest[2]) + 20000 - now), 0, daily > 0 and daily - used or -1}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 21000)
+if daily > 0 then
+  redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], 172800)
+  return {0, 0, daily - used - 1}
+end
+return {0, 0, -1}
+"#,
+    )
+});
+
+/// The budget shared by replicas; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct RedisBudget {
+    redis: Arc<Redis>,
+}
+
+impl RedisBudget {
+    /// Counted in `redis`.
+    pub fn new(redis: Arc<Redis>) -> Self {
+        Self { redis }
+    }
+
+    /// Takes one call on `interface` of `corp`: at most `per_20s` in any 20 s, and at most
+    /// `daily` on the CST day of `unix_secs`.
+    async fn take_call(
+        &self,
+        corp: &str,
+        interface: &str,
+        per_20s: u32,
+        daily: Option<u64>,
+        unix_secs: u64,
+    ) -> Result<BudgetAnswer, StoreError> {
+        let window = self.redis.key(&["budget", corp, interface]);
+        let day = self
+            .redis
+            .key(&["budget", corp, "daily", &cst_day(unix_secs).0.to_string()]);
+        let member = uuid::Uuid::new_v4().simple().to_string();
+        let (wait, spent, left): (i64, i64, i64) = self
+            .redis
+            .run("budget", "window", |mut c| async move {
+                BUDGET
+                    .key(&window)
+                    .key(&day)
+                    .arg(per_20s)
+                    .arg(&member)
+                    .arg(daily.unwrap_or(0))
+                    .invoke_async(&mut c)
+                    .await
+            })
+            .await?;
+        Ok(if spent == 1 {
+            BudgetAnswer::DaySpent
+        } else if wait > 0 {
+            BudgetAnswer::Window(Duration::from_millis(wait as u64))
+        } else {
+            BudgetAnswer::Taken((left >= 0).then_some(left as u64))
+        })
+    }
+}
+
+impl BudgetStore for RedisBudget {
+    fn take<'a>(
+        &'a self,
+        corp: &'a str,
+        interface: &'a str,
+        per_20s: u32,
+        daily: Option<u64>,
+        unix_secs: u64,
+    ) -> StoreFuture<'a, BudgetAnswer> {
+        Box::pin(self.take_call(corp, interface, per_20s, daily, unix_secs))
+    }
+}
