@@ -79,10 +79,11 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
                 {
                     let labels = [name.as_str(), tokens.flow().label()];
                     let age = tokens.age().map_or(0, |a| a.as_secs() as i64);
-                    state.metrics.token_age.with_label_values(&labels).set(age);
+                    state.metrics.token.age.with_label_values(&labels).set(age);
                     state
                         .metrics
-                        .token_valid
+                        .token
+                        .valid
                         .with_label_values(&labels)
                         .set(i64::from(tokens.ready()));
                 }
@@ -91,12 +92,13 @@ async fn handle(state: Arc<AppState>, req: Request<Incoming>) -> Response<Body> 
                 let alive = rt.metrics().num_alive_tasks();
                 state
                     .metrics
+                    .process
                     .runtime_tasks
                     .set(i64::try_from(alive).unwrap_or(i64::MAX));
             }
             // Derived here, at the scrape, from what `/readyz` reads: the one place it is set.
             if let Some(redis) = &state.redis {
-                state.metrics.store_up.set(i64::from(redis.healthy()));
+                state.metrics.store.up.set(i64::from(redis.healthy()));
             }
             let mut buf = Vec::new();
             let encoder = TextEncoder::new();

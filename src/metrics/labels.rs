@@ -110,3 +110,52 @@ impl QuotaKind {
         }
     }
 }
+
+/// What kind of failure a store command met (`fxgate_store_errors_total{kind}`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The connection failed or was down (nothing was asked).
+    Io,
+    /// No answer within `store.timeout`.
+    Timeout,
+    /// `OOM`: Redis at `maxmemory` under `noeviction`.
+    Oom,
+    /// `READONLY`: a replica (a failover in progress, or the wrong address).
+    Readonly,
+    /// `NOPERM` / failed authentication: the ACL user may not do this.
+    Noperm,
+    /// `NOSCRIPT`: a script not loaded (redis-rs loads and retries it by itself).
+    Noscript,
+    /// `CROSSSLOT`: keys of one command in different Cluster slots.
+    Crossslot,
+    /// Anything else Redis answered with.
+    Other,
+}
+
+impl FailureKind {
+    /// Every kind, for zero-initialised series.
+    pub const ALL: [Self; 8] = [
+        Self::Io,
+        Self::Timeout,
+        Self::Oom,
+        Self::Readonly,
+        Self::Noperm,
+        Self::Noscript,
+        Self::Crossslot,
+        Self::Other,
+    ];
+
+    /// The label value.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Self::Io => "io",
+            Self::Timeout => "timeout",
+            Self::Oom => "oom",
+            Self::Readonly => "readonly",
+            Self::Noperm => "noperm",
+            Self::Noscript => "noscript",
+            Self::Crossslot => "crossslot",
+            Self::Other => "other",
+        }
+    }
+}

@@ -11,7 +11,7 @@ use prometheus::{
     Registry,
 };
 
-pub use labels::{DedupeResult, QuotaKind, RefreshResult, Reloaded};
+pub use labels::{DedupeResult, FailureKind, QuotaKind, RefreshResult, Reloaded};
 
 /// All of fxgate's metric families, shared: one `Arc` clone per layer call instead of one per
 /// family (the access log and quota layers clone it for every request).
@@ -25,56 +25,107 @@ impl std::ops::Deref for Metrics {
     }
 }
 
-/// The families themselves.
+/// The families, by concern. A new family is one field and one line in its group's `new`,
+/// which registers it as it creates it.
 #[derive(Debug)]
 pub struct Families {
+    /// What callers asked and got.
+    pub http: Http,
+    /// Calls to Fxiaoke and the corp's allowance there.
+    pub upstream: Upstream,
+    /// The corp access tokens.
+    pub token: Token,
+    /// The dedupe index.
+    pub dedupe: Dedupe,
+    /// Callers' quotas.
+    pub quota: Quota,
+    /// The shared store (Redis).
+    pub store: Store,
+    /// The process itself: build, tasks, reloads.
+    pub process: Process,
+}
+
+/// Caller-facing requests.
+#[derive(Debug)]
+pub struct Http {
     /// `fxgate_requests_total{route,client,status}`
     pub requests: IntCounterVec,
     /// `fxgate_request_duration_seconds{route}`
-    pub request_duration: HistogramVec,
+    pub duration: HistogramVec,
     /// `fxgate_upload_bytes_total{client,route}`
     pub upload_bytes: IntCounterVec,
     /// `fxgate_inflight_uploads`
     pub inflight_uploads: IntGauge,
-    /// `fxgate_runtime_tasks`: tokio tasks alive, set at each scrape (a leak shows as growth).
-    pub runtime_tasks: IntGauge,
-    /// `fxgate_upstream_requests_total{corp,route,error_code}`
-    pub upstream_requests: IntCounterVec,
-    /// `fxgate_upstream_duration_seconds{route}`
-    pub upstream_duration: HistogramVec,
-    /// `fxgate_token_refresh_total{corp,flow,result}`
-    pub token_refresh: IntCounterVec,
-    /// `fxgate_token_age_seconds{corp,flow}`, set at scrape time.
-    pub token_age: IntGaugeVec,
-    /// `fxgate_dedupe_total{result}`
-    pub dedupe: IntCounterVec,
-    /// `fxgate_dedupe_bytes_saved_total`
-    pub dedupe_bytes_saved: IntCounter,
-    /// `fxgate_quota_rejected_total{client,kind}`
-    pub quota_rejected: IntCounterVec,
-    /// `fxgate_upstream_budget_remaining{corp}`
-    pub upstream_budget_remaining: IntGaugeVec,
-    /// `fxgate_build_info{version}`
-    pub build_info: IntGaugeVec,
-    /// `fxgate_token_valid{corp,flow}`: 1 while a usable token is held (beyond design §7, for the
-    /// "no valid token" alert), set at scrape time.
-    pub token_valid: IntGaugeVec,
-    /// `fxgate_upstream_budget_daily_limit{corp}`: the configured daily budget (beyond design
-    /// §7, so alerts can compute the fraction left).
-    pub upstream_budget_limit: IntGaugeVec,
-    /// `fxgate_store_errors_total{store,op,kind}`: shared-store (Redis) commands that failed.
-    pub store_errors: IntCounterVec,
-    /// `fxgate_store_up`: 1 while the shared store answers and accepts fxgate's commands
-    /// (only with `backend = "redis"`; set at scrape time from `Redis::healthy`).
-    pub store_up: IntGauge,
-    /// `fxgate_store_calls_total{store,op}`: round trips to the shared store (one command,
-    /// script or pipeline each), so the cost per request can be read off a dashboard.
-    pub store_calls: IntCounterVec,
-    /// `fxgate_panics_total`: handler panics turned into 500s (a bug each).
-    pub panics: IntCounter,
     /// `fxgate_shed_total`: requests refused with 503 because `server.max_inflight` were in
     /// flight.
     pub shed: IntCounter,
+    /// `fxgate_panics_total`: handler panics turned into 500s (a bug each).
+    pub panics: IntCounter,
+}
+
+/// Fxiaoke, as fxgate calls it.
+#[derive(Debug)]
+pub struct Upstream {
+    /// `fxgate_upstream_requests_total{corp,route,error_code}`
+    pub requests: IntCounterVec,
+    /// `fxgate_upstream_duration_seconds{route}`
+    pub duration: HistogramVec,
+    /// `fxgate_upstream_budget_remaining{corp}`
+    pub budget_remaining: IntGaugeVec,
+    /// `fxgate_upstream_budget_daily_limit{corp}`: the configured daily budget (beyond design
+    /// §7, so alerts can compute the fraction left).
+    pub budget_limit: IntGaugeVec,
+}
+
+/// The corp tokens.
+#[derive(Debug)]
+pub struct Token {
+    /// `fxgate_token_refresh_total{corp,flow,result}`
+    pub refresh: IntCounterVec,
+    /// `fxgate_token_age_seconds{corp,flow}`, set at scrape time.
+    pub age: IntGaugeVec,
+    /// `fxgate_token_valid{corp,flow}`: 1 while a usable token is held (beyond design §7, for
+    /// the "no valid token" alert), set at scrape time.
+    pub valid: IntGaugeVec,
+}
+
+/// The dedupe index.
+#[derive(Debug)]
+pub struct Dedupe {
+    /// `fxgate_dedupe_total{result}`
+    pub results: IntCounterVec,
+    /// `fxgate_dedupe_bytes_saved_total`
+    pub bytes_saved: IntCounter,
+}
+
+/// Callers' quotas.
+#[derive(Debug)]
+pub struct Quota {
+    /// `fxgate_quota_rejected_total{client,kind}`
+    pub rejected: IntCounterVec,
+}
+
+/// The shared store.
+#[derive(Debug)]
+pub struct Store {
+    /// `fxgate_store_errors_total{store,op,kind}`: shared-store (Redis) commands that failed.
+    pub errors: IntCounterVec,
+    /// `fxgate_store_up`: 1 while the shared store answers and accepts fxgate's commands
+    /// (registered only with `backend = "redis"`: `register_store`; set at scrape time from
+    /// `Redis::healthy`).
+    pub up: IntGauge,
+    /// `fxgate_store_calls_total{store,op}`: round trips to the shared store (one command,
+    /// script or pipeline each), so the cost per request can be read off a dashboard.
+    pub calls: IntCounterVec,
+}
+
+/// The process.
+#[derive(Debug)]
+pub struct Process {
+    /// `fxgate_build_info{version}`
+    pub build_info: IntGaugeVec,
+    /// `fxgate_runtime_tasks`: tokio tasks alive, set at each scrape (a leak shows as growth).
+    pub runtime_tasks: IntGauge,
     /// `fxgate_reloads_total{what,result}`: reloads of the callers (`config`) and of the TLS
     /// files (`tls`), by result (`ok`, `error`).
     pub reloads: IntCounterVec,
@@ -91,202 +142,225 @@ const DURATION_BUCKETS: [f64; 18] = [
     120.0, 300.0, 600.0,
 ];
 
-fn counters(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntCounterVec> {
-    IntCounterVec::new(Opts::new(name, help), labels)
+/// Creates families and registers each as it is created.
+struct Reg<'r>(&'r Registry);
+
+impl Reg<'_> {
+    fn keep<C: prometheus::core::Collector + Clone + 'static>(
+        &self,
+        c: prometheus::Result<C>,
+    ) -> prometheus::Result<C> {
+        let c = c?;
+        self.0.register(Box::new(c.clone()))?;
+        Ok(c)
+    }
+
+    fn counters(
+        &self,
+        name: &str,
+        help: &str,
+        labels: &[&str],
+    ) -> prometheus::Result<IntCounterVec> {
+        self.keep(IntCounterVec::new(Opts::new(name, help), labels))
+    }
+
+    fn counter(&self, name: &str, help: &str) -> prometheus::Result<IntCounter> {
+        self.keep(IntCounter::new(name, help))
+    }
+
+    fn gauges(&self, name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
+        self.keep(IntGaugeVec::new(Opts::new(name, help), labels))
+    }
+
+    fn gauge(&self, name: &str, help: &str) -> prometheus::Result<IntGauge> {
+        self.keep(IntGauge::new(name, help))
+    }
+
+    fn durations(&self, name: &str, help: &str) -> prometheus::Result<HistogramVec> {
+        let opts = HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec());
+        self.keep(HistogramVec::new(opts, &["route"]))
+    }
 }
 
-fn gauges(name: &str, help: &str, labels: &[&str]) -> prometheus::Result<IntGaugeVec> {
-    IntGaugeVec::new(Opts::new(name, help), labels)
-}
-
-fn histograms(name: &str, help: &str) -> prometheus::Result<HistogramVec> {
-    HistogramVec::new(
-        HistogramOpts::new(name, help).buckets(DURATION_BUCKETS.to_vec()),
-        &["route"],
-    )
-}
-
-fn store_families() -> prometheus::Result<(IntCounterVec, IntGauge, IntCounterVec)> {
-    Ok((
-        counters(
-            "fxgate_store_errors_total",
-            "Shared-store (Redis) commands that failed, by store, operation and kind (io, timeout, oom, readonly, noperm, noscript, crossslot, other)",
-            &["store", "op", "kind"],
-        )?,
-        IntGauge::new(
-            "fxgate_store_up",
-            "1 while the shared store (Redis) answers; 0 while fxgate runs on its fail modes",
-        )?,
-        counters(
-            "fxgate_store_calls_total",
-            "Round trips to the shared store (Redis): one command, script or pipeline each",
-            &["store", "op"],
-        )?,
-    ))
-}
-
-fn token_families() -> prometheus::Result<(IntCounterVec, IntGaugeVec, IntGaugeVec)> {
-    let refresh = counters(
-        "fxgate_token_refresh_total",
-        "Token endpoint calls by flow (legacy, oauth) and result (ok, same_token, error, shared)",
-        &["corp", "flow", "result"],
-    )?;
-    let age = gauges(
-        "fxgate_token_age_seconds",
-        "Age of the corp token in use, by flow",
-        &["corp", "flow"],
-    )?;
-    let valid = gauges(
-        "fxgate_token_valid",
-        "1 while the corp holds a usable access token of that flow",
-        &["corp", "flow"],
-    )?;
-    Ok((refresh, age, valid))
-}
-
-fn reload_families() -> prometheus::Result<(IntCounterVec, IntGaugeVec)> {
-    let reloads = counters(
-        "fxgate_reloads_total",
-        "Reloads of the callers (config) and the TLS files (tls), by result",
-        &["what", "result"],
-    )?;
-    let reload_ok = gauges(
-        "fxgate_reload_ok",
-        "1 when the last reload of the config or the TLS files applied; 0 when it was refused",
-        &["what"],
-    )?;
-    Ok((reloads, reload_ok))
-}
-
-impl Families {
-    fn new() -> prometheus::Result<Self> {
-        let (reloads, reload_ok) = reload_families()?;
-        let (store_errors, store_up, store_calls) = store_families()?;
-        let (token_refresh, token_age, token_valid) = token_families()?;
+impl Http {
+    fn new(r: &Reg<'_>) -> prometheus::Result<Self> {
         Ok(Self {
-            requests: counters(
+            requests: r.counters(
                 "fxgate_requests_total",
                 "Requests answered, by route, caller and HTTP status",
                 &["route", "client", "status"],
             )?,
-            request_duration: histograms(
+            duration: r.durations(
                 "fxgate_request_duration_seconds",
                 "Time from request head to response head",
             )?,
-            upload_bytes: counters(
+            upload_bytes: r.counters(
                 "fxgate_upload_bytes_total",
                 "File bytes received from callers",
                 &["client", "route"],
             )?,
-            inflight_uploads: IntGauge::new("fxgate_inflight_uploads", "Uploads streaming now")?,
-            runtime_tasks: IntGauge::new(
-                "fxgate_runtime_tasks",
-                "Tokio tasks alive in the process",
-            )?,
-            upstream_requests: counters(
+            inflight_uploads: r.gauge("fxgate_inflight_uploads", "Uploads streaming now")?,
+            shed: r.counter("fxgate_shed_total", "Requests shed with 503 (max_inflight)")?,
+            panics: r.counter("fxgate_panics_total", "Handler panics answered with a 500")?,
+        })
+    }
+}
+
+impl Upstream {
+    fn new(r: &Reg<'_>) -> prometheus::Result<Self> {
+        Ok(Self {
+            requests: r.counters(
                 "fxgate_upstream_requests_total",
                 "Calls to Fxiaoke by errorCode of the answer",
                 &["corp", "route", "error_code"],
             )?,
-            upstream_duration: histograms(
+            duration: r.durations(
                 "fxgate_upstream_duration_seconds",
                 "Time Fxiaoke took to answer",
             )?,
-            token_refresh,
-            token_age,
-            dedupe: counters(
-                "fxgate_dedupe_total",
-                "Dedupe lookups by result (hit_claim, hit_stream, miss)",
-                &["result"],
-            )?,
-            dedupe_bytes_saved: IntCounter::new(
-                "fxgate_dedupe_bytes_saved_total",
-                "File bytes not uploaded to Fxiaoke thanks to dedupe",
-            )?,
-            quota_rejected: counters(
-                "fxgate_quota_rejected_total",
-                "Requests refused by a caller quota",
-                &["client", "kind"],
-            )?,
-            upstream_budget_remaining: gauges(
+            budget_remaining: r.gauges(
                 "fxgate_upstream_budget_remaining",
                 "Calls left in the corp's daily budget",
                 &["corp"],
             )?,
-            build_info: gauges("fxgate_build_info", "Build version", &["version"])?,
-            token_valid,
-            upstream_budget_limit: gauges(
+            budget_limit: r.gauges(
                 "fxgate_upstream_budget_daily_limit",
                 "The corp's configured daily call budget",
                 &["corp"],
             )?,
-            store_errors,
-            store_up,
-            store_calls,
-            panics: IntCounter::new("fxgate_panics_total", "Handler panics answered with a 500")?,
-            shed: IntCounter::new("fxgate_shed_total", "Requests shed with 503 (max_inflight)")?,
+        })
+    }
+}
+
+impl Token {
+    fn new(r: &Reg<'_>) -> prometheus::Result<Self> {
+        Ok(Self {
+            refresh: r.counters(
+                "fxgate_token_refresh_total",
+                "Token endpoint calls by flow (legacy, oauth) and result (ok, same_token, error, shared)",
+                &["corp", "flow", "result"],
+            )?,
+            age: r.gauges(
+                "fxgate_token_age_seconds",
+                "Age of the corp token in use, by flow",
+                &["corp", "flow"],
+            )?,
+            valid: r.gauges(
+                "fxgate_token_valid",
+                "1 while the corp holds a usable access token of that flow",
+                &["corp", "flow"],
+            )?,
+        })
+    }
+}
+
+impl Dedupe {
+    fn new(r: &Reg<'_>) -> prometheus::Result<Self> {
+        let results = r.counters(
+            "fxgate_dedupe_total",
+            "Dedupe lookups by result (hit_claim, hit_stream, miss)",
+            &["result"],
+        )?;
+        // Zero-valued series from the start, so rate() and alerts see them before the first
+        // event.
+        for result in DedupeResult::ALL {
+            results.with_label_values(&[result.as_str()]);
+        }
+        Ok(Self {
+            results,
+            bytes_saved: r.counter(
+                "fxgate_dedupe_bytes_saved_total",
+                "File bytes not uploaded to Fxiaoke thanks to dedupe",
+            )?,
+        })
+    }
+}
+
+impl Quota {
+    fn new(r: &Reg<'_>) -> prometheus::Result<Self> {
+        Ok(Self {
+            rejected: r.counters(
+                "fxgate_quota_rejected_total",
+                "Requests refused by a caller quota",
+                &["client", "kind"],
+            )?,
+        })
+    }
+}
+
+impl Store {
+    fn new(r: &Reg<'_>) -> prometheus::Result<Self> {
+        Ok(Self {
+            errors: r.counters(
+                "fxgate_store_errors_total",
+                "Shared-store (Redis) commands that failed, by store, operation and kind (io, timeout, oom, readonly, noperm, noscript, crossslot, other)",
+                &["store", "op", "kind"],
+            )?,
+            // Registered only with a shared store (`register_store`): a single replica has no
+            // store to watch.
+            up: IntGauge::new(
+                "fxgate_store_up",
+                "1 while the shared store (Redis) answers; 0 while fxgate runs on its fail modes",
+            )?,
+            calls: r.counters(
+                "fxgate_store_calls_total",
+                "Round trips to the shared store (Redis): one command, script or pipeline each",
+                &["store", "op"],
+            )?,
+        })
+    }
+}
+
+impl Process {
+    fn new(r: &Reg<'_>) -> prometheus::Result<Self> {
+        let build_info = r.gauges("fxgate_build_info", "Build version", &["version"])?;
+        build_info
+            .with_label_values(&[env!("CARGO_PKG_VERSION")])
+            .set(1);
+        let reloads = r.counters(
+            "fxgate_reloads_total",
+            "Reloads of the callers (config) and the TLS files (tls), by result",
+            &["what", "result"],
+        )?;
+        let reload_ok = r.gauges(
+            "fxgate_reload_ok",
+            "1 when the last reload of the config or the TLS files applied; 0 when it was refused",
+            &["what"],
+        )?;
+        for what in Reloaded::ALL {
+            reload_ok.with_label_values(&[what.as_str()]).set(1);
+            for result in ["ok", "error"] {
+                reloads.with_label_values(&[what.as_str(), result]);
+            }
+        }
+        Ok(Self {
+            build_info,
+            runtime_tasks: r.gauge("fxgate_runtime_tasks", "Tokio tasks alive in the process")?,
             reloads,
             reload_ok,
         })
     }
+}
 
-    /// Registers every family (`fxgate_store_up` only with a shared store: `register_store`).
-    fn register_into(&self, registry: &Registry) -> prometheus::Result<()> {
-        let all: [Box<dyn prometheus::core::Collector>; 22] = [
-            Box::new(self.reloads.clone()),
-            Box::new(self.reload_ok.clone()),
-            Box::new(self.panics.clone()),
-            Box::new(self.shed.clone()),
-            Box::new(self.requests.clone()),
-            Box::new(self.request_duration.clone()),
-            Box::new(self.upload_bytes.clone()),
-            Box::new(self.inflight_uploads.clone()),
-            Box::new(self.runtime_tasks.clone()),
-            Box::new(self.upstream_requests.clone()),
-            Box::new(self.upstream_duration.clone()),
-            Box::new(self.token_refresh.clone()),
-            Box::new(self.token_age.clone()),
-            Box::new(self.dedupe.clone()),
-            Box::new(self.dedupe_bytes_saved.clone()),
-            Box::new(self.quota_rejected.clone()),
-            Box::new(self.upstream_budget_remaining.clone()),
-            Box::new(self.build_info.clone()),
-            Box::new(self.token_valid.clone()),
-            Box::new(self.upstream_budget_limit.clone()),
-            Box::new(self.store_errors.clone()),
-            Box::new(self.store_calls.clone()),
-        ];
-        for c in all {
-            registry.register(c)?;
-        }
+impl Metrics {
+    /// Creates every family, registered into `registry`.
+    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
+        let r = Reg(registry);
+        let families = Families {
+            http: Http::new(&r)?,
+            upstream: Upstream::new(&r)?,
+            token: Token::new(&r)?,
+            dedupe: Dedupe::new(&r)?,
+            quota: Quota::new(&r)?,
+            store: Store::new(&r)?,
+            process: Process::new(&r)?,
+        };
         // process_resident_memory_bytes, process_open_fds, process_cpu_seconds_total, …
         #[cfg(target_os = "linux")]
         registry.register(Box::new(
             prometheus::process_collector::ProcessCollector::for_self(),
         ))?;
-        Ok(())
-    }
-}
-
-impl Metrics {
-    /// Creates every family and registers it into `registry`.
-    pub fn register(registry: &Registry) -> prometheus::Result<Self> {
-        let m = Families::new()?;
-        m.register_into(registry)?;
-        // Zero-valued series from the start, so rate() and alerts see them before the first event.
-        for result in DedupeResult::ALL {
-            m.dedupe.with_label_values(&[result.as_str()]);
-        }
-        m.build_info
-            .with_label_values(&[env!("CARGO_PKG_VERSION")])
-            .set(1);
-        for what in Reloaded::ALL {
-            m.reload_ok.with_label_values(&[what.as_str()]).set(1);
-            for result in ["ok", "error"] {
-                m.reloads.with_label_values(&[what.as_str(), result]);
-            }
-        }
-        Ok(Self(Arc::new(m)))
+        Ok(Self(Arc::new(families)))
     }
 
     /// Creates the zero-valued per-corp and per-caller series (at start and after a reload).
@@ -294,15 +368,18 @@ impl Metrics {
         for (name, corp) in &cfg.corps {
             for flow in crate::route::ApiStyle::ALL {
                 for result in RefreshResult::ALL {
-                    self.token_refresh
+                    self.token
+                        .refresh
                         .with_label_values(&[name, flow.label(), result.as_str()]);
                 }
             }
             if let Some(budget) = corp.daily_call_budget {
-                self.upstream_budget_limit
+                self.upstream
+                    .budget_limit
                     .with_label_values(&[name])
                     .set(budget as i64);
-                self.upstream_budget_remaining
+                self.upstream
+                    .budget_remaining
                     .with_label_values(&[name])
                     .set(budget as i64);
             }
@@ -315,7 +392,8 @@ impl Metrics {
     pub fn init_clients(&self, cfg: &crate::config::Config) {
         for client in &cfg.clients {
             for kind in QuotaKind::ALL {
-                self.quota_rejected
+                self.quota
+                    .rejected
                     .with_label_values(&[&client.name, kind.as_str()]);
             }
         }
@@ -325,7 +403,7 @@ impl Metrics {
     /// to watch) and zero-initialises the store error series alerts look at (every kind the
     /// commands a healthy store must accept can meet).
     pub fn register_store(&self, registry: &Registry) -> prometheus::Result<()> {
-        registry.register(Box::new(self.store_up.clone()))?;
+        registry.register(Box::new(self.store.up.clone()))?;
         for (store, ops) in [
             ("token", &["get", "put", "lease", "calls"][..]),
             ("dedupe", &["get", "put", "forget", "lease"][..]),
@@ -333,8 +411,9 @@ impl Metrics {
             ("budget", &["window", "daily"][..]),
         ] {
             for op in ops {
-                for kind in crate::store::FailureKind::ALL {
-                    self.store_errors
+                for kind in FailureKind::ALL {
+                    self.store
+                        .errors
                         .with_label_values(&[store, op, kind.as_str()]);
                 }
             }
@@ -344,23 +423,28 @@ impl Metrics {
 
     /// Counts one dedupe outcome and the file bytes it kept from Fxiaoke.
     pub fn count_dedupe(&self, result: DedupeResult, bytes_saved: u64) {
-        self.dedupe.with_label_values(&[result.as_str()]).inc();
-        self.dedupe_bytes_saved.inc_by(bytes_saved);
+        self.dedupe
+            .results
+            .with_label_values(&[result.as_str()])
+            .inc();
+        self.dedupe.bytes_saved.inc_by(bytes_saved);
     }
 
     /// Counts a reload and whether it applied.
     pub fn count_reload(&self, what: Reloaded, applied: bool) {
         let result = if applied { "ok" } else { "error" };
-        self.reloads
+        self.process
+            .reloads
             .with_label_values(&[what.as_str(), result])
             .inc();
-        self.reload_ok
+        self.process
+            .reload_ok
             .with_label_values(&[what.as_str()])
             .set(i64::from(applied));
     }
 
     /// A histogram of the request duration for `route`.
     pub fn request_timer(&self, route: &str) -> Histogram {
-        self.request_duration.with_label_values(&[route])
+        self.http.duration.with_label_values(&[route])
     }
 }

@@ -157,6 +157,7 @@ where
                 let status = resp.status().as_u16();
                 let code = resp.extensions().get::<ErrorCode>().map(|c| c.0);
                 metrics
+                    .http
                     .requests
                     .with_label_values(&[route, client, resp.status().as_str()])
                     .inc();
@@ -219,7 +220,12 @@ mod tests {
                 .unwrap();
             assert_eq!(body(resp).await, label);
         }
-        let count = |route: &str| m.requests.with_label_values(&[route, "alpha", "200"]).get();
+        let count = |route: &str| {
+            m.http
+                .requests
+                .with_label_values(&[route, "alpha", "200"])
+                .get()
+        };
         assert_eq!(count("/media/download"), 2);
         assert_eq!(count("other"), 1);
     }

@@ -44,7 +44,7 @@ pub struct CatchPanic<S> {
 }
 
 fn panicked(metrics: &Metrics, payload: &(dyn std::any::Any + Send)) -> GatewayError {
-    metrics.panics.inc();
+    metrics.http.panics.inc();
     let what = payload
         .downcast_ref::<&str>()
         .map(|s| s.to_string())
@@ -108,7 +108,7 @@ mod tests {
         assert!(
             matches!(&err, GatewayError::Internal { detail } if detail.contains("the handler broke"))
         );
-        assert_eq!(m.panics.get(), 1);
+        assert_eq!(m.http.panics.get(), 1);
         // The next request is served as usual.
         assert!(layer.layer(boom).oneshot(request("/ok", &[])).await.is_ok());
     }

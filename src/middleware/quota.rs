@@ -125,7 +125,8 @@ where
         let count = move |e: &GatewayError| {
             if let Some(kind) = rejection_kind(e) {
                 metrics
-                    .quota_rejected
+                    .quota
+                    .rejected
                     .with_label_values(&[&name, kind])
                     .inc();
             }
@@ -195,7 +196,8 @@ mod tests {
             .unwrap_err();
         assert!(matches!(err, GatewayError::RouteForbidden { .. }));
         assert_eq!(
-            m.quota_rejected
+            m.quota
+                .rejected
                 .with_label_values(&["alpha", "route"])
                 .get(),
             1

@@ -79,7 +79,7 @@ where
         let limit = &self.limit;
         if limit.inflight.fetch_add(1, Ordering::AcqRel) >= limit.max {
             limit.inflight.fetch_sub(1, Ordering::AcqRel);
-            limit.metrics.shed.inc();
+            limit.metrics.http.shed.inc();
             return Box::pin(std::future::ready(Err(GatewayError::Overloaded)));
         }
         let slot = InflightGuard(limit.inflight.clone());
@@ -119,7 +119,7 @@ mod tests {
         entered.await.unwrap();
         let err = svc.clone().oneshot(request("/b", &[])).await.unwrap_err();
         assert!(matches!(err, GatewayError::Overloaded));
-        assert_eq!(m.shed.get(), 1);
+        assert_eq!(m.http.shed.get(), 1);
         let _ = release.send(());
         assert!(first.await.unwrap().is_ok());
         assert!(svc.oneshot(request("/c", &[])).await.is_ok());
@@ -137,6 +137,6 @@ mod tests {
         let mut again = svc.call(request("/b", &[]));
         // Still pending (admitted), not refused at once.
         assert!(futures_util::poll!(&mut again).is_pending());
-        assert_eq!(m.shed.get(), 0);
+        assert_eq!(m.http.shed.get(), 0);
     }
 }

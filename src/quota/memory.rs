@@ -12,6 +12,7 @@ use parking_lot::Mutex;
 
 use super::{Held, QuotaStore, Reserved, StoreFuture, UploadSlot};
 use crate::clock::{cst_day, Clock};
+use crate::store::entry;
 
 /// Quota state of this process; cheap to clone.
 #[derive(Debug, Clone)]
@@ -40,18 +41,6 @@ impl Drop for CountedSlot {
             *n = n.saturating_sub(1);
         }
     }
-}
-
-/// The entry for `key`, allocating the key only the first time (these run per request). Never
-/// `None` in fact; callers treat it as a refusal rather than panic.
-pub(crate) fn entry<'m, V: Default>(
-    map: &'m mut HashMap<String, V>,
-    key: &str,
-) -> Option<&'m mut V> {
-    if !map.contains_key(key) {
-        map.insert(key.to_string(), V::default());
-    }
-    map.get_mut(key)
 }
 
 fn ready<'a, T: Send + 'a>(v: T) -> StoreFuture<'a, T> {

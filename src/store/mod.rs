@@ -9,13 +9,14 @@ mod failure;
 mod lease;
 pub mod redis;
 
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
 use futures_util::future::BoxFuture;
 
 pub use crate::config::{Backend, FailMode};
-pub use failure::FailureKind;
+pub use crate::metrics::FailureKind;
 pub use lease::Lease;
 pub use redis::Redis;
 
@@ -112,6 +113,19 @@ impl<S: ?Sized> FailOver<S> {
         let local = op(&self.fallback).await?;
         Ok(local + op(&self.primary).await.unwrap_or(0))
     }
+}
+
+/// The entry for `key` in one of the memory stores' maps, allocating the key only the first
+/// time (these run per request). Never
+/// `None` in fact; callers treat it as a refusal rather than panic.
+pub(crate) fn entry<'m, V: Default>(
+    map: &'m mut HashMap<String, V>,
+    key: &str,
+) -> Option<&'m mut V> {
+    if !map.contains_key(key) {
+        map.insert(key.to_string(), V::default());
+    }
+    map.get_mut(key)
 }
 
 #[cfg(test)]

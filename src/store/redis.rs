@@ -20,9 +20,10 @@ use redis::aio::MultiplexedConnection;
 use redis::{AsyncConnectionConfig, RedisResult};
 use tokio::sync::Notify;
 
-use super::failure::FailureKind;
+use super::failure::{kind_of, refuses};
 use super::StoreError;
 use crate::config::StoreConfig;
+use crate::metrics::FailureKind;
 use crate::metrics::Metrics;
 use crate::worker::PerWorker;
 
@@ -227,7 +228,8 @@ impl Redis {
             return Err(StoreError::Down);
         };
         self.metrics
-            .store_calls
+            .store
+            .calls
             .with_label_values(&[store, op])
             .inc();
         let result =
@@ -244,7 +246,7 @@ impl Redis {
                 if broken {
                     self.mark_down(&err.to_string());
                 }
-                (err, FailureKind::of(&e))
+                (err, kind_of(&e))
             }
             Err(_) => {
                 self.mark_down("command timed out");
@@ -260,11 +262,12 @@ impl Redis {
     /// `fxgate_store_up` read) until a probe finds it doing what fxgate asks again.
     fn count_failure(&self, store: &str, op: &str, kind: FailureKind, why: &str) {
         self.metrics
-            .store_errors
+            .store
+            .errors
             .with_label_values(&[store, op, kind.as_str()])
             .inc();
         let now = self.now_ms().max(1);
-        if kind.refuses() {
+        if refuses(kind) {
             self.refusing_until
                 .store(now + REFUSING_HOLD_MS, Ordering::Relaxed);
             *self.last_error.lock() = Some(why.to_string());

@@ -79,6 +79,7 @@ pub async fn handle(
     };
     state
         .metrics
+        .http
         .upload_bytes
         .with_label_values(&[&up.caller, route.label()])
         .inc_by(sent.size);
@@ -330,8 +331,8 @@ struct Inflight(prometheus::IntGauge);
 
 impl Inflight {
     fn enter(metrics: &Metrics) -> Self {
-        metrics.inflight_uploads.inc();
-        Self(metrics.inflight_uploads.clone())
+        metrics.http.inflight_uploads.inc();
+        Self(metrics.http.inflight_uploads.clone())
     }
 }
 

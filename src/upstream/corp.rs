@@ -209,7 +209,8 @@ impl Corp {
         let result = tokio::time::timeout(after, answer).await;
         let took = started.elapsed();
         self.metrics
-            .upstream_duration
+            .upstream
+            .duration
             .with_label_values(&[label])
             .observe(took.as_secs_f64());
         let result = match result {
@@ -350,12 +351,14 @@ impl Corp {
         if let Some(limit) = daily {
             let name = [self.cfg.name.as_str()];
             self.metrics
-                .upstream_budget_limit
+                .upstream
+                .budget_limit
                 .with_label_values(&name)
                 .set(limit as i64);
             if let Some(left) = self.budget.remaining_today() {
                 self.metrics
-                    .upstream_budget_remaining
+                    .upstream
+                    .budget_remaining
                     .with_label_values(&name)
                     .set(left as i64);
             }
@@ -368,7 +371,8 @@ impl Corp {
         let r = self.budget.acquire(path).await;
         if let Some(left) = self.budget.remaining_today() {
             self.metrics
-                .upstream_budget_remaining
+                .upstream
+                .budget_remaining
                 .with_label_values(&[&self.cfg.name])
                 .set(left as i64);
         }
@@ -382,7 +386,8 @@ impl Corp {
 
     fn count_label(&self, label: &str, error_code: &str) {
         self.metrics
-            .upstream_requests
+            .upstream
+            .requests
             .with_label_values(&[&self.cfg.name, label, error_code])
             .inc();
     }

@@ -10,8 +10,7 @@ use parking_lot::Mutex;
 
 use super::{BudgetAnswer, BudgetStore, WINDOW};
 use crate::clock::{cst_day, Clock};
-use crate::quota::memory::entry;
-use crate::store::StoreFuture;
+use crate::store::{entry, StoreFuture};
 
 /// Interfaces of one corp with calls in the last 20 s, at most. Fxiaoke has a few hundred
 /// interfaces; a caller spraying distinct paths meets this bound (942902 for a new one)

@@ -162,7 +162,8 @@ impl Refresher {
 
     fn count(&self, result: RefreshResult) {
         self.metrics
-            .token_refresh
+            .token
+            .refresh
             .with_label_values(&[&self.cfg.name, self.flow.label(), result.as_str()])
             .inc();
     }
@@ -371,7 +372,8 @@ impl Refresher {
         };
         let code = env.code();
         self.metrics
-            .upstream_requests
+            .upstream
+            .requests
             .with_label_values(&[&self.cfg.name, self.flow.token_path(), &code.label()])
             .inc();
         if code != UpstreamCode::Success {
