@@ -164,8 +164,8 @@ fn dedupe_index(c: &mut Criterion) {
                 holders: vec!["bench".into()],
             };
             rt.block_on(async {
-                store.put(key.clone(), media).await;
-                store.get(&key).await.expect("recorded")
+                store.put(key.clone(), media).await.expect("recorded");
+                store.get(&key).await.ok().flatten().expect("found")
             })
         })
     });

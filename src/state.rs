@@ -80,7 +80,7 @@ impl AppState {
 
     /// Forgets a deleted mediaId wherever fxgate remembers it (the dedupe index).
     pub async fn forget_media(&self, corp: &str, media_id: &str) {
-        self.dedupe.store.forget_media(corp, media_id).await;
+        self.dedupe.forget_media(corp, media_id).await;
     }
 
     /// Re-reads the config file and applies it whole, or refuses it whole (design §12): every

@@ -42,7 +42,10 @@ async fn fill(media_id: impl Fn(u32) -> String) -> f64 {
             caller: "billing".into(),
             holders: holders.clone(),
         };
-        store.put(key, value).await;
+        store
+            .put(key, value)
+            .await
+            .expect("the memory index never fails");
     }
     let per_entry = (rss_bytes() - rss0) as f64 / f64::from(N);
     drop(store);

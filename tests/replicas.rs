@@ -565,21 +565,27 @@ async fn holders_are_added_in_one_step(store: std::sync::Arc<dyn fxgate::dedupe:
         caller: "up".into(),
         holders: vec!["up".into()],
     };
-    dedupe.store.put(key(1), entry("m1")).await;
-    let read = dedupe.store.get(&key(1)).await.expect("recorded");
+    dedupe.store.put(key(1), entry("m1")).await.unwrap();
+    let read = dedupe.store.get(&key(1)).await.unwrap().expect("recorded");
     let callers: Vec<String> = (0..16).map(|i| format!("caller{i}")).collect();
     let k1 = key(1);
     futures_util::future::join_all(callers.iter().map(|c| dedupe.add_holder(&k1, &read, c))).await;
-    let holders = dedupe.store.get(&key(1)).await.expect("kept").holders;
+    let holders = dedupe
+        .store
+        .get(&key(1))
+        .await
+        .unwrap()
+        .expect("kept")
+        .holders;
     assert_eq!(holders.len(), 17, "{holders:?}");
     assert!(callers.iter().all(|c| holders.contains(c)), "{holders:?}");
 
-    dedupe.store.put(key(2), entry("m2")).await;
-    let read = dedupe.store.get(&key(2)).await.expect("recorded");
-    dedupe.store.forget_media("default", "m2").await;
+    dedupe.store.put(key(2), entry("m2")).await.unwrap();
+    let read = dedupe.store.get(&key(2)).await.unwrap().expect("recorded");
+    dedupe.store.forget_media("default", "m2").await.unwrap();
     dedupe.add_holder(&key(2), &read, "late").await;
     assert!(
-        dedupe.store.get(&key(2)).await.is_none(),
+        dedupe.store.get(&key(2)).await.unwrap().is_none(),
         "deleted entry resurrected"
     );
 }

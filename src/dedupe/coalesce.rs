@@ -171,6 +171,7 @@ impl Dedupe {
         self.store
             .get(key)
             .await
+            .unwrap_or(None)
             .filter(|m| !per_caller || m.held_by(caller))
     }
 
@@ -187,7 +188,9 @@ impl Dedupe {
     ) -> Claim {
         let deadline = tokio::time::Instant::now() + bound;
         loop {
-            match self.store.lock(key, scope).await {
+            // Under `FailOver` a failing Redis grants the lock with nobody to coordinate with.
+            let lock = self.store.lock(key, scope).await;
+            match lock.unwrap_or(LockOutcome::Held(None)) {
                 LockOutcome::Held(lease) => {
                     // The holder before us may just have finished.
                     if let Some(media) = self.visible(key, per_caller, caller).await {

@@ -5,11 +5,10 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use futures_util::future::BoxFuture;
-
 use super::compact::CompactIndex;
 use super::{DedupeKey, DedupeStore, MediaRef};
 use crate::clock::Clock;
+use crate::store::StoreFuture;
 
 /// The embedded store.
 #[derive(Debug)]
@@ -30,17 +29,17 @@ impl MemoryStore {
 }
 
 impl DedupeStore for MemoryStore {
-    fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>> {
+    fn get<'a>(&'a self, key: &'a DedupeKey) -> StoreFuture<'a, Option<MediaRef>> {
         let found = self
             .index
             .key(key)
             .and_then(|k| self.index.get(&k, self.clock.unix_ms()));
-        Box::pin(async move { found })
+        Box::pin(async move { Ok(found) })
     }
 
-    fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()> {
+    fn put(&self, key: DedupeKey, value: MediaRef) -> StoreFuture<'_, ()> {
         self.index.put(&key, &value, self.clock.unix_ms());
-        Box::pin(async {})
+        Box::pin(async { Ok(()) })
     }
 
     fn add_holder<'a>(
@@ -48,11 +47,11 @@ impl DedupeStore for MemoryStore {
         key: &'a DedupeKey,
         media_id: &'a str,
         caller: &'a str,
-    ) -> BoxFuture<'a, ()> {
+    ) -> StoreFuture<'a, ()> {
         if let Some(k) = self.index.key(key) {
             self.index.add_holder(&k, media_id, caller);
         }
-        Box::pin(async {})
+        Box::pin(async { Ok(()) })
     }
 
     fn set_ttl(&self, ttl: Duration) {
@@ -60,7 +59,7 @@ impl DedupeStore for MemoryStore {
             .set_ttl_ms(u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX));
     }
 
-    fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()> {
+    fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> StoreFuture<'a, ()> {
         let (index, corp, media_id) = (self.index.clone(), corp.to_string(), media_id.to_string());
         // A scan of the whole index (milliseconds at a million entries): off the runtime's
         // workers so other requests are not held up behind it.
@@ -69,6 +68,7 @@ impl DedupeStore for MemoryStore {
             if let Err(e) = scan.await {
                 tracing::error!(error = %e, "dedupe index: forgetting a deleted mediaId failed");
             }
+            Ok(())
         })
     }
 }

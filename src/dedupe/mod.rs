@@ -1,6 +1,7 @@
 //! The dedupe index (design §6): which file (by SHA-256) already has which Fxiaoke mediaId,
 //! per corp and route. `DedupeStore` is the storage seam (`memory`: the embedded compact index;
-//! `redis`: shared by replicas); `coalesce` owns the single-flight of claimed digests (within
+//! `redis`: shared by replicas, behind `store::FailOver`, which answers from `NoIndex` while
+//! Redis fails: every lookup a miss, nothing recorded); `coalesce` owns the single-flight of claimed digests (within
 //! the process and, through the store's lock, across replicas). Only digests fxgate computed
 //! itself are recorded, and only after Fxiaoke's `errorCode 0`.
 
@@ -11,8 +12,7 @@ use std::time::{Duration, SystemTime};
 
 use crate::clock::Clock;
 use crate::config::{ClaimScope, DedupeConfig};
-use crate::store::{Lease, Redis};
-use futures_util::future::BoxFuture;
+use crate::store::{FailMode, FailOver, Lease, Redis, StoreFuture};
 
 pub mod coalesce;
 pub mod compact;
@@ -82,11 +82,12 @@ impl MediaRef {
 }
 
 /// Where the index lives.
+/// Every answer is `Err` only when the store itself failed.
 pub trait DedupeStore: Send + Sync + fmt::Debug {
     /// The entry for `key`, if any and not expired.
-    fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>>;
+    fn get<'a>(&'a self, key: &'a DedupeKey) -> StoreFuture<'a, Option<MediaRef>>;
     /// Records (or replaces) an entry.
-    fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()>;
+    fn put(&self, key: DedupeKey, value: MediaRef) -> StoreFuture<'_, ()>;
     /// Adds `caller` to the holders of `key`'s entry, in one step (no read-modify-write: two
     /// callers recorded at once are both kept), only while the entry still exists and still
     /// points at `media_id` (a delete in between stays a delete), without extending its life.
@@ -95,9 +96,9 @@ pub trait DedupeStore: Send + Sync + fmt::Debug {
         key: &'a DedupeKey,
         media_id: &'a str,
         caller: &'a str,
-    ) -> BoxFuture<'a, ()>;
+    ) -> StoreFuture<'a, ()>;
     /// Forgets every entry pointing at `media_id` of `corp` (after a delete).
-    fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()>;
+    fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> StoreFuture<'a, ()>;
     /// A new trust period, counted from each entry's upload, for every lookup from now on.
     fn set_ttl(&self, ttl: Duration);
     /// The right to upload `key` (for `scope`) across processes. The embedded store grants
@@ -106,8 +107,8 @@ pub trait DedupeStore: Send + Sync + fmt::Debug {
         &'a self,
         _key: &'a DedupeKey,
         _scope: Option<&'a str>,
-    ) -> BoxFuture<'a, LockOutcome> {
-        Box::pin(async { LockOutcome::Held(None) })
+    ) -> StoreFuture<'a, LockOutcome> {
+        Box::pin(async { Ok(LockOutcome::Held(None)) })
     }
 }
 
@@ -118,6 +119,61 @@ pub enum LockOutcome {
     Held(Option<Lease>),
     /// Another replica is uploading it.
     Busy,
+}
+
+/// No index at all: every lookup a miss, nothing recorded, every lock granted with nobody to
+/// coordinate with. What a replica falls back to while the shared index fails: uploads go on,
+/// they just are not deduplicated (a local index could hand out a mediaId another replica
+/// deleted meanwhile).
+#[derive(Debug, Default)]
+pub struct NoIndex;
+
+impl DedupeStore for NoIndex {
+    fn get<'a>(&'a self, _: &'a DedupeKey) -> StoreFuture<'a, Option<MediaRef>> {
+        Box::pin(async { Ok(None) })
+    }
+    fn put(&self, _: DedupeKey, _: MediaRef) -> StoreFuture<'_, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn add_holder<'a>(&'a self, _: &'a DedupeKey, _: &'a str, _: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn forget_media<'a>(&'a self, _: &'a str, _: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(async { Ok(()) })
+    }
+    fn set_ttl(&self, _: Duration) {}
+}
+
+/// The shared index first; while it fails, `NoIndex` (the fail mode is always open: dedupe
+/// saves work, it never decides whether an upload may happen).
+impl DedupeStore for FailOver<dyn DedupeStore> {
+    fn get<'a>(&'a self, key: &'a DedupeKey) -> StoreFuture<'a, Option<MediaRef>> {
+        Box::pin(self.run(move |s| s.get(key)))
+    }
+    fn put(&self, key: DedupeKey, value: MediaRef) -> StoreFuture<'_, ()> {
+        Box::pin(async move { self.run(|s| s.put(key.clone(), value.clone())).await })
+    }
+    fn add_holder<'a>(
+        &'a self,
+        key: &'a DedupeKey,
+        media_id: &'a str,
+        caller: &'a str,
+    ) -> StoreFuture<'a, ()> {
+        Box::pin(self.run(move |s| s.add_holder(key, media_id, caller)))
+    }
+    fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> StoreFuture<'a, ()> {
+        Box::pin(self.run(move |s| s.forget_media(corp, media_id)))
+    }
+    fn set_ttl(&self, ttl: Duration) {
+        self.each(|s| s.set_ttl(ttl));
+    }
+    fn lock<'a>(
+        &'a self,
+        key: &'a DedupeKey,
+        scope: Option<&'a str>,
+    ) -> StoreFuture<'a, LockOutcome> {
+        Box::pin(self.run(move |s| s.lock(key, scope)))
+    }
 }
 
 /// The dedupe index with its policy.
@@ -150,8 +206,27 @@ impl Dedupe {
 
     /// The index in Redis, shared by replicas.
     pub fn redis(cfg: &DedupeConfig, redis: Arc<Redis>, lock_ttl: Duration) -> Self {
-        let store = redis::RedisStore::new(redis, cfg.ttl, lock_ttl);
+        let shared: Arc<dyn DedupeStore> =
+            Arc::new(redis::RedisStore::new(redis, cfg.ttl, lock_ttl));
+        let store = FailOver::new(shared, Arc::new(NoIndex), FailMode::Open);
         Self::over(Arc::new(store), cfg.claim_scope)
+    }
+
+    /// The entry for `key`; `None` also when no index could answer (under `FailOver` that
+    /// is `NoIndex`'s miss already).
+    pub async fn get(&self, key: &DedupeKey) -> Option<MediaRef> {
+        self.store.get(key).await.unwrap_or(None)
+    }
+
+    /// Records `value` under `key` (a failure was counted and logged by the store; the
+    /// upload itself succeeded).
+    pub async fn put(&self, key: DedupeKey, value: MediaRef) {
+        let _ = self.store.put(key, value).await;
+    }
+
+    /// Forgets `media_id` of `corp` (after a delete).
+    pub async fn forget_media(&self, corp: &str, media_id: &str) {
+        let _ = self.store.forget_media(corp, media_id).await;
     }
 
     /// Puts a reloaded `[dedupe]` in force: the trust period (for every lookup from now on,
@@ -176,7 +251,7 @@ impl Dedupe {
     /// entry as it was read, which spares the store a write when nothing would change.
     pub async fn add_holder(&self, key: &DedupeKey, entry: &MediaRef, caller: &str) {
         if !entry.held_by(caller) && entry.holders.len() < MAX_HOLDERS {
-            self.store.add_holder(key, &entry.media_id, caller).await;
+            let _ = self.store.add_holder(key, &entry.media_id, caller).await;
         }
     }
 }
@@ -213,16 +288,62 @@ mod tests {
             100,
             crate::clock::SystemClock::shared(),
         );
-        store.put(key(1), media("m1")).await;
-        store.put(key(2), media("m2")).await;
-        store.forget_media("c", "m1").await;
-        assert!(store.get(&key(1)).await.is_none());
+        let index = Dedupe::over(Arc::new(store), ClaimScope::Client);
+        index.put(key(1), media("m1")).await;
+        index.put(key(2), media("m2")).await;
+        index.forget_media("c", "m1").await;
+        assert!(index.get(&key(1)).await.is_none());
         assert_eq!(
-            store.get(&key(2)).await.map(|m| m.media_id),
+            index.get(&key(2)).await.map(|m| m.media_id),
             Some("m2".into())
         );
-        store.forget_media("other-corp", "m2").await;
-        assert!(store.get(&key(2)).await.is_some());
+        index.forget_media("other-corp", "m2").await;
+        assert!(index.get(&key(2)).await.is_some());
+    }
+
+    /// A shared index that always fails, as a Redis that is down.
+    #[derive(Debug)]
+    struct Down;
+
+    impl DedupeStore for Down {
+        fn get<'a>(&'a self, _: &'a DedupeKey) -> StoreFuture<'a, Option<MediaRef>> {
+            Box::pin(async { Err(crate::store::StoreError::Down) })
+        }
+        fn put(&self, _: DedupeKey, _: MediaRef) -> StoreFuture<'_, ()> {
+            Box::pin(async { Err(crate::store::StoreError::Down) })
+        }
+        fn add_holder<'a>(
+            &'a self,
+            _: &'a DedupeKey,
+            _: &'a str,
+            _: &'a str,
+        ) -> StoreFuture<'a, ()> {
+            Box::pin(async { Err(crate::store::StoreError::Down) })
+        }
+        fn forget_media<'a>(&'a self, _: &'a str, _: &'a str) -> StoreFuture<'a, ()> {
+            Box::pin(async { Err(crate::store::StoreError::Down) })
+        }
+        fn set_ttl(&self, _: Duration) {}
+        fn lock<'a>(
+            &'a self,
+            _: &'a DedupeKey,
+            _: Option<&'a str>,
+        ) -> StoreFuture<'a, LockOutcome> {
+            Box::pin(async { Err(crate::store::StoreError::Down) })
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failing_shared_index_is_no_index_and_never_an_error() {
+        let store: FailOver<dyn DedupeStore> =
+            FailOver::new(Arc::new(Down), Arc::new(NoIndex), FailMode::Open);
+        assert!(matches!(store.put(key(1), media("m1")).await, Ok(())));
+        assert!(matches!(store.get(&key(1)).await, Ok(None)));
+        assert!(matches!(
+            store.lock(&key(1), None).await,
+            Ok(LockOutcome::Held(None))
+        ));
+        assert!(store.forget_media("c", "m1").await.is_ok());
     }
 
     #[tokio::test]

@@ -14,12 +14,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use futures_util::future::BoxFuture;
 use redis::Script;
 use sha2::{Digest, Sha256};
 
 use super::{DedupeKey, DedupeStore, LockOutcome, MediaRef};
-use crate::store::Redis;
+use crate::store::{Redis, StoreFuture};
 
 static FORGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -128,7 +127,7 @@ fn decode(s: &str) -> Option<MediaRef> {
 }
 
 impl DedupeStore for RedisStore {
-    fn get<'a>(&'a self, key: &'a DedupeKey) -> BoxFuture<'a, Option<MediaRef>> {
+    fn get<'a>(&'a self, key: &'a DedupeKey) -> StoreFuture<'a, Option<MediaRef>> {
         Box::pin(async move {
             let k = self.entry_key(key);
             let v: Option<String> = self
@@ -136,20 +135,18 @@ impl DedupeStore for RedisStore {
                 .run("dedupe", "get", |mut c| async move {
                     redis::cmd("GET").arg(&k).query_async(&mut c).await
                 })
-                .await
-                .ok()
-                .flatten();
+                .await?;
             let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed));
-            v.as_deref().and_then(decode).filter(|m| {
+            Ok(v.as_deref().and_then(decode).filter(|m| {
                 SystemTime::now()
                     .duration_since(m.created_at)
                     .unwrap_or_default()
                     < ttl
-            })
+            }))
         })
     }
 
-    fn put(&self, key: DedupeKey, value: MediaRef) -> BoxFuture<'_, ()> {
+    fn put(&self, key: DedupeKey, value: MediaRef) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let k = self.entry_key(&key);
             let by_media = self.redis.key(&["media", &key.corp, &value.media_id]);
@@ -160,8 +157,7 @@ impl DedupeStore for RedisStore {
             let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed));
             let ttl = ttl.saturating_sub(age).as_millis().max(1) as u64;
             let v = encode(&value);
-            let _ = self
-                .redis
+            self.redis
                 .run("dedupe", "put", |mut c| async move {
                     redis::pipe()
                         .atomic()
@@ -180,7 +176,7 @@ impl DedupeStore for RedisStore {
                         .query_async::<()>(&mut c)
                         .await
                 })
-                .await;
+                .await
         })
     }
 
@@ -189,10 +185,10 @@ impl DedupeStore for RedisStore {
         key: &'a DedupeKey,
         media_id: &'a str,
         caller: &'a str,
-    ) -> BoxFuture<'a, ()> {
+    ) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let k = self.entry_key(key);
-            let _: Result<i64, _> = self
+            let _: i64 = self
                 .redis
                 .run("dedupe", "add_holder", |mut c| async move {
                     ADD_HOLDER
@@ -203,7 +199,8 @@ impl DedupeStore for RedisStore {
                         .invoke_async(&mut c)
                         .await
                 })
-                .await;
+                .await?;
+            Ok(())
         })
     }
 
@@ -214,16 +211,17 @@ impl DedupeStore for RedisStore {
         );
     }
 
-    fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> BoxFuture<'a, ()> {
+    fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
             let by_media = self.redis.key(&["media", corp, media_id]);
             let id = media_id.to_string();
-            let _: Result<i64, _> = self
+            let _: i64 = self
                 .redis
                 .run("dedupe", "forget", |mut c| async move {
                     FORGET.key(&by_media).arg(&id).invoke_async(&mut c).await
                 })
-                .await;
+                .await?;
+            Ok(())
         })
     }
 
@@ -231,15 +229,15 @@ impl DedupeStore for RedisStore {
         &'a self,
         key: &'a DedupeKey,
         scope: Option<&'a str>,
-    ) -> BoxFuture<'a, LockOutcome> {
+    ) -> StoreFuture<'a, LockOutcome> {
         Box::pin(async move {
             let k = self.key("dedupe-lock", key, scope);
-            match self.redis.try_lease("dedupe", k, self.lock_ttl).await {
-                Ok(Some(lease)) => LockOutcome::Held(Some(lease)),
-                Ok(None) => LockOutcome::Busy,
-                // Nobody to coordinate with: upload without the lock.
-                Err(_) => LockOutcome::Held(None),
-            }
+            Ok(
+                match self.redis.try_lease("dedupe", k, self.lock_ttl).await? {
+                    Some(lease) => LockOutcome::Held(Some(lease)),
+                    None => LockOutcome::Busy,
+                },
+            )
         })
     }
 }

@@ -104,6 +104,12 @@ impl<S: ?Sized> FailOver<S> {
         }
     }
 
+    /// Runs `op` on both (settings that each must hold).
+    pub fn each(&self, op: impl Fn(&S)) {
+        op(&self.primary);
+        op(&self.fallback);
+    }
+
     /// Runs a read on both and adds the answers (usage reports: with the primary failing
     /// open, some of the state is in the fallback); the primary's failure counts as zero.
     pub async fn sum<'a>(

@@ -92,7 +92,7 @@ pub async fn handle(
     up.check_claim(digest)?;
     let key = up.key(digest, &part);
     let span = dedupe_span("content");
-    let found = state.dedupe.store.get(&key).instrument(span.clone()).await;
+    let found = state.dedupe.get(&key).instrument(span.clone()).await;
     span.record(
         "fxgate.dedupe.result",
         if found.is_some() { "hit" } else { "miss" },
@@ -318,7 +318,7 @@ async fn record(
             caller: up.caller.clone(),
             holders: vec![up.caller.clone()],
         };
-        state.dedupe.store.put(key, media.clone()).await;
+        state.dedupe.put(key, media.clone()).await;
         if let Some(g) = up.leader.take() {
             g.complete(media);
         }
