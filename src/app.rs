@@ -267,8 +267,7 @@ impl Stores {
         })
     }
 
-    /// Where `corp`'s `flow` token is shared. The legacy token keeps the keys it always had
-    /// (`token:<corp>`), so replicas of an older release share it during a rolling upgrade.
+    /// Where `corp`'s `flow` token is shared (keys tagged by corp, one set per flow).
     fn tokens(
         &self,
         cfg: &Config,
@@ -280,13 +279,10 @@ impl Stores {
         match &self.redis {
             None => alone,
             Some(redis) => {
-                let scope = match flow {
-                    ApiStyle::Legacy => corp.to_string(),
-                    ApiStyle::OAuth => format!("{corp}:oauth"),
-                };
                 let shared: Arc<dyn TokenStore> = Arc::new(RedisTokens::new(
                     redis.clone(),
-                    &scope,
+                    corp,
+                    flow.label(),
                     clock.clone(),
                     cfg.store.lease_ttl,
                 ));

@@ -216,7 +216,7 @@ fn check(path: &std::path::Path) -> Result<(PathBuf, Config), (PathBuf, String)>
         fxgate::server::Tls::load(tls).map_err(|e| failed(e.to_string()))?;
     }
     if cfg.store.backend == config::Backend::Redis {
-        fxgate::store::redis::client(&cfg.store).map_err(|e| failed(e.to_string()))?;
+        fxgate::store::redis::check(&cfg.store).map_err(|e| failed(e.to_string()))?;
     }
     Ok((path.to_path_buf(), cfg))
 }

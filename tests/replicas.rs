@@ -450,7 +450,7 @@ async fn a_stale_token_written_late_does_not_replace_a_newer_one() {
         .unwrap();
     let clock = fxgate::clock::SystemClock::shared();
     let now = clock.unix_ms();
-    let shared = RedisTokens::new(store, "default", clock, cfg.store.lease_ttl);
+    let shared = RedisTokens::new(store, "default", "legacy", clock, cfg.store.lease_ttl);
     let token = |name: &str, issued_ms: u64| StoredToken {
         token: name.into(),
         corp_id: "corp".into(),

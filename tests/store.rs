@@ -216,9 +216,9 @@ async fn rediss_with_a_ca_an_acl_user_and_a_client_certificate() {
         "--no-auth-warning",
         "--scan",
         "--pattern",
-        "fxgate:dedupe:*"
+        "fxgate:v2:{corp:default}:dedupe:*"
     ])
-    .contains("fxgate:dedupe:"));
+    .contains(":dedupe:"));
     assert!(!gw.logs().contains("pw-from-a-file"));
 }
 
@@ -260,7 +260,7 @@ async fn a_wrong_ca_and_a_wrong_password_are_clear_errors() {
 }
 
 #[tokio::test]
-async fn check_config_refuses_tls_files_without_rediss_and_a_password_in_two_places() {
+async fn check_config_accepts_each_store_shape_and_names_the_bad_key_of_a_broken_one() {
     let dir = tempfile::tempdir().unwrap();
     let p = pki(dir.path());
     std::fs::write(dir.path().join("password"), "pw\n").unwrap();
@@ -295,12 +295,96 @@ async fn check_config_refuses_tls_files_without_rediss_and_a_password_in_two_pla
         err.contains("store.redis_password_file") && !err.contains("inline"),
         "{err}"
     );
+    // Each mode's keys: missing, stray or malformed ones are named.
+    let broken = [
+        (some("cluster"), None, None, None, None, "store.redis_nodes"),
+        (
+            some("sentinel"),
+            list(&["127.0.0.1:26379"]),
+            None,
+            None,
+            None,
+            "store.redis_master_name",
+        ),
+        (
+            some("sentinel"),
+            None,
+            some("m"),
+            None,
+            None,
+            "store.redis_sentinels",
+        ),
+        (
+            some("cluster"),
+            None,
+            None,
+            list(&["no-port"]),
+            None,
+            "store.redis_nodes",
+        ),
+        (
+            None,
+            None,
+            None,
+            list(&["127.0.0.1:7000"]),
+            None,
+            "store.redis_nodes",
+        ),
+        (None, None, None, None, Some(true), "store.redis_tls"),
+        (some("etcd"), None, None, None, None, "store.redis_mode"),
+    ];
+    for (mode, sentinels, master, nodes, tls, key) in broken {
+        let (code, err) = check(StoreFile {
+            redis_mode: mode,
+            redis_sentinels: sentinels,
+            redis_master_name: master,
+            redis_nodes: nodes,
+            redis_tls: tls,
+            ..closed("rediss://127.0.0.1:6379")
+        });
+        assert_eq!(code, Some(2), "{key}: {err}");
+        assert!(err.contains(key), "{key}: {err}");
+    }
+    // TLS files with sentinels or nodes need `redis_tls`.
     let (code, err) = check(StoreFile {
         redis_mode: some("cluster"),
-        ..closed("rediss://127.0.0.1:6379")
+        redis_nodes: list(&["127.0.0.1:7000"]),
+        redis_ca_file: Some(p("ca.pem")),
+        ..closed("redis://127.0.0.1:6379")
     });
     assert_eq!(code, Some(2), "{err}");
-    assert!(err.contains("store.redis_mode"), "{err}");
+    assert!(
+        err.contains("store.redis_ca_file") && err.contains("redis_tls"),
+        "{err}"
+    );
+    // Each shape of design §11 is accepted: Sentinel and Cluster, over TLS with an ACL user.
+    std::fs::write(dir.path().join("sentinel-password"), "spw\n").unwrap();
+    for shape in [
+        StoreFile {
+            redis_mode: some("sentinel"),
+            redis_sentinels: list(&["10.0.0.5:26379", "10.0.0.6:26379"]),
+            redis_master_name: some("fxgate"),
+            redis_sentinel_username: some("sentinel-user"),
+            redis_sentinel_password_file: Some(p("sentinel-password")),
+            redis_tls: Some(true),
+            redis_ca_file: Some(p("ca.pem")),
+            redis_username: some("fxgate"),
+            redis_password_file: Some(p("password")),
+            ..closed("redis://unused:6379")
+        },
+        StoreFile {
+            redis_mode: some("cluster"),
+            redis_nodes: list(&["redis-0:6379", "redis-1:6379"]),
+            redis_tls: Some(true),
+            redis_ca_file: Some(p("ca.pem")),
+            redis_username: some("fxgate"),
+            redis_password_file: Some(p("password")),
+            ..closed("redis://unused:6379")
+        },
+    ] {
+        let (code, err) = check(shape);
+        assert_eq!(code, Some(0), "{err}");
+    }
     let (code, err) = check(StoreFile {
         redis_ca_file: Some(p("ca.pem")),
         redis_username: some("fxgate"),

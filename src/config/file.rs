@@ -220,8 +220,21 @@ pub struct StoreFile {
     /// How long a Redis lease (a replica's turn at the token endpoint, a claimed upload's
     /// lock) outlives a replica that stopped renewing it, default `10s`.
     pub lease_ttl: Option<String>,
-    /// `"standalone"` (default); `"sentinel"` and `"cluster"` are refused by this release.
+    /// `"standalone"` (default: `redis_url`), `"sentinel"` (`redis_sentinels` and
+    /// `redis_master_name`) or `"cluster"` (`redis_nodes`).
     pub redis_mode: Option<String>,
+    /// Sentinel: the sentinels, `host:port` each.
+    pub redis_sentinels: Option<Vec<String>>,
+    /// Sentinel: the name of the master they watch.
+    pub redis_master_name: Option<String>,
+    /// Sentinel: the sentinels' own ACL user, when it differs from `redis_username`.
+    pub redis_sentinel_username: Option<String>,
+    /// Sentinel: a file holding the sentinels' own password, when it differs.
+    pub redis_sentinel_password_file: Option<String>,
+    /// Cluster: seed nodes, `host:port` each (the rest are found from them).
+    pub redis_nodes: Option<Vec<String>>,
+    /// Sentinel and Cluster: TLS to every node and sentinel (standalone: a `rediss://` URL).
+    pub redis_tls: Option<bool>,
     /// ACL user (the URL's user is accepted too).
     pub redis_username: Option<String>,
     /// ACL password, inline (better: `redis_password_file`, or the environment).

@@ -207,8 +207,36 @@ pub struct StoreConfig {
     pub redis_username: Option<String>,
     /// ACL password, when not in the URL.
     pub redis_password: Option<Secret>,
-    /// TLS files for a `rediss://` URL.
+    /// TLS files for a `rediss://` URL or `tls`.
     pub redis_tls: RedisTlsFiles,
+    /// How Redis is found: one address, sentinels, or a Cluster.
+    pub mode: RedisMode,
+    /// TLS to every connection (a `rediss://` URL, or `redis_tls = true`).
+    pub tls: bool,
+}
+
+/// `store.redis_mode` and what it needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RedisMode {
+    /// `redis_url`: one Redis (a managed Redis's primary endpoint included).
+    Standalone,
+    /// `redis_sentinels` + `redis_master_name`: the master they name, followed on failover.
+    Sentinel(SentinelConfig),
+    /// `redis_nodes`: a Redis Cluster's seed nodes.
+    Cluster(Vec<String>),
+}
+
+/// Where the sentinels are and how to log in to them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SentinelConfig {
+    /// `host:port` of each sentinel.
+    pub sentinels: Vec<String>,
+    /// The master's name.
+    pub master_name: String,
+    /// The sentinels' own ACL user (else `redis_username`).
+    pub username: Option<String>,
+    /// The sentinels' own password (else the store's).
+    pub password: Option<Secret>,
 }
 
 /// `store.redis_ca_file`, `redis_cert_file`, `redis_key_file` (read when the store starts, and

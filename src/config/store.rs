@@ -1,13 +1,16 @@
-//! `[store]`, validated: the backend, and for Redis its address, credentials and TLS files
-//! (design §11). A password lives in one place (the URL or the file, never both); TLS files
-//! only with a `rediss://` URL.
+//! `[store]`, validated: the backend, and for Redis how it is found (one address, sentinels, a
+//! Cluster), its credentials and TLS files (design §11). A password lives in one place (the
+//! URL or the file, never both); TLS files only with TLS (`rediss://`, or `redis_tls`).
 
 use std::path::PathBuf;
 use std::time::Duration;
 
 use super::file::{StoreFile, DEFAULT_LEASE_TTL};
 use super::parse::{parse_duration, read_secret};
-use super::{invalid, Backend, ConfigError, FailMode, RedisTlsFiles, Secret, StoreConfig};
+use super::{
+    invalid, Backend, ConfigError, FailMode, RedisMode, RedisTlsFiles, Secret, SentinelConfig,
+    StoreConfig,
+};
 
 pub(super) fn store(st: StoreFile) -> Result<StoreConfig, ConfigError> {
     let backend = match st.backend.as_deref().unwrap_or("memory") {
@@ -30,9 +33,13 @@ pub(super) fn store(st: StoreFile) -> Result<StoreConfig, ConfigError> {
             return Err(invalid("store.redis_url", e.to_string()));
         }
     }
-    redis_mode(st.redis_mode.as_deref())?;
+    let mode = redis_mode(&st)?;
+    let tls = match mode {
+        RedisMode::Standalone => redis_url.starts_with("rediss://"),
+        _ => st.redis_tls.unwrap_or(false),
+    };
     let (redis_username, redis_password) = credentials(&st, &redis_url)?;
-    let redis_tls = tls_files(&st, &redis_url)?;
+    let redis_tls = tls_files(&st, tls)?;
     let key_prefix = st.key_prefix.unwrap_or_else(|| "fxgate".into());
     if key_prefix.is_empty() || key_prefix.contains(char::is_whitespace) {
         return Err(invalid(
@@ -46,6 +53,8 @@ pub(super) fn store(st: StoreFile) -> Result<StoreConfig, ConfigError> {
         redis_username,
         redis_password,
         redis_tls,
+        mode,
+        tls,
         key_prefix,
         timeout: parse_duration("store.timeout", st.timeout.as_deref().unwrap_or("250ms"))?,
         lease_ttl: lease_ttl(st.lease_ttl.as_deref())?,
@@ -63,21 +72,99 @@ pub(super) fn store(st: StoreFile) -> Result<StoreConfig, ConfigError> {
     Ok(store)
 }
 
-/// `store.redis_mode`: a single Redis (its primary endpoint, managed or not). Sentinel and
-/// Cluster are refused until fxgate follows them (a half-supported mode would fail over
-/// silently).
-fn redis_mode(mode: Option<&str>) -> Result<(), ConfigError> {
-    match mode.map(str::trim) {
-        None | Some("standalone") => Ok(()),
-        Some(m @ ("sentinel" | "cluster")) => Err(invalid(
-            "store.redis_mode",
-            format!("`{m}` is not supported by this release; use \"standalone\" (a managed Redis's primary endpoint works)"),
-        )),
+/// `store.redis_mode` and the keys it needs: `redis_sentinels` and `redis_master_name` for
+/// Sentinel, `redis_nodes` for Cluster; each key of another mode is refused where it would be
+/// ignored (a half-configured mode would fail over silently).
+fn redis_mode(st: &StoreFile) -> Result<RedisMode, ConfigError> {
+    let list = |key: &str, v: &Option<Vec<String>>| -> Result<Vec<String>, ConfigError> {
+        let items: Vec<String> = v.iter().flatten().map(|a| a.trim().to_string()).collect();
+        if items.is_empty() {
+            return Err(invalid(key, "missing: at least one host:port"));
+        }
+        if let Some(bad) = items.iter().find(|a| !host_port(a)) {
+            return Err(invalid(key, format!("`{bad}` is not host:port")));
+        }
+        Ok(items)
+    };
+    let stray = |key: &str, set: bool, mode: &str| {
+        if set {
+            Err(invalid(
+                key,
+                format!("is not used with redis_mode = \"{mode}\""),
+            ))
+        } else {
+            Ok(())
+        }
+    };
+    let sentinel_keys = st.redis_sentinels.is_some() || st.redis_master_name.is_some();
+    match st.redis_mode.as_deref().map(str::trim) {
+        None | Some("standalone") => {
+            stray("store.redis_sentinels", sentinel_keys, "standalone")?;
+            stray("store.redis_nodes", st.redis_nodes.is_some(), "standalone")?;
+            stray(
+                "store.redis_tls",
+                st.redis_tls.is_some(),
+                "standalone (use a rediss:// URL)",
+            )?;
+            Ok(RedisMode::Standalone)
+        }
+        Some("sentinel") => {
+            stray("store.redis_nodes", st.redis_nodes.is_some(), "sentinel")?;
+            Ok(RedisMode::Sentinel(sentinel(
+                st,
+                list("store.redis_sentinels", &st.redis_sentinels)?,
+            )?))
+        }
+        Some("cluster") => {
+            stray("store.redis_sentinels", sentinel_keys, "cluster")?;
+            Ok(RedisMode::Cluster(list(
+                "store.redis_nodes",
+                &st.redis_nodes,
+            )?))
+        }
         Some(other) => Err(invalid(
             "store.redis_mode",
-            format!("`{other}`: use \"standalone\""),
+            format!("`{other}`: use \"standalone\", \"sentinel\" or \"cluster\""),
         )),
     }
+}
+
+/// The sentinels' master name and their own credentials, if any.
+fn sentinel(st: &StoreFile, sentinels: Vec<String>) -> Result<SentinelConfig, ConfigError> {
+    let master_name = st
+        .redis_master_name
+        .as_deref()
+        .map(str::trim)
+        .filter(|n| !n.is_empty())
+        .ok_or_else(|| {
+            invalid(
+                "store.redis_master_name",
+                "missing: the master's name the sentinels watch",
+            )
+        })?
+        .to_string();
+    let password = match &st.redis_sentinel_password_file {
+        Some(file) => Some(read_secret(
+            "store.redis_sentinel_password",
+            None,
+            Some(file.clone()),
+        )?),
+        None => None,
+    };
+    Ok(SentinelConfig {
+        sentinels,
+        master_name,
+        username: st
+            .redis_sentinel_username
+            .clone()
+            .filter(|u| !u.trim().is_empty()),
+        password,
+    })
+}
+
+fn host_port(a: &str) -> bool {
+    a.rsplit_once(':')
+        .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok())
 }
 
 /// `redis_username` and the password from `redis_password[_file]`; a password in both the URL
@@ -109,14 +196,17 @@ fn credentials(st: &StoreFile, url: &str) -> Result<(Option<String>, Option<Secr
     Ok((username, password))
 }
 
-/// The TLS files: only with `rediss://`; a certificate and its key together; each readable.
-fn tls_files(st: &StoreFile, url: &str) -> Result<RedisTlsFiles, ConfigError> {
+/// The TLS files: only with TLS; a certificate and its key together; each readable.
+fn tls_files(st: &StoreFile, tls: bool) -> Result<RedisTlsFiles, ConfigError> {
     let file = |key: &str, v: &Option<String>| -> Result<Option<PathBuf>, ConfigError> {
         let Some(path) = v.as_deref().filter(|p| !p.is_empty()) else {
             return Ok(None);
         };
-        if !url.starts_with("rediss://") {
-            return Err(invalid(key, "needs a rediss:// redis_url (TLS)"));
+        if !tls {
+            return Err(invalid(
+                key,
+                "needs TLS: a rediss:// redis_url, or redis_tls = true with sentinels or nodes",
+            ));
         }
         std::fs::metadata(path).map_err(|e| invalid(key, format!("cannot read {path}: {e}")))?;
         Ok(Some(PathBuf::from(path)))

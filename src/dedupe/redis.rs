@@ -1,14 +1,15 @@
-//! The dedupe index in Redis, shared by replicas. Keys (under `store.key_prefix`):
+//! The dedupe index in Redis, shared by replicas. Keys (under `store.key_prefix`, each tagged
+//! by corp, `{prefix}:v2:{corp:NAME}:…`, so the `MULTI` and the scripts stay in one Cluster
+//! slot):
 //!
-//! * `dedupe:{corp}:{route}:{sha256 hex}[:{sha256 of the filename, hex}]` — the entry (JSON),
-//!   with the index TTL. Written (with its reverse entry, in one `MULTI`) only after Fxiaoke's
+//! * `dedupe:{route}:{sha256 hex}[:{sha256 of the filename, hex}]` — the entry (JSON), with
+//!   the index TTL. Written (with its reverse entry, in one `MULTI`) only after Fxiaoke's
 //!   `errorCode 0`.
-//! * `media:{corp}:{mediaId}` — the entry's key, so a delete through any replica evicts it.
-//! * `dedupe-lock:{corp}:{route}:{sha256 hex}[:…][:{caller}]` — the upload lease of a claimed digest (coalescing
-//!   across replicas); lapses after `LOCK_TTL` if its holder dies.
+//! * `media:{mediaId}` — the entry's key, so a delete through any replica evicts it.
+//! * `dedupe-lock:{route}:{sha256 hex}[:…][:{caller}]` — the upload lease of a claimed digest
+//!   (coalescing across replicas); lapses after `LOCK_TTL` if its holder dies.
 //!
-//! A Redis failure is a miss (the file is uploaded normally) and is counted, never an error
-//! for the caller.
+//! Every failure is the caller's to judge (`Err`): `store::FailOver` makes it a miss.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, LazyLock};
@@ -18,7 +19,7 @@ use redis::Script;
 use sha2::{Digest, Sha256};
 
 use super::{DedupeKey, DedupeStore, LockOutcome, MediaRef};
-use crate::store::{Redis, StoreFuture};
+use crate::store::{Redis, StoreFuture, Tag};
 
 static FORGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
@@ -78,7 +79,7 @@ impl RedisStore {
         }
     }
 
-    /// `{kind}:{corp}:{route}:{sha256}[:{filename hash}][:{scope}]`.
+    /// `{corp tag}:{kind}:{route}:{sha256}[:{filename hash}][:{scope}]`.
     fn key(&self, kind: &str, key: &DedupeKey, scope: Option<&str>) -> String {
         let sha = hex::encode(key.sha256);
         // Filenames are caller text: hashed so the key stays short and unambiguous.
@@ -86,10 +87,10 @@ impl RedisStore {
             .filename
             .as_ref()
             .map(|n| hex::encode(Sha256::digest(n.as_bytes())));
-        let mut parts = vec![kind, key.corp.as_str(), key.route, sha.as_str()];
+        let mut parts = vec![kind, key.route, sha.as_str()];
         parts.extend(name.as_deref());
         parts.extend(scope);
-        self.redis.key(&parts)
+        self.redis.key(Tag::Corp(&key.corp), &parts)
     }
 
     fn entry_key(&self, key: &DedupeKey) -> String {
@@ -149,7 +150,9 @@ impl DedupeStore for RedisStore {
     fn put(&self, key: DedupeKey, value: MediaRef) -> StoreFuture<'_, ()> {
         Box::pin(async move {
             let k = self.entry_key(&key);
-            let by_media = self.redis.key(&["media", &key.corp, &value.media_id]);
+            let by_media = self
+                .redis
+                .key(Tag::Corp(&key.corp), &["media", &value.media_id]);
             // The rest of the trust period, so re-recording a holder does not extend it.
             let age = SystemTime::now()
                 .duration_since(value.created_at)
@@ -213,7 +216,7 @@ impl DedupeStore for RedisStore {
 
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let by_media = self.redis.key(&["media", corp, media_id]);
+            let by_media = self.redis.key(Tag::Corp(corp), &["media", media_id]);
             let id = media_id.to_string();
             let _: i64 = self
                 .redis

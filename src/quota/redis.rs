@@ -2,11 +2,13 @@
 //! script (atomic in Redis) using Redis's own clock (`TIME`), so replicas with skewed clocks
 //! still share one limit. Keys (under `store.key_prefix`):
 //!
-//! * `quota:{client}:rate` — GCRA theoretical arrival time (µs).
-//! * `quota:{client}:uploads` — sorted set of leased upload slots (member: lease id, score:
-//!   expiry in ms). A replica renews its leases while uploads run; a dead replica's slots
-//!   expire after `SLOT_LEASE`.
-//! * `quota:{client}:bytes:{cst_day}` — bytes reserved today (expires after two days).
+//! * `quota-rate` — GCRA theoretical arrival time (µs).
+//! * `quota-uploads` — sorted set of leased upload slots (member: lease id, score: expiry in
+//!   ms). A replica renews its leases while uploads run; a dead replica's slots expire after
+//!   `SLOT_LEASE`.
+//! * `quota-bytes:{cst_day}` — bytes reserved today (expires after two days).
+//!
+//! Each tagged by the caller (`{prefix}:v2:{client:NAME}:…`).
 
 use std::sync::{Arc, LazyLock};
 
@@ -17,7 +19,7 @@ use redis::Script;
 
 use super::{Held, QuotaStore, Reserved, StoreFuture, UploadSlot};
 use crate::clock::cst_day;
-use crate::store::{Lease, Redis, StoreError};
+use crate::store::{Lease, Redis, StoreError, Tag};
 
 /// How long an upload slot outlives a replica that stopped renewing it.
 pub const SLOT_LEASE: Duration = Duration::from_secs(30);
@@ -125,7 +127,7 @@ impl RedisQuotas {
         client: &str,
         per_minute: u32,
     ) -> Result<Result<(), Duration>, StoreError> {
-        let key = self.redis.key(&["quota", client, "rate"]);
+        let key = self.redis.key(Tag::Client(client), &["quota-rate"]);
         let interval_us = 60_000_000 / u64::from(per_minute.max(1));
         let wait_ms: i64 = self
             .redis
@@ -146,7 +148,7 @@ impl RedisQuotas {
 
     /// Leases one of `max` concurrent-upload slots; `Ok(None)` when all are taken.
     async fn take_slot(&self, client: &str, max: u32) -> Result<Option<UploadSlot>, StoreError> {
-        let key = self.redis.key(&["quota", client, "uploads"]);
+        let key = self.redis.key(Tag::Client(client), &["quota-uploads"]);
         let member = unique();
         let (k, m) = (key.clone(), member.clone());
         let got: i64 = self
@@ -204,7 +206,7 @@ impl RedisQuotas {
 
     /// Uploads in flight across replicas.
     async fn count_slots(&self, client: &str) -> Result<u64, StoreError> {
-        let key = self.redis.key(&["quota", client, "uploads"]);
+        let key = self.redis.key(Tag::Client(client), &["quota-uploads"]);
         self.redis
             .run("quota", "uploads", |mut c| async move {
                 SLOT_COUNT.key(&key).invoke_async(&mut c).await
@@ -214,7 +216,7 @@ impl RedisQuotas {
 
     fn bytes_key(&self, client: &str, day: u64) -> String {
         self.redis
-            .key(&["quota", client, "bytes", &day.to_string()])
+            .key(Tag::Client(client), &["quota-bytes", &day.to_string()])
     }
 
     /// Reserves `n` of `limit` bytes on the CST day of `unix_secs`; answers the day, or how

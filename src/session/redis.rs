@@ -1,11 +1,12 @@
 //! `RedisSessions`: issued tokens in Redis, so every replica accepts them.
-//! `{prefix}:session:{sha256 of the token}` — JSON `Session`, expiring with the token.
+//! `{prefix}:v2:session:{sha256 of the token}` — JSON `Session`, expiring with the token. One
+//! key per command, untagged: a lookup by token cannot know its caller.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use super::{Session, SessionStore};
-use crate::store::{Redis, StoreError, StoreFuture};
+use crate::store::{Redis, StoreError, StoreFuture, Tag};
 
 /// Tokens shared through Redis.
 #[derive(Debug)]
@@ -23,7 +24,7 @@ impl RedisSessions {
 impl SessionStore for RedisSessions {
     fn put<'a>(&'a self, key: &'a str, session: &'a Session, ttl: Duration) -> StoreFuture<'a, ()> {
         Box::pin(async move {
-            let key = self.redis.key(&["session", key]);
+            let key = self.redis.key(Tag::Own, &["session", key]);
             let value = serde_json::to_string(session)
                 .map_err(|e| StoreError::Redis(format!("encoding a session: {e}")))?;
             let ms = (ttl.as_millis() as u64).max(1);
@@ -43,7 +44,7 @@ impl SessionStore for RedisSessions {
 
     fn get<'a>(&'a self, key: &'a str) -> StoreFuture<'a, Option<Session>> {
         Box::pin(async move {
-            let key = self.redis.key(&["session", key]);
+            let key = self.redis.key(Tag::Own, &["session", key]);
             let raw: Option<String> = self
                 .redis
                 .run("session", "get", |mut c| async move {

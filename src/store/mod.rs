@@ -5,6 +5,7 @@
 //! failing Redis means, so no caller knows which backend it has. `redis` is the connection
 //! every Redis implementation goes through.
 
+pub mod conn;
 mod failure;
 mod lease;
 pub mod redis;
@@ -18,7 +19,7 @@ use futures_util::future::BoxFuture;
 pub use crate::config::{Backend, FailMode};
 pub use crate::metrics::FailureKind;
 pub use lease::Lease;
-pub use redis::Redis;
+pub use redis::{Redis, Tag, KEY_SCHEMA};
 
 /// What every store operation returns: its answer, later, or why there is none. One
 /// definition for the quota, token, session and dedupe stores.

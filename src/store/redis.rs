@@ -16,16 +16,44 @@ use std::time::{Duration, Instant};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
-use redis::aio::MultiplexedConnection;
-use redis::{AsyncConnectionConfig, RedisResult};
+use redis::RedisResult;
 use tokio::sync::Notify;
 
+use super::conn::{Conn, Source};
 use super::failure::{kind_of, refuses};
 use super::StoreError;
 use crate::config::StoreConfig;
 use crate::metrics::FailureKind;
 use crate::metrics::Metrics;
 use crate::worker::PerWorker;
+
+/// The version of the key layout, in every key: a release that renames a key or changes what
+/// it holds bumps it, so two releases on one Redis never misread each other's keys (during a
+/// rolling upgrade across a bump each side keeps its own state; docs/operations.md).
+pub const KEY_SCHEMA: &str = "v2";
+
+/// Which Redis Cluster slot a key shares (its hash tag).
+#[derive(Debug, Clone, Copy)]
+pub enum Tag<'a> {
+    /// Everything of one corp: its tokens, budget, dedupe entries and locks.
+    Corp(&'a str),
+    /// Everything of one caller: its quotas.
+    Client(&'a str),
+    /// A key no script or transaction shares with another (a session, the probe).
+    Own,
+}
+
+/// A name as it may stand inside a hash tag: `{` and `}` would end the tag early.
+fn tag_safe(name: &str) -> std::borrow::Cow<'_, str> {
+    if name.contains(['{', '}', '%']) {
+        name.replace('%', "%25")
+            .replace('{', "%7B")
+            .replace('}', "%7D")
+            .into()
+    } else {
+        name.into()
+    }
+}
 
 /// How often a down store is retried, and a healthy one probed (an idle connection can die
 /// unnoticed, and a full or read-only Redis still answers PING: the probe is a write).
@@ -40,16 +68,17 @@ const WARN_EVERY_MS: u64 = 1_000;
 /// A serving thread's connection slot.
 #[derive(Debug, Default)]
 struct Local {
-    conn: ArcSwapOption<MultiplexedConnection>,
+    conn: ArcSwapOption<Conn>,
     connecting: tokio::sync::Mutex<()>,
 }
 
 /// A process's handle on Redis; cheap to share behind an `Arc`.
 #[derive(Debug)]
 pub struct Redis {
-    client: redis::Client,
+    /// Where connections come from (one address, the sentinels' master, a Cluster).
+    source: Source,
     /// The supervisor's connection, which decides whether the store is up.
-    conn: ArcSwapOption<MultiplexedConnection>,
+    conn: ArcSwapOption<Conn>,
     /// Each serving thread's own, made on first use while the store is up.
     local: PerWorker<Local>,
     up: AtomicBool,
@@ -75,9 +104,9 @@ impl Redis {
         metrics: Metrics,
         workers: usize,
     ) -> Result<Arc<Self>, StoreError> {
-        let client = client(cfg)?;
+        let source = Source::of(cfg)?;
         let this = Arc::new(Self {
-            client,
+            source,
             conn: ArcSwapOption::empty(),
             local: PerWorker::new(workers, Local::default),
             up: AtomicBool::new(false),
@@ -103,15 +132,8 @@ impl Redis {
     }
 
     /// A new connection, answering PING, whose driver runs on the calling runtime.
-    async fn open(&self) -> Result<MultiplexedConnection, StoreError> {
-        let config = AsyncConnectionConfig::new()
-            .set_connection_timeout(Some(self.timeout.max(Duration::from_millis(500))))
-            .set_response_timeout(Some(self.timeout));
-        let mut conn = self
-            .client
-            .get_multiplexed_async_connection_with_config(&config)
-            .await
-            .map_err(|e| StoreError::Redis(e.to_string()))?;
+    async fn open(&self) -> Result<Conn, StoreError> {
+        let mut conn = self.source.open(self.timeout).await?;
         let _: String = redis::cmd("PING")
             .query_async(&mut conn)
             .await
@@ -120,6 +142,8 @@ impl Redis {
     }
 
     async fn connect(&self) -> Result<(), StoreError> {
+        // Sentinel: the master may have moved since the last connection.
+        self.source.resolve(self.timeout).await?;
         let conn = self.open().await?;
         self.conn.store(Some(Arc::new(conn)));
         self.up.store(true, Ordering::Release);
@@ -172,7 +196,7 @@ impl Redis {
 
     /// The calling thread's connection: a serving thread's own (made now if it has none
     /// yet), else the supervisor's; `None` while the store is down.
-    async fn connection(&self) -> Option<Arc<MultiplexedConnection>> {
+    async fn connection(&self) -> Option<Arc<Conn>> {
         let shared = self.conn.load_full()?;
         if crate::worker::index() == 0 {
             return Some(shared);
@@ -205,9 +229,16 @@ impl Redis {
         }
     }
 
-    /// `prefix:a:b:c`.
-    pub fn key(&self, parts: &[&str]) -> String {
-        let mut k = self.prefix.clone();
+    /// `prefix:v2:{tag}:a:b:c` (`Tag::Own`: no tag). Every key carries `KEY_SCHEMA`, and
+    /// every key one script or transaction touches carries the same tag, so in a Cluster
+    /// they share a slot.
+    pub fn key(&self, tag: Tag<'_>, parts: &[&str]) -> String {
+        let mut k = format!("{}:{KEY_SCHEMA}", self.prefix);
+        match tag {
+            Tag::Corp(name) => k.push_str(&format!(":{{corp:{}}}", tag_safe(name))),
+            Tag::Client(name) => k.push_str(&format!(":{{client:{}}}", tag_safe(name))),
+            Tag::Own => {}
+        }
         for p in parts {
             k.push(':');
             k.push_str(p);
@@ -220,7 +251,7 @@ impl Redis {
     /// `budget`) and `op`.
     pub async fn run<T, F, Fut>(&self, store: &str, op: &str, f: F) -> Result<T, StoreError>
     where
-        F: FnOnce(MultiplexedConnection) -> Fut,
+        F: FnOnce(Conn) -> Fut,
         Fut: Future<Output = RedisResult<T>>,
     {
         let Some(conn) = self.connection().await else {
@@ -232,8 +263,7 @@ impl Redis {
             .calls
             .with_label_values(&[store, op])
             .inc();
-        let result =
-            tokio::time::timeout(self.timeout, f(MultiplexedConnection::clone(&conn))).await;
+        let result = tokio::time::timeout(self.timeout, f(Conn::clone(&conn))).await;
         let (err, kind) = match result {
             Ok(Ok(v)) => return Ok(v),
             Ok(Err(e)) => {
@@ -243,10 +273,14 @@ impl Redis {
                     || e.is_timeout()
                     || e.is_unrecoverable_error();
                 let err = StoreError::Redis(e.to_string());
-                if broken {
+                let kind = kind_of(&e);
+                // Under Sentinel a read-only node is a master that was demoted: reconnect,
+                // which asks the sentinels where the master is now.
+                let moved = kind == FailureKind::Readonly && self.source.follows_failover();
+                if broken || moved {
                     self.mark_down(&err.to_string());
                 }
-                (err, kind_of(&e))
+                (err, kind)
             }
             Err(_) => {
                 self.mark_down("command timed out");
@@ -285,52 +319,11 @@ impl Redis {
     }
 }
 
-/// The client for `cfg`: its URL, the ACL user and password from their own keys (applied to
-/// every connection), and for `rediss://` the CA (the only one trusted when set) and client
-/// certificate read from their files. `check-config` calls it too, so a file that does not
-/// parse fails there rather than at start. Errors never repeat the URL (it may hold a
-/// password).
-pub fn client(cfg: &StoreConfig) -> Result<redis::Client, StoreError> {
-    use redis::IntoConnectionInfo as _;
-    let bad = |what: &str, e: &dyn std::fmt::Display| StoreError::Redis(format!("{what}: {e}"));
-    let mut info = cfg
-        .redis_url
-        .expose()
-        .into_connection_info()
-        .map_err(|e| bad("store.redis_url", &e))?;
-    let mut settings = info.redis_settings().clone();
-    if let Some(user) = &cfg.redis_username {
-        settings = settings.set_username(user);
-    }
-    if let Some(password) = &cfg.redis_password {
-        settings = settings.set_password(password.expose());
-    }
-    info = info.set_redis_settings(settings);
-    let tls = &cfg.redis_tls;
-    if tls.ca.is_none() && tls.client.is_none() {
-        return redis::Client::open(info).map_err(|e| bad("store.redis_url", &e));
-    }
-    let read = |key: &str, path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| bad(key, &format!("{}: {e}", path.display())))
-    };
-    let root_cert = match &tls.ca {
-        Some(p) => Some(read("store.redis_ca_file", p)?),
-        None => None,
-    };
-    let client_tls = match &tls.client {
-        Some((cert, key)) => Some(redis::ClientTlsConfig {
-            client_cert: read("store.redis_cert_file", cert)?,
-            client_key: read("store.redis_key_file", key)?,
-        }),
-        None => None,
-    };
-    let certs = redis::TlsCertificates {
-        client_tls,
-        root_cert,
-    };
-    // The error says which file did not parse (root certificate, client chain or key).
-    redis::Client::build_with_tls(info, certs)
-        .map_err(|e| bad("store.redis_ca_file / redis_cert_file / redis_key_file", &e))
+/// Builds what `serve` would connect with (the URL or the sentinels or the nodes, the
+/// credentials, the TLS files), without connecting: `check-config` calls it, so a file that
+/// does not parse fails there rather than at start. Errors never repeat a URL.
+pub fn check(cfg: &StoreConfig) -> Result<(), StoreError> {
+    Source::of(cfg).map(|_| ())
 }
 
 /// Reconnects a down store and pings a healthy one, for as long as the process holds it.
@@ -344,7 +337,7 @@ async fn supervise(weak: Weak<Redis>) {
                 _ = tokio::time::sleep(PING_INTERVAL) => {
                     // A write, with the process's own key: a Redis that answers PING can
                     // still refuse every write (full, read-only, an ACL without it).
-                    let key = this.key(&["probe", &this.owner]);
+                    let key = this.key(Tag::Own, &["probe", &this.owner]);
                     let _ = this
                         .run("store", "probe", |mut c| async move {
                             redis::cmd("SET")

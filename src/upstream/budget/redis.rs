@@ -1,9 +1,9 @@
 //! `RedisBudget`: the corp's allowance at Fxiaoke counted in Redis, one budget for every
 //! replica. One Lua script decides each call (atomic in Redis) on Redis's own clock (`TIME`).
-//! Keys (under `store.key_prefix`):
+//! Keys (under `store.key_prefix`, tagged by corp: the script's two keys share a Cluster slot):
 //!
-//! * `budget:{corp}:{interface}` — sorted set of call times in the last 20 s.
-//! * `budget:{corp}:daily:{cst_day}` — calls today (expires after two days).
+//! * `budget:{interface}` — sorted set of call times in the last 20 s.
+//! * `budget-daily:{cst_day}` — calls today (expires after two days).
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -12,7 +12,7 @@ use redis::Script;
 
 use super::{BudgetAnswer, BudgetStore};
 use crate::clock::cst_day;
-use crate::store::{Redis, StoreError, StoreFuture};
+use crate::store::{Redis, StoreError, StoreFuture, Tag};
 
 /// Daily budget (KEYS[2], limit ARGV[3], 0 = none) checked first, then the 20 s window
 /// (KEYS[1], limit ARGV[1]). Answers {ms to wait or 0, 1 if the day is spent, calls left today
@@ -67,10 +67,9 @@ impl RedisBudget {
         daily: Option<u64>,
         unix_secs: u64,
     ) -> Result<BudgetAnswer, StoreError> {
-        let window = self.redis.key(&["budget", corp, interface]);
-        let day = self
-            .redis
-            .key(&["budget", corp, "daily", &cst_day(unix_secs).0.to_string()]);
+        let day = cst_day(unix_secs).0.to_string();
+        let window = self.redis.key(Tag::Corp(corp), &["budget", interface]);
+        let day = self.redis.key(Tag::Corp(corp), &["budget-daily", &day]);
         let member = uuid::Uuid::new_v4().simple().to_string();
         let (wait, spent, left): (i64, i64, i64) = self
             .redis

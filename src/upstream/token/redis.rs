@@ -1,13 +1,16 @@
 //! `RedisTokens`: the corp token in Redis, shared by replicas (`[store] backend = "redis"`).
 //!
-//! * `{prefix}:token:{corp}` — hash `token, corp_id, issued_ms, expires_ms, refresh_ms`, with
-//!   a TTL of the token's remaining life. Written by a Lua script only when its `issued_ms` is
-//!   newer than the stored one, so a fetch that finishes late never replaces a newer token.
-//! * `{prefix}:token-lease:{corp}` — the refresh lease (`store::Lease`), renewed while the
-//!   fetch runs, released by compare-and-delete. A replica that dies holding
-//!   it blocks the others for at most `LEASE`.
-//! * `{prefix}:token-calls:{corp}` — sorted set of token-call times, so all replicas together
-//!   stay under Fxiaoke's 10 calls a minute (only the lease holder reads or writes it).
+//! Keys, all tagged by corp (`{prefix}:v2:{corp:NAME}:…`), one set per flow (`legacy`,
+//! `oauth`):
+//!
+//! * `token:{flow}` — hash `token, corp_id, issued_ms, expires_ms, refresh_ms`, with a TTL of
+//!   the token's remaining life. Written by a Lua script only when its `issued_ms` is newer
+//!   than the stored one, so a fetch that finishes late never replaces a newer token.
+//! * `token-lease:{flow}` — the refresh lease (`store::Lease`), renewed while the fetch runs,
+//!   released by compare-and-delete. A replica that dies holding it blocks the others for at
+//!   most `LEASE`.
+//! * `token-calls:{flow}` — sorted set of token-call times, so all replicas together stay
+//!   under Fxiaoke's 10 calls a minute (only the lease holder reads or writes it).
 
 use std::sync::{Arc, LazyLock};
 use std::time::Duration;
@@ -16,7 +19,7 @@ use redis::Script;
 
 use super::store::{StoreFuture, StoredToken, TokenStore, Turn};
 use crate::clock::Clock;
-use crate::store::{Redis, StoreError};
+use crate::store::{Redis, StoreError, Tag};
 
 const WRITE_IF_NEWER: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'issued_ms')
@@ -56,14 +59,21 @@ static WRITE_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(WRITE_IF_NE
 static CALL_SLOT_SCRIPT: LazyLock<Script> = LazyLock::new(|| Script::new(TAKE_CALL_SLOT));
 
 impl RedisTokens {
-    /// The shared token of `corp`.
-    pub fn new(redis: Arc<Redis>, corp: &str, clock: Arc<dyn Clock>, lease_ttl: Duration) -> Self {
+    /// The shared token of `corp` of style `flow` (`legacy`, `oauth`).
+    pub fn new(
+        redis: Arc<Redis>,
+        corp: &str,
+        flow: &str,
+        clock: Arc<dyn Clock>,
+        lease_ttl: Duration,
+    ) -> Self {
+        let key = |kind: &str| redis.key(Tag::Corp(corp), &[kind, flow]);
         Self {
             clock,
             lease_ttl,
-            token_key: redis.key(&["token", corp]),
-            lease_key: redis.key(&["token-lease", corp]),
-            calls_key: redis.key(&["token-calls", corp]),
+            token_key: key("token"),
+            lease_key: key("token-lease"),
+            calls_key: key("token-calls"),
             redis,
         }
     }
