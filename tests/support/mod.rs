@@ -16,6 +16,7 @@ use sha2::{Digest, Sha256};
 pub mod fixture;
 pub mod proxy;
 pub mod sdk;
+pub mod topology;
 
 // Each test file uses some of these.
 #[allow(unused_imports)]
@@ -439,13 +440,20 @@ pub struct RedisServer {
     pub port: u16,
     /// TLS settings (`--tls-*`): the port then speaks TLS only.
     tls: Vec<String>,
+    /// More settings (`--cluster-enabled yes`, `--replicaof …`); `{port}` stands for the port.
+    extra: Vec<String>,
 }
 
 impl RedisServer {
     /// On a port free a moment ago: when another process took it in between, redis-server
     /// exits at once and another port is tried (a few times).
     pub fn start() -> Self {
-        Self::start_with(Vec::new())
+        Self::start_with(Vec::new(), Vec::new())
+    }
+
+    /// With more settings (`{port}` in one stands for the port it gets).
+    pub fn start_args(extra: &[&str]) -> Self {
+        Self::start_with(Vec::new(), extra.iter().map(|a| a.to_string()).collect())
     }
 
     /// With `tls` (`--tls-cert-file`, …) on its port, which then speaks TLS only.
@@ -454,10 +462,10 @@ impl RedisServer {
             .iter()
             .flat_map(|(k, v)| [format!("--{k}"), v.to_string()])
             .collect();
-        Self::start_with(args)
+        Self::start_with(args, Vec::new())
     }
 
-    fn start_with(tls: Vec<String>) -> Self {
+    fn start_with(tls: Vec<String>, extra: Vec<String>) -> Self {
         for _ in 0..5 {
             let port = std::net::TcpListener::bind("127.0.0.1:0")
                 .unwrap()
@@ -468,6 +476,7 @@ impl RedisServer {
                 child: None,
                 port,
                 tls: tls.clone(),
+                extra: extra.clone(),
             };
             if s.try_start() {
                 return s;
@@ -502,9 +511,15 @@ impl RedisServer {
         } else {
             vec!["--port", "0", "--tls-port", &port]
         };
+        let extra: Vec<String> = self
+            .extra
+            .iter()
+            .map(|a| a.replace("{port}", &port))
+            .collect();
         let mut child = Command::new("redis-server")
             .args(ports)
             .args(&self.tls)
+            .args(&extra)
             .args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"])
             .stdout(Stdio::piped())
             .stderr(Stdio::null())
