@@ -3,9 +3,10 @@
 //! supervisor's connection serves everything else), the store's health, and the one place
 //! every Redis command goes through. Each command is bounded by
 //! `store.timeout`; a failure marks the store down, after which commands fail at once (no
-//! request waits on a dead Redis) until the supervisor task reconnects. Callers decide what a
-//! failure means for them: the token falls back to local fetching, dedupe to a miss, quotas to
-//! `quota_fail_mode`. Every failure is counted in `fxgate_store_errors_total{store,op}`.
+//! request waits on a dead Redis) until the supervisor task reconnects (under Sentinel, asking
+//! the sentinels again). What a failure means is `store::FailOver`'s to decide. Every failure
+//! is counted in `fxgate_store_errors_total{store,op,kind}`. Connections come from
+//! `store::conn` (one address, the sentinels' master, or a Cluster).
 //!
 //! Key names (all under `store.key_prefix`, default `fxgate`) are listed in docs/operations.md.
 
