@@ -107,40 +107,6 @@ async fn an_acl_user_without_a_needed_command_is_visible() {
     );
 }
 
-/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it, as
-/// PEM files in `dir`; and a second, unrelated CA.
-fn pki(dir: &std::path::Path) -> impl Fn(&str) -> String + '_ {
-    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
-    let ca_of = |name: &str| {
-        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
-        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        p.distinguished_name.push(DnType::CommonName, name);
-        let key = KeyPair::generate().unwrap();
-        (p.self_signed(&key).unwrap(), key)
-    };
-    let (ca, ca_key) = ca_of("redis test CA");
-    let (other, _) = ca_of("some other CA");
-    let signed = |sans: Vec<String>, cn: &str| {
-        let mut p = CertificateParams::new(sans).unwrap();
-        p.distinguished_name.push(DnType::CommonName, cn);
-        let key = KeyPair::generate().unwrap();
-        (p.signed_by(&key, &ca, &ca_key).unwrap(), key)
-    };
-    let (server, server_key) = signed(vec!["127.0.0.1".into()], "redis");
-    let (client, client_key) = signed(Vec::new(), "fxgate");
-    for (name, pem) in [
-        ("ca.pem", ca.pem()),
-        ("other-ca.pem", other.pem()),
-        ("server.pem", server.pem()),
-        ("server.key", server_key.serialize_pem()),
-        ("client.pem", client.pem()),
-        ("client.key", client_key.serialize_pem()),
-    ] {
-        std::fs::write(dir.join(name), pem).unwrap();
-    }
-    move |name: &str| dir.join(name).display().to_string()
-}
-
 /// A Redis store at `url` failing closed (every upload then needs the store).
 fn closed(url: &str) -> StoreFile {
     redis_store_at(url, "closed")
@@ -149,7 +115,7 @@ fn closed(url: &str) -> StoreFile {
 #[tokio::test]
 async fn rediss_with_a_ca_an_acl_user_and_a_client_certificate() {
     let dir = tempfile::tempdir().unwrap();
-    let p = pki(dir.path());
+    let p = redis_pki(dir.path());
     let (ca, cert, key) = (p("ca.pem"), p("server.pem"), p("server.key"));
     let redis = RedisServer::start_tls(&[
         ("tls-cert-file", &cert),
@@ -225,7 +191,7 @@ async fn rediss_with_a_ca_an_acl_user_and_a_client_certificate() {
 #[tokio::test]
 async fn a_wrong_ca_and_a_wrong_password_are_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
-    let p = pki(dir.path());
+    let p = redis_pki(dir.path());
     let (cert, key) = (p("server.pem"), p("server.key"));
     let redis = RedisServer::start_tls(&[
         ("tls-cert-file", &cert),
@@ -262,7 +228,7 @@ async fn a_wrong_ca_and_a_wrong_password_are_clear_errors() {
 #[tokio::test]
 async fn check_config_accepts_each_store_shape_and_names_the_bad_key_of_a_broken_one() {
     let dir = tempfile::tempdir().unwrap();
-    let p = pki(dir.path());
+    let p = redis_pki(dir.path());
     std::fs::write(dir.path().join("password"), "pw\n").unwrap();
     let check = |store: StoreFile| {
         let path = dir.path().join("fxgate.toml");

@@ -234,3 +234,70 @@ async fn a_sentinel_failover_is_followed_without_a_restart() {
         "{tokens_before} → {tokens_after}"
     );
 }
+
+/// TLS and passwords on every connection, the sentinels' included (with a password of their
+/// own): fxgate logs in to the sentinels, finds the master over TLS, and after the master is
+/// killed asks the sentinels again, over TLS, with their password.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sentinels_and_nodes_are_reached_over_tls_with_their_own_passwords() {
+    let dir = tempfile::tempdir().unwrap();
+    let p = redis_pki(dir.path());
+    std::fs::write(dir.path().join("password"), "node-pw\n").unwrap();
+    std::fs::write(dir.path().join("sentinel-password"), "sentinel-pw\n").unwrap();
+    let secured = support::topology::Secured {
+        ca: p("ca.pem"),
+        cert: p("server.pem"),
+        key: p("server.key"),
+        password: "node-pw".into(),
+        sentinel_password: "sentinel-pw".into(),
+    };
+    let mut set = Sentinels::start_with(Some(&secured));
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&standard(&sandbox.url).with(|c| {
+        c.store = StoreFile {
+            backend: some("redis"),
+            redis_mode: some("sentinel"),
+            redis_sentinels: Some(set.addrs()),
+            redis_master_name: some(MASTER_NAME),
+            redis_tls: Some(true),
+            redis_ca_file: Some(p("ca.pem")),
+            redis_password_file: Some(p("password")),
+            redis_sentinel_password_file: Some(p("sentinel-password")),
+            quota_fail_mode: some("closed"),
+            timeout: some("500ms"),
+            ..StoreFile::default()
+        };
+    }));
+    gw.until_store_ok().await;
+    let file = unique_jpeg(2000, 1);
+    let (status, first) = claim(&gw, ALPHA_KEY, &file).await;
+    assert_eq!(status, 200, "{first}");
+    let node = secured_cli(&secured);
+    assert_eq!(
+        cli_with(&node, set.master.port, &["WAIT", "1", "5000"]),
+        "1"
+    );
+
+    set.master.kill();
+    support::topology::until(
+        "the sentinels promote the replica",
+        Duration::from_secs(30),
+        || set.master_port() == set.replica.port,
+    );
+    gw.until_store_ok().await;
+    let (_, hit) = claim(&gw, ALPHA_KEY, &file).await;
+    assert_eq!(hit["deduplicated"], true, "{hit}");
+    assert_eq!(hit["mediaId"], first["mediaId"]);
+    let logs = gw.logs();
+    assert!(!logs.contains("node-pw") && !logs.contains("sentinel-pw"));
+}
+
+fn secured_cli(s: &support::topology::Secured) -> Vec<String> {
+    ["--tls", "--cacert", &s.ca, "-a", &s.password]
+        .map(String::from)
+        .to_vec()
+}
+
+fn cli_with(options: &[String], port: u16, args: &[&str]) -> String {
+    support::topology::cli_as(options, port, args)
+}

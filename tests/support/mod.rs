@@ -458,11 +458,16 @@ impl RedisServer {
 
     /// With `tls` (`--tls-cert-file`, …) on its port, which then speaks TLS only.
     pub fn start_tls(tls: &[(&str, &str)]) -> Self {
+        Self::start_tls_args(tls, &[])
+    }
+
+    /// TLS only, with more settings.
+    pub fn start_tls_args(tls: &[(&str, &str)], extra: &[&str]) -> Self {
         let args = tls
             .iter()
             .flat_map(|(k, v)| [format!("--{k}"), v.to_string()])
             .collect();
-        Self::start_with(args, Vec::new())
+        Self::start_with(args, extra.iter().map(|a| a.to_string()).collect())
     }
 
     fn start_with(tls: Vec<String>, extra: Vec<String>) -> Self {
@@ -821,4 +826,38 @@ async fn await_counter(
         "{counter} never reached {value}: {stats}"
     );
     stats
+}
+
+/// A CA, a server certificate for 127.0.0.1 and a client certificate, both signed by it, as
+/// PEM files in `dir`; and a second, unrelated CA.
+pub fn redis_pki(dir: &std::path::Path) -> impl Fn(&str) -> String + '_ {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, KeyPair};
+    let ca_of = |name: &str| {
+        let mut p = CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.distinguished_name.push(DnType::CommonName, name);
+        let key = KeyPair::generate().unwrap();
+        (p.self_signed(&key).unwrap(), key)
+    };
+    let (ca, ca_key) = ca_of("redis test CA");
+    let (other, _) = ca_of("some other CA");
+    let signed = |sans: Vec<String>, cn: &str| {
+        let mut p = CertificateParams::new(sans).unwrap();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        let key = KeyPair::generate().unwrap();
+        (p.signed_by(&key, &ca, &ca_key).unwrap(), key)
+    };
+    let (server, server_key) = signed(vec!["127.0.0.1".into()], "redis");
+    let (client, client_key) = signed(Vec::new(), "fxgate");
+    for (name, pem) in [
+        ("ca.pem", ca.pem()),
+        ("other-ca.pem", other.pem()),
+        ("server.pem", server.pem()),
+        ("server.key", server_key.serialize_pem()),
+        ("client.pem", client.pem()),
+        ("client.key", client_key.serialize_pem()),
+    ] {
+        std::fs::write(dir.join(name), pem).unwrap();
+    }
+    move |name: &str| dir.join(name).display().to_string()
 }
