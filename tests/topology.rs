@@ -39,6 +39,30 @@ async fn claim(gw: &Gateway, key: &str, file: &[u8]) -> (u16, serde_json::Value)
         .expect("answered within 15 s")
 }
 
+/// Every store error counted in a scrape.
+fn all_errors(scrape: &str) -> f64 {
+    scrape
+        .lines()
+        .filter(|l| l.starts_with("fxgate_store_errors_total{"))
+        .filter_map(|l| l.rsplit_once(' ')?.1.parse::<f64>().ok())
+        .sum()
+}
+
+/// Returns once `gw` has noticed the store fail (an error counted beyond `before`: readiness
+/// alone can still say "ok" from before the master died) and then found it again: it
+/// followed the failover. Bounded: 20 s for each.
+async fn followed(gw: &Gateway, before: f64) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while all_errors(&gw.metrics().await) <= before {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "no store failure noticed"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    gw.until_store_ok().await;
+}
+
 /// The store error count of `kind` in a scrape.
 fn errors_of(scrape: &str, kind: &str) -> f64 {
     scrape
@@ -176,6 +200,10 @@ async fn a_sentinel_failover_is_followed_without_a_restart() {
     }
     assert_eq!(cli(set.master.port, &["WAIT", "1", "5000"]), "1");
     let tokens_before = sandbox.stats().await["token_calls"].as_u64().unwrap();
+    let errors_before = (
+        all_errors(&a.metrics().await),
+        all_errors(&b.metrics().await),
+    );
 
     // A stream of uploads over both replicas while the master dies (bounded: 600 uploads
     // or until told to stop).
@@ -204,8 +232,8 @@ async fn a_sentinel_failover_is_followed_without_a_restart() {
     );
     assert_ne!(set.master_port(), old, "{sentinel_port}");
     // Both replicas follow to the new master by themselves.
-    a.until_store_ok().await;
-    b.until_store_ok().await;
+    followed(&a, errors_before.0).await;
+    followed(&b, errors_before.1).await;
     stop.store(true, Ordering::Relaxed);
     let statuses = stream.await.unwrap();
     assert!(statuses.len() >= 2, "the stream ran");
@@ -277,6 +305,7 @@ async fn sentinels_and_nodes_are_reached_over_tls_with_their_own_passwords() {
         cli_with(&node, set.master.port, &["WAIT", "1", "5000"]),
         "1"
     );
+    let errors_before = all_errors(&gw.metrics().await);
 
     set.master.kill();
     support::topology::until(
@@ -284,7 +313,7 @@ async fn sentinels_and_nodes_are_reached_over_tls_with_their_own_passwords() {
         Duration::from_secs(30),
         || set.master_port() == set.replica.port,
     );
-    gw.until_store_ok().await;
+    followed(&gw, errors_before).await;
     let (_, hit) = claim(&gw, ALPHA_KEY, &file).await;
     assert_eq!(hit["deduplicated"], true, "{hit}");
     assert_eq!(hit["mediaId"], first["mediaId"]);
