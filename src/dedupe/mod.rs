@@ -101,6 +101,16 @@ pub trait DedupeStore: Send + Sync + fmt::Debug {
     fn forget_media<'a>(&'a self, corp: &'a str, media_id: &'a str) -> StoreFuture<'a, ()>;
     /// A new trust period, counted from each entry's upload, for every lookup from now on.
     fn set_ttl(&self, ttl: Duration);
+    /// The key of `key`'s entry in the shared store, for a budget take guarded by it (the
+    /// lookup in the same round trip); `None` for an index of this process.
+    fn shared_key(&self, _key: &DedupeKey) -> Option<String> {
+        None
+    }
+    /// An entry as the shared store holds it (what a guarded take handed back), if it parses
+    /// and is still trusted.
+    fn read_found(&self, _raw: &str) -> Option<MediaRef> {
+        None
+    }
     /// The right to upload `key` (for `scope`) across processes. The embedded store grants
     /// it at once: within one process the `Coalescer` is enough.
     fn lock<'a>(
@@ -167,6 +177,12 @@ impl DedupeStore for FailOver<dyn DedupeStore> {
     fn set_ttl(&self, ttl: Duration) {
         self.each(|s| s.set_ttl(ttl));
     }
+    fn shared_key(&self, key: &DedupeKey) -> Option<String> {
+        self.primary().shared_key(key)
+    }
+    fn read_found(&self, raw: &str) -> Option<MediaRef> {
+        self.primary().read_found(raw)
+    }
     fn lock<'a>(
         &'a self,
         key: &'a DedupeKey,
@@ -222,6 +238,16 @@ impl Dedupe {
     /// upload itself succeeded).
     pub async fn put(&self, key: DedupeKey, value: MediaRef) {
         let _ = self.store.put(key, value).await;
+    }
+
+    /// The key of `key`'s entry in the shared store (`None`: an index of this process).
+    pub fn shared_key(&self, key: &DedupeKey) -> Option<String> {
+        self.store.shared_key(key)
+    }
+
+    /// An entry a guarded budget take handed back, if it parses and is still trusted.
+    pub fn read_found(&self, raw: &str) -> Option<MediaRef> {
+        self.store.read_found(raw)
     }
 
     /// Forgets `media_id` of `corp` (after a delete).

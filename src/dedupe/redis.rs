@@ -137,13 +137,21 @@ impl DedupeStore for RedisStore {
                     redis::cmd("GET").arg(&k).query_async(&mut c).await
                 })
                 .await?;
-            let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed));
-            Ok(v.as_deref().and_then(decode).filter(|m| {
-                SystemTime::now()
-                    .duration_since(m.created_at)
-                    .unwrap_or_default()
-                    < ttl
-            }))
+            Ok(v.as_deref().and_then(|raw| self.read_found(raw)))
+        })
+    }
+
+    fn shared_key(&self, key: &DedupeKey) -> Option<String> {
+        Some(self.entry_key(key))
+    }
+
+    fn read_found(&self, raw: &str) -> Option<MediaRef> {
+        let ttl = Duration::from_millis(self.ttl_ms.load(Ordering::Relaxed));
+        decode(raw).filter(|m| {
+            SystemTime::now()
+                .duration_since(m.created_at)
+                .unwrap_or_default()
+                < ttl
         })
     }
 

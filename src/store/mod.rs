@@ -105,6 +105,11 @@ impl<S: ?Sized> FailOver<S> {
         }
     }
 
+    /// The primary (to ask what only it knows, such as its key names).
+    pub fn primary(&self) -> &S {
+        &self.primary
+    }
+
     /// Runs `op` on both (settings that each must hold).
     pub fn each(&self, op: impl Fn(&S)) {
         op(&self.primary);

@@ -92,17 +92,19 @@ pub async fn handle(
     up.check_claim(digest)?;
     let key = up.key(digest, &part);
     let span = dedupe_span("content");
-    let found = state.dedupe.get(&key).instrument(span.clone()).await;
+    let (found, upstream) = lookup(state, &up, &key, &part, sent.upstream, log)
+        .instrument(span.clone())
+        .await?;
     span.record(
         "fxgate.dedupe.result",
         if found.is_some() { "hit" } else { "miss" },
     );
     if let Some(media) = found {
         // Dropping a streaming upload unfinished aborts it: Fxiaoke stores nothing.
-        drop(sent.upstream);
+        drop(upstream);
         return Ok(stream_hit(state, up, &key, media, (digest, sent.size), log).await);
     }
-    let answer = sent.upstream.finish(true, &up, &part, log).await?;
+    let answer = upstream.finish(true, &up, &part, log).await?;
     Ok(record(state, up, key, (digest, sent.size), part, answer, log).await)
 }
 
@@ -153,6 +155,8 @@ enum BytesAt {
     },
     /// All here: nothing has gone upstream yet.
     Held(Held),
+    /// All here, and the call opened (its budget taken) by a lookup that missed.
+    Opened { call: Box<MediaCall>, held: Held },
 }
 
 impl BytesAt {
@@ -177,11 +181,54 @@ impl BytesAt {
                 let call = open(up, part, log).await?;
                 call.whole(held.chunks)?.answer().await?
             }
+            BytesAt::Opened { call, held } => call.whole(held.chunks)?.answer().await?,
         };
         log.set_upstream_trace_id(answer.env.trace_id());
         log.add_upstream_time(answer.took);
         Ok(answer)
     }
+}
+
+/// The content's dedupe lookup. A file in hand with a shared index asks in the budget's round
+/// trip (design §11: a miss in two round trips): the budget is taken only when the entry is
+/// absent, and the call is then open. Otherwise the index is asked alone.
+async fn lookup(
+    state: &AppState,
+    up: &UploadRequest,
+    key: &DedupeKey,
+    part: &Part,
+    at: BytesAt,
+    log: &LogContext,
+) -> Result<(Option<MediaRef>, BytesAt), GatewayError> {
+    let (held, guard) = match (at, state.dedupe.shared_key(key)) {
+        (BytesAt::Held(held), Some(guard)) => (held, guard),
+        (at, _) => return Ok((state.dedupe.get(key).await, at)),
+    };
+    let kind = up.kind;
+    let opened = MediaCall::open_unless(
+        &up.corp,
+        kind.route(),
+        kind.type_param(),
+        &part.filename,
+        &part.content_type,
+        &guard,
+    )
+    .await?;
+    Ok(match opened {
+        Ok(call) => {
+            log.set_third_trace_id(call.third_trace_id());
+            (
+                None,
+                BytesAt::Opened {
+                    call: Box::new(call),
+                    held,
+                },
+            )
+        }
+        // An entry no longer trusted (a shorter `dedupe.ttl` since) is a miss after all; the
+        // call opens at `finish`.
+        Err(raw) => (state.dedupe.read_found(&raw), BytesAt::Held(held)),
+    })
 }
 
 async fn open(

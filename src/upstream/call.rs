@@ -61,6 +61,15 @@ pub struct JsonCall<'a> {
     pub build: Build<'a>,
 }
 
+/// What `Corp::prepare_unless` gave.
+#[derive(Debug)]
+pub enum Prepared {
+    /// The budget taken: the token and the URL.
+    Ready(Arc<CorpToken>, Box<Target>),
+    /// The guard's value: no call is needed.
+    Held(String),
+}
+
 /// What a call gave.
 pub enum Reply {
     /// Fxiaoke's envelope: neither a rate limit nor a rejection a new token could fix.
@@ -89,7 +98,38 @@ impl Corp {
         token_in_query: bool,
         extra: &[(&str, &str)],
     ) -> Result<(Arc<CorpToken>, Target), GatewayError> {
-        self.take_budget(path).await?;
+        self.take_budget(path, None).await?;
+        self.token_and_target(path, style, token_in_query, extra)
+            .await
+    }
+
+    /// As `prepare`, unless `guard` (a key in the shared store: a file's dedupe entry) holds a
+    /// value: then nothing is taken and the value comes back, in the same round trip as the
+    /// budget (`Prepared::Held`).
+    pub async fn prepare_unless(
+        &self,
+        path: &str,
+        style: ApiStyle,
+        token_in_query: bool,
+        extra: &[(&str, &str)],
+        guard: &str,
+    ) -> Result<Prepared, GatewayError> {
+        if let Some(value) = self.take_budget(path, Some(guard)).await? {
+            return Ok(Prepared::Held(value));
+        }
+        let (token, target) = self
+            .token_and_target(path, style, token_in_query, extra)
+            .await?;
+        Ok(Prepared::Ready(token, Box::new(target)))
+    }
+
+    async fn token_and_target(
+        &self,
+        path: &str,
+        style: ApiStyle,
+        token_in_query: bool,
+        extra: &[(&str, &str)],
+    ) -> Result<(Arc<CorpToken>, Target), GatewayError> {
         let token = self.provider(style).get().await?;
         let target = self.target(path, token_in_query.then_some(&*token), extra)?;
         Ok((token, target))

@@ -366,9 +366,14 @@ impl Corp {
     }
 
     /// Takes one call on the interface at `path` from the corp's budget (each path has its
-    /// own 20 s window; waiting briefly for it), and publishes what is left of the day's budget.
-    pub(super) async fn take_budget(&self, path: &str) -> Result<(), GatewayError> {
-        let r = self.budget.acquire(path).await;
+    /// own 20 s window; waiting briefly for it), unless `guard` holds a value in the store
+    /// (then that value, and nothing taken), and publishes what is left of the day's budget.
+    pub(super) async fn take_budget(
+        &self,
+        path: &str,
+        guard: Option<&str>,
+    ) -> Result<Option<String>, GatewayError> {
+        let r = self.budget.acquire_unless(path, guard).await;
         if let Some(left) = self.budget.remaining_today() {
             self.metrics
                 .upstream

@@ -17,7 +17,7 @@ use hyper::body::Incoming;
 use tracing::Instrument as _;
 
 use super::body::{channel, BodySender, DigestReceiver};
-use super::call::Verdict;
+use super::call::{Prepared, Verdict};
 use super::corp::{Answer, Corp, Target};
 use super::token::{ApiStyle, CorpToken};
 use crate::body::{full, Body};
@@ -60,12 +60,50 @@ impl MediaCall {
         let (token, target) = corp
             .prepare(route.path(), ApiStyle::Legacy, true, &extra)
             .await?;
+        Ok(Self::framed(
+            corp, route, token, target, filename, part_type,
+        ))
+    }
+
+    /// As `open`, unless `guard` (the file's dedupe entry in the shared store) holds a value:
+    /// then nothing is taken, no token is fetched, and the value comes back (`Err`), all in
+    /// the budget's one round trip.
+    pub async fn open_unless(
+        corp: &Arc<Corp>,
+        route: Route,
+        type_param: Option<&'static str>,
+        filename: &str,
+        part_type: &str,
+        guard: &str,
+    ) -> Result<Result<Self, String>, GatewayError> {
+        let extra: Vec<(&str, &str)> = type_param.map(|t| ("type", t)).into_iter().collect();
+        Ok(
+            match corp
+                .prepare_unless(route.path(), ApiStyle::Legacy, true, &extra, guard)
+                .await?
+            {
+                Prepared::Held(value) => Err(value),
+                Prepared::Ready(token, target) => Ok(Self::framed(
+                    corp, route, token, *target, filename, part_type,
+                )),
+            },
+        )
+    }
+
+    fn framed(
+        corp: &Arc<Corp>,
+        route: Route,
+        token: Arc<CorpToken>,
+        target: Target,
+        filename: &str,
+        part_type: &str,
+    ) -> Self {
         let boundary = format!("fxgate-{}", uuid::Uuid::new_v4().simple());
         let prefix = Bytes::from(format!(
             "--{boundary}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"{filename}\"\r\nContent-Type: {part_type}\r\n\r\n"
         ));
         let suffix = Bytes::from(format!("\r\n--{boundary}--\r\n"));
-        Ok(Self {
+        Self {
             corp: corp.clone(),
             route,
             token,
@@ -73,7 +111,7 @@ impl MediaCall {
             boundary,
             prefix,
             suffix,
-        })
+        }
     }
 
     /// The `thirdTraceId` of this attempt, for the access log.

@@ -30,6 +30,15 @@ pub enum BudgetAnswer {
     DaySpent,
 }
 
+/// What a guarded take said.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Guarded {
+    /// The guard held nothing: the budget's answer.
+    Answer(BudgetAnswer),
+    /// The guard's value: nothing was taken.
+    Held(String),
+}
+
 /// Where the corp's calls are counted. `Err` only when the store itself failed.
 pub trait BudgetStore: Send + Sync + std::fmt::Debug {
     /// One call on `interface` of `corp`: at most `per_20s` in any 20 s, at most `daily` on
@@ -42,6 +51,26 @@ pub trait BudgetStore: Send + Sync + std::fmt::Debug {
         daily: Option<u64>,
         unix_secs: u64,
     ) -> StoreFuture<'a, BudgetAnswer>;
+
+    /// As `take`, unless `guard` (a key of the same store: a dedupe entry, say) holds a value:
+    /// then nothing is taken and the value is the answer, in the same round trip. A store that
+    /// cannot see the key takes as `take` does.
+    fn take_unless<'a>(
+        &'a self,
+        corp: &'a str,
+        interface: &'a str,
+        per_20s: u32,
+        daily: Option<u64>,
+        unix_secs: u64,
+        _guard: &'a str,
+    ) -> StoreFuture<'a, Guarded> {
+        Box::pin(async move {
+            let answer = self
+                .take(corp, interface, per_20s, daily, unix_secs)
+                .await?;
+            Ok(Guarded::Answer(answer))
+        })
+    }
 }
 
 /// Redis first; a failure answers per the fail mode (this replica's own count, or not at all).
@@ -55,6 +84,20 @@ impl BudgetStore for FailOver<dyn BudgetStore> {
         unix_secs: u64,
     ) -> StoreFuture<'a, BudgetAnswer> {
         Box::pin(self.run(move |s| s.take(corp, interface, per_20s, daily, unix_secs)))
+    }
+
+    fn take_unless<'a>(
+        &'a self,
+        corp: &'a str,
+        interface: &'a str,
+        per_20s: u32,
+        daily: Option<u64>,
+        unix_secs: u64,
+        guard: &'a str,
+    ) -> StoreFuture<'a, Guarded> {
+        Box::pin(
+            self.run(move |s| s.take_unless(corp, interface, per_20s, daily, unix_secs, guard)),
+        )
     }
 }
 
@@ -128,26 +171,43 @@ impl UpstreamBudget {
     /// window: a request that loses the freed slot to another waits again, but never past the
     /// bound.
     pub async fn acquire(&self, interface: &str) -> Result<(), GatewayError> {
+        self.acquire_unless(interface, None).await.map(|_| ())
+    }
+
+    /// As `acquire`, unless `guard` holds a value in the store (a file recorded already): then
+    /// nothing is taken and the value comes back (`Ok(Some)`), in the same round trip.
+    pub async fn acquire_unless(
+        &self,
+        interface: &str,
+        guard: Option<&str>,
+    ) -> Result<Option<String>, GatewayError> {
         let give_up = tokio::time::Instant::now() + BUDGET_QUEUE_BOUND;
         loop {
             let now = self.clock.unix_secs();
-            let answer = self
-                .store
-                .take(
-                    &self.corp,
-                    interface,
-                    self.per_20s.load(Ordering::Relaxed),
-                    self.daily(),
-                    now,
-                )
-                .await
-                .map_err(|_| GatewayError::QuotaStoreDown)?;
+            let (per_20s, daily) = (self.per_20s.load(Ordering::Relaxed), self.daily());
+            let answer = match guard {
+                None => self
+                    .store
+                    .take(&self.corp, interface, per_20s, daily, now)
+                    .await
+                    .map(Guarded::Answer),
+                Some(g) => {
+                    self.store
+                        .take_unless(&self.corp, interface, per_20s, daily, now, g)
+                        .await
+                }
+            }
+            .map_err(|_| GatewayError::QuotaStoreDown)?;
+            let answer = match answer {
+                Guarded::Held(value) => return Ok(Some(value)),
+                Guarded::Answer(a) => a,
+            };
             match answer {
                 BudgetAnswer::Taken(left) => {
                     if let Some(left) = left {
                         self.left.store(left, Ordering::Relaxed);
                     }
-                    return Ok(());
+                    return Ok(None);
                 }
                 BudgetAnswer::Window(wait) if tokio::time::Instant::now() + wait <= give_up => {
                     tokio::time::sleep(wait).await;

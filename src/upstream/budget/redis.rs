@@ -10,37 +10,42 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{BudgetAnswer, BudgetStore};
+use super::{BudgetAnswer, BudgetStore, Guarded};
 use crate::clock::cst_day;
 use crate::store::{Redis, StoreError, StoreFuture, Tag};
 
-/// Daily budget (KEYS[2], limit ARGV[3], 0 = none) checked first, then the 20 s window
-/// (KEYS[1], limit ARGV[1]). Answers {ms to wait or 0, 1 if the day is spent, calls left today
-/// or -1}.
+/// With a guard (KEYS[3]) that holds a value: nothing is taken, and the value is the answer
+/// (the file is recorded already: no call is needed). Then the daily budget (KEYS[2], limit
+/// ARGV[3], 0 = none), then the 20 s window (KEYS[1], limit ARGV[1]). Answers {ms to wait or
+/// 0, 1 if the day is spent (2: the guard held), calls left today or -1, the guard's value}.
 static BUDGET: LazyLock<Script> = LazyLock::new(|| {
     Script::new(
         r#"
+if #KEYS == 3 then
+  local held = redis.call('GET', KEYS[3])
+  if held then return {0, 2, 0, held} end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local daily = tonumber(ARGV[3])
 local used = 0
 if daily > 0 then
   used = tonumber(redis.call('GET', KEYS[2]) or '0')
-  if used >= daily then return {1, 1, 0} end
+  if used >= daily then return {1, 1, 0, false} end
 end
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 20000)
 if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[1]) then
   local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
-  return {math.max(1, tonumber(oldest[2]) + 20000 - now), 0, daily > 0 and daily - used or -1}
+  return {math.max(1, tonumber(oldest[2]) + 20000 - now), 0, daily > 0 and daily - used or -1, false}
 end
 redis.call('ZADD', KEYS[1], now, ARGV[2])
 redis.call('PEXPIRE', KEYS[1], 21000)
 if daily > 0 then
   redis.call('INCR', KEYS[2])
   redis.call('EXPIRE', KEYS[2], 172800)
-  return {0, 0, daily - used - 1}
+  return {0, 0, daily - used - 1, false}
 end
-return {0, 0, -1}
+return {0, 0, -1, false}
 "#,
     )
 });
@@ -58,7 +63,8 @@ impl RedisBudget {
     }
 
     /// Takes one call on `interface` of `corp`: at most `per_20s` in any 20 s, and at most
-    /// `daily` on the CST day of `unix_secs`.
+    /// `daily` on the CST day of `unix_secs`; unless `guard` holds a value (one round trip
+    /// either way).
     async fn take_call(
         &self,
         corp: &str,
@@ -66,17 +72,21 @@ impl RedisBudget {
         per_20s: u32,
         daily: Option<u64>,
         unix_secs: u64,
-    ) -> Result<BudgetAnswer, StoreError> {
+        guard: Option<&str>,
+    ) -> Result<Guarded, StoreError> {
         let day = cst_day(unix_secs).0.to_string();
         let window = self.redis.key(Tag::Corp(corp), &["budget", interface]);
         let day = self.redis.key(Tag::Corp(corp), &["budget-daily", &day]);
         let member = uuid::Uuid::new_v4().simple().to_string();
-        let (wait, spent, left): (i64, i64, i64) = self
+        let (wait, spent, left, held): (i64, i64, i64, Option<String>) = self
             .redis
             .run("budget", "window", |mut c| async move {
-                BUDGET
-                    .key(&window)
-                    .key(&day)
+                let mut script = BUDGET.key(&window);
+                script.key(&day);
+                if let Some(g) = guard {
+                    script.key(g);
+                }
+                script
                     .arg(per_20s)
                     .arg(&member)
                     .arg(daily.unwrap_or(0))
@@ -84,12 +94,13 @@ impl RedisBudget {
                     .await
             })
             .await?;
-        Ok(if spent == 1 {
-            BudgetAnswer::DaySpent
-        } else if wait > 0 {
-            BudgetAnswer::Window(Duration::from_millis(wait as u64))
-        } else {
-            BudgetAnswer::Taken((left >= 0).then_some(left as u64))
+        Ok(match (held, spent) {
+            (Some(value), _) => Guarded::Held(value),
+            (None, 1) => Guarded::Answer(BudgetAnswer::DaySpent),
+            (None, _) if wait > 0 => {
+                Guarded::Answer(BudgetAnswer::Window(Duration::from_millis(wait as u64)))
+            }
+            (None, _) => Guarded::Answer(BudgetAnswer::Taken((left >= 0).then_some(left as u64))),
         })
     }
 }
@@ -103,6 +114,29 @@ impl BudgetStore for RedisBudget {
         daily: Option<u64>,
         unix_secs: u64,
     ) -> StoreFuture<'a, BudgetAnswer> {
-        Box::pin(self.take_call(corp, interface, per_20s, daily, unix_secs))
+        Box::pin(async move {
+            match self
+                .take_call(corp, interface, per_20s, daily, unix_secs, None)
+                .await?
+            {
+                Guarded::Answer(a) => Ok(a),
+                // Without a guard the script never answers with one.
+                Guarded::Held(_) => {
+                    Err(StoreError::Redis("a guard's value without a guard".into()))
+                }
+            }
+        })
+    }
+
+    fn take_unless<'a>(
+        &'a self,
+        corp: &'a str,
+        interface: &'a str,
+        per_20s: u32,
+        daily: Option<u64>,
+        unix_secs: u64,
+        guard: &'a str,
+    ) -> StoreFuture<'a, Guarded> {
+        Box::pin(self.take_call(corp, interface, per_20s, daily, unix_secs, Some(guard)))
     }
 }
