@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
 
-use super::{BudgetAnswer, BudgetStore, WINDOW};
+use super::{BudgetAnswer, BudgetStore, Call, Guarded, WINDOW};
 use crate::clock::{cst_day, Clock};
 use crate::store::{entry, StoreFuture};
 
@@ -97,16 +97,11 @@ fn make_room(windows: &mut HashMap<String, VecDeque<Instant>>, now: Instant) -> 
 }
 
 impl BudgetStore for MemoryBudget {
-    fn take<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> StoreFuture<'a, BudgetAnswer> {
-        let answer = self.take_call(corp, interface, per_20s, daily, unix_secs);
-        Box::pin(std::future::ready(Ok(answer)))
+    /// The guard names a key of a shared store, which this process cannot see: the call is
+    /// taken (the caller looks its file up itself).
+    fn take<'a>(&'a self, c: Call<'a>, _guard: Option<&'a str>) -> StoreFuture<'a, Guarded> {
+        let answer = self.take_call(c.corp, c.interface, c.per_20s, c.daily, c.unix_secs);
+        Box::pin(std::future::ready(Ok(Guarded::Answer(answer))))
     }
 }
 

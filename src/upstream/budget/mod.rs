@@ -39,65 +39,34 @@ pub enum Guarded {
     Held(String),
 }
 
+/// One call to count: on `interface` of `corp`, at most `per_20s` in any 20 s and at most
+/// `daily` on the CST day of `unix_secs`.
+#[derive(Debug, Clone, Copy)]
+pub struct Call<'a> {
+    /// The corp.
+    pub corp: &'a str,
+    /// The interface (path): each has its own 20 s window.
+    pub interface: &'a str,
+    /// Calls allowed in any 20 s.
+    pub per_20s: u32,
+    /// Calls allowed on one CST day; unlimited when `None`.
+    pub daily: Option<u64>,
+    /// Now, for the CST day.
+    pub unix_secs: u64,
+}
+
 /// Where the corp's calls are counted. `Err` only when the store itself failed.
 pub trait BudgetStore: Send + Sync + std::fmt::Debug {
-    /// One call on `interface` of `corp`: at most `per_20s` in any 20 s, at most `daily` on
-    /// the CST day of `unix_secs`.
-    fn take<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> StoreFuture<'a, BudgetAnswer>;
-
-    /// As `take`, unless `guard` (a key of the same store: a dedupe entry, say) holds a value:
-    /// then nothing is taken and the value is the answer, in the same round trip. A store that
-    /// cannot see the key takes as `take` does.
-    fn take_unless<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-        _guard: &'a str,
-    ) -> StoreFuture<'a, Guarded> {
-        Box::pin(async move {
-            let answer = self
-                .take(corp, interface, per_20s, daily, unix_secs)
-                .await?;
-            Ok(Guarded::Answer(answer))
-        })
-    }
+    /// Takes `call`, unless `guard` (a key of the same store: a dedupe entry, say) holds a
+    /// value: then nothing is taken and the value is the answer, in the same round trip. A
+    /// store that cannot see such keys (this process's own) takes the call whatever the guard.
+    fn take<'a>(&'a self, call: Call<'a>, guard: Option<&'a str>) -> StoreFuture<'a, Guarded>;
 }
 
 /// Redis first; a failure answers per the fail mode (this replica's own count, or not at all).
 impl BudgetStore for FailOver<dyn BudgetStore> {
-    fn take<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> StoreFuture<'a, BudgetAnswer> {
-        Box::pin(self.run(move |s| s.take(corp, interface, per_20s, daily, unix_secs)))
-    }
-
-    fn take_unless<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-        guard: &'a str,
-    ) -> StoreFuture<'a, Guarded> {
-        Box::pin(
-            self.run(move |s| s.take_unless(corp, interface, per_20s, daily, unix_secs, guard)),
-        )
+    fn take<'a>(&'a self, call: Call<'a>, guard: Option<&'a str>) -> StoreFuture<'a, Guarded> {
+        Box::pin(self.run(move |s| s.take(call, guard)))
     }
 }
 
@@ -184,20 +153,18 @@ impl UpstreamBudget {
         let give_up = tokio::time::Instant::now() + BUDGET_QUEUE_BOUND;
         loop {
             let now = self.clock.unix_secs();
-            let (per_20s, daily) = (self.per_20s.load(Ordering::Relaxed), self.daily());
-            let answer = match guard {
-                None => self
-                    .store
-                    .take(&self.corp, interface, per_20s, daily, now)
-                    .await
-                    .map(Guarded::Answer),
-                Some(g) => {
-                    self.store
-                        .take_unless(&self.corp, interface, per_20s, daily, now, g)
-                        .await
-                }
-            }
-            .map_err(|_| GatewayError::QuotaStoreDown)?;
+            let call = Call {
+                corp: &self.corp,
+                interface,
+                per_20s: self.per_20s.load(Ordering::Relaxed),
+                daily: self.daily(),
+                unix_secs: now,
+            };
+            let answer = self
+                .store
+                .take(call, guard)
+                .await
+                .map_err(|_| GatewayError::QuotaStoreDown)?;
             let answer = match answer {
                 Guarded::Held(value) => return Ok(Some(value)),
                 Guarded::Answer(a) => a,

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use redis::Script;
 
-use super::{BudgetAnswer, BudgetStore, Guarded};
+use super::{BudgetAnswer, BudgetStore, Call, Guarded};
 use crate::clock::cst_day;
 use crate::store::{Redis, StoreError, StoreFuture, Tag};
 
@@ -62,18 +62,15 @@ impl RedisBudget {
         Self { redis }
     }
 
-    /// Takes one call on `interface` of `corp`: at most `per_20s` in any 20 s, and at most
-    /// `daily` on the CST day of `unix_secs`; unless `guard` holds a value (one round trip
-    /// either way).
-    async fn take_call(
-        &self,
-        corp: &str,
-        interface: &str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-        guard: Option<&str>,
-    ) -> Result<Guarded, StoreError> {
+    /// Takes `call`, unless `guard` holds a value: one round trip either way.
+    async fn take_call(&self, call: Call<'_>, guard: Option<&str>) -> Result<Guarded, StoreError> {
+        let Call {
+            corp,
+            interface,
+            per_20s,
+            daily,
+            unix_secs,
+        } = call;
         let day = cst_day(unix_secs).0.to_string();
         let window = self.redis.key(Tag::Corp(corp), &["budget", interface]);
         let day = self.redis.key(Tag::Corp(corp), &["budget-daily", &day]);
@@ -106,37 +103,7 @@ impl RedisBudget {
 }
 
 impl BudgetStore for RedisBudget {
-    fn take<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-    ) -> StoreFuture<'a, BudgetAnswer> {
-        Box::pin(async move {
-            match self
-                .take_call(corp, interface, per_20s, daily, unix_secs, None)
-                .await?
-            {
-                Guarded::Answer(a) => Ok(a),
-                // Without a guard the script never answers with one.
-                Guarded::Held(_) => {
-                    Err(StoreError::Redis("a guard's value without a guard".into()))
-                }
-            }
-        })
-    }
-
-    fn take_unless<'a>(
-        &'a self,
-        corp: &'a str,
-        interface: &'a str,
-        per_20s: u32,
-        daily: Option<u64>,
-        unix_secs: u64,
-        guard: &'a str,
-    ) -> StoreFuture<'a, Guarded> {
-        Box::pin(self.take_call(corp, interface, per_20s, daily, unix_secs, Some(guard)))
+    fn take<'a>(&'a self, call: Call<'a>, guard: Option<&'a str>) -> StoreFuture<'a, Guarded> {
+        Box::pin(self.take_call(call, guard))
     }
 }
