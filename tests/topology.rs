@@ -330,3 +330,49 @@ fn secured_cli(s: &support::topology::Secured) -> Vec<String> {
 fn cli_with(options: &[String], port: u16, args: &[&str]) -> String {
     support::topology::cli_as(options, port, args)
 }
+
+/// A seed node or a sentinel that accepts the connection and then says nothing (a hung
+/// process, a firewall that swallows packets) must not hold fxgate: it starts, says the store
+/// is down and why, and serves uploads per the fail mode, each within a bound.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_node_or_sentinel_that_never_answers_holds_nothing() {
+    let mute = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = mute.local_addr().unwrap().to_string();
+    // Accepted and kept open, never read from or written to.
+    let held = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let keep = held.clone();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = mute.accept().await {
+            keep.lock().unwrap().push(tcp);
+        }
+    });
+    let sandbox = Sandbox::spawn(&[]);
+    let cluster = StoreFile {
+        redis_mode: some("cluster"),
+        redis_nodes: Some(vec![addr.clone()]),
+        ..StoreFile::default()
+    };
+    let sentinel = StoreFile {
+        redis_mode: some("sentinel"),
+        redis_sentinels: Some(vec![addr.clone()]),
+        redis_master_name: some(MASTER_NAME),
+        ..StoreFile::default()
+    };
+    for shape in [cluster, sentinel] {
+        let started = std::time::Instant::now();
+        let gw = Gateway::spawn(&standard(&sandbox.url).with(|c| {
+            c.store = StoreFile {
+                backend: some("redis"),
+                quota_fail_mode: some("open"),
+                timeout: some("250ms"),
+                ..shape
+            };
+        }));
+        let text = gw
+            .until_readyz("store redis: down (", Duration::from_secs(10))
+            .await;
+        assert!(started.elapsed() < Duration::from_secs(10), "{text}");
+        let (status, body) = claim(&gw, ALPHA_KEY, &unique_jpeg(700, 5)).await;
+        assert_eq!(status, 200, "{body}");
+    }
+}
