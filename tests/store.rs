@@ -311,12 +311,17 @@ async fn check_config_accepts_each_store_shape_and_names_the_bad_key_of_a_broken
         assert_eq!(code, Some(2), "{key}: {err}");
         assert!(err.contains(key), "{key}: {err}");
     }
+    // Sentinel and Cluster take no `redis_url`.
+    let no_url = StoreFile {
+        redis_url: None,
+        ..closed("unused")
+    };
     // TLS files with sentinels or nodes need `redis_tls`.
     let (code, err) = check(StoreFile {
         redis_mode: some("cluster"),
         redis_nodes: list(&["127.0.0.1:7000"]),
         redis_ca_file: Some(p("ca.pem")),
-        ..closed("redis://127.0.0.1:6379")
+        ..no_url.clone()
     });
     assert_eq!(code, Some(2), "{err}");
     assert!(
@@ -324,6 +329,7 @@ async fn check_config_accepts_each_store_shape_and_names_the_bad_key_of_a_broken
         "{err}"
     );
     // Each shape of design §11 is accepted: Sentinel and Cluster, over TLS with an ACL user.
+    // With a `redis_url` beside them (which they would ignore) each is refused, naming it.
     std::fs::write(dir.path().join("sentinel-password"), "spw\n").unwrap();
     for shape in [
         StoreFile {
@@ -336,7 +342,7 @@ async fn check_config_accepts_each_store_shape_and_names_the_bad_key_of_a_broken
             redis_ca_file: Some(p("ca.pem")),
             redis_username: some("fxgate"),
             redis_password_file: Some(p("password")),
-            ..closed("redis://unused:6379")
+            ..no_url.clone()
         },
         StoreFile {
             redis_mode: some("cluster"),
@@ -345,11 +351,17 @@ async fn check_config_accepts_each_store_shape_and_names_the_bad_key_of_a_broken
             redis_ca_file: Some(p("ca.pem")),
             redis_username: some("fxgate"),
             redis_password_file: Some(p("password")),
-            ..closed("redis://unused:6379")
+            ..no_url.clone()
         },
     ] {
-        let (code, err) = check(shape);
+        let (code, err) = check(shape.clone());
         assert_eq!(code, Some(0), "{err}");
+        let (code, err) = check(StoreFile {
+            redis_url: some("redis://10.0.0.9:6379"),
+            ..shape
+        });
+        assert_eq!(code, Some(2), "{err}");
+        assert!(err.contains("store.redis_url"), "{err}");
     }
     let (code, err) = check(StoreFile {
         redis_ca_file: Some(p("ca.pem")),

@@ -110,17 +110,19 @@ fn redis_mode(st: &StoreFile) -> Result<RedisMode, ConfigError> {
         }
         Some("sentinel") => {
             stray("store.redis_nodes", st.redis_nodes.is_some(), "sentinel")?;
-            Ok(RedisMode::Sentinel(sentinel(
+            let mode = RedisMode::Sentinel(sentinel(
                 st,
                 list("store.redis_sentinels", &st.redis_sentinels)?,
-            )?))
+            )?);
+            // The sentinels name the address: a URL here would be ignored without a word.
+            stray("store.redis_url", st.redis_url.is_some(), "sentinel")?;
+            Ok(mode)
         }
         Some("cluster") => {
             stray("store.redis_sentinels", sentinel_keys, "cluster")?;
-            Ok(RedisMode::Cluster(list(
-                "store.redis_nodes",
-                &st.redis_nodes,
-            )?))
+            let mode = RedisMode::Cluster(list("store.redis_nodes", &st.redis_nodes)?);
+            stray("store.redis_url", st.redis_url.is_some(), "cluster")?;
+            Ok(mode)
         }
         Some(other) => Err(invalid(
             "store.redis_mode",
