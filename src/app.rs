@@ -218,7 +218,7 @@ async fn watch_files(state: &Arc<AppState>, shutdown: &CancellationToken) {
 
 /// The stores of `[store]`: in memory, or in Redis behind the fail-mode decorator (quotas and
 /// the corp budget per `quota_fail_mode`; the token always falls back to fetching alone; dedupe
-/// falls back to this replica's own index).
+/// falls back to no index: misses, nothing recorded).
 struct Stores {
     redis: Option<Arc<Redis>>,
     /// `quota_fail_mode` in force, for the quota and budget stores (a reload changes it).

@@ -456,7 +456,6 @@ async fn a_stale_token_written_late_does_not_replace_a_newer_one() {
         corp_id: "corp".into(),
         issued_ms,
         expires_ms: now + 7_200_000,
-        refresh_ms: now + 6_000_000,
     };
     assert!(shared.write_if_newer(&token("newer", now)).await.unwrap());
     // A fetch that started earlier but finished later must not win.

@@ -102,9 +102,8 @@ impl CorpToken {
         self.fetched_at + life.mul_f64(fraction)
     }
 
-    /// As stored for other replicas (`refresh_ms` for older releases, which read it; this one
-    /// works the due time out from the fraction in force).
-    fn to_stored(&self, clock: &dyn Clock, fraction: f64) -> StoredToken {
+    /// As stored for other replicas.
+    fn to_stored(&self, clock: &dyn Clock) -> StoredToken {
         let now = clock.now();
         let now_ms = clock.unix_ms();
         let ms = |at: Instant| now_ms + at.saturating_duration_since(now).as_millis() as u64;
@@ -113,7 +112,6 @@ impl CorpToken {
             corp_id: self.corp_id.clone(),
             issued_ms: self.issued_ms,
             expires_ms: ms(self.expires_at),
-            refresh_ms: ms(self.refresh_due(fraction)),
         }
     }
 }

@@ -3,7 +3,7 @@
 //! Keys, all tagged by corp (`{prefix}:v2:{corp:NAME}:…`), one set per flow (`legacy`,
 //! `oauth`):
 //!
-//! * `token:{flow}` — hash `token, corp_id, issued_ms, expires_ms, refresh_ms`, with a TTL of
+//! * `token:{flow}` — hash `token, corp_id, issued_ms, expires_ms`, with a TTL of
 //!   the token's remaining life. Written by a Lua script only when its `issued_ms` is newer
 //!   than the stored one, so a fetch that finishes late never replaces a newer token.
 //! * `token-lease:{flow}` — the refresh lease (`store::Lease`), renewed while the fetch runs,
@@ -25,8 +25,8 @@ const WRITE_IF_NEWER: &str = r#"
 local cur = redis.call('HGET', KEYS[1], 'issued_ms')
 if cur and tonumber(cur) >= tonumber(ARGV[1]) then return 0 end
 redis.call('HSET', KEYS[1], 'issued_ms', ARGV[1], 'token', ARGV[2], 'corp_id', ARGV[3],
-  'expires_ms', ARGV[4], 'refresh_ms', ARGV[5])
-redis.call('PEXPIRE', KEYS[1], ARGV[6])
+  'expires_ms', ARGV[4])
+redis.call('PEXPIRE', KEYS[1], ARGV[5])
 return 1
 "#;
 
@@ -86,7 +86,7 @@ impl RedisTokens {
             .run("token", "get", |mut c| async move {
                 redis::cmd("HMGET")
                     .arg(&key)
-                    .arg(&["token", "corp_id", "issued_ms", "expires_ms", "refresh_ms"])
+                    .arg(&["token", "corp_id", "issued_ms", "expires_ms"])
                     .query_async(&mut c)
                     .await
             })
@@ -97,20 +97,15 @@ impl RedisTokens {
                 fields.first().cloned().flatten(),
                 fields.get(1).cloned().flatten(),
             ) {
-                (Some(token), Some(corp_id)) if !token.is_empty() => {
-                    match (num(2), num(3), num(4)) {
-                        (Some(issued_ms), Some(expires_ms), Some(refresh_ms)) => {
-                            Some(StoredToken {
-                                token,
-                                corp_id,
-                                issued_ms,
-                                expires_ms,
-                                refresh_ms,
-                            })
-                        }
-                        _ => None,
-                    }
-                }
+                (Some(token), Some(corp_id)) if !token.is_empty() => match (num(2), num(3)) {
+                    (Some(issued_ms), Some(expires_ms)) => Some(StoredToken {
+                        token,
+                        corp_id,
+                        issued_ms,
+                        expires_ms,
+                    }),
+                    _ => None,
+                },
                 _ => None,
             },
         )
@@ -131,7 +126,6 @@ impl RedisTokens {
                     .arg(&t.token)
                     .arg(&t.corp_id)
                     .arg(t.expires_ms)
-                    .arg(t.refresh_ms)
                     .arg(ttl)
                     .invoke_async(&mut c)
                     .await

@@ -337,7 +337,7 @@ impl Refresher {
 
     /// Writes a freshly fetched token to the store, unless a newer one is already there.
     async fn share(&self, token: &CorpToken) {
-        let stored = token.to_stored(self.clock.as_ref(), self.timing.refresh_at());
+        let stored = token.to_stored(self.clock.as_ref());
         match self.store.write_if_newer(&stored).await {
             Ok(true) => {}
             Ok(false) => {

@@ -17,10 +17,9 @@ pub struct StoredToken {
     pub corp_id: String,
     /// Unix ms when its fetch started: the order of tokens.
     pub issued_ms: u64,
-    /// Unix ms when it expires.
+    /// Unix ms when it expires. (When its successor is due each replica works out from its
+    /// own `refresh_at`.)
     pub expires_ms: u64,
-    /// Unix ms when its successor is due.
-    pub refresh_ms: u64,
 }
 
 impl fmt::Debug for StoredToken {
