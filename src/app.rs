@@ -43,6 +43,7 @@ use crate::upstream::budget::BudgetStore;
 use crate::upstream::token::redis::RedisTokens;
 use crate::upstream::token::store::{MemoryTokens, TokenStore};
 use crate::upstream::token::ApiStyle;
+use crate::upstream::transport::Egress;
 use crate::upstream::Corp;
 use crate::{admin, server};
 
@@ -311,7 +312,15 @@ async fn spawn_corps(
     let mut corps = BTreeMap::new();
     for (name, corp_cfg) in &cfg.corps {
         let base = match &corp_cfg.base_url {
-            BaseUrl::Url(u) => u.clone(),
+            BaseUrl::Url(u) => {
+                // Where this corp's calls go, so an egress proxy (or its absence) is never a
+                // surprise found in a failed call.
+                let via = u.parse().ok().and_then(|uri| Egress::proxy_for(&uri));
+                tracing::info!(corp = %name, upstream = %u, proxy = via.as_deref().unwrap_or("none"),
+                    extra_roots = corp_cfg.ca_file.as_ref().map(|r| r.certs.len()).unwrap_or(0),
+                    "corp upstream");
+                u.clone()
+            }
             BaseUrl::Sandbox => {
                 let opts = SandboxOptions {
                     app_id: corp_cfg.app_id.clone(),

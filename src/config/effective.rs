@@ -97,6 +97,7 @@ fn corp_json(c: &CorpConfig) -> Value {
         "daily_call_budget": c.daily_call_budget,
         "upstream_timeout": d(c.upstream_timeout),
         "connect_timeout": d(c.connect_timeout),
+        "ca_file": c.ca_file.as_ref().map(|r| r.path.display().to_string()),
     })
 }
 

@@ -177,6 +177,8 @@ pub struct CorpFile {
     pub upstream_timeout: Option<String>,
     /// Connect deadline towards Fxiaoke, default `5s`.
     pub connect_timeout: Option<String>,
+    /// PEM roots trusted for this corp's upstream besides the web PKI.
+    pub ca_file: Option<String>,
 }
 
 /// `[upload]`

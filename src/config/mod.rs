@@ -6,6 +6,7 @@
 mod clients;
 mod diff;
 mod effective;
+mod egress;
 pub mod file;
 mod limits;
 mod parse;
@@ -15,6 +16,7 @@ mod telemetry;
 mod validate;
 
 pub use diff::{Change, Diff};
+pub use egress::ExtraRoots;
 pub use limits::announced_too_large;
 pub use parse::{hash_key, parse_duration, parse_sha256, parse_size};
 pub use secret::Secret;
@@ -133,6 +135,8 @@ pub struct CorpConfig {
     pub upstream_timeout: Duration,
     /// Connect deadline.
     pub connect_timeout: Duration,
+    /// Roots trusted for this corp's upstream besides the web PKI (`ca_file`).
+    pub ca_file: Option<ExtraRoots>,
 }
 
 /// Multipart framing a caller may add around the file before a `Content-Length` above the

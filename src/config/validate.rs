@@ -186,6 +186,7 @@ fn corps(files: BTreeMap<String, CorpFile>) -> Result<BTreeMap<String, CorpConfi
                     .as_deref()
                     .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             )?,
+            ca_file: super::egress::extra_roots(&k("ca_file"), c.ca_file)?,
         };
         corps.insert(name, corp);
     }

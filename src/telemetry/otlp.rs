@@ -24,7 +24,10 @@ pub(super) fn exporter(
     timeout: Duration,
 ) -> Result<opentelemetry_otlp::SpanExporter, crate::BoxError> {
     let client = Client {
-        http: transport::unpooled(Arc::new(Timing::connect_within(timeout))),
+        http: transport::unpooled(
+            Arc::new(Timing::connect_within(timeout)),
+            &transport::Egress::direct(),
+        ),
         runtime: tokio::runtime::Handle::try_current()?,
         timeout,
     };

@@ -12,7 +12,7 @@ use super::envelope::{Envelope, Read, UpstreamCode};
 use super::timing::Timing;
 use super::token::store::TokenStore;
 use super::token::{ApiStyle, CorpToken, Endpoint, TokenProvider};
-use super::transport::{self, HttpClient};
+use super::transport::{self, Egress, HttpClient};
 use crate::body::Body;
 use crate::clock::Clock;
 use crate::config::CorpConfig;
@@ -108,7 +108,7 @@ impl Corp {
             counted,
         );
         let timing = Arc::new(Timing::new(&cfg));
-        let clients = PerWorker::new(workers, || transport::pooled(timing.clone()));
+        let clients = PerWorker::new(workers, || transport::pooled(&timing, &Egress::of(&cfg)));
         let provider = |flow| {
             let endpoint = Endpoint {
                 cfg: cfg.clone(),

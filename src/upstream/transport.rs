@@ -1,21 +1,26 @@
-//! The HTTP(S) client every upstream call uses (hyper-util + rustls), and the reduction of its
+//! The HTTP(S) client every upstream call uses (hyper-util + rustls), its egress (an HTTP
+//! CONNECT proxy from `HTTPS_PROXY`/`NO_PROXY`, a corp's extra roots), and the reduction of its
 //! transport errors to something safe to log. Kept apart from `Corp` so the token refresher,
 //! which needs a client of its own, does not depend on the corp that owns it.
 
 use std::future::Future;
+use std::net::IpAddr;
 use std::pin::Pin;
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
 use http::Uri;
 use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::connect::proxy::Tunnel;
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::proxy::matcher::Matcher;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use tokio::net::TcpStream;
 
 use super::timing::Timing;
 use crate::body::Body;
+use crate::config::{CorpConfig, ExtraRoots};
 use crate::error::GatewayError;
 
 /// The connection pool type shared by all of a corp's calls.
@@ -23,13 +28,92 @@ pub type HttpClient = Client<HttpsConnector<TimedConnect>, Body>;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
+/// The proxy settings of the environment, as curl reads them (`HTTPS_PROXY`, `HTTP_PROXY`,
+/// `ALL_PROXY`, `NO_PROXY`, upper or lower case), read once: a process's environment does not
+/// change under it.
+static PROXY: LazyLock<Matcher> = LazyLock::new(Matcher::from_env);
+
+/// How one corp's calls leave the process: which roots its upstream may chain to, and whether
+/// they go through the environment's proxy.
+#[derive(Debug, Clone)]
+pub struct Egress {
+    tls: Arc<rustls::ClientConfig>,
+    proxied: bool,
+}
+
+impl Egress {
+    /// A corp's: the web PKI plus its `ca_file`, through the environment's proxy.
+    pub fn of(cfg: &CorpConfig) -> Self {
+        Self {
+            tls: tls(cfg.ca_file.as_ref()),
+            proxied: true,
+        }
+    }
+
+    /// The web PKI, never proxied (the trace collector, which is inside the network).
+    pub fn direct() -> Self {
+        Self {
+            tls: tls(None),
+            proxied: false,
+        }
+    }
+
+    /// The proxy `uri` would go through, with its user hidden (for the start-up log).
+    pub fn proxy_for(uri: &Uri) -> Option<String> {
+        proxy(uri).map(|via| {
+            let u = via.uri();
+            format!(
+                "{}://{}",
+                u.scheme_str().unwrap_or("http"),
+                u.authority()
+                    .map_or("", |a| a.as_str().rsplit('@').next().unwrap_or(""))
+            )
+        })
+    }
+}
+
+fn tls(extra: Option<&ExtraRoots>) -> Arc<rustls::ClientConfig> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(extra) = extra {
+        // Checked when the config was validated: every one parses as a root.
+        roots.add_parsable_certificates(extra.certs.iter().cloned());
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map(|b| b.with_root_certificates(roots).with_no_client_auth());
+    // ring supports every safe default version, so this cannot fail; the fallback keeps a
+    // build with another provider from panicking.
+    Arc::new(config.unwrap_or_else(|_| {
+        rustls::ClientConfig::builder()
+            .with_root_certificates(rustls::RootCertStore::empty())
+            .with_no_client_auth()
+    }))
+}
+
+/// The proxy for `dst`, unless `NO_PROXY` names it or it is this host: loopback is never
+/// proxied (as Go's `ProxyFromEnvironment` does), so a sidecar or the in-process sandbox is
+/// reached directly whatever the environment says.
+fn proxy(dst: &Uri) -> Option<hyper_util::client::proxy::matcher::Intercept> {
+    let host = dst.host()?.trim_start_matches('[').trim_end_matches(']');
+    let loopback = host.eq_ignore_ascii_case("localhost")
+        || host.parse::<IpAddr>().is_ok_and(|ip| ip.is_loopback());
+    if loopback {
+        return None;
+    }
+    PROXY.intercept(dst)
+}
+
 /// hyper-util's TCP connector under the corp's `connect_timeout` as it is when each connection
 /// starts (a reload changes it for the next one; `HttpConnector`'s own timeout is fixed at
-/// build time).
+/// build time). Through a proxy, the deadline covers reaching the proxy and its CONNECT answer.
 #[derive(Debug, Clone)]
 pub struct TimedConnect {
     inner: HttpConnector,
     timing: Arc<Timing>,
+    proxied: bool,
 }
 
 impl tower::Service<Uri> for TimedConnect {
@@ -43,10 +127,25 @@ impl tower::Service<Uri> for TimedConnect {
 
     fn call(&mut self, uri: Uri) -> Self::Future {
         let limit = self.timing.connect_timeout();
-        let connecting = self.inner.call(uri);
+        let connecting: Self::Future = match self.proxied.then(|| proxy(&uri)).flatten() {
+            Some(via) => {
+                let mut tunnel = Tunnel::new(via.uri().clone(), self.inner.clone());
+                if let Some(auth) = via.basic_auth() {
+                    tunnel = tunnel.with_auth(auth.clone());
+                }
+                Box::pin(async move {
+                    std::future::poll_fn(|cx| tunnel.poll_ready(cx)).await?;
+                    Ok(tunnel.call(uri).await?)
+                })
+            }
+            None => {
+                let direct = self.inner.call(uri);
+                Box::pin(async move { direct.await.map_err(Into::into) })
+            }
+        };
         Box::pin(async move {
             match tokio::time::timeout(limit, connecting).await {
-                Ok(connected) => connected.map_err(Into::into),
+                Ok(connected) => connected,
                 Err(_) => Err(std::io::Error::new(
                     std::io::ErrorKind::TimedOut,
                     format!("no connection within {limit:?}"),
@@ -57,17 +156,18 @@ impl tower::Service<Uri> for TimedConnect {
     }
 }
 
-fn connector(timing: Arc<Timing>) -> HttpsConnector<TimedConnect> {
+fn connector(timing: Arc<Timing>, egress: &Egress) -> HttpsConnector<TimedConnect> {
     let mut http = HttpConnector::new();
     http.enforce_http(false);
     http.set_nodelay(true);
     hyper_rustls::HttpsConnectorBuilder::new()
-        .with_webpki_roots()
+        .with_tls_config((*egress.tls).clone())
         .https_or_http()
         .enable_http1()
         .wrap_connector(TimedConnect {
             inner: http,
             timing,
+            proxied: egress.proxied,
         })
 }
 
@@ -78,20 +178,20 @@ fn connector(timing: Arc<Timing>) -> HttpsConnector<TimedConnect> {
 const UPSTREAM_BUF: usize = 16 * 1024;
 
 /// Builds the pooled HTTPS/HTTP client.
-pub fn pooled(timing: Arc<Timing>) -> HttpClient {
+pub fn pooled(timing: &Arc<Timing>, egress: &Egress) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .http1_max_buf_size(UPSTREAM_BUF)
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
-        .build(connector(timing))
+        .build(connector(timing.clone(), egress))
 }
 
 /// A client that keeps no idle connections.
-pub fn unpooled(timing: Arc<Timing>) -> HttpClient {
+pub fn unpooled(timing: Arc<Timing>, egress: &Egress) -> HttpClient {
     Client::builder(TokioExecutor::new())
         .http1_max_buf_size(UPSTREAM_BUF)
         .pool_max_idle_per_host(0)
-        .build(connector(timing))
+        .build(connector(timing, egress))
 }
 
 /// A transport failure, reduced to its kind. hyper-util's errors never carry the URL (which
@@ -157,7 +257,7 @@ mod tests {
     async fn a_hanging_connect_ends_at_the_connect_timeout_in_force_when_it_starts() {
         let (_listener, _held, addr) = full_queue().await;
         let timing = Arc::new(Timing::connect_within(Duration::from_secs(60)));
-        let client = unpooled(timing.clone());
+        let client = unpooled(timing.clone(), &Egress::direct());
         // A reload lowers the deadline: the next connection uses it.
         let toml = "[corps.default]\nbase_url = \"sandbox\"\napp_id = \"a\"\napp_secret = \"s\"\npermanent_code = \"p\"\nconnect_timeout = \"150ms\"\n";
         let cfg = crate::config::Config::from_toml(toml, Default::default()).expect("config");

@@ -13,6 +13,7 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 
+pub mod egress;
 pub mod fixture;
 pub mod proxy;
 pub mod sdk;
@@ -203,10 +204,21 @@ impl Gateway {
 
     /// Spawns from config text as written (for what a typed config cannot say).
     pub fn spawn_text(dir: tempfile::TempDir, toml: &str) -> Self {
+        Self::spawn_env(dir, toml, &[])
+    }
+
+    /// Spawns with `env` added to a process environment without any proxy setting of the
+    /// machine the tests run on.
+    pub fn spawn_env(dir: tempfile::TempDir, toml: &str, env: &[(&str, &str)]) -> Self {
         let cfg = dir.path().join("fxgate.toml");
         std::fs::write(&cfg, toml).unwrap();
         let log = dir.path().join("fxgate.log");
-        let mut child = Command::new(env!("CARGO_BIN_EXE_fxgate"))
+        let mut command = Command::new(env!("CARGO_BIN_EXE_fxgate"));
+        for var in ["HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "NO_PROXY"] {
+            command.env_remove(var).env_remove(var.to_lowercase());
+        }
+        let mut child = command
+            .envs(env.iter().copied())
             .arg("serve")
             .arg("--config")
             .arg(&cfg)

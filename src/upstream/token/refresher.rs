@@ -76,7 +76,7 @@ impl Refresher {
         // Token calls get their own connection each time (at most 9 a minute): a pooled
         // connection the server has just closed would fail the call for nothing.
         let Endpoint { cfg, timing, base } = endpoint;
-        let client = transport::unpooled(timing.clone());
+        let client = transport::unpooled(timing.clone(), &transport::Egress::of(&cfg));
         let not_before = clock.now();
         Self {
             cfg,
