@@ -62,7 +62,7 @@ async fn same_bytes_twice_without_digest_reuse_the_media_id() {
     );
     assert_eq!(metric(&m, "fxgate_dedupe_total{result=\"miss\"}"), 1.0);
     assert_eq!(
-        metric(&m, "fxgate_dedupe_bytes_saved_total"),
+        metric(&m, "fxgate_dedupe_saved_bytes_total"),
         file.len() as f64
     );
 

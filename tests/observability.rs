@@ -118,7 +118,16 @@ async fn counters_move_by_the_right_amounts() {
     );
     assert_eq!(metric(&m, "fxgate_dedupe_total{result=\"hit_claim\"}"), 1.0);
     assert_eq!(metric(&m, "fxgate_dedupe_total{result=\"miss\"}"), 2.0);
+    assert_eq!(metric(&m, "fxgate_dedupe_saved_bytes_total"), 40_000.0);
+    // The old name counts the same for one release.
     assert_eq!(metric(&m, "fxgate_dedupe_bytes_saved_total"), 40_000.0);
+    // The caller's own latency view, by status class: alpha's three 200s, its 413, its 503.
+    for (class, n) in [("2xx", 3.0), ("4xx", 1.0), ("5xx", 1.0)] {
+        let series = format!(
+            "fxgate_client_request_duration_seconds_count{{class=\"{class}\",client=\"alpha\"}}"
+        );
+        assert_eq!(metric(&m, &series), n, "{series}");
+    }
     // The 20016 upload streamed all its bytes before Fxiaoke refused it.
     assert_eq!(
         metric(

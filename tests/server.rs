@@ -625,3 +625,39 @@ async fn a_second_sigterm_cuts_the_drain_short_with_exit_code_3() {
     );
     assert!(gw.logs().contains("second signal"));
 }
+
+/// `fxgate sandbox` as a container's PID 1 (compose's `replicas` profile): its health probe
+/// passes, and SIGTERM (`docker stop`) ends it at once with success.
+#[tokio::test]
+async fn the_standalone_sandbox_answers_its_probe_and_stops_on_sigterm() {
+    let mut child = Command::new(env!("CARGO_BIN_EXE_fxgate"))
+        .args(["sandbox", "--listen", "127.0.0.1:0"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let line = support::read_listening(&mut child);
+    let addr = line["sandbox"].as_str().unwrap().to_string();
+    let probe = Command::new(env!("CARGO_BIN_EXE_fxgate"))
+        .args(["healthcheck", "--admin", &addr])
+        .output()
+        .unwrap();
+    assert!(probe.status.success(), "{probe:?}");
+    let kill = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(kill.success());
+    // Bounded: a sandbox that ignored SIGTERM is still running after 10 s and the test fails.
+    let pid = child.id();
+    let exited = tokio::time::timeout(
+        Duration::from_secs(10),
+        tokio::task::spawn_blocking(move || child.wait()),
+    )
+    .await;
+    let _ = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status();
+    let status = exited.expect("exited within 10 s").unwrap().unwrap();
+    assert_eq!(status.code(), Some(0), "{status:?}");
+}

@@ -161,7 +161,7 @@ where
                     .requests
                     .with_label_values(&[route, client, resp.status().as_str()])
                     .inc();
-                metrics.request_timer(route).observe(elapsed.as_secs_f64());
+                metrics.observe_request(route, client, resp.status(), elapsed.as_secs_f64());
                 tracing::info!(
                     request_id = id.as_deref().unwrap_or("-"),
                     %method,

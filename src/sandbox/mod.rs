@@ -174,6 +174,8 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
         (&Method::POST, "/media/download") => media::download(&state, req).await,
         (&Method::POST, "/media/delete") => media::delete(&state, req).await,
         (&Method::GET, "/_sandbox/stats") => stats(&state, req).await,
+        // The container probe (`fxgate healthcheck --admin <sandbox>`): the sandbox serves.
+        (&Method::GET, "/healthz") => json(serde_json::json!({"status": "ok"})),
         (&Method::POST, "/_sandbox/faults") => faults(&state, req).await,
         // Lets tests check that no issued token ever reaches a log line.
         (&Method::GET, "/_sandbox/tokens") => json(serde_json::json!(state.issued_tokens())),
@@ -346,14 +348,19 @@ async fn faults(state: &State, req: Request<Incoming>) -> Response<Body> {
     json(serde_json::json!({"errorCode": 0}))
 }
 
-/// Runs a standalone sandbox until Ctrl-C (`fxgate sandbox`).
+/// Runs a standalone sandbox until SIGINT or SIGTERM (`fxgate sandbox`): as a container's
+/// PID 1 nothing else would stop it, so `docker stop` would wait out its grace period.
 pub async fn run_standalone(addr: SocketAddr, opts: SandboxOptions) -> std::io::Result<()> {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
     let handle = spawn(addr, opts).await?;
     println!(
         "{}",
         serde_json::json!({"event": "listening", "sandbox": handle.addr().to_string()})
     );
-    let _ = tokio::signal::ctrl_c().await;
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
     drop(handle);
     Ok(())
 }

@@ -386,7 +386,7 @@ impl Corp {
 
     /// Counts one upstream answer on the route labelled `label` by its `errorCode`.
     pub fn count(&self, label: &str, code: UpstreamCode) {
-        self.count_label(label, &code.label());
+        self.count_label(label, code.label());
     }
 
     fn count_label(&self, label: &str, error_code: &str) {

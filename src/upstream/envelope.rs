@@ -13,6 +13,36 @@ use crate::error::GatewayError;
 /// Largest JSON answer fxgate reads into memory (Fxiaoke's envelopes are a few hundred bytes).
 pub const MAX_ENVELOPE_BYTES: usize = 1024 * 1024;
 
+/// The codes fxiaoke.md §2 lists, each its own `error_code` label value (alerts tell token,
+/// throttle, quota and server trouble from callers' own business errors by them).
+const KNOWN_CODES: [(i64, &str); 25] = [
+    (0, "0"),
+    (-1, "-1"),
+    (-2, "-2"),
+    (10002, "10002"),
+    (10006, "10006"),
+    (10013, "10013"),
+    (11002, "11002"),
+    (11003, "11003"),
+    (11014, "11014"),
+    (14001, "14001"),
+    (15003, "15003"),
+    (20005, "20005"),
+    (20006, "20006"),
+    (20014, "20014"),
+    (20015, "20015"),
+    (20016, "20016"),
+    (20017, "20017"),
+    (20020, "20020"),
+    (20021, "20021"),
+    (20022, "20022"),
+    (20023, "20023"),
+    (30002, "30002"),
+    (30003, "30003"),
+    (30004, "30004"),
+    (50009, "50009"),
+];
+
 /// What an answer's `errorCode` means to fxgate (fxiaoke.md §2).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum UpstreamCode {
@@ -55,9 +85,17 @@ impl UpstreamCode {
         }
     }
 
-    /// The `error_code` label of `fxgate_upstream_requests_total` (Fxiaoke's code, or `none`).
-    pub fn label(self) -> String {
-        self.code().map_or_else(|| "none".into(), |c| c.to_string())
+    /// The `error_code` label of `fxgate_upstream_requests_total`: Fxiaoke's code when it is
+    /// one fxiaoke.md §2 lists, `other` for any other (a code is whatever integer an answer
+    /// holds, and each new value would be a new series for good), `none` without one.
+    pub fn label(self) -> &'static str {
+        match self.code() {
+            None => "none",
+            Some(c) => KNOWN_CODES
+                .iter()
+                .find(|(code, _)| *code == c)
+                .map_or("other", |(_, label)| label),
+        }
     }
 
     /// Fxiaoke rate-limited the corp: a 429 for the caller instead of an HTTP 200 passed on.
@@ -194,6 +232,10 @@ mod tests {
             assert_eq!(UpstreamCode::of(Some(c)).code(), Some(c));
         }
         assert_eq!(UpstreamCode::of(None).label(), "none");
+        assert_eq!(UpstreamCode::of(Some(20016)).label(), "20016");
+        assert_eq!(UpstreamCode::of(Some(-2)).label(), "-2");
+        // Any integer an answer holds would otherwise be a series for good.
+        assert_eq!(UpstreamCode::of(Some(987_654_321)).label(), "other");
         assert!(UpstreamCode::InterfaceLimit.throttled().is_some());
         assert!(UpstreamCode::FrequencyLimit.throttled().is_some());
         assert!(UpstreamCode::TokenExpired.throttled().is_none());

@@ -76,7 +76,7 @@ pub(crate) fn key_hash(key: &str) -> String {
     hex::encode(Sha256::digest(key.as_bytes()))
 }
 
-fn read_listening(child: &mut Child) -> serde_json::Value {
+pub fn read_listening(child: &mut Child) -> serde_json::Value {
     let stdout = child.stdout.take().expect("stdout piped");
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {

@@ -374,7 +374,7 @@ impl Refresher {
         self.metrics
             .upstream
             .requests
-            .with_label_values(&[&self.cfg.name, self.flow.token_path(), &code.label()])
+            .with_label_values(&[&self.cfg.name, self.flow.token_path(), code.label()])
             .inc();
         if code != UpstreamCode::Success {
             // errorMessage is Fxiaoke's text, free of our secrets; traceId helps their support.
