@@ -58,7 +58,8 @@ echo "smoke: token valid   $(query 'fxgate_token_valid')"
 # The exposition itself, by Prometheus' own linter (names, units, _total on counters).
 curl -fsS "http://$admin/metrics" | promtool check metrics
 echo "smoke: promtool check metrics: clean"
-# Every dashboard query, as Grafana would send it for job=fxgate and all instances: it must
+# Every dashboard query, as Grafana would send it for job=fxgate and every instance, corp and
+# caller: it must
 # parse and evaluate, and the ones about traffic that just happened must have data.
 python3 - "$port" <<'PY'
 import json, sys, urllib.parse, urllib.request
@@ -68,6 +69,7 @@ empty, n = [], 0
 for panel in d["panels"]:
     for t in panel["targets"]:
         q = t["expr"].replace("$job", "fxgate").replace("$instance", ".*")
+        q = q.replace("$corp", ".*").replace("$client", ".*")
         url = f"http://127.0.0.1:{port}/api/v1/query?" + urllib.parse.urlencode({"query": q})
         try:
             ans = json.load(urllib.request.urlopen(url))
@@ -78,9 +80,23 @@ for panel in d["panels"]:
         n += 1
         if not ans["data"]["result"]:
             empty.append(panel["title"])
-for must in ("Uploads/s by route and status", "Token age (expires at 7200 s)", "Process memory and fds"):
+for must in ("Uploads/s by route and status", "Token age (expires at 7200 s)", "Process memory",
+             "CPU used (cores)", "Requests/s by caller", "Latency p95 by caller (2xx)"):
     if must in empty:
         sys.exit(f"smoke: FAILED, dashboard panel {must!r} has no data after an upload")
+# Each variable's label_values(selector, label) as Grafana asks it: the series API, which must
+# list at least one value (a variable with no value empties every panel it filters).
+import re
+for v in d["templating"]["list"]:
+    if v["type"] != "query":
+        continue
+    m = re.fullmatch(r"label_values\((.*), (\w+)\)", v["query"]["query"])
+    selector = m.group(1).replace("$job", "fxgate")
+    url = f"http://127.0.0.1:{port}/api/v1/series?" + urllib.parse.urlencode({"match[]": selector})
+    values = {x.get(m.group(2)) for x in json.load(urllib.request.urlopen(url))["data"]} - {None}
+    if not values:
+        sys.exit(f"smoke: FAILED, dashboard variable {v['name']!r} has no value: {selector}")
+    print(f"smoke: variable {v['name']}: {sorted(values)}")
 print(f"smoke: {n} dashboard queries evaluate ({len(set(empty))} panels empty so far: no such traffic yet)")
 PY
 rules=$(curl -fsS "http://127.0.0.1:$port/api/v1/rules")

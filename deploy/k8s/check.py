@@ -7,6 +7,9 @@ import tomllib
 import yaml
 
 path, variant = sys.argv[1], sys.argv[2]
+# existing-*: components/existing-secret, rendered from a checkout without secret files.
+existing = variant.startswith("existing-")
+monitoring = variant.endswith("monitoring")
 docs = [d for d in yaml.safe_load_all(open(path)) if d]
 by_kind = {}
 for d in docs:
@@ -96,7 +99,7 @@ for v in pod["volumes"]:
     if "configMap" in v and v["configMap"]["name"] != "fxgate-config" and not hashed.search(v["configMap"]["name"]):
         fail(f"volume {v['name']} refers to {v['configMap']['name']}, neither the watched config nor hash-suffixed")
     secret = v.get("secret", {}).get("secretName")
-    if secret and not hashed.search(secret):
+    if secret and not existing and not hashed.search(secret):
         fail(f"volume {v['name']} refers to {secret}, not a hash-suffixed generated Secret")
 if not any(v.get("configMap", {}).get("name") == "fxgate-config" for v in pod["volumes"]):
     fail("the config is not mounted from the ConfigMap fxgate-config")
@@ -155,8 +158,45 @@ if "fxgate-redis" in deployments:
     if env.get("FXGATE__STORE__REDIS_PASSWORD_FILE", "").rsplit("/", 1)[0] not in mounts:
         fail("the Redis password file is not mounted in fxgate")
 
+# Secrets managed elsewhere: none rendered, the Deployment points at the named one and tells
+# Reloader to roll the pods when it changes.
+if existing:
+    if by_kind.get("Secret"):
+        fail(f"components/existing-secret rendered Secrets: {[x['metadata']['name'] for x in by_kind['Secret']]}")
+    names = {v["secret"]["secretName"] for v in pod["volumes"] if "secret" in v}
+    if "fxgate-credentials" not in names:
+        fail(f"the Deployment does not mount the existing Secret fxgate-credentials: {names}")
+    reload = gateway["metadata"].get("annotations", {}).get("secret.reloader.stakater.com/reload")
+    if reload != "fxgate-credentials":
+        fail("no Reloader annotation naming fxgate-credentials")
+
+# Replicas apart: across zones and nodes (preferred, so small clusters still schedule).
+spread = {c["topologyKey"]: c for c in pod.get("topologySpreadConstraints", [])}
+for key in ("topology.kubernetes.io/zone", "kubernetes.io/hostname"):
+    c = spread.get(key)
+    if not c or c.get("whenUnsatisfiable") != "ScheduleAnyway" or \
+            c["labelSelector"]["matchLabels"] != gateway["spec"]["selector"]["matchLabels"]:
+        fail(f"no soft topology spread of fxgate's pods over {key}")
+anti = pod.get("affinity", {}).get("podAntiAffinity", {}).get("preferredDuringSchedulingIgnoredDuringExecution", [])
+if not any(t["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname" for t in anti):
+    fail("no soft pod anti-affinity by node for fxgate")
+
+# An HPA owns the replica count: a `replicas` in its Deployment would reset it on every apply.
+for hpa in by_kind.get("HorizontalPodAutoscaler", []):
+    target = deployments[hpa["spec"]["scaleTargetRef"]["name"]]
+    if "replicas" in target["spec"]:
+        fail(f"Deployment {target['metadata']['name']} sets replicas under HPA {hpa['metadata']['name']}")
+
+rules = by_kind.get("PrometheusRule", [])
+if monitoring:
+    alerts = os.path.join(os.path.dirname(os.path.abspath(__file__)), "../prometheus/alerts.yml")
+    if [r["spec"]["groups"] for r in rules] != [yaml.safe_load(open(alerts))["groups"]]:
+        fail("components/monitoring's PrometheusRule is not deploy/prometheus/alerts.yml")
+elif rules:
+    fail("a PrometheusRule without components/monitoring breaks clusters lacking its CRD")
+
 monitors = by_kind.get("ServiceMonitor", [])
-if variant == "monitoring":
+if monitoring:
     if len(monitors) != 1:
         fail("components/monitoring did not add one ServiceMonitor")
     for m in monitors:
