@@ -129,6 +129,9 @@ impl tower::Service<Uri> for TimedConnect {
         let limit = self.timing.connect_timeout();
         let connecting: Self::Future = match self.proxied.then(|| proxy(&uri)).flatten() {
             Some(via) => {
+                // The tunnel's CONNECT names port 443 when the URL has none; an `http://`
+                // upstream is on 80.
+                let uri = with_default_port(uri);
                 let mut tunnel = Tunnel::new(via.uri().clone(), self.inner.clone());
                 if let Some(auth) = via.basic_auth() {
                     tunnel = tunnel.with_auth(auth.clone());
@@ -153,6 +156,24 @@ impl tower::Service<Uri> for TimedConnect {
                 .into()),
             }
         })
+    }
+}
+
+fn with_default_port(uri: Uri) -> Uri {
+    if uri.port().is_some() || uri.scheme_str() != Some("http") {
+        return uri;
+    }
+    let Some(host) = uri.host() else {
+        return uri;
+    };
+    let authority = format!("{host}:80");
+    let mut parts = uri.clone().into_parts();
+    match authority.parse() {
+        Ok(a) => {
+            parts.authority = Some(a);
+            Uri::from_parts(parts).unwrap_or(uri)
+        }
+        Err(_) => uri,
     }
 }
 
@@ -251,6 +272,15 @@ mod tests {
             }
         }
         panic!("the accept queue never filled");
+    }
+
+    #[test]
+    fn a_tunnel_to_a_plain_http_upstream_names_port_80() {
+        let port = |u: &str| with_default_port(u.parse().expect("uri")).port_u16();
+        assert_eq!(port("http://fxiaoke.test/cgi/x"), Some(80));
+        assert_eq!(port("http://fxiaoke.test:8090/cgi/x"), Some(8090));
+        // https keeps no port: the tunnel's own default, 443, is right for it.
+        assert_eq!(port("https://open.fxiaoke.com/cgi/x"), None);
     }
 
     #[tokio::test]
