@@ -18,6 +18,9 @@ pub enum Route {
     UploadMessage,
     /// `POST /media/upload?type=image|document`: CRM material.
     Upload,
+    /// `POST /media/upload/file`: up to 100 MB through Fxiaoke's File Service, answered with
+    /// an npath (design §10).
+    UploadFile,
     /// `POST /media/download`: a file streams back.
     Download,
     /// `POST /media/delete`: also evicts the dedupe index.
@@ -31,9 +34,10 @@ pub enum Route {
 
 impl Route {
     /// Every route with a path of its own, in docs/api.md's order.
-    pub const ALL: [Route; 6] = [
+    pub const ALL: [Route; 7] = [
         Route::UploadMessage,
         Route::Upload,
+        Route::UploadFile,
         Route::Download,
         Route::Delete,
         Route::Token(ApiStyle::Legacy),
@@ -54,6 +58,7 @@ impl Route {
         match self {
             Self::UploadMessage => "/media/upload/message",
             Self::Upload => "/media/upload",
+            Self::UploadFile => "/media/upload/file",
             Self::Download => "/media/download",
             Self::Delete => "/media/delete",
             Self::Token(style) => style.token_path(),
@@ -69,7 +74,7 @@ impl Route {
 
     /// Whether the body is a file (concurrency and byte quotas apply).
     pub const fn is_upload(self) -> bool {
-        matches!(self, Self::UploadMessage | Self::Upload)
+        matches!(self, Self::UploadMessage | Self::Upload | Self::UploadFile)
     }
 
     /// The most a JSON body to this route may hold, read whole: `passthrough_max` (the
@@ -80,7 +85,7 @@ impl Route {
         match self {
             Self::Token(_) | Self::Download | Self::Delete => Some(JSON_BODY_MAX as u64),
             Self::Passthrough => Some(passthrough_max),
-            Self::UploadMessage | Self::Upload => None,
+            Self::UploadMessage | Self::Upload | Self::UploadFile => None,
         }
     }
 

@@ -39,47 +39,6 @@ async fn caller_hang_up_aborts_the_upstream_upload() {
     assert_eq!(status, 200);
 }
 
-/// `total` bytes of a JPEG-headed pattern in `chunk`-sized pieces; `seed` makes files distinct
-/// (so dedupe does not merge them).
-fn pattern_stream(
-    total: usize,
-    chunk: usize,
-    seed: u8,
-) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
-    let mut sent = 0usize;
-    futures_util::stream::iter(std::iter::from_fn(move || {
-        if sent >= total {
-            return None;
-        }
-        let n = chunk.min(total - sent);
-        let mut v: Vec<u8> = (0..n).map(|i| ((sent + i) % 251) as u8).collect();
-        if sent == 0 {
-            v[..5].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0, seed]);
-        }
-        sent += n;
-        Some(Ok(v))
-    }))
-}
-
-fn pattern_sha256(total: usize) -> String {
-    use sha2::Digest as _;
-    let mut h = sha2::Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    let mut done = 0;
-    while done < total {
-        let n = buf.len().min(total - done);
-        for (i, b) in buf[..n].iter_mut().enumerate() {
-            *b = ((done + i) % 251) as u8;
-        }
-        if done == 0 {
-            buf[..5].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0, 0]);
-        }
-        h.update(&buf[..n]);
-        done += n;
-    }
-    hex::encode(h.finalize())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mb_document_streams_with_bounded_memory() {
     let total = 100 * 1024 * 1024;
@@ -109,7 +68,7 @@ async fn a_100_mb_document_streams_with_bounded_memory() {
     assert_eq!(body["errorCode"], 0, "{body}");
     let media = sandbox.media(body["mediaId"].as_str().unwrap()).await;
     assert_eq!(media["size"], total);
-    assert_eq!(media["sha256"], pattern_sha256(total));
+    assert_eq!(media["sha256"], pattern_sha256(total, 0));
     let peak = gw.peak_rss_kib();
     eprintln!("100 MiB upload: gateway peak RSS {peak} KiB (at start {baseline} KiB)");
     assert!(

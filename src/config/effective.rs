@@ -23,6 +23,7 @@ impl Config {
                 "message_max_bytes": self.upload.message_max_bytes,
                 "message_types": self.upload.message_types.iter().map(|t| t.mime()).collect::<Vec<_>>(),
                 "document_max_bytes": self.upload.document_max_bytes,
+                "file_max_bytes": self.upload.file_max_bytes,
             },
             "dedupe": {
                 "ttl": d(self.dedupe.ttl),
@@ -98,6 +99,8 @@ fn corp_json(c: &CorpConfig) -> Value {
         "upstream_timeout": d(c.upstream_timeout),
         "connect_timeout": d(c.connect_timeout),
         "ca_file": c.ca_file.as_ref().map(|r| r.path.display().to_string()),
+        "file_service_user": c.files.user,
+        "file_upload_hosts": c.files.hosts,
     })
 }
 

@@ -10,6 +10,52 @@ use rustls::pki_types::CertificateDer;
 
 use super::{invalid, ConfigError};
 
+/// `corps.NAME.file_service_user` and `file_upload_hosts`, validated.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileService {
+    /// The user legacy-style callers' File Service uploads ask as.
+    pub user: Option<String>,
+    /// Host patterns a step-1 upload URL may name: `example.com` exactly, `*.example.com`
+    /// for its subdomains.
+    pub hosts: Vec<String>,
+}
+
+impl FileService {
+    /// Whether `host` is one a File Service upload may go to.
+    pub fn allows(&self, host: &str) -> bool {
+        let host = host.to_ascii_lowercase();
+        self.hosts.iter().any(|p| match p.strip_prefix("*.") {
+            Some(domain) => host.ends_with(&format!(".{domain}")),
+            None => host == *p,
+        })
+    }
+}
+
+pub(super) fn file_service(
+    key: &str,
+    user: Option<String>,
+    hosts: Option<Vec<String>>,
+) -> Result<FileService, ConfigError> {
+    let hosts = hosts.unwrap_or_else(|| vec!["*.fxiaoke.com".into(), "*.sharecrm.com".into()]);
+    for h in &hosts {
+        let bare = h.strip_prefix("*.").unwrap_or(h);
+        let ok = !bare.is_empty()
+            && bare
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+        if !ok {
+            return Err(invalid(
+                format!("{key}.file_upload_hosts"),
+                format!("`{h}`: a host name, or `*.` and a domain"),
+            ));
+        }
+    }
+    Ok(FileService {
+        user: user.filter(|u| !u.trim().is_empty()),
+        hosts: hosts.into_iter().map(|h| h.to_ascii_lowercase()).collect(),
+    })
+}
+
 /// The extra roots of one corp, with the file they came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ExtraRoots {

@@ -51,6 +51,8 @@ pub const DEFAULT_PASSTHROUGH_MAX_BODY: &str = "1MiB";
 pub const DEFAULT_PASSTHROUGH_MAX_ANSWER: &str = "16MiB";
 /// Default CRM document limit (Fxiaoke: ≤ 20 MB).
 pub const DEFAULT_DOCUMENT_MAX_BYTES: &str = "20MiB";
+/// Default `upload.file_max_bytes` (Fxiaoke's File Service limit).
+pub const DEFAULT_FILE_MAX_BYTES: &str = "100MiB";
 
 /// The whole file.
 #[derive(Debug, Default, Clone, Deserialize, Serialize)]
@@ -179,6 +181,11 @@ pub struct CorpFile {
     pub connect_timeout: Option<String>,
     /// PEM roots trusted for this corp's upstream besides the web PKI.
     pub ca_file: Option<String>,
+    /// The Fxiaoke user (`FSUID_…`) File Service uploads ask as for legacy-style callers.
+    pub file_service_user: Option<String>,
+    /// Hosts a File Service upload URL may name (`*.` for a domain and its subdomains),
+    /// default `["*.fxiaoke.com", "*.sharecrm.com"]`; the corp's own origin always may.
+    pub file_upload_hosts: Option<Vec<String>>,
 }
 
 /// `[upload]`
@@ -191,6 +198,8 @@ pub struct UploadFile {
     pub message_types: Option<Vec<String>>,
     /// Limit on `type=document`, default `20MiB`.
     pub document_max_bytes: Option<String>,
+    /// Limit on `/media/upload/file` (the File Service), default `100MiB`.
+    pub file_max_bytes: Option<String>,
 }
 
 /// `[dedupe]`

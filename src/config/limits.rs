@@ -11,6 +11,7 @@ impl UploadConfig {
     pub fn file_limit(&self, route: Route, document: bool, client: &ClientConfig) -> u64 {
         let route_limit = match route {
             Route::Upload if document => self.document_max_bytes,
+            Route::UploadFile => self.file_max_bytes,
             _ => self.message_max_bytes,
         };
         client

@@ -16,7 +16,7 @@ mod telemetry;
 mod validate;
 
 pub use diff::{Change, Diff};
-pub use egress::ExtraRoots;
+pub use egress::{ExtraRoots, FileService};
 pub use limits::announced_too_large;
 pub use parse::{hash_key, parse_duration, parse_sha256, parse_size};
 pub use secret::Secret;
@@ -137,6 +137,8 @@ pub struct CorpConfig {
     pub connect_timeout: Duration,
     /// Roots trusted for this corp's upstream besides the web PKI (`ca_file`).
     pub ca_file: Option<ExtraRoots>,
+    /// The File Service's user for legacy-style callers, and where its uploads may go.
+    pub files: FileService,
 }
 
 /// Multipart framing a caller may add around the file before a `Content-Length` above the
@@ -152,6 +154,8 @@ pub struct UploadConfig {
     pub message_types: Vec<ImageType>,
     /// Limit on `type=document`.
     pub document_max_bytes: u64,
+    /// Limit on `/media/upload/file`.
+    pub file_max_bytes: u64,
 }
 
 /// Which entries a digest claim may hit.

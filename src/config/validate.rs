@@ -187,6 +187,11 @@ fn corps(files: BTreeMap<String, CorpFile>) -> Result<BTreeMap<String, CorpConfi
                     .unwrap_or(DEFAULT_CONNECT_TIMEOUT),
             )?,
             ca_file: super::egress::extra_roots(&k("ca_file"), c.ca_file)?,
+            files: super::egress::file_service(
+                &format!("corps.{name}"),
+                c.file_service_user,
+                c.file_upload_hosts,
+            )?,
         };
         corps.insert(name, corp);
     }
@@ -226,6 +231,12 @@ fn upload(u: UploadFile) -> Result<UploadConfig, ConfigError> {
             u.document_max_bytes
                 .as_deref()
                 .unwrap_or(DEFAULT_DOCUMENT_MAX_BYTES),
+        )?,
+        file_max_bytes: parse_size(
+            "upload.file_max_bytes",
+            u.file_max_bytes
+                .as_deref()
+                .unwrap_or(DEFAULT_FILE_MAX_BYTES),
         )?,
     };
     Ok(upload)

@@ -95,6 +95,35 @@ pub enum GatewayError {
         /// The route whose limit it is.
         route: &'static str,
     },
+    /// An upload whose size must be known up front (the File Service signs it) came without
+    /// `Content-Length`.
+    #[error("length required")]
+    LengthRequired,
+    /// A File Service upload needs a Fxiaoke user to ask as, and the caller has none (an
+    /// OAuth-style caller's `act_as`, or the corp's `file_service_user`).
+    #[error("no file service user")]
+    NoFileUser {
+        /// The caller's configured name.
+        client: String,
+    },
+    /// Fxiaoke's File Service refused the file (step 1's non-zero `errorCode`, or step 2's
+    /// `success:false`): nothing recorded, the reserved bytes refunded.
+    #[error("file service refused the upload")]
+    FileServiceRefused {
+        /// Which step: 1 (the credential) or 2 (the upload).
+        step: u8,
+        /// Fxiaoke's code.
+        code: String,
+        /// Fxiaoke's message.
+        message: String,
+    },
+    /// Step 1 named an upload URL fxgate does not send files to (not https, or a host outside
+    /// `file_upload_hosts` and the corp's own origin): no byte went there.
+    #[error("upload host refused")]
+    UploadHostRefused {
+        /// The host it named.
+        host: String,
+    },
     /// The file's first bytes are not one of the allowed types.
     #[error("file type not allowed")]
     UnsupportedType {
@@ -186,6 +215,10 @@ impl GatewayError {
             BadRequest { .. } => (StatusCode::BAD_REQUEST, 940003),
             PathNotCanonical { .. } => (StatusCode::BAD_REQUEST, 940004),
             BodyInterrupted => (StatusCode::BAD_REQUEST, 940005),
+            LengthRequired => (StatusCode::LENGTH_REQUIRED, 941101),
+            NoFileUser { .. } => (StatusCode::FORBIDDEN, 940303),
+            FileServiceRefused { .. } => (StatusCode::BAD_GATEWAY, 950204),
+            UploadHostRefused { .. } => (StatusCode::BAD_GATEWAY, 950205),
             Unauthenticated | KeyExpired | TokenCannotMint => (StatusCode::UNAUTHORIZED, 940101),
             TokenUnknown => (StatusCode::OK, 20016),
             RouteForbidden { .. } => (StatusCode::FORBIDDEN, 940301),
@@ -215,6 +248,8 @@ impl GatewayError {
             | DigestMismatch { .. }
             | BadRequest { .. }
             | BodyInterrupted
+            | LengthRequired
+            | NoFileUser { .. }
             | PathNotCanonical { .. }
             | Unauthenticated
             | KeyExpired
@@ -232,6 +267,8 @@ impl GatewayError {
             | UpstreamInvalid { .. }
             | NoToken { .. }
             | TokenRejected
+            | FileServiceRefused { .. }
+            | UploadHostRefused { .. }
             | UpstreamTimeout { .. } => ErrorSource::Upstream,
             Internal { .. } | QuotaStoreDown | Overloaded => ErrorSource::Internal,
         }
@@ -306,6 +343,19 @@ impl GatewayError {
                 format!("Fxiaoke did not answer within {}", humantime::format_duration(*after))
             }
             BodyInterrupted => "the request body ended early or could not be read".into(),
+            LengthRequired => "this route signs the file's size before it is sent: send `Content-Length` (not a chunked body)".into(),
+            NoFileUser { client } => format!(
+                "caller `{client}` has no Fxiaoke user for the File Service: an OAuth-style caller sends `X-Fs-Userid` or has `act_as`; otherwise set the corp's `file_service_user`"
+            ),
+            FileServiceRefused { step, code, message } => format!(
+                "Fxiaoke's File Service refused step {step}: code {}, {}",
+                echo(code),
+                echo(message)
+            ),
+            UploadHostRefused { host } => format!(
+                "Fxiaoke's step 1 named the upload host `{}`, which is not in the corp's `file_upload_hosts` (or not https); nothing was sent there",
+                echo(host)
+            ),
             QuotaStoreDown => {
                 "the shared quota store is unavailable and quotas fail closed; retry after 1s"
                     .into()
@@ -321,6 +371,12 @@ impl GatewayError {
     /// The envelope response for this error, tagged with the request id.
     pub fn into_response(self, request_id: &str) -> Response<Body> {
         let (status, code) = self.status_and_code();
+        let upload_limit = match &self {
+            GatewayError::PayloadTooLarge { limit, route, .. } if is_upload_label(route) => {
+                Some(*limit)
+            }
+            _ => None,
+        };
         let envelope = serde_json::json!({
             "traceId": request_id,
             "errorCode": code,
@@ -338,6 +394,12 @@ impl GatewayError {
             headers.insert(header::RETRY_AFTER, HeaderValue::from(ceil_secs(after)));
         }
         resp.extensions_mut().insert(ErrorCode(code));
+        if let Some(limit) = upload_limit {
+            // IETF resumable-upload draft: the largest upload this route takes.
+            if let Ok(v) = HeaderValue::try_from(format!("max-size={limit}")) {
+                resp.headers_mut().insert("upload-limit", v);
+            }
+        }
         resp
     }
 }

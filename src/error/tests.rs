@@ -49,6 +49,14 @@ fn every() -> Vec<GatewayError> {
         Overloaded,
         BodyInterrupted,
         Internal { detail: s() },
+        LengthRequired,
+        NoFileUser { client: s() },
+        FileServiceRefused {
+            step: 2,
+            code: s(),
+            message: s(),
+        },
+        UploadHostRefused { host: s() },
     ]
 }
 
@@ -84,10 +92,14 @@ fn every_variant_has_a_code_that_embeds_its_status_and_is_documented() {
             Overloaded => 22,
             BodyInterrupted => 23,
             Internal { .. } => 24,
+            LengthRequired => 25,
+            NoFileUser { .. } => 26,
+            FileServiceRefused { .. } => 27,
+            UploadHostRefused { .. } => 28,
         };
         seen.insert(index);
     }
-    assert_eq!(seen.len(), 25, "every() lists each variant once");
+    assert_eq!(seen.len(), 29, "every() lists each variant once");
     let docs = include_str!("../../docs/api.md");
     for err in all {
         let (status, code) = err.status_and_code();
@@ -109,4 +121,20 @@ fn every_variant_has_a_code_that_embeds_its_status_and_is_documented() {
             retry
         );
     }
+}
+
+#[test]
+fn every_upload_413_says_the_routes_limit_in_upload_limit() {
+    let too_large = |route| GatewayError::PayloadTooLarge {
+        seen: 11,
+        limit: 10,
+        route,
+    };
+    let resp = too_large("/media/upload/file").into_response("r");
+    assert_eq!(resp.headers()["upload-limit"], "max-size=10");
+    let resp = too_large("/media/upload/message").into_response("r");
+    assert_eq!(resp.headers()["upload-limit"], "max-size=10");
+    // A JSON body over its limit is not an upload: no Upload-Limit.
+    let resp = too_large("/cgi/*").into_response("r");
+    assert!(!resp.headers().contains_key("upload-limit"));
 }

@@ -28,6 +28,8 @@ struct LogFields {
     dedupe: Option<&'static str>,
     third_trace_id: Option<String>,
     upstream_trace_id: Option<String>,
+    /// A File Service upload's second step: our `traceId` (its `linkId` is the first's).
+    upload_trace_id: Option<String>,
     upstream_time: Option<Duration>,
     trace_id: Option<TraceId>,
 }
@@ -64,6 +66,10 @@ impl LogContext {
     /// Our `thirdTraceId` of the last upstream attempt.
     pub fn set_third_trace_id(&self, id: &str) {
         self.0.lock().third_trace_id = Some(id.to_string());
+    }
+    /// Our `traceId` of a File Service upload's second step.
+    pub fn set_upload_trace_id(&self, id: &str) {
+        self.0.lock().upload_trace_id = Some(id.to_string());
     }
     /// Fxiaoke's `traceId`.
     pub fn set_upstream_trace_id(&self, id: Option<String>) {
@@ -175,6 +181,7 @@ where
                     dedupe = f.dedupe,
                     third_trace_id = f.third_trace_id.as_deref(),
                     upstream_trace_id = f.upstream_trace_id.as_deref(),
+                    upload_trace_id = f.upload_trace_id.as_deref(),
                     upstream_ms = f.upstream_time.map(|d| d.as_millis() as u64),
                     trace_id = f.trace_id.map(tracing::field::display),
                     peer = peer.map(tracing::field::display),

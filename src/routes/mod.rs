@@ -60,6 +60,7 @@ async fn route(state: Arc<AppState>, req: Req) -> Result<Resp, GatewayError> {
         Route::UploadMessage | Route::Upload => {
             upload::handle(&state, req, route, &principal, &log).await
         }
+        Route::UploadFile => upload::file::handle(&state, req, &principal, &log).await,
         Route::Download | Route::Delete => {
             forward::json_call(&state, req, route, &principal, &log).await
         }

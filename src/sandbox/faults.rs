@@ -48,6 +48,15 @@ pub struct Faults {
     /// call's own, such as a user the app may not act as); other calls are served.
     #[serde(default)]
     pub reject_user: Option<String>,
+    /// File Service: hand out signatures that have already expired.
+    #[serde(default)]
+    pub file_expired_signatures: bool,
+    /// File Service: this URL in step 1's answer instead of the sandbox's own (another host).
+    #[serde(default)]
+    pub file_upload_url: Option<String>,
+    /// File Service: refuse the next N step-2 uploads (`success:false`, body read).
+    #[serde(default)]
+    pub file_upload_failures: u32,
 }
 
 /// A broken answer the sandbox can give an upload instead of its own.
@@ -94,6 +103,9 @@ impl Faults {
         self.upload_read_kib_per_sec = new.upload_read_kib_per_sec;
         self.reject_calls = new.reject_calls;
         self.reject_user = new.reject_user;
+        self.file_expired_signatures = new.file_expired_signatures;
+        self.file_upload_url = new.file_upload_url;
+        self.file_upload_failures = new.file_upload_failures;
     }
 
     pub(super) fn rejects_user(&self, user: Option<&str>) -> bool {
@@ -104,6 +116,12 @@ impl Faults {
         let reject = self.reject_calls > 0;
         self.reject_calls = self.reject_calls.saturating_sub(1);
         reject
+    }
+
+    pub(super) fn take_file_upload_failure(&mut self) -> bool {
+        let fail = self.file_upload_failures > 0;
+        self.file_upload_failures = self.file_upload_failures.saturating_sub(1);
+        fail
     }
 
     pub(super) fn take_upload_stall(&mut self) -> bool {

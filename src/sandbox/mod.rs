@@ -8,6 +8,7 @@
 //! (`POST /_sandbox/faults`), so the same checks work whether it runs in or out of process.
 
 mod faults;
+mod files;
 mod media;
 mod openapi;
 mod state;
@@ -186,6 +187,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Response<Body> {
             .collect::<Vec<_>>())),
         (&Method::GET, "/_sandbox/messages") => json(serde_json::json!(*state.messages.lock())),
         (&Method::POST, p) if p.starts_with("/cgi/") => openapi::call(&state, req).await,
+        (&Method::POST, p) if p.starts_with("/fs/") => files::upload(&state, req).await,
+        (&Method::GET, p) if p.starts_with("/_sandbox/files/") => {
+            files::describe(&state, &p["/_sandbox/files/".len()..])
+        }
         (&Method::GET, p) if p.starts_with("/_sandbox/media/") => {
             let id = &p["/_sandbox/media/".len()..];
             match state.media.lock().get(id) {

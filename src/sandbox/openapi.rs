@@ -73,6 +73,14 @@ pub(super) async fn call(state: &State, req: Request<Incoming>) -> Response<Body
     match path.as_str() {
         "/cgi/message/send" => send(state, &body, caller),
         "/cgi/crm/v2/data/query" => query(&body, caller),
+        "/cgi/crm/v2/generatorFileUploadCredential" => {
+            let host = parts
+                .headers
+                .get(http::header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .unwrap_or("127.0.0.1");
+            super::files::credential(state, &body, host, &trace_id())
+        }
         _ => fx_error(10006, "apiName=[null] is not exists"),
     }
 }

@@ -61,6 +61,16 @@ pub struct Stats {
     pub cgi_rate_limited: AtomicU64,
     /// Messages accepted by `/cgi/message/send`.
     pub messages_sent: AtomicU64,
+    /// File Service signatures handed out (step 1).
+    pub file_credentials: AtomicU64,
+    /// File Service step-2 requests.
+    pub file_upload_requests: AtomicU64,
+    /// File Service uploads stored (an npath given).
+    pub file_uploads_completed: AtomicU64,
+    /// File Service step-2 requests refused.
+    pub file_uploads_rejected: AtomicU64,
+    /// File Service step-2 bodies that ended short.
+    pub file_uploads_aborted: AtomicU64,
     changed: Notify,
 }
 
@@ -103,6 +113,16 @@ pub struct StatsSnapshot {
     pub cgi_rate_limited: u64,
     /// See [`Stats`].
     pub messages_sent: u64,
+    /// See [`Stats`].
+    pub file_credentials: u64,
+    /// See [`Stats`].
+    pub file_upload_requests: u64,
+    /// See [`Stats`].
+    pub file_uploads_completed: u64,
+    /// See [`Stats`].
+    pub file_uploads_rejected: u64,
+    /// See [`Stats`].
+    pub file_uploads_aborted: u64,
 }
 
 /// Decrements `uploads_active` when an upload handler ends, however it ends.
@@ -148,6 +168,11 @@ impl Stats {
             cgi_calls: g(&self.cgi_calls),
             cgi_rate_limited: g(&self.cgi_rate_limited),
             messages_sent: g(&self.messages_sent),
+            file_credentials: g(&self.file_credentials),
+            file_upload_requests: g(&self.file_upload_requests),
+            file_uploads_completed: g(&self.file_uploads_completed),
+            file_uploads_rejected: g(&self.file_uploads_rejected),
+            file_uploads_aborted: g(&self.file_uploads_aborted),
         }
     }
 
@@ -235,6 +260,7 @@ pub(super) struct State {
     windows: Mutex<HashMap<String, VecDeque<Instant>>>,
     pub(super) received: Mutex<VecDeque<Received>>,
     pub(super) messages: Mutex<Vec<SentMessage>>,
+    pub(super) files: Mutex<super::files::Files>,
     pub(super) stats: Stats,
     pub(super) faults: Mutex<Faults>,
 }
@@ -264,6 +290,7 @@ impl State {
             windows: Mutex::default(),
             received: Mutex::default(),
             messages: Mutex::default(),
+            files: Mutex::default(),
             stats: Stats::default(),
             faults: Mutex::default(),
         }

@@ -10,6 +10,7 @@
 
 pub mod answer;
 pub mod digest;
+pub mod file;
 pub mod multipart;
 pub mod pump;
 pub mod request;
@@ -279,9 +280,10 @@ async fn stream(
         route: up.kind.route().path(),
         send_timeout: up.corp.timing.upstream_timeout(),
         ticket: &mut up.ticket,
+        hold_last: false,
     };
     let (size, digest) = match pump.run(head, &mut file, digest).await? {
-        Streamed::Complete { size, digest } => (size, Some(digest)),
+        Streamed::Complete { size, digest, .. } => (size, Some(digest)),
         Streamed::UpstreamGone { size } => (size, None),
     };
     Ok(Sent {
@@ -374,10 +376,10 @@ async fn record(
 }
 
 /// `fxgate_inflight_uploads` while an upload streams.
-struct Inflight(prometheus::IntGauge);
+pub(super) struct Inflight(prometheus::IntGauge);
 
 impl Inflight {
-    fn enter(metrics: &Metrics) -> Self {
+    pub(super) fn enter(metrics: &Metrics) -> Self {
         metrics.http.inflight_uploads.inc();
         Self(metrics.http.inflight_uploads.clone())
     }

@@ -85,6 +85,11 @@ where
         }
     }
 
+    /// Bytes received from the stream but not yet consumed.
+    pub fn buffered(&self) -> usize {
+        self.buf.len()
+    }
+
     /// The next chunk of the body, `None` at its end.
     async fn read(&mut self) -> Result<Option<Bytes>, MultipartError> {
         loop {

@@ -99,6 +99,8 @@ pub enum Streamed {
         size: u64,
         /// Their SHA-256.
         digest: [u8; 32],
+        /// With `hold_last`: the file's last chunk, hashed but not yet sent.
+        held: Option<Bytes>,
     },
     /// Fxiaoke stopped reading (it answered early or the connection dropped).
     UpstreamGone {
@@ -120,6 +122,9 @@ pub struct Pump<'a> {
     pub send_timeout: Duration,
     /// The caller's byte reservation, grown as the file flows.
     pub ticket: &'a mut Option<BytesTicket>,
+    /// Keep the file's last chunk back until its hash is final (a raw upstream body has no
+    /// closing delimiter to hold back instead).
+    pub hold_last: bool,
 }
 
 impl<'a> Pump<'a> {
@@ -132,6 +137,7 @@ impl<'a> Pump<'a> {
         digest: DigestReceiver,
     ) -> Result<Streamed, GatewayError> {
         let mut size = 0u64;
+        let mut last: Option<Bytes> = None;
         let mut pending = head.chunks.into_iter();
         loop {
             // Room first, then the caller's next chunk: nothing is read that cannot be queued.
@@ -156,10 +162,20 @@ impl<'a> Pump<'a> {
             if let Some(t) = self.ticket.as_mut() {
                 t.grow_to(size).await?;
             }
-            slot.send(chunk);
+            if !self.hold_last {
+                slot.send(chunk);
+            } else if let Some(prev) = last.replace(chunk) {
+                // The previous chunk goes; this one waits (the first waits with room unused).
+                slot.send(prev);
+            }
         }
+        let held = last.clone();
         let digest = tokio::time::timeout(self.send_timeout, async {
-            match self.tx.end_of_file().await {
+            let ended = match last {
+                Some(l) => self.tx.end_of_file_holding(l).await,
+                None => self.tx.end_of_file().await,
+            };
+            match ended {
                 Ok(()) => digest.await.ok(),
                 Err(_) => None,
             }
@@ -167,7 +183,7 @@ impl<'a> Pump<'a> {
         .await
         .map_err(|_| self.timed_out())?;
         Ok(match digest {
-            Some(digest) => Streamed::Complete { size, digest },
+            Some(digest) => Streamed::Complete { size, digest, held },
             // The body was dropped: the upstream request ended before taking the whole file.
             None => Streamed::UpstreamGone { size },
         })

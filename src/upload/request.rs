@@ -32,6 +32,10 @@ pub enum UploadKind {
     Image,
     /// `POST /media/upload?type=document`
     Document,
+    /// `POST /media/upload/file` (`resourceType=N`): a permanent npath.
+    File,
+    /// `POST /media/upload/file?resourceType=TN`: a temporary npath (3 days upstream).
+    FileTemp,
 }
 
 impl UploadKind {
@@ -47,6 +51,13 @@ impl UploadKind {
                     detail: "query parameter `type` must be `image` or `document`".into(),
                 }),
             },
+            Route::UploadFile => match query_param(uri, "resourceType").as_deref() {
+                None | Some("N") => Ok(Self::File),
+                Some("TN") => Ok(Self::FileTemp),
+                _ => Err(GatewayError::BadRequest {
+                    detail: "query parameter `resourceType` must be `N` or `TN`".into(),
+                }),
+            },
             other => Err(GatewayError::Internal {
                 detail: format!("{other} routed to the upload handler"),
             }),
@@ -58,6 +69,7 @@ impl UploadKind {
         match self {
             Self::Message => Route::UploadMessage,
             Self::Image | Self::Document => Route::Upload,
+            Self::File | Self::FileTemp => Route::UploadFile,
         }
     }
 
@@ -67,6 +79,8 @@ impl UploadKind {
             Self::Message => "message",
             Self::Image => "image",
             Self::Document => "document",
+            Self::File => "file:N",
+            Self::FileTemp => "file:TN",
         }
     }
 
@@ -76,6 +90,7 @@ impl UploadKind {
             Self::Message => None,
             Self::Image => Some("image"),
             Self::Document => Some("document"),
+            Self::File | Self::FileTemp => None,
         }
     }
 
@@ -84,6 +99,7 @@ impl UploadKind {
         match self {
             Self::Message | Self::Image => cfg.message_max_bytes,
             Self::Document => cfg.document_max_bytes,
+            Self::File | Self::FileTemp => cfg.file_max_bytes,
         }
     }
 }
@@ -206,14 +222,22 @@ impl UploadRequest {
         let sha256 = self.claim?;
         let filename = match self.kind {
             UploadKind::Document => Some(self.filename_param.clone()?),
+            UploadKind::File | UploadKind::FileTemp => {
+                Some(extension(self.filename_param.as_deref()?)?)
+            }
             _ => None,
         };
         Some(self.key_with(sha256, filename))
     }
 
-    /// The index key of the file fxgate hashed, sent as `part`.
+    /// The index key of the file fxgate hashed, sent as `part`. A File Service npath is keyed
+    /// by the extension (design §10): Fxiaoke's new npaths carry it.
     pub fn key(&self, sha256: [u8; 32], part: &Part) -> DedupeKey {
-        let filename = (self.kind == UploadKind::Document).then(|| part.filename.clone());
+        let filename = match self.kind {
+            UploadKind::Document => Some(part.filename.clone()),
+            UploadKind::File | UploadKind::FileTemp => extension(&part.filename),
+            _ => None,
+        };
         self.key_with(sha256, filename)
     }
 
@@ -246,7 +270,14 @@ impl UploadRequest {
                     MULTIPART_FRAMING_ALLOWANCE,
                     self.kind.route().path(),
                 );
-                FileSource::multipart(body, b.clone(), cap).await
+                // The File Service takes its own part name too, and signs the size up front.
+                let (names, announced): (&'static [&'static str], _) = match self.kind {
+                    UploadKind::File | UploadKind::FileTemp => {
+                        (&["media", "facishareFile"], self.announced)
+                    }
+                    _ => (&["media"], None),
+                };
+                FileSource::multipart(body, b.clone(), cap, names, announced).await
             }
             None if self.announced == Some(0) => Err(GatewayError::BadRequest {
                 detail: "empty body; send the file as the body or as part `media`".into(),
@@ -285,6 +316,14 @@ impl UploadRequest {
             content_type,
         }
     }
+}
+
+/// A filename's extension, lower case, without the dot (`None` without one).
+pub fn extension(filename: &str) -> Option<String> {
+    let (stem, ext) = filename.rsplit_once('.')?;
+    let ok = !stem.is_empty() && !ext.is_empty() && ext.len() <= 16;
+    let ok = ok && ext.chars().all(|c| c.is_ascii_alphanumeric());
+    ok.then(|| ext.to_ascii_lowercase())
 }
 
 fn content_length(headers: &HeaderMap) -> Option<u64> {

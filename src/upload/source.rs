@@ -28,6 +28,8 @@ pub struct FileSource {
     pub content_type: Option<String>,
     /// The file's exact length, when the body form tells it before the bytes arrive.
     pub exact_len: Option<u64>,
+    /// The part names a file may come under (multipart).
+    names: &'static [&'static str],
     inner: Inner,
 }
 
@@ -128,16 +130,21 @@ impl FileSource {
             filename,
             content_type,
             exact_len: len,
+            names: &[],
             inner: Inner::Raw(body.into_data_stream()),
         }
     }
 
-    /// A multipart body: reads (and drops) parts until the one named `media`, then stops at
-    /// its first byte.
+    /// A multipart body: reads (and drops) parts until the file's (named one of `names`),
+    /// then stops at its first byte. With `announced` (the body's `Content-Length`) the file's
+    /// length is worked out from it: what is left less the closing delimiter
+    /// (`\r\n--boundary--\r\n`, as curl and every HTTP library write it).
     pub async fn multipart(
         body: Incoming,
         boundary: String,
         cap: BodyCap,
+        names: &'static [&'static str],
+        announced: Option<u64>,
     ) -> Result<Self, GatewayError> {
         let counted = Counted {
             inner: body.into_data_stream(),
@@ -152,11 +159,16 @@ impl FileSource {
                     detail: "no part named `media`; send the file as `-F media=@file`".into(),
                 });
             };
-            if head.name.as_deref() == Some("media") {
+            if head.name.as_deref().is_some_and(|n| names.contains(&n)) {
+                let closing = boundary.len() as u64 + 8;
+                let consumed = cap.seen.load(Ordering::Relaxed) - parts.buffered() as u64;
+                let exact_len =
+                    announced.and_then(|n| n.checked_sub(consumed)?.checked_sub(closing));
                 return Ok(Self {
                     filename: head.filename,
                     content_type: head.content_type,
-                    exact_len: None,
+                    exact_len,
+                    names,
                     inner: Inner::Multipart(Box::new(parts), true, cap),
                 });
             }
@@ -167,6 +179,7 @@ impl FileSource {
     /// The next chunk of the file, `None` at its end. For multipart bodies the end also
     /// checks that no second `media` part follows.
     pub async fn next_chunk(&mut self) -> Result<Option<Bytes>, GatewayError> {
+        let names = self.names;
         match &mut self.inner {
             Inner::Raw(stream) => match idle(stream.next()).await? {
                 Some(Ok(chunk)) => Ok(Some(chunk)),
@@ -189,9 +202,9 @@ impl FileSource {
                     let Some(other) = next.map_err(multipart_error)? else {
                         return Ok(None);
                     };
-                    if other.name.as_deref() == Some("media") {
+                    if other.name.as_deref().is_some_and(|n| names.contains(&n)) {
                         return Err(GatewayError::MalformedBody {
-                            detail: "more than one part named `media`".into(),
+                            detail: "more than one file part".into(),
                         });
                     }
                     drain_part(parts, &other, cap).await?;

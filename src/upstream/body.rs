@@ -31,6 +31,8 @@ enum Msg {
     Framing(Bytes),
     /// The file's bytes: hashed and sent.
     File(Bytes),
+    /// The file's last bytes: hashed now, sent later (as `Framing`) only if the file is new.
+    HashOnly(Bytes),
     /// The file is complete: report its digest.
     FileEnd,
     End,
@@ -81,6 +83,12 @@ impl ChannelBody {
                 }
                 Ok(b)
             }
+            Msg::HashOnly(b) => {
+                if let Some(h) = &mut self.hasher {
+                    h.update(&b);
+                }
+                Err(Msg::HashOnly(Bytes::new()))
+            }
             Msg::FileEnd => {
                 if let (Some(h), Some(tx)) = (self.hasher.take(), self.digest.take()) {
                     let _ = tx.send(h.finalize().into());
@@ -105,7 +113,7 @@ impl ChannelBody {
                 Ok(Ok(next)) => merged
                     .get_or_insert_with(|| bytes::BytesMut::from(&first[..]))
                     .extend_from_slice(&next),
-                Ok(Err(Msg::FileEnd)) => {}
+                Ok(Err(Msg::FileEnd | Msg::HashOnly(_))) => {}
                 Ok(Err(_)) => {
                     self.pending = Some(Pending::End);
                     break;
@@ -126,6 +134,7 @@ impl std::fmt::Debug for Msg {
         match self {
             Msg::Framing(b) => write!(f, "Framing({})", b.len()),
             Msg::File(b) => write!(f, "File({})", b.len()),
+            Msg::HashOnly(b) => write!(f, "HashOnly({})", b.len()),
             Msg::FileEnd => f.write_str("FileEnd"),
             Msg::End => f.write_str("End"),
         }
@@ -200,6 +209,17 @@ impl BodySender {
         self.tx.send(Msg::FileEnd).await.map_err(|_| UpstreamGone)
     }
 
+    /// Ends the file with `last`, hashed but not sent: the digest comes before the last bytes
+    /// leave, so a file found in the index can still be aborted with nothing complete
+    /// upstream (a body without a closing delimiter of its own). `send` sends them after.
+    pub async fn end_of_file_holding(&self, last: Bytes) -> Result<(), UpstreamGone> {
+        self.tx
+            .send(Msg::HashOnly(last))
+            .await
+            .map_err(|_| UpstreamGone)?;
+        self.end_of_file().await
+    }
+
     /// Ends the body cleanly.
     pub async fn finish(self) -> Result<(), UpstreamGone> {
         self.tx.send(Msg::End).await.map_err(|_| UpstreamGone)
@@ -259,7 +279,7 @@ impl http_body::Body for ChannelBody {
             };
             match self.bytes_of(msg) {
                 Ok(b) => return Poll::Ready(Some(Ok(Frame::data(self.coalesce(b))))),
-                Err(Msg::FileEnd) => continue,
+                Err(Msg::FileEnd | Msg::HashOnly(_)) => continue,
                 Err(_) => {
                     self.done = true;
                     return Poll::Ready(None);

@@ -225,10 +225,19 @@ impl Pending {
 }
 
 /// Aborts the spawned upstream request when the upload handler is dropped (caller gone).
-struct AbortOnDrop(tokio::task::JoinHandle<Result<Response<Incoming>, GatewayError>>);
+pub(super) struct AbortOnDrop(tokio::task::JoinHandle<Result<Response<Incoming>, GatewayError>>);
 
 impl AbortOnDrop {
-    async fn wait(mut self) -> Result<Response<Incoming>, GatewayError> {
+    /// Runs `request` on its own task.
+    pub(super) fn spawn(
+        request: impl std::future::Future<Output = Result<Response<Incoming>, GatewayError>>
+            + Send
+            + 'static,
+    ) -> Self {
+        Self(tokio::spawn(request))
+    }
+
+    pub(super) async fn wait(mut self) -> Result<Response<Incoming>, GatewayError> {
         match (&mut self.0).await {
             Ok(r) => r,
             Err(e) => Err(GatewayError::Internal {

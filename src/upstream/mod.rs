@@ -6,6 +6,7 @@ pub mod budget;
 pub mod call;
 pub mod corp;
 pub mod envelope;
+pub mod files;
 pub mod media;
 pub mod timing;
 pub mod token;

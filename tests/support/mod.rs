@@ -873,3 +873,44 @@ pub fn redis_pki(dir: &std::path::Path) -> impl Fn(&str) -> String + '_ {
     }
     move |name: &str| dir.join(name).display().to_string()
 }
+
+/// `total` bytes of a JPEG-headed pattern in `chunk`-sized pieces; `seed` makes files distinct
+/// (so dedupe does not merge them).
+pub fn pattern_stream(
+    total: usize,
+    chunk: usize,
+    seed: u8,
+) -> impl futures_util::Stream<Item = Result<Vec<u8>, std::io::Error>> {
+    let mut sent = 0usize;
+    futures_util::stream::iter(std::iter::from_fn(move || {
+        if sent >= total {
+            return None;
+        }
+        let n = chunk.min(total - sent);
+        let mut v: Vec<u8> = (0..n).map(|i| ((sent + i) % 251) as u8).collect();
+        if sent == 0 {
+            v[..5].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0, seed]);
+        }
+        sent += n;
+        Some(Ok(v))
+    }))
+}
+
+pub fn pattern_sha256(total: usize, seed: u8) -> String {
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut done = 0;
+    while done < total {
+        let n = buf.len().min(total - done);
+        for (i, b) in buf[..n].iter_mut().enumerate() {
+            *b = ((done + i) % 251) as u8;
+        }
+        if done == 0 {
+            buf[..5].copy_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0, seed]);
+        }
+        h.update(&buf[..n]);
+        done += n;
+    }
+    hex::encode(h.finalize())
+}

@@ -1,0 +1,344 @@
+//! `POST /media/upload/file`: up to 100 MiB through the sandbox's File Service (design §10),
+//! black-box over real sockets: the npath, memory, dedupe with and without a digest claim,
+//! the refusals before anything moves, the upload host check, an expired signature, a caller
+//! hanging up, a step-1 token rejection.
+
+mod support;
+
+use std::time::Duration;
+
+use support::*;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const MIB: usize = 1024 * 1024;
+
+/// The standard pair, with the corp's File Service user set (alpha is a legacy-style caller)
+/// and a byte quota for alpha, so reservations and refunds show in `/admin/clients`.
+fn file_pair() -> (Sandbox, Gateway) {
+    pair(&[], |c| {
+        c.corp().file_service_user = some("FSUID_FILES");
+        c.client("alpha").bytes_per_day = some("1GiB");
+    })
+}
+
+fn file_url(gw: &Gateway, query: &str) -> String {
+    format!("{}/media/upload/file?{query}", gw.url)
+}
+
+/// A raw upload of `total` pattern bytes (seed `seed`), with extra headers.
+async fn upload(
+    gw: &Gateway,
+    query: &str,
+    total: usize,
+    seed: u8,
+    headers: &[(&str, String)],
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let mut req = client()
+        .post(file_url(gw, query))
+        .bearer_auth(ALPHA_KEY)
+        .header("content-type", "application/pdf")
+        .header("content-length", total.to_string());
+    for (k, v) in headers {
+        req = req.header(*k, v);
+    }
+    let resp = req
+        .body(reqwest::Body::wrap_stream(pattern_stream(
+            total,
+            256 * 1024,
+            seed,
+        )))
+        .send()
+        .await
+        .unwrap();
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.json().await.unwrap_or_default())
+}
+
+fn hex_to_b64(hex: &str) -> String {
+    use base64::Engine as _;
+    base64::engine::general_purpose::STANDARD.encode(hex::decode(hex).unwrap())
+}
+
+async fn stored(sandbox: &Sandbox, npath: &str) -> serde_json::Value {
+    client()
+        .get(format!("{}/_sandbox/files/{npath}", sandbox.url))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_100_mib_file_gets_an_npath_with_bounded_memory_and_its_repeats_cost_nothing() {
+    let total = 100 * MIB;
+    let (sandbox, gw) = file_pair();
+    sandbox.wait("tokens_issued", 1).await;
+    let baseline = gw.peak_rss_kib();
+    let (status, headers, body) = upload(&gw, "filename=big.pdf", total, 1, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let npath = body["npath"].as_str().unwrap().to_string();
+    assert!(npath.starts_with("N_"), "{body}");
+    assert_eq!(body["deduplicated"], false);
+    let sha = pattern_sha256(total, 1);
+    let file = stored(&sandbox, &npath).await;
+    assert_eq!(file["sha256"], sha, "{file}");
+    assert_eq!(file["size"], total);
+    assert_eq!(file["filename"], "big.pdf");
+    assert_eq!(
+        headers["repr-digest"].to_str().unwrap(),
+        format!("sha-256=:{}:", hex_to_b64(&sha))
+    );
+    let peak = gw.peak_rss_kib();
+    eprintln!("100 MiB File Service upload: peak RSS {peak} KiB, {baseline} KiB before");
+    assert!(
+        peak.saturating_sub(baseline) <= 16 * 1024,
+        "peak RSS grew by {} KiB for a 100 MiB upload",
+        peak - baseline
+    );
+    let before = sandbox.stats().await;
+
+    // Again, claiming its digest: the same npath and no call to the File Service at all.
+    let claim = [("repr-digest", format!("sha-256=:{}:", hex_to_b64(&sha)))];
+    let (status, _, again) = upload(&gw, "filename=big.pdf", total, 1, &claim).await;
+    assert_eq!(status, 200, "{again}");
+    assert_eq!(
+        (again["npath"].as_str(), again["deduplicated"].as_bool()),
+        (Some(npath.as_str()), Some(true))
+    );
+    let after = sandbox.stats().await;
+    for counter in ["file_credentials", "file_upload_requests"] {
+        assert_eq!(after[counter], before[counter], "{counter}: {after}");
+    }
+
+    // A claim with `Expect: 100-continue`: answered before a byte of the body moves.
+    let answer = expect_continue_file(&gw, &format!("sha-256=:{}:", hex_to_b64(&sha)), total).await;
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    assert!(answer.contains(&npath), "{answer}");
+
+    // Again without a claim: the hash is known only at the end, so a signature is taken and
+    // step 2 opened, then aborted before its last bytes: nothing new is stored.
+    let (status, _, third) = upload(&gw, "filename=big.pdf", total, 1, &[]).await;
+    assert_eq!(status, 200, "{third}");
+    assert_eq!(
+        (third["npath"].as_str(), third["deduplicated"].as_bool()),
+        (Some(npath.as_str()), Some(true))
+    );
+    let last = sandbox.stats().await;
+    assert_eq!(
+        last["file_uploads_completed"], after["file_uploads_completed"],
+        "{last}"
+    );
+}
+
+/// Sends only the head of a File Service upload with `Expect: 100-continue` and a claim.
+async fn expect_continue_file(gw: &Gateway, claim: &str, len: usize) -> String {
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /media/upload/file?filename=big.pdf HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
+         Content-Type: application/pdf\r\nContent-Length: {len}\r\nRepr-Digest: {claim}\r\nExpect: 100-continue\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    String::from_utf8_lossy(&buf[..n]).into_owned()
+}
+
+#[tokio::test]
+async fn over_100_mib_is_413_with_upload_limit_and_a_chunked_body_is_411_both_before_any_call() {
+    let (sandbox, gw) = file_pair();
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /media/upload/file?filename=big.pdf HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
+         Content-Type: application/pdf\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
+        100 * MIB + 1
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    let mut buf = vec![0u8; 4096];
+    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+        .await
+        .unwrap()
+        .unwrap();
+    let answer = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+    assert!(answer.starts_with("http/1.1 413"), "{answer}");
+    assert!(
+        answer.contains("upload-limit: max-size=104857600"),
+        "{answer}"
+    );
+    assert!(answer.contains("941301"), "{answer}");
+
+    // No length up front: 411 / 941101.
+    let resp = client()
+        .post(file_url(&gw, "filename=big.pdf"))
+        .bearer_auth(ALPHA_KEY)
+        .body(reqwest::Body::wrap_stream(pattern_stream(
+            MIB,
+            64 * 1024,
+            2,
+        )))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 411);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errorCode"], 941101, "{body}");
+    let stats = sandbox.stats().await;
+    assert_eq!(stats["file_credentials"], 0, "{stats}");
+    assert_eq!(stats["file_upload_requests"], 0, "{stats}");
+}
+
+#[tokio::test]
+async fn the_other_upload_routes_413s_carry_upload_limit_too() {
+    let (_sandbox, gw) = file_pair();
+    let resp = client()
+        .post(gw.upload_url())
+        .bearer_auth(ALPHA_KEY)
+        .header("content-type", "image/jpeg")
+        .body(jpeg(6 * MIB, 3))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert_eq!(resp.headers()["upload-limit"], "max-size=5242880");
+}
+
+#[tokio::test]
+async fn a_step_2_url_on_a_foreign_host_is_refused_with_no_byte_sent_there() {
+    let (sandbox, gw) = file_pair();
+    // Another listener on loopback, as a foreign host would be: it counts connections.
+    let foreign = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = foreign.local_addr().unwrap().port();
+    let accepted = std::sync::Arc::new(std::sync::atomic::AtomicU32::new(0));
+    let seen = accepted.clone();
+    let counting = tokio::spawn(async move {
+        while let Ok((_conn, _)) = foreign.accept().await {
+            seen.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    sandbox
+        .faults(Faults {
+            file_upload_url: Some(format!("http://127.0.0.1:{port}/fs/stream/upload/")),
+            ..Faults::default()
+        })
+        .await;
+    let (status, _, body) = upload(&gw, "filename=a.pdf", 2 * MIB, 4, &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["errorCode"], 950205, "{body}");
+    assert_eq!(accepted.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert_eq!(sandbox.stats().await["file_upload_requests"], 0);
+    let alpha = admin_entry(&gw.admin_clients().await, "alpha");
+    assert_eq!(alpha["usage"]["bytes_today"], 0, "refunded: {alpha}");
+    counting.abort();
+}
+
+#[tokio::test]
+async fn an_expired_signature_is_502_records_nothing_and_refunds_the_bytes() {
+    let (sandbox, gw) = file_pair();
+    sandbox
+        .faults(Faults {
+            file_expired_signatures: true,
+            ..Faults::default()
+        })
+        .await;
+    let (status, _, body) = upload(&gw, "filename=a.pdf", 3 * MIB, 5, &[]).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["errorCode"], 950204, "{body}");
+    assert!(
+        body["errorDescription"]
+            .as_str()
+            .unwrap()
+            .contains("expired"),
+        "{body}"
+    );
+    let alpha = admin_entry(&gw.admin_clients().await, "alpha");
+    assert_eq!(alpha["usage"]["bytes_today"], 0, "refunded: {alpha}");
+    // Nothing recorded: with a good signature the same file is uploaded, not a hit.
+    sandbox.faults(Faults::default()).await;
+    let (status, _, body) = upload(&gw, "filename=a.pdf", 3 * MIB, 5, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["deduplicated"], false, "{body}");
+}
+
+#[tokio::test]
+async fn a_caller_hanging_up_at_half_aborts_step_2_and_records_nothing() {
+    let (sandbox, gw) = file_pair();
+    let total = 8 * MIB;
+    let addr = gw.url.trim_start_matches("http://").to_string();
+    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let head = format!(
+        "POST /media/upload/file?filename=half.pdf HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
+         Content-Type: application/pdf\r\nContent-Length: {total}\r\n\r\n"
+    );
+    tcp.write_all(head.as_bytes()).await.unwrap();
+    tcp.write_all(&vec![7u8; total / 2]).await.unwrap();
+    // Step 2 is under way once the sandbox has a request for it.
+    sandbox.wait("file_upload_requests", 1).await;
+    drop(tcp);
+    let stats = sandbox.wait("file_uploads_aborted", 1).await;
+    assert_eq!(stats["file_uploads_completed"], 0, "{stats}");
+    let alpha = admin_entry(&gw.admin_clients().await, "alpha");
+    assert_eq!(alpha["usage"]["bytes_today"], 0, "refunded: {alpha}");
+}
+
+#[tokio::test]
+async fn a_step_1_token_rejection_is_refreshed_and_retried_once() {
+    let (sandbox, gw) = file_pair();
+    let (status, _, body) = upload(&gw, "filename=a.pdf", MIB, 6, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let before = sandbox.stats().await;
+    sandbox
+        .faults(Faults {
+            revoke_tokens: true,
+            ..Faults::default()
+        })
+        .await;
+    let (status, _, body) = upload(&gw, "filename=b.pdf", MIB, 7, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body["npath"].as_str().unwrap().starts_with("N_"), "{body}");
+    let after = sandbox.stats().await;
+    assert_eq!(
+        after["oauth_token_calls"].as_u64().unwrap(),
+        before["oauth_token_calls"].as_u64().unwrap() + 1,
+        "one refresh: {after}"
+    );
+    assert_eq!(after["file_uploads_completed"], 2, "{after}");
+}
+
+#[tokio::test]
+async fn a_multipart_file_and_a_temporary_npath() {
+    let (sandbox, gw) = file_pair();
+    let file = jpeg(300_000, 8);
+    let part = reqwest::multipart::Part::bytes(file.clone())
+        .file_name("photo.jpg")
+        .mime_str("image/jpeg")
+        .unwrap();
+    let resp = client()
+        .post(file_url(&gw, "resourceType=TN"))
+        .bearer_auth(ALPHA_KEY)
+        .multipart(reqwest::multipart::Form::new().part("facishareFile", part))
+        .send()
+        .await
+        .unwrap();
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let npath = body["npath"].as_str().unwrap_or_default();
+    assert!(npath.starts_with("TN_"), "{body}");
+    let stored = stored(&sandbox, npath).await;
+    assert_eq!(stored["sha256"], sha256_hex(&file), "{stored}");
+    assert_eq!(stored["size"], file.len());
+}
+
+#[tokio::test]
+async fn without_a_file_service_user_a_legacy_caller_is_403_before_any_call() {
+    let (sandbox, gw) = pair(&[], |_| {});
+    let (status, _, body) = upload(&gw, "filename=a.pdf", MIB, 9, &[]).await;
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(body["errorCode"], 940303, "{body}");
+    assert_eq!(sandbox.stats().await["file_credentials"], 0);
+}
