@@ -2,8 +2,12 @@
 //! layer (before any of the caller's daily bytes are reserved) and by the upload itself, so a
 //! file over the caller's own `max_file_bytes` is 413 whatever its bytes today (never 429).
 
-use super::{ClientConfig, UploadConfig, MULTIPART_FRAMING_ALLOWANCE};
+use super::{ClientConfig, UploadConfig};
 use crate::route::Route;
+
+/// Multipart framing a caller may add around the file before a `Content-Length` above the
+/// file limit is refused outright; the file itself is still held to the exact limit.
+pub const MULTIPART_FRAMING_ALLOWANCE: u64 = 16 * 1024;
 
 impl UploadConfig {
     /// The file limit of an upload to `route` (`document`: `?type=document`) by `client`:

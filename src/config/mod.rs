@@ -17,7 +17,7 @@ mod validate;
 
 pub use diff::{Change, Diff};
 pub use egress::{ExtraRoots, FileService};
-pub use limits::announced_too_large;
+pub use limits::{announced_too_large, MULTIPART_FRAMING_ALLOWANCE};
 pub use parse::{hash_key, parse_duration, parse_sha256, parse_size};
 pub use secret::Secret;
 pub use telemetry::{LogConfig, LogFormat, TracingConfig};
@@ -135,15 +135,11 @@ pub struct CorpConfig {
     pub upstream_timeout: Duration,
     /// Connect deadline.
     pub connect_timeout: Duration,
-    /// Roots trusted for this corp's upstream besides the web PKI (`ca_file`).
+    /// Roots trusted besides the web PKI (`ca_file`).
     pub ca_file: Option<ExtraRoots>,
-    /// The File Service's user for legacy-style callers, and where its uploads may go.
+    /// `file_service_user` and `file_upload_hosts`.
     pub files: FileService,
 }
-
-/// Multipart framing a caller may add around the file before a `Content-Length` above the
-/// file limit is refused outright; the file itself is still held to the exact limit.
-pub const MULTIPART_FRAMING_ALLOWANCE: u64 = 16 * 1024;
 
 /// `[upload]`, validated.
 #[derive(Debug, Clone)]

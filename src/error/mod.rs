@@ -343,6 +343,25 @@ impl GatewayError {
                 format!("Fxiaoke did not answer within {}", humantime::format_duration(*after))
             }
             BodyInterrupted => "the request body ended early or could not be read".into(),
+            LengthRequired | NoFileUser { .. } | FileServiceRefused { .. } | UploadHostRefused { .. } => {
+                self.file_description()
+            }
+            QuotaStoreDown => {
+                "the shared quota store is unavailable and quotas fail closed; retry after 1s"
+                    .into()
+            }
+            Overloaded => {
+                "fxgate is at its limit of requests in flight (server.max_inflight); retry after 1s"
+                    .into()
+            }
+            Internal { .. } => "internal error".into(),
+        }
+    }
+
+    /// The descriptions of the File Service's errors (design §10).
+    fn file_description(&self) -> String {
+        use GatewayError::*;
+        match self {
             LengthRequired => "this route signs the file's size before it is sent: send `Content-Length` (not a chunked body)".into(),
             NoFileUser { client } => format!(
                 "caller `{client}` has no Fxiaoke user for the File Service: an OAuth-style caller sends `X-Fs-Userid` or has `act_as`; otherwise set the corp's `file_service_user`"
@@ -356,15 +375,7 @@ impl GatewayError {
                 "Fxiaoke's step 1 named the upload host `{}`, which is not in the corp's `file_upload_hosts` (or not https); nothing was sent there",
                 echo(host)
             ),
-            QuotaStoreDown => {
-                "the shared quota store is unavailable and quotas fail closed; retry after 1s"
-                    .into()
-            }
-            Overloaded => {
-                "fxgate is at its limit of requests in flight (server.max_inflight); retry after 1s"
-                    .into()
-            }
-            Internal { .. } => "internal error".into(),
+            _ => self.description(),
         }
     }
 

@@ -64,23 +64,9 @@ pub(super) fn credential(
     let field = |k: &str| data.and_then(|d| d.get(k));
     let resource = field("resourceType").and_then(Value::as_str).unwrap_or("");
     let filename = field("filename").and_then(Value::as_str).unwrap_or("");
-    let extension = field("extension").and_then(Value::as_str).unwrap_or("");
     let size = field("fileSize").and_then(Value::as_u64).unwrap_or(0);
     let expire = field("expireTime").and_then(Value::as_u64).unwrap_or(0);
-    let problem = if !matches!(resource, "N" | "TN") {
-        Some("resourceType must be N or TN")
-    } else if field("isStreamUpload") != Some(&Value::Bool(true)) {
-        Some("isStreamUpload must be true")
-    } else if filename.is_empty() || extension.is_empty() {
-        Some("filename and extension are required")
-    } else if !(1..=MAX_FILE).contains(&size) {
-        Some("fileSize must be 1..104857600")
-    } else if !(60..=604_800).contains(&expire) {
-        Some("expireTime must be 60..604800")
-    } else {
-        None
-    };
-    if let Some(why) = problem {
+    if let Some(why) = problem(data) {
         return fx_error(10002, why);
     }
     state.stats.bump(|s| &s.file_credentials);
@@ -128,6 +114,26 @@ pub(super) fn credential(
         },
     );
     answer(json!({"errorCode": 0, "errorMessage": "success", "traceId": trace, "data": data}))
+}
+
+/// What is wrong with step 1's `data`, if anything.
+fn problem(data: Option<&Map<String, Value>>) -> Option<&'static str> {
+    let field = |k: &str| data.and_then(|d| d.get(k));
+    let text = |k: &str| field(k).and_then(Value::as_str).unwrap_or("");
+    let number = |k: &str| field(k).and_then(Value::as_u64).unwrap_or(0);
+    if !matches!(text("resourceType"), "N" | "TN") {
+        Some("resourceType must be N or TN")
+    } else if field("isStreamUpload") != Some(&Value::Bool(true)) {
+        Some("isStreamUpload must be true")
+    } else if text("filename").is_empty() || text("extension").is_empty() {
+        Some("filename and extension are required")
+    } else if !(1..=MAX_FILE).contains(&number("fileSize")) {
+        Some("fileSize must be 1..104857600")
+    } else if !(60..=604_800).contains(&number("expireTime")) {
+        Some("expireTime must be 60..604800")
+    } else {
+        None
+    }
 }
 
 /// Step 2 failures, as step 2 answers them.

@@ -22,7 +22,8 @@ use crate::middleware::access_log::LogContext;
 use crate::middleware::auth::Principal;
 use crate::route::{ApiStyle, Route};
 use crate::state::AppState;
-use crate::upstream::files::FileAsk;
+use crate::upstream::body::{BodySender, DigestReceiver};
+use crate::upstream::files::{FileAsk, FilePending};
 
 /// How long a `TN_` npath is reused: Fxiaoke deletes an unattached one after 3 days, so an
 /// entry handed out at 48 h still has a day to be attached.
@@ -40,23 +41,12 @@ pub async fn handle(
         return Err(GatewayError::LengthRequired);
     }
     up.admit(&state.quotas, &principal.client).await?;
-    let user = file_user(state, principal, &req, &up)?;
+    let user = file_user(principal, &req, &up)?;
     if let Some(key) = up.claim_key() {
         let bound = up.corp.timing.upstream_timeout() * 2;
         match state.dedupe.claim(&key, &up.caller, bound).await {
             Claim::Hit(media) if trusted(state, &key, &media) => {
-                let sha256 = key.sha256;
-                state
-                    .metrics
-                    .count_dedupe(DedupeResult::HitClaim, media.size);
-                log.set_dedupe(DedupeResult::HitClaim);
-                let reusable = finish_unread_body(req, up.limit).await;
-                let mut resp = npath_answer(&media.media_id, &sha256, &up.request_id, true);
-                if !reusable {
-                    resp.headers_mut()
-                        .insert(header::CONNECTION, HeaderValue::from_static("close"));
-                }
-                return Ok(resp);
+                return Ok(claim_hit(state, req, &up, &key, &media, log).await);
             }
             Claim::Lead(guard) => up.leader = Some(guard),
             Claim::Hit(_) | Claim::Alone => {}
@@ -69,32 +59,12 @@ pub async fn handle(
     }
     let head = Held::read_head(&mut file).await?;
     let part = up.part(&file, None);
-    let ext = extension(&part.filename).ok_or_else(|| GatewayError::BadRequest {
-        detail: "the file needs a name with an extension (`?filename=report.pdf`)".into(),
-    })?;
-    let ask = FileAsk {
-        user: &user,
-        temporary: up.kind == UploadKind::FileTemp,
-        filename: &part.filename,
-        extension: &ext,
-        size,
-    };
-    let credential = up.corp.file_credential(&ask, log).await?;
-    let (tx, digest, pending, trace) = credential.stream(&up.corp, size)?;
-    log.set_upload_trace_id(&trace);
+    let (tx, digest, pending, trace) = open(&up, &user, &part, size, log).await?;
     let _inflight = super::Inflight::enter(&state.metrics);
-    let pump = Pump {
-        tx: &tx,
-        limit: up.limit,
-        route: Route::UploadFile.path(),
-        send_timeout: up.corp.timing.upstream_timeout(),
-        ticket: &mut up.ticket,
-        hold_last: true,
-    };
-    let (sent, digest, held) = match pump.run(head, &mut file, digest).await? {
-        Streamed::Complete { size, digest, held } => (size, digest, held),
+    let (digest, held) = match pump(&mut up, &tx, head, &mut file, digest, size).await {
+        Ok(Some(done)) => done,
         // The service stopped reading: its answer says why (a refused signature, say).
-        Streamed::UpstreamGone { .. } => {
+        Ok(None) => {
             drop(tx);
             return Err(pending.npath().await.err().unwrap_or_else(|| {
                 GatewayError::UpstreamInvalid {
@@ -102,15 +72,9 @@ pub async fn handle(
                 }
             }));
         }
+        Err(e) => return Err(e),
     };
-    count_bytes(state, &up, log, sent);
-    if sent != size {
-        // The multipart body's framing was not the usual one: the signed size is wrong, and
-        // the upload is aborted (`tx` dropped unfinished).
-        return Err(GatewayError::MalformedBody {
-            detail: format!("the file part is {sent} bytes, not the {size} its Content-Length implies (an epilogue or unusual framing); send the file as the raw body"),
-        });
-    }
+    count_bytes(state, &up, log, size);
     up.check_claim(digest)?;
     let key = up.key(digest, &part);
     if let Some(media) = state
@@ -120,36 +84,115 @@ pub async fn handle(
         .filter(|m| trusted(state, &key, m))
     {
         // Dropping the sender unfinished aborts step 2: Fxiaoke stores nothing.
-        drop(tx);
-        drop(pending);
-        state.metrics.count_dedupe(DedupeResult::HitStream, sent);
-        log.set_dedupe(DedupeResult::HitStream);
-        state.dedupe.add_holder(&key, &media, &up.caller).await;
-        if let Some(g) = up.leader.take() {
-            g.complete(media.clone());
-        }
-        return Ok(npath_answer(&media.media_id, &digest, &up.request_id, true));
+        drop((tx, pending));
+        return Ok(stream_hit(state, up, &key, media, &digest, log).await);
     }
     if let Some(last) = held {
-        if tx.send(last).await.is_ok() {
-            let _ = tx.finish().await;
-        }
-    } else {
-        let _ = tx.finish().await;
+        let _ = tx.send(last).await;
     }
+    let _ = tx.finish().await;
     let (npath, took) = pending.npath().await?;
     log.add_upstream_time(took);
-    record(
-        state,
-        up,
-        key,
-        (digest, sent),
-        &part.content_type,
-        &npath,
-        log,
-    )
-    .await;
+    record(state, up, key, size, &part.content_type, &npath, log).await;
     Ok(npath_answer(&npath, &digest, &trace, false))
+}
+
+/// Step 1, then step 2 opened: the signature for this file, and the upload under way.
+async fn open(
+    up: &UploadRequest,
+    user: &str,
+    part: &super::Part,
+    size: u64,
+    log: &LogContext,
+) -> Result<(BodySender, DigestReceiver, FilePending, String), GatewayError> {
+    let ext = extension(&part.filename).ok_or_else(|| GatewayError::BadRequest {
+        detail: "the file needs a name with an extension (`?filename=report.pdf`)".into(),
+    })?;
+    let ask = FileAsk {
+        user,
+        temporary: up.kind == UploadKind::FileTemp,
+        filename: &part.filename,
+        extension: &ext,
+        size,
+    };
+    let credential = up.corp.file_credential(&ask, log).await?;
+    let opened = credential.stream(&up.corp, size)?;
+    log.set_upload_trace_id(&opened.3);
+    Ok(opened)
+}
+
+/// Step 2's body: the file pumped in under its limits, its last chunk held back. `None` when
+/// the service stopped reading first.
+async fn pump(
+    up: &mut UploadRequest,
+    tx: &BodySender,
+    head: Held,
+    file: &mut super::FileSource,
+    digest: DigestReceiver,
+    size: u64,
+) -> Result<Option<([u8; 32], Option<bytes::Bytes>)>, GatewayError> {
+    let pump = Pump {
+        tx,
+        limit: up.limit,
+        route: Route::UploadFile.path(),
+        send_timeout: up.corp.timing.upstream_timeout(),
+        ticket: &mut up.ticket,
+        hold_last: true,
+    };
+    match pump.run(head, file, digest).await? {
+        Streamed::Complete { size: sent, .. } if sent != size => {
+            // The multipart body's framing was not the usual one, so the signed size is
+            // wrong; dropping the sender aborts the upload.
+            Err(GatewayError::MalformedBody {
+                detail: format!("the file part is {sent} bytes, not the {size} its Content-Length implies (an epilogue or unusual framing); send the file as the raw body"),
+            })
+        }
+        Streamed::Complete { digest, held, .. } => Ok(Some((digest, held))),
+        Streamed::UpstreamGone { .. } => Ok(None),
+    }
+}
+
+/// A claimed digest the index knows: answered without the body.
+async fn claim_hit(
+    state: &AppState,
+    req: Request<Incoming>,
+    up: &UploadRequest,
+    key: &DedupeKey,
+    media: &MediaRef,
+    log: &LogContext,
+) -> Response<Body> {
+    state
+        .metrics
+        .count_dedupe(DedupeResult::HitClaim, media.size);
+    log.set_dedupe(DedupeResult::HitClaim);
+    let reusable = finish_unread_body(req, up.limit).await;
+    let mut resp = npath_answer(&media.media_id, &key.sha256, &up.request_id, true);
+    if !reusable {
+        resp.headers_mut()
+            .insert(header::CONNECTION, HeaderValue::from_static("close"));
+    }
+    resp
+}
+
+/// The whole file came and the index knows it.
+async fn stream_hit(
+    state: &AppState,
+    mut up: UploadRequest,
+    key: &DedupeKey,
+    media: MediaRef,
+    digest: &[u8; 32],
+    log: &LogContext,
+) -> Response<Body> {
+    state
+        .metrics
+        .count_dedupe(DedupeResult::HitStream, media.size);
+    log.set_dedupe(DedupeResult::HitStream);
+    state.dedupe.add_holder(key, &media, &up.caller).await;
+    let resp = npath_answer(&media.media_id, digest, &up.request_id, true);
+    if let Some(g) = up.leader.take() {
+        g.complete(media);
+    }
+    resp
 }
 
 /// The Fxiaoke user step 1 asks as (design §10): an OAuth-style caller's `X-Fs-Userid` (one
@@ -157,12 +200,10 @@ pub async fn handle(
 /// of another kind, so it (like a caller without `act_as`) uses the corp's
 /// `file_service_user`.
 fn file_user(
-    state: &AppState,
     principal: &Principal,
     req: &Request<Incoming>,
     up: &UploadRequest,
 ) -> Result<String, GatewayError> {
-    let _ = state;
     let asked = req
         .headers()
         .get("x-fs-userid")
@@ -204,7 +245,7 @@ async fn record(
     state: &AppState,
     mut up: UploadRequest,
     key: DedupeKey,
-    (_digest, size): ([u8; 32], u64),
+    size: u64,
     content_type: &str,
     npath: &str,
     log: &LogContext,
