@@ -342,3 +342,148 @@ async fn without_a_file_service_user_a_legacy_caller_is_403_before_any_call() {
     assert_eq!(body["errorCode"], 940303, "{body}");
     assert_eq!(sandbox.stats().await["file_credentials"], 0);
 }
+
+/// Step 1 of the sandbox's File Service, asked directly: the signed fields.
+async fn sign(sandbox: &Sandbox, size: u64) -> serde_json::Map<String, serde_json::Value> {
+    let http = client();
+    let trace = || uuid::Uuid::new_v4().to_string();
+    let token: serde_json::Value = http
+        .post(format!(
+            "{}/oauth2.0/token?thirdTraceId={}",
+            sandbox.url,
+            trace()
+        ))
+        .json(
+            &serde_json::json!({"appId": "sandbox-app", "appSecret": APP_SECRET,
+            "permanentCode": "sandbox-permanent-code", "grantType": "app_secret"}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let answer: serde_json::Value = http
+        .post(format!(
+            "{}/cgi/crm/v2/generatorFileUploadCredential?thirdTraceId={}",
+            sandbox.url,
+            trace()
+        ))
+        .bearer_auth(token["accessToken"].as_str().unwrap())
+        .header("x-fs-ea", "sandbox_ea")
+        .header("x-fs-userid", "FSUID_FILES")
+        .json(
+            &serde_json::json!({"data": {"resourceType": "N", "isStreamUpload": true,
+            "filename": "a.pdf", "extension": "pdf", "fileSize": size, "expireTime": 600}}),
+        )
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(answer["errorCode"], 0, "{answer}");
+    let mut data = answer["data"].as_object().unwrap().clone();
+    data.insert("link".into(), answer["traceId"].clone());
+    data
+}
+
+/// Step 2 to the sandbox with the signed headers, after `tamper` changed what it wants.
+async fn send(
+    data: &serde_json::Map<String, serde_json::Value>,
+    tamper: impl FnOnce(&mut String, &mut reqwest::header::HeaderMap, &mut Vec<u8>),
+) -> serde_json::Value {
+    let mut url = format!(
+        "{}?traceId={}&linkId={}",
+        data["url"].as_str().unwrap(),
+        uuid::Uuid::new_v4(),
+        data["link"].as_str().unwrap()
+    );
+    let mut headers = reqwest::header::HeaderMap::new();
+    for k in [
+        "acid", "resource", "ak", "sign", "expiry", "filename", "size", "digest",
+    ] {
+        let name = reqwest::header::HeaderName::from_static(k);
+        headers.insert(name, data[k].as_str().unwrap().parse().unwrap());
+    }
+    headers.insert(
+        "content-type",
+        data["contentType"].as_str().unwrap().parse().unwrap(),
+    );
+    let size: usize = data["size"].as_str().unwrap().parse().unwrap();
+    let mut body = vec![1u8; size];
+    tamper(&mut url, &mut headers, &mut body);
+    client()
+        .post(url)
+        .headers(headers)
+        .body(body)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn the_sandboxs_file_service_is_as_strict_as_fxiaoke_documents_it() {
+    let sandbox = Sandbox::spawn(&[]);
+    // Each violation of a fresh signature is `success:false`.
+    let violations: Vec<(
+        &str,
+        Box<dyn FnOnce(&mut String, &mut reqwest::header::HeaderMap, &mut Vec<u8>)>,
+    )> = vec![
+        (
+            "the trailing / dropped",
+            Box::new(|url, _, _| *url = url.replacen("/upload/?", "/upload?", 1)),
+        ),
+        (
+            "a signed header changed",
+            Box::new(|_, h, _| {
+                h.insert("filename", "b.pdf".parse().unwrap());
+            }),
+        ),
+        (
+            "a signed header missing",
+            Box::new(|_, h, _| {
+                h.remove("digest");
+            }),
+        ),
+        (
+            "one byte fewer",
+            Box::new(|_, _, b| {
+                b.pop();
+            }),
+        ),
+        (
+            "another linkId",
+            Box::new(|url, _, _| *url = format!("{url}x")),
+        ),
+    ];
+    for (what, tamper) in violations {
+        let data = sign(&sandbox, 1000).await;
+        let answer = send(&data, tamper).await;
+        assert_eq!(answer["success"], false, "{what}: {answer}");
+    }
+    // An honest one passes once; the same signature again is refused.
+    let data = sign(&sandbox, 1000).await;
+    let first = send(&data, |_, _, _| {}).await;
+    assert_eq!(first["success"], true, "{first}");
+    assert!(first["data"].as_str().unwrap().starts_with("N_"), "{first}");
+    let again = send(&data, |_, _, _| {}).await;
+    assert_eq!(again["success"], false, "single use: {again}");
+    // An expired signature, by fault.
+    sandbox
+        .faults(Faults {
+            file_expired_signatures: true,
+            ..Faults::default()
+        })
+        .await;
+    let data = sign(&sandbox, 1000).await;
+    let expired = send(&data, |_, _, _| {}).await;
+    assert_eq!(expired["success"], false, "{expired}");
+    assert!(
+        expired["message"].as_str().unwrap().contains("expired"),
+        "{expired}"
+    );
+}
