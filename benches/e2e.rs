@@ -110,6 +110,60 @@ fn upload(
     b.body(body).expect("request")
 }
 
+/// A large file of `shared.len() + 16` bytes, distinct by `n`: to fxgate as a File Service
+/// upload (raw body, `/media/upload/file`), to the baselines as a CRM document (multipart,
+/// `/media/upload?type=document`: the sink reads every byte of both and keeps none).
+fn large_file(target: &Target, n: u64, shared: &Bytes) -> http::Request<ReqBody> {
+    let mut first = [0u8; 16];
+    first[..8].copy_from_slice(&n.to_le_bytes());
+    let Some((token, corp)) = &target.fx else {
+        let len = 16 + shared.len();
+        let body = StreamBody::new(futures_util::stream::iter(
+            [Bytes::copy_from_slice(&first), shared.clone()]
+                .into_iter()
+                .map(|b| Ok(Frame::data(b))),
+        ))
+        .boxed();
+        return http::Request::post(format!(
+            "{}/media/upload/file?filename=b{n}.pdf",
+            target.base
+        ))
+        .header("authorization", format!("Bearer {}", procs::BENCH_KEY))
+        .header("content-type", "application/pdf")
+        .header("content-length", len)
+        .body(body)
+        .expect("file upload");
+    };
+    let head = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"b.pdf\"\r\nContent-Type: application/pdf\r\n\r\n"
+    );
+    let tail = format!("\r\n--{BOUNDARY}--\r\n");
+    let len = head.len() + 16 + shared.len() + tail.len();
+    let body = StreamBody::new(futures_util::stream::iter(
+        [
+            Bytes::from(head),
+            Bytes::copy_from_slice(&first),
+            shared.clone(),
+            Bytes::from(tail),
+        ]
+        .into_iter()
+        .map(|b| Ok(Frame::data(b))),
+    ))
+    .boxed();
+    http::Request::post(format!(
+        "{}/media/upload?type=document&corpAccessToken={token}&corpId={corp}&thirdTraceId={}",
+        target.base,
+        uuid::Uuid::new_v4()
+    ))
+    .header(
+        "content-type",
+        format!("multipart/form-data; boundary={BOUNDARY}"),
+    )
+    .header("content-length", len)
+    .body(body)
+    .expect("document upload")
+}
+
 fn full(b: Bytes) -> ReqBody {
     Full::new(b).map_err(|never| match never {}).boxed()
 }
@@ -368,6 +422,8 @@ async fn store_calls(http: &Http, admin: &str) -> f64 {
 #[derive(Clone)]
 enum Load {
     Upload(Bytes, u64),
+    /// A File Service upload (fxgate) or a CRM document (the baselines).
+    File(Bytes),
     Json,
 }
 
@@ -375,6 +431,7 @@ impl Load {
     fn request(&self, target: &Target, n: u64) -> (http::Request<ReqBody>, u64) {
         match self {
             Load::Upload(body, size) => (upload(target, n, body, None), *size),
+            Load::File(body) => (large_file(target, n, body), 16 + body.len() as u64),
             Load::Json => json_call(target, n),
         }
     }
@@ -472,6 +529,7 @@ fn main() {
         }
 
         let big = Bytes::from(vec![0x42u8; 5 * MIB - 12]);
+        let huge = Bytes::from(vec![0x42u8; 100 * MIB - 16]);
         let small = Bytes::from(vec![0x42u8; 10 * 1024 - 12]);
         let seed_n = Arc::new(AtomicU64::new(1));
         // Warm-up: fxgate's token, pooled connections everywhere.
@@ -491,6 +549,7 @@ fn main() {
             ("5 MiB upload, c=64", Load::Upload(big.clone(), 5 * MIB as u64), 64),
             ("10 KiB upload, c=64", Load::Upload(small.clone(), 10 * 1024), 64),
             ("1 KiB JSON call (/cgi/crm/v2/data/query), c=64", Load::Json, 64),
+            ("100 MiB file (File Service), c=1", Load::File(huge.clone()), 1),
         ] {
             if !label.contains(only.as_str()) {
                 continue;
@@ -661,6 +720,7 @@ fn report(rows: &[Row], slow: &[Row], sha: f64, secs: f64, rounds: usize) {
         "5 MiB upload, c=1",
         "5 MiB upload, c=16",
         "5 MiB upload, c=64",
+        "100 MiB file (File Service), c=1",
     ] {
         let Some(f) = find(rows, "fxgate", w) else {
             continue;

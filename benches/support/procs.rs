@@ -122,8 +122,10 @@ app_secret = "sandbox-secret"
 permanent_code = "sandbox-permanent-code"
 # The benchmark measures the proxy, not Fxiaoke's allowance.
 upstream_requests_per_20s = 100000000
+file_service_user = "FSUID_BENCH"
 [upload]
 document_max_bytes = "1GiB"
+file_max_bytes = "1GiB"
 [[clients]]
 name = "bench"
 key_sha256 = "{}"
