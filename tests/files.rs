@@ -388,6 +388,9 @@ async fn sign(sandbox: &Sandbox, size: u64) -> serde_json::Map<String, serde_jso
     data
 }
 
+/// What a test changes in a step-2 request: its URL, headers or body.
+type Tamper = Box<dyn FnOnce(&mut String, &mut reqwest::header::HeaderMap, &mut Vec<u8>)>;
+
 /// Step 2 to the sandbox with the signed headers, after `tamper` changed what it wants.
 async fn send(
     data: &serde_json::Map<String, serde_json::Value>,
@@ -429,10 +432,7 @@ async fn send(
 async fn the_sandboxs_file_service_is_as_strict_as_fxiaoke_documents_it() {
     let sandbox = Sandbox::spawn(&[]);
     // Each violation of a fresh signature is `success:false`.
-    let violations: Vec<(
-        &str,
-        Box<dyn FnOnce(&mut String, &mut reqwest::header::HeaderMap, &mut Vec<u8>)>,
-    )> = vec![
+    let violations: Vec<(&str, Tamper)> = vec![
         (
             "the trailing / dropped",
             Box::new(|url, _, _| *url = url.replacen("/upload/?", "/upload?", 1)),
