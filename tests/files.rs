@@ -487,3 +487,46 @@ async fn the_sandboxs_file_service_is_as_strict_as_fxiaoke_documents_it() {
         "{expired}"
     );
 }
+
+#[tokio::test]
+async fn a_refused_step_2_is_502_and_an_npath_is_shared_across_replicas_on_redis() {
+    let redis = RedisServer::start();
+    let sandbox = Sandbox::spawn(&[]);
+    let replica = || {
+        Gateway::spawn(&standard(&sandbox.url).with(|c| {
+            c.corp().file_service_user = some("FSUID_FILES");
+            c.store = redis_store(&redis, "open");
+        }))
+    };
+    let (a, b) = (replica(), replica());
+    // The File Service refuses the upload (its `success:false`): 502 / 950204, nothing kept.
+    sandbox
+        .faults(Faults {
+            file_upload_failures: 1,
+            ..Faults::default()
+        })
+        .await;
+    let (status, _, body) = upload(&a, "filename=r.pdf", 2 * MIB, 10, &[]).await;
+    assert_eq!(
+        (status, body["errorCode"].as_u64()),
+        (502, Some(950204)),
+        "{body}"
+    );
+    // Uploaded through A, claimed through B: the same npath, no File Service call.
+    let (status, _, body) = upload(&a, "filename=r.pdf", 2 * MIB, 10, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    let npath = body["npath"].as_str().unwrap().to_string();
+    let before = sandbox.stats().await;
+    let claim = [(
+        "repr-digest",
+        format!("sha-256=:{}:", hex_to_b64(&pattern_sha256(2 * MIB, 10))),
+    )];
+    let (status, _, body) = upload(&b, "filename=r.pdf", 2 * MIB, 10, &claim).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["npath"], npath.as_str(), "{body}");
+    assert_eq!(body["deduplicated"], true, "{body}");
+    assert_eq!(
+        sandbox.stats().await["file_credentials"],
+        before["file_credentials"]
+    );
+}
