@@ -60,17 +60,6 @@ fn hex_to_b64(hex: &str) -> String {
     base64::engine::general_purpose::STANDARD.encode(hex::decode(hex).unwrap())
 }
 
-async fn stored(sandbox: &Sandbox, npath: &str) -> serde_json::Value {
-    client()
-        .get(format!("{}/_sandbox/files/{npath}", sandbox.url))
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap()
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_100_mib_file_gets_an_npath_with_bounded_memory_and_its_repeats_cost_nothing() {
     let total = 100 * MIB;
@@ -83,7 +72,7 @@ async fn a_100_mib_file_gets_an_npath_with_bounded_memory_and_its_repeats_cost_n
     assert!(npath.starts_with("N_"), "{body}");
     assert_eq!(body["deduplicated"], false);
     let sha = pattern_sha256(total, 1);
-    let file = stored(&sandbox, &npath).await;
+    let file = sandbox.file(&npath).await;
     assert_eq!(file["sha256"], sha, "{file}");
     assert_eq!(file["size"], total);
     assert_eq!(file["filename"], "big.pdf");
@@ -329,7 +318,7 @@ async fn a_multipart_file_and_a_temporary_npath() {
     let body: serde_json::Value = resp.json().await.unwrap();
     let npath = body["npath"].as_str().unwrap_or_default();
     assert!(npath.starts_with("TN_"), "{body}");
-    let stored = stored(&sandbox, npath).await;
+    let stored = sandbox.file(npath).await;
     assert_eq!(stored["sha256"], sha256_hex(&file), "{stored}");
     assert_eq!(stored["size"], file.len());
 }

@@ -11,7 +11,7 @@ use std::time::{Duration, UNIX_EPOCH};
 use http::{header, HeaderValue, Request, Response};
 use hyper::body::Incoming;
 
-use super::answer::{finish_unread_body, repr_digest};
+use super::answer::repr_digest;
 use super::pump::{Held, Pump, Streamed};
 use super::request::{extension, UploadKind, UploadRequest};
 use crate::body::{full, Body};
@@ -165,13 +165,8 @@ async fn claim_hit(
         .metrics
         .count_dedupe(DedupeResult::HitClaim, media.size);
     log.set_dedupe(DedupeResult::HitClaim);
-    let reusable = finish_unread_body(req, up.limit).await;
-    let mut resp = npath_answer(&media.media_id, &key.sha256, &up.request_id, true);
-    if !reusable {
-        resp.headers_mut()
-            .insert(header::CONNECTION, HeaderValue::from_static("close"));
-    }
-    resp
+    let resp = npath_answer(&media.media_id, &key.sha256, &up.request_id, true);
+    super::after_unread_body(req, up.limit, resp).await
 }
 
 /// The whole file came and the index knows it.

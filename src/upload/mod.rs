@@ -309,9 +309,18 @@ async fn claim_hit(
         .metrics
         .count_dedupe(DedupeResult::HitClaim, media.size);
     log.set_dedupe(DedupeResult::HitClaim);
-    let reusable = answer::finish_unread_body(req, up.limit).await;
-    let mut resp = answer::hit_response(media, sha256, &up.request_id);
-    if !reusable {
+    let resp = answer::hit_response(media, sha256, &up.request_id);
+    after_unread_body(req, up.limit, resp).await
+}
+
+/// `resp`, once the body the caller may be sending is dealt with (read to its end, or the
+/// connection marked to close when it cannot be).
+pub(super) async fn after_unread_body(
+    req: Request<Incoming>,
+    limit: u64,
+    mut resp: Response<Body>,
+) -> Response<Body> {
+    if !answer::finish_unread_body(req, limit).await {
         resp.headers_mut()
             .insert(header::CONNECTION, HeaderValue::from_static("close"));
     }

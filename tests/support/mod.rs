@@ -146,6 +146,11 @@ impl Sandbox {
         self.get_json(&format!("/_sandbox/media/{id}")).await
     }
 
+    /// What the File Service stored under `npath`.
+    pub async fn file(&self, npath: &str) -> serde_json::Value {
+        self.get_json(&format!("/_sandbox/files/{npath}")).await
+    }
+
     pub async fn tokens(&self) -> Vec<String> {
         self.get_json("/_sandbox/tokens").await
     }
