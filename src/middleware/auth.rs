@@ -50,6 +50,20 @@ pub struct Principal {
 }
 
 impl Principal {
+    /// The user a call acts as: the one asked for, if the caller may act as it; else the
+    /// caller's default (the first of `act_as`), if any.
+    pub fn acting_user(&self, asked: Option<String>) -> Result<Option<String>, GatewayError> {
+        let act_as = &self.client.act_as;
+        match asked {
+            Some(u) if act_as.contains(&u) => Ok(Some(u)),
+            Some(u) => Err(GatewayError::UserForbidden {
+                client: self.client.name.clone(),
+                user: u,
+            }),
+            None => Ok(act_as.first().cloned()),
+        }
+    }
+
     /// `client`, speaking its configured style, proven by `credential`.
     pub fn new(client: Arc<ClientConfig>, credential: Option<MintedBy>) -> Self {
         let style = client.api_style;

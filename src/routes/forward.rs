@@ -93,7 +93,7 @@ async fn caller_body(
     }));
     let asked = named.map_err(|e| GatewayError::BadRequest { detail: e.into() })?;
     let user = match asked {
-        Some(u) => super::acting_user(principal, Some(u))?,
+        Some(u) => principal.acting_user(Some(u))?,
         None => None,
     };
     body.retain(|k, _| Credential::of(k).is_none());

@@ -93,23 +93,6 @@ pub(crate) async fn caller_json(
         .map_err(GatewayError::from)
 }
 
-/// The user a call acts as: the one asked for, if the caller may act as it; else the caller's
-/// default (the first of `act_as`), if any.
-pub(crate) fn acting_user(
-    principal: &Principal,
-    asked: Option<String>,
-) -> Result<Option<String>, GatewayError> {
-    let act_as = &principal.client.act_as;
-    match asked {
-        Some(u) if act_as.contains(&u) => Ok(Some(u)),
-        Some(u) => Err(GatewayError::UserForbidden {
-            client: principal.client.name.clone(),
-            user: u,
-        }),
-        None => Ok(act_as.first().cloned()),
-    }
-}
-
 impl Service<Req> for Router {
     type Response = Resp;
     type Error = GatewayError;

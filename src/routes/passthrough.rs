@@ -87,7 +87,7 @@ fn user_of(
         ApiStyle::Legacy => in_body,
         ApiStyle::OAuth => header,
     };
-    super::acting_user(principal, asked)
+    principal.acting_user(asked)
 }
 
 /// An answer over 1 MiB (a large query result: never a token or rate-limit envelope), passed

@@ -7,15 +7,13 @@
 //! answered `{"success":false,…}`, as step 2 answers, not with an `errorCode`. The file is
 //! hashed as it streams, never kept.
 
-use std::collections::HashMap;
-
 use http::{header, HeaderMap, Request, Response};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use serde_json::{json, Map, Value};
 use sha2::{Digest, Sha256};
 
-use super::state::State;
+use super::state::{Credential, State, StoredFile};
 use super::{fx_error, json as answer};
 use crate::body::Body;
 use crate::route::query_param;
@@ -25,33 +23,6 @@ pub(super) const UPLOAD_PATH: &str = "/fs/stream/upload/";
 
 /// Fxiaoke's File Service limit.
 const MAX_FILE: u64 = 104_857_600;
-
-/// One signature step 1 handed out.
-#[derive(Debug, Clone)]
-pub(super) struct Credential {
-    headers: Vec<(&'static str, String)>,
-    content_type: String,
-    size: u64,
-    expiry_ms: u64,
-    link: String,
-    temporary: bool,
-    used: bool,
-}
-
-/// What step 2 stored: the npath's file.
-#[derive(Debug, Clone)]
-pub(super) struct StoredFile {
-    pub(super) sha256: [u8; 32],
-    pub(super) size: u64,
-    pub(super) filename: String,
-}
-
-/// The File Service's book: signatures by `sign`, files by npath.
-#[derive(Debug, Default)]
-pub(super) struct Files {
-    pub(super) credentials: HashMap<String, Credential>,
-    pub(super) stored: HashMap<String, StoredFile>,
-}
 
 /// Step 1: `{"data":{resourceType, isStreamUpload, filename, extension, fileSize, expireTime}}`.
 pub(super) fn credential(

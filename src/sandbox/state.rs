@@ -260,7 +260,7 @@ pub(super) struct State {
     windows: Mutex<HashMap<String, VecDeque<Instant>>>,
     pub(super) received: Mutex<VecDeque<Received>>,
     pub(super) messages: Mutex<Vec<SentMessage>>,
-    pub(super) files: Mutex<super::files::Files>,
+    pub(super) files: Mutex<Files>,
     pub(super) stats: Stats,
     pub(super) faults: Mutex<Faults>,
 }
@@ -401,4 +401,31 @@ impl State {
         }
         received.push_back(call);
     }
+}
+
+/// One signature step 1 handed out.
+#[derive(Debug, Clone)]
+pub(super) struct Credential {
+    pub(super) headers: Vec<(&'static str, String)>,
+    pub(super) content_type: String,
+    pub(super) size: u64,
+    pub(super) expiry_ms: u64,
+    pub(super) link: String,
+    pub(super) temporary: bool,
+    pub(super) used: bool,
+}
+
+/// What step 2 stored: the npath's file.
+#[derive(Debug, Clone)]
+pub(super) struct StoredFile {
+    pub(super) sha256: [u8; 32],
+    pub(super) size: u64,
+    pub(super) filename: String,
+}
+
+/// The File Service's book: signatures by `sign`, files by npath.
+#[derive(Debug, Default)]
+pub(super) struct Files {
+    pub(super) credentials: HashMap<String, Credential>,
+    pub(super) stored: HashMap<String, StoredFile>,
 }

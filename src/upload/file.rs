@@ -205,7 +205,7 @@ fn file_user(
         .and_then(|v| v.to_str().ok())
         .map(str::to_owned);
     let own = match principal.style {
-        ApiStyle::OAuth => crate::routes::acting_user(principal, asked)?,
+        ApiStyle::OAuth => principal.acting_user(asked)?,
         ApiStyle::Legacy => None,
     };
     own.or_else(|| up.corp.cfg.files.user.clone())
