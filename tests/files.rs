@@ -519,3 +519,65 @@ async fn a_refused_step_2_is_502_and_an_npath_is_shared_across_replicas_on_redis
         before["file_credentials"]
     );
 }
+
+#[tokio::test]
+async fn an_oauth_caller_asks_as_its_own_user_and_no_other() {
+    let sandbox = Sandbox::spawn(&[]);
+    let gw = Gateway::spawn(&standard(&sandbox.url).with(|c| {
+        c.add([ClientFile {
+            api_style: some("oauth"),
+            act_as: Some(vec!["FSUID_OWN".into(), "FSUID_TWO".into()]),
+            ..gamma()
+        }]);
+    }));
+    let send = |user: Option<&str>| {
+        let mut req = client()
+            .post(file_url(&gw, "filename=o.pdf"))
+            .bearer_auth(GAMMA_KEY)
+            .header("content-type", "application/pdf")
+            .body(vec![9u8; 70_000]);
+        if let Some(u) = user {
+            req = req.header("x-fs-userid", u);
+        }
+        req.send()
+    };
+    // A user outside its act_as: 403 / 940302, before any call.
+    let resp = send(Some("FSUID_OTHER")).await.unwrap();
+    assert_eq!(resp.status(), 403);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    assert_eq!(body["errorCode"], 940302, "{body}");
+    assert_eq!(sandbox.stats().await["file_credentials"], 0);
+    // Its second user when it names it; its first when it names none (no corp user is set).
+    for (asked, used) in [(Some("FSUID_TWO"), "FSUID_TWO"), (None, "FSUID_OWN")] {
+        let resp = send(asked).await.unwrap();
+        assert_eq!(resp.status(), 200);
+        let step1 = sandbox.received().await;
+        let last = step1.last().unwrap();
+        assert_eq!(last["path"], "/cgi/crm/v2/generatorFileUploadCredential");
+        let header = last["headers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|h| h[0] == "x-fs-userid")
+            .cloned();
+        assert_eq!(header.map(|h| h[1].clone()), Some(used.into()), "{last}");
+    }
+}
+
+#[tokio::test]
+async fn check_config_names_a_bad_upload_host_pattern() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("fxgate.toml");
+    let cfg = standard("sandbox").with(|c| {
+        c.corp().file_upload_hosts = Some(vec!["*.fxiaoke.com".into(), "evil host/".into()])
+    });
+    std::fs::write(&path, cfg.toml()).unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fxgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(err.contains("corps.default.file_upload_hosts"), "{err}");
+}
