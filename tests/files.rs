@@ -581,3 +581,38 @@ async fn check_config_names_a_bad_upload_host_pattern() {
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("corps.default.file_upload_hosts"), "{err}");
 }
+
+#[tokio::test]
+async fn a_chunked_body_sized_by_upload_length_is_taken_and_held_to_it() {
+    let (sandbox, gw) = file_pair();
+    let chunked = |declared: usize, sent: usize, seed: u8| {
+        client()
+            .post(file_url(&gw, "filename=c.pdf"))
+            .bearer_auth(ALPHA_KEY)
+            .header("upload-length", declared.to_string())
+            .body(reqwest::Body::wrap_stream(pattern_stream(
+                sent,
+                64 * 1024,
+                seed,
+            )))
+            .send()
+    };
+    let resp = chunked(3 * MIB, 3 * MIB, 11).await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: serde_json::Value = resp.json().await.unwrap();
+    let file = sandbox.file(body["npath"].as_str().unwrap()).await;
+    assert_eq!(file["size"], 3 * MIB, "{file}");
+    assert_eq!(file["sha256"], pattern_sha256(3 * MIB, 11));
+    // A body shorter than it said: refused, step 2 aborted, nothing stored or charged.
+    let completed = sandbox.stats().await["file_uploads_completed"].clone();
+    let resp = chunked(3 * MIB, 2 * MIB, 12).await.unwrap();
+    assert_eq!(resp.status(), 400);
+    let stats = sandbox.stats().await;
+    assert_eq!(stats["file_uploads_completed"], completed, "{stats}");
+    let alpha = admin_entry(&gw.admin_clients().await, "alpha");
+    assert_eq!(
+        alpha["usage"]["bytes_today"],
+        3 * MIB,
+        "only the first: {alpha}"
+    );
+}

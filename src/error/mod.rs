@@ -362,7 +362,7 @@ impl GatewayError {
     fn file_description(&self) -> String {
         use GatewayError::*;
         match self {
-            LengthRequired => "this route signs the file's size before it is sent: send `Content-Length` (not a chunked body)".into(),
+            LengthRequired => "this route signs the file's size before it is sent: send `Content-Length`, or `Upload-Length` with a chunked body".into(),
             NoFileUser { client } => format!(
                 "caller `{client}` has no Fxiaoke user for the File Service: an OAuth-style caller sends `X-Fs-Userid` or has `act_as`; otherwise set the corp's `file_service_user`"
             ),

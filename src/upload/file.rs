@@ -37,9 +37,7 @@ pub async fn handle(
     log: &LogContext,
 ) -> Result<Response<Body>, GatewayError> {
     let mut up = UploadRequest::parse(state, &req, Route::UploadFile, principal)?;
-    if up.announced.is_none() {
-        return Err(GatewayError::LengthRequired);
-    }
+    let declared = sized(&mut up, &req)?;
     up.admit(&state.quotas, &principal.client).await?;
     let user = file_user(principal, &req, &up)?;
     if let Some(key) = up.claim_key() {
@@ -53,7 +51,9 @@ pub async fn handle(
         }
     }
     let mut file = up.open_file(req.into_body()).await?;
-    let size = file.exact_len.ok_or(GatewayError::LengthRequired)?;
+    let size = declared
+        .or(file.exact_len)
+        .ok_or(GatewayError::LengthRequired)?;
     if size > up.limit {
         return Err(up.too_large(size));
     }
@@ -188,6 +188,33 @@ async fn stream_hit(
         g.complete(media);
     }
     resp
+}
+
+/// The size must be known before the first byte (411 otherwise): from `Content-Length`, or
+/// for a chunked body from `Upload-Length` (IETF resumable uploads), which then holds the
+/// limit and the caller's bytes today too, and is returned as the file's size.
+fn sized(up: &mut UploadRequest, req: &Request<Incoming>) -> Result<Option<u64>, GatewayError> {
+    if up.announced.is_some() {
+        return Ok(None);
+    }
+    let declared = upload_length(req)?;
+    up.announced = declared;
+    declared.map(Some).ok_or(GatewayError::LengthRequired)
+}
+
+/// `Upload-Length`, when sent: a byte count.
+fn upload_length(req: &Request<Incoming>) -> Result<Option<u64>, GatewayError> {
+    req.headers()
+        .get("upload-length")
+        .map(|v| {
+            v.to_str()
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| GatewayError::BadRequest {
+                    detail: "`Upload-Length` must be a byte count".into(),
+                })
+        })
+        .transpose()
 }
 
 /// The Fxiaoke user step 1 asks as (design §10): an OAuth-style caller's `X-Fs-Userid` (one
