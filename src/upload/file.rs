@@ -87,10 +87,8 @@ pub async fn handle(
         drop((tx, pending));
         return Ok(stream_hit(state, up, &key, media, &digest, log).await);
     }
-    if let Some(last) = held {
-        let _ = tx.send(last).await;
-    }
-    let _ = tx.finish().await;
+    let within = up.corp.timing.upstream_timeout();
+    tx.close(held.unwrap_or_default(), within).await?;
     let (npath, took) = pending.npath().await?;
     log.add_upstream_time(took);
     record(state, up, key, size, &part.content_type, &npath, log).await;

@@ -173,8 +173,9 @@ impl BytesAt {
         let answer = match self {
             BytesAt::Streaming { tx, pending } => {
                 let pending = *pending;
-                if complete && tx.send(pending.suffix()).await.is_ok() {
-                    let _ = tx.finish().await;
+                if complete {
+                    let within = up.corp.timing.upstream_timeout();
+                    tx.close(pending.suffix(), within).await?;
                 }
                 pending.answer().await?
             }

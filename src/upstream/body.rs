@@ -146,6 +146,17 @@ impl std::fmt::Debug for Msg {
 #[error("upstream stopped reading the request body")]
 pub struct UpstreamGone;
 
+/// The body's end could not be queued within its deadline: the upstream stopped reading.
+#[derive(Debug, thiserror::Error)]
+#[error("upstream took nothing for {0:?}")]
+pub struct Stalled(pub std::time::Duration);
+
+impl From<Stalled> for crate::error::GatewayError {
+    fn from(e: Stalled) -> Self {
+        crate::error::GatewayError::UpstreamTimeout { after: e.0 }
+    }
+}
+
 /// The sender went away without `finish()`.
 #[derive(Debug, thiserror::Error)]
 #[error("upload aborted by fxgate")]
@@ -223,6 +234,21 @@ impl BodySender {
     /// Ends the body cleanly.
     pub async fn finish(self) -> Result<(), UpstreamGone> {
         self.tx.send(Msg::End).await.map_err(|_| UpstreamGone)
+    }
+
+    /// Sends `tail` (the closing delimiter, or a file's held-back last chunk) and ends the
+    /// body, within `within` in all: once the digest is final the channel waits on hyper,
+    /// and a Fxiaoke that stopped reading must not hold the request past its deadline. An
+    /// upstream already gone is `Ok`: its answer says why.
+    pub async fn close(self, tail: Bytes, within: std::time::Duration) -> Result<(), Stalled> {
+        let ending = async move {
+            if self.send(tail).await.is_ok() {
+                let _ = self.finish().await;
+            }
+        };
+        tokio::time::timeout(within, ending)
+            .await
+            .map_err(|_| Stalled(within))
     }
 }
 
@@ -302,6 +328,8 @@ impl http_body::Body for ChannelBody {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::*;
     use http_body_util::BodyExt as _;
 
@@ -314,6 +342,32 @@ mod tests {
             }
         }
         Ok(frames)
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn closing_a_body_nobody_reads_ends_at_its_deadline() {
+        // hyper holds the body but has stopped taking from it (Fxiaoke stopped reading): the
+        // channel is full, so neither the tail nor the end can be queued.
+        let (tx, _body, _digest) = channel(None);
+        tx.slot().await.unwrap().send(Bytes::from_static(b"file"));
+        let started = tokio::time::Instant::now();
+        let closed = tx
+            .close(Bytes::from_static(b"tail"), Duration::from_secs(3))
+            .await;
+        assert!(closed.is_err(), "{closed:?}");
+        assert_eq!(started.elapsed(), Duration::from_secs(3));
+    }
+
+    #[tokio::test]
+    async fn closing_a_body_that_is_read_sends_the_tail_and_ends_it() {
+        let (tx, body, _digest) = channel(None);
+        let reader = tokio::spawn(drain(body));
+        tx.slot().await.unwrap().send(Bytes::from_static(b"file"));
+        tx.close(Bytes::from_static(b"tail"), Duration::from_secs(3))
+            .await
+            .unwrap();
+        let frames = reader.await.unwrap().unwrap();
+        assert_eq!(frames.concat(), b"filetail");
     }
 
     #[tokio::test]
