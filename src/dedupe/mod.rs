@@ -75,6 +75,24 @@ pub struct MediaRef {
 const MAX_HOLDERS: usize = 32;
 
 impl MediaRef {
+    /// A new upload's entry: `caller` uploaded it at `unix_ms` and is its first holder.
+    pub fn uploaded(
+        media_id: String,
+        size: u64,
+        content_type: String,
+        caller: &str,
+        unix_ms: u64,
+    ) -> Self {
+        Self {
+            media_id,
+            size,
+            content_type,
+            created_at: SystemTime::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms),
+            caller: caller.to_string(),
+            holders: vec![caller.to_string()],
+        }
+    }
+
     /// Whether `caller` has sent these bytes before.
     pub fn held_by(&self, caller: &str) -> bool {
         self.holders.iter().any(|h| h == caller)

@@ -64,6 +64,11 @@ pub fn hit_response(media: &MediaRef, sha256: &[u8; 32], request_id: &str) -> Re
         "traceId": request_id,
         "deduplicated": true,
     });
+    with_digest(&body, sha256)
+}
+
+/// fxgate's own JSON answer about a file, with the file's SHA-256 as `Repr-Digest`.
+pub fn with_digest(body: &serde_json::Value, sha256: &[u8; 32]) -> Response<Body> {
     let mut resp = Response::new(full(body.to_string()));
     let headers = resp.headers_mut();
     headers.insert(

@@ -8,13 +8,12 @@
 
 use std::time::{Duration, UNIX_EPOCH};
 
-use http::{header, HeaderValue, Request, Response};
+use http::{Request, Response};
 use hyper::body::Incoming;
 
-use super::answer::repr_digest;
 use super::pump::{Held, Pump, Streamed};
 use super::request::{extension, UploadKind, UploadRequest};
-use crate::body::{full, Body};
+use crate::body::Body;
 use crate::dedupe::{Claim, DedupeKey, MediaRef};
 use crate::error::GatewayError;
 use crate::metrics::DedupeResult;
@@ -275,14 +274,8 @@ async fn record(
     if let Some(t) = up.ticket.take() {
         t.settle(size);
     }
-    let media = MediaRef {
-        media_id: npath.to_string(),
-        size,
-        content_type: content_type.to_string(),
-        created_at: UNIX_EPOCH + Duration::from_millis(state.clock.unix_ms()),
-        caller: up.caller.clone(),
-        holders: vec![up.caller.clone()],
-    };
+    let now = state.clock.unix_ms();
+    let media = MediaRef::uploaded(npath.into(), size, content_type.into(), &up.caller, now);
     state.dedupe.put(key, media.clone()).await;
     if let Some(g) = up.leader.take() {
         g.complete(media);
@@ -298,13 +291,5 @@ fn npath_answer(npath: &str, sha256: &[u8; 32], trace: &str, deduplicated: bool)
         "traceId": trace,
         "deduplicated": deduplicated,
     });
-    let mut resp = Response::new(full(body.to_string()));
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    if let Ok(v) = HeaderValue::from_str(&repr_digest(sha256)) {
-        resp.headers_mut().insert("repr-digest", v);
-    }
-    resp
+    super::answer::with_digest(&body, sha256)
 }

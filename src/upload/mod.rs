@@ -368,15 +368,8 @@ async fn record(
         if let Some(t) = up.ticket.take() {
             t.settle(size);
         }
-        let media = MediaRef {
-            media_id: media_id.to_string(),
-            size,
-            content_type: part.content_type,
-            created_at: std::time::UNIX_EPOCH
-                + std::time::Duration::from_millis(state.clock.unix_ms()),
-            caller: up.caller.clone(),
-            holders: vec![up.caller.clone()],
-        };
+        let now = state.clock.unix_ms();
+        let media = MediaRef::uploaded(media_id.into(), size, part.content_type, &up.caller, now);
         state.dedupe.put(key, media.clone()).await;
         if let Some(g) = up.leader.take() {
             g.complete(media);
