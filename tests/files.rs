@@ -5,10 +5,8 @@
 
 mod support;
 
-use std::time::Duration;
-
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::io::AsyncWriteExt;
 
 const MIB: usize = 1024 * 1024;
 
@@ -124,38 +122,19 @@ async fn a_100_mib_file_gets_an_npath_with_bounded_memory_and_its_repeats_cost_n
 
 /// Sends only the head of a File Service upload with `Expect: 100-continue` and a claim.
 async fn expect_continue_file(gw: &Gateway, claim: &str, len: usize) -> String {
-    let addr = gw.url.trim_start_matches("http://").to_string();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /media/upload/file?filename=big.pdf HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
-         Content-Type: application/pdf\r\nContent-Length: {len}\r\nRepr-Digest: {claim}\r\nExpect: 100-continue\r\n\r\n"
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
-        .await
-        .unwrap()
-        .unwrap();
-    String::from_utf8_lossy(&buf[..n]).into_owned()
+    let headers = format!("Content-Type: application/pdf\r\nRepr-Digest: {claim}\r\n");
+    let path = "/media/upload/file?filename=big.pdf";
+    expect_continue_with(gw, ALPHA_KEY, path, len as u64, &headers).await
 }
 
 #[tokio::test]
 async fn over_100_mib_is_413_with_upload_limit_and_a_chunked_body_is_411_both_before_any_call() {
     let (sandbox, gw) = file_pair();
-    let addr = gw.url.trim_start_matches("http://").to_string();
-    let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
-    let head = format!(
-        "POST /media/upload/file?filename=big.pdf HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {ALPHA_KEY}\r\n\
-         Content-Type: application/pdf\r\nContent-Length: {}\r\nExpect: 100-continue\r\n\r\n",
-        100 * MIB + 1
-    );
-    tcp.write_all(head.as_bytes()).await.unwrap();
-    let mut buf = vec![0u8; 4096];
-    let n = tokio::time::timeout(Duration::from_secs(10), tcp.read(&mut buf))
+    let path = "/media/upload/file?filename=big.pdf";
+    let headers = "Content-Type: application/pdf\r\n";
+    let answer = expect_continue_with(&gw, ALPHA_KEY, path, 100 * MIB as u64 + 1, headers)
         .await
-        .unwrap()
-        .unwrap();
-    let answer = String::from_utf8_lossy(&buf[..n]).to_ascii_lowercase();
+        .to_ascii_lowercase();
     assert!(answer.starts_with("http/1.1 413"), "{answer}");
     assert!(
         answer.contains("upload-limit: max-size=104857600"),

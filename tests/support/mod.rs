@@ -598,12 +598,23 @@ impl Drop for RedisServer {
 /// Sends an upload head with `Content-Length: len` and `Expect: 100-continue` by `key` to
 /// `path` over a raw socket, and returns the first answer (no body byte is ever sent).
 pub async fn expect_continue(gw: &Gateway, key: &str, path: &str, len: u64) -> String {
+    expect_continue_with(gw, key, path, len, "Content-Type: image/jpeg\r\n").await
+}
+
+/// As `expect_continue`, with `headers` (whole lines, each ending in CRLF) in the head.
+pub async fn expect_continue_with(
+    gw: &Gateway,
+    key: &str,
+    path: &str,
+    len: u64,
+    headers: &str,
+) -> String {
     use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
     let addr = gw.url.trim_start_matches("http://").to_string();
     let mut tcp = tokio::net::TcpStream::connect(&addr).await.unwrap();
     let head = format!(
         "POST {path} HTTP/1.1\r\nHost: {addr}\r\nAuthorization: Bearer {key}\r\n\
-         Content-Type: image/jpeg\r\nContent-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
+         {headers}Content-Length: {len}\r\nExpect: 100-continue\r\n\r\n"
     );
     tcp.write_all(head.as_bytes()).await.unwrap();
     let mut buf = vec![0u8; 4096];
