@@ -133,17 +133,10 @@ async fn no_proxy_sends_the_corp_direct() {
 async fn check_config_names_a_ca_file_that_holds_no_certificate() {
     let dir = tempfile::tempdir().unwrap();
     std::fs::write(dir.path().join("not-a-ca.pem"), "just text\n").unwrap();
-    let path = dir.path().join("fxgate.toml");
     let bad = dir.path().join("not-a-ca.pem").display().to_string();
     let cfg = standard("https://open.fxiaoke.com").with(|c| c.corp().ca_file = Some(bad));
-    std::fs::write(&path, cfg.toml()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fxgate"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = check_config(dir.path(), &cfg);
+    assert_eq!(code, Some(2), "{err}");
     assert!(
         err.contains("corps.default.ca_file") && err.contains("no PEM certificate"),
         "{err}"

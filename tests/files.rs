@@ -546,18 +546,11 @@ async fn an_oauth_caller_asks_as_its_own_user_and_no_other() {
 #[tokio::test]
 async fn check_config_names_a_bad_upload_host_pattern() {
     let dir = tempfile::tempdir().unwrap();
-    let path = dir.path().join("fxgate.toml");
     let cfg = standard("sandbox").with(|c| {
         c.corp().file_upload_hosts = Some(vec!["*.fxiaoke.com".into(), "evil host/".into()])
     });
-    std::fs::write(&path, cfg.toml()).unwrap();
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_fxgate"))
-        .args(["check-config", "--config"])
-        .arg(&path)
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(2), "{err}");
+    let (code, err) = check_config(dir.path(), &cfg);
+    assert_eq!(code, Some(2), "{err}");
     assert!(err.contains("corps.default.file_upload_hosts"), "{err}");
 }
 

@@ -930,3 +930,18 @@ pub fn pattern_sha256(total: usize, seed: u8) -> String {
     }
     hex::encode(h.finalize())
 }
+
+/// `fxgate check-config` on `cfg` written into `dir`: its exit code and stderr.
+pub fn check_config(dir: &std::path::Path, cfg: &FileConfig) -> (Option<i32>, String) {
+    let path = dir.join("fxgate.toml");
+    std::fs::write(&path, cfg.toml()).unwrap();
+    let out = Command::new(env!("CARGO_BIN_EXE_fxgate"))
+        .args(["check-config", "--config"])
+        .arg(&path)
+        .output()
+        .unwrap();
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
