@@ -178,6 +178,8 @@ struct Row {
     latencies: Vec<Duration>,
     bytes: u64,
     cpu: f64,
+    /// CPU seconds of processes the proxy depends on (redis-server for fxgate-redis).
+    side_cpu: f64,
     peak_rss_kib: u64,
     /// Busy and total CPU seconds of the whole machine during the row.
     machine_busy: f64,
@@ -206,6 +208,9 @@ impl Row {
     fn cpu_ms_per_req(&self) -> f64 {
         self.cpu * 1e3 / (self.requests - self.errors).max(1) as f64
     }
+    fn side_us_per_req(&self) -> f64 {
+        self.side_cpu * 1e6 / (self.requests - self.errors).max(1) as f64
+    }
     /// Adds a later round of the same workload and target.
     fn merge(&mut self, other: Row) {
         self.requests += other.requests;
@@ -215,6 +220,7 @@ impl Row {
         self.latencies.sort();
         self.bytes += other.bytes;
         self.cpu += other.cpu;
+        self.side_cpu += other.side_cpu;
         self.peak_rss_kib = self.peak_rss_kib.max(other.peak_rss_kib);
         self.machine_busy += other.machine_busy;
         self.machine_total += other.machine_total;
@@ -226,7 +232,7 @@ impl Row {
 }
 
 /// Runs `make(i)` with `concurrency` workers for `secs` (at most `max` requests), measuring the
-/// CPU and peak RSS of `pids`.
+/// CPU and peak RSS of `pids`, and the CPU of `side` (a store the proxy uses).
 // Each argument is one knob of a workload; a struct would only rename them.
 #[allow(clippy::too_many_arguments)]
 async fn drive(
@@ -237,6 +243,7 @@ async fn drive(
     secs: f64,
     max: u64,
     pids: &[u32],
+    side: &[u32],
     make: Arc<dyn Fn(u64) -> (http::Request<ReqBody>, u64) + Send + Sync>,
 ) -> Row {
     let next = Arc::new(AtomicU64::new(0));
@@ -244,6 +251,7 @@ async fn drive(
     let bytes = Arc::new(AtomicU64::new(0));
     let deadline = Instant::now() + Duration::from_secs_f64(secs);
     let cpu0 = procs::cpu_secs(pids);
+    let side0 = procs::cpu_secs(side);
     let machine0 = procs::machine_secs();
     let sampling = Arc::new(AtomicU64::new(1));
     let peak = Arc::new(AtomicU64::new(0));
@@ -319,6 +327,7 @@ async fn drive(
         latencies,
         bytes: bytes.load(Ordering::Relaxed),
         cpu: procs::cpu_secs(pids) - cpu0,
+        side_cpu: procs::cpu_secs(side) - side0,
         peak_rss_kib: peak.load(Ordering::Relaxed),
         machine_busy: procs::machine_secs().0 - machine0.0,
         machine_total: procs::machine_secs().1 - machine0.1,
@@ -505,6 +514,11 @@ fn main() {
             tuned.as_ref().map(|n| n.pids())
         );
         let only = std::env::var("FXGATE_BENCH_ONLY").unwrap_or_default();
+        // redis-server's CPU is counted beside fxgate-redis's own: it is the cost of that row.
+        let redis_pids: Vec<u32> = redis.as_ref().map(|r| vec![r.pid()]).unwrap_or_default();
+        let side = |name: &str| -> Vec<u32> {
+            if name == "fxgate-redis" { redis_pids.clone() } else { Vec::new() }
+        };
         let via = |name: &'static str, base: &str, fx: Option<(String, String)>| Target {
             name,
             base: base.to_string(),
@@ -535,7 +549,7 @@ fn main() {
         // Warm-up: fxgate's token, pooled connections everywhere.
         for (t, pids) in targets.iter().chain(&redis_target) {
             let (t2, s2, n2) = (t.clone(), small.clone(), seed_n.clone());
-            drive(&http, t.name, "warm-up", 8, 1.0, 200, pids,
+            drive(&http, t.name, "warm-up", 8, 1.0, 200, pids, &[],
                 Arc::new(move |_| (upload(&t2, n2.fetch_add(1, Ordering::Relaxed), &s2, None), 10 * 1024)),
             )
             .await;
@@ -570,7 +584,7 @@ fn main() {
                     let (t2, l2, n2) = (t.clone(), load.clone(), seed_n.clone());
                     // The direct row measures the sink itself; the proxies' rows their own
                     // processes.
-                    let row = drive(&http, t.name, label, conc, secs / rounds as f64, 1_000_000, pids,
+                    let row = drive(&http, t.name, label, conc, secs / rounds as f64, 1_000_000, pids, &side(t.name),
                         Arc::new(move |_| l2.request(&t2, n2.fetch_add(1, Ordering::Relaxed))),
                     )
                     .await;
@@ -604,7 +618,7 @@ fn main() {
                 };
                 let base = t.base.clone();
                 let row = drive(&http, t.name, "dedupe hit by digest (headers only), c=64", 64, secs,
-                    1_000_000, &pids, Arc::new(move |_| (claim(&base, &known), 0)),
+                    1_000_000, &pids, &side(t.name), Arc::new(move |_| (claim(&base, &known), 0)),
                 )
                 .await;
                 if let Some(a) = &admin {
@@ -632,7 +646,7 @@ fn main() {
             for (t, pids) in &targets {
                 let (t2, b2, n2) = (t.clone(), big.clone(), seed_n.clone());
                 slow_rows.push(
-                    drive(&http, t.name, "256 slow 5 MiB uploads (~1 MiB/s each)", 256, 0.5, 256, pids,
+                    drive(&http, t.name, "256 slow 5 MiB uploads (~1 MiB/s each)", 256, 0.5, 256, pids, &[],
                         Arc::new(move |_| {
                             let pace = Some(Duration::from_millis(62));
                             (upload(&t2, n2.fetch_add(1, Ordering::Relaxed), &b2, pace), 5 * MIB as u64)
@@ -849,6 +863,15 @@ fn report_redis(rows: &[Row], round_trips: &[(&str, f64)]) {
             println!(
                 "| {what}: redis/memory req/s | {ratio:.2} | ≥ 0.8 | {} |",
                 if ratio >= 0.8 { "yes" } else { "**no**" }
+            );
+            let (mem_us, fx_us, redis_us) = (
+                m.cpu_ms_per_req() * 1e3,
+                r.cpu_ms_per_req() * 1e3,
+                r.side_us_per_req(),
+            );
+            println!(
+                "| {what}: CPU per request, µs: fxgate (memory) {mem_us:.1}; fxgate (redis) {fx_us:.1} + redis-server {redis_us:.1} = {:.1} | – | – | – |",
+                fx_us + redis_us
             );
         }
     }
