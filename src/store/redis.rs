@@ -11,9 +11,9 @@
 //! Key names (all under `store.key_prefix`, default `fxgate`) are listed in docs/operations.md.
 
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use arc_swap::ArcSwapOption;
 use parking_lot::Mutex;
@@ -89,6 +89,9 @@ pub struct Redis {
     warned: [AtomicU64; 8],
     born: Instant,
     last_error: Mutex<Option<String>>,
+    /// Redis's clock less this host's (ms), as last measured: what makes times this process
+    /// writes for others to read (the budget's call log) agree with every other replica's.
+    clock_offset_ms: AtomicI64,
     prefix: String,
     timeout: Duration,
     metrics: Metrics,
@@ -115,6 +118,7 @@ impl Redis {
             warned: Default::default(),
             born: Instant::now(),
             last_error: Mutex::new(None),
+            clock_offset_ms: AtomicI64::new(0),
             prefix: cfg.key_prefix.clone(),
             timeout: cfg.timeout,
             metrics,
@@ -146,10 +150,32 @@ impl Redis {
         // Sentinel: the master may have moved since the last connection.
         self.source.resolve(self.timeout).await?;
         let conn = self.open().await?;
+        let before = host_ms();
+        let time: (i64, i64) = redis::cmd("TIME")
+            .query_async(&mut conn.clone())
+            .await
+            .map_err(|e| StoreError::Redis(e.to_string()))?;
+        self.set_clock(before, time);
         self.conn.store(Some(Arc::new(conn)));
         self.up.store(true, Ordering::Release);
         *self.last_error.lock() = None;
         Ok(())
+    }
+
+    /// Takes Redis's answer to `TIME` (seconds, microseconds), asked at `before` on this
+    /// host's clock and answered now, as the offset between the two clocks.
+    fn set_clock(&self, before: i64, (secs, micros): (i64, i64)) {
+        // Halfway through the round trip is when Redis most likely read its clock.
+        let mid = (before + host_ms()) / 2;
+        let offset = secs * 1000 + micros / 1000 - mid;
+        self.clock_offset_ms.store(offset, Ordering::Relaxed);
+    }
+
+    /// Now on Redis's clock (ms since the Unix epoch), as this host reckons it from the last
+    /// measurement (at connect, then with every probe): every replica's times agree within
+    /// a round trip, whatever their own clocks say, without asking Redis per call.
+    pub fn clock_ms(&self) -> i64 {
+        host_ms() + self.clock_offset_ms.load(Ordering::Relaxed)
     }
 
     fn mark_down(&self, why: &str) {
@@ -320,6 +346,13 @@ impl Redis {
     }
 }
 
+/// This host's clock, ms since the Unix epoch.
+fn host_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
 /// Builds what `serve` would connect with (the URL or the sentinels or the nodes, the
 /// credentials, the TLS files), without connecting: `check-config` calls it, so a file that
 /// does not parse fails there rather than at start. Errors never repeat a URL.
@@ -338,18 +371,26 @@ async fn supervise(weak: Weak<Redis>) {
                 _ = tokio::time::sleep(PING_INTERVAL) => {
                     // A write, with the process's own key: a Redis that answers PING can
                     // still refuse every write (full, read-only, an ACL without it).
+                    // Redis's clock rides along, for `clock_ms`.
                     let key = this.key(Tag::Own, &["probe", &this.owner]);
-                    let _ = this
+                    let before = host_ms();
+                    let probed = this
                         .run("store", "probe", |mut c| async move {
-                            redis::cmd("SET")
+                            redis::pipe()
+                                .cmd("SET")
                                 .arg(&key)
                                 .arg(1)
                                 .arg("PX")
                                 .arg(PING_INTERVAL.as_millis() as u64 * 3)
-                                .query_async::<()>(&mut c)
+                                .ignore()
+                                .cmd("TIME")
+                                .query_async::<((i64, i64),)>(&mut c)
                                 .await
                         })
                         .await;
+                    if let Ok((time,)) = probed {
+                        this.set_clock(before, time);
+                    }
                 }
             }
         } else {
