@@ -64,11 +64,11 @@ async fn a_full_redis_is_visible() {
     );
     assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "1"]), "OK");
     visible(&gw, "oom").await;
-    // The upload `visible` made met the full Redis inside the budget's transaction, which
-    // Redis aborts (EXECABORT): counted by what Redis refused, not as `other`.
+    // The upload `visible` made was recorded in one MULTI, which the full Redis aborts
+    // (EXECABORT): counted by what Redis refused, not as `other`.
     let m = gw.metrics().await;
-    let budget = r#"fxgate_store_errors_total{kind="oom",op="window",store="budget"}"#;
-    assert!(metric(&m, budget) >= 1.0, "{m}");
+    let record = r#"fxgate_store_errors_total{kind="oom",op="put",store="dedupe"}"#;
+    assert!(metric(&m, record) >= 1.0, "{m}");
     // Back to normal: the probe finds out, and the store is healthy again.
     assert_eq!(redis.cli(&["CONFIG", "SET", "maxmemory", "0"]), "OK");
     gw.until_store_ok().await;

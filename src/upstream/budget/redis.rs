@@ -1,36 +1,68 @@
 //! `RedisBudget`: the corp's allowance at Fxiaoke counted in Redis, one budget for every
-//! replica. Keys (under `store.key_prefix`, tagged by corp: one transaction's keys share a
-//! Cluster slot):
+//! replica. One Lua script decides each call (atomic in Redis). Keys (under
+//! `store.key_prefix`, tagged by corp: the script's keys share a Cluster slot):
 //!
-//! * `budget:{interface}` — sorted set of call times in the last 20 s, on Redis's clock
-//!   (`Redis::clock_ms`, so replicas whose own clocks disagree still share one window).
+//! * `budget:{interface}` — sorted set of call times in the last 20 s, on Redis' clock as each
+//!   replica reckons it (`Redis::clock_ms`: replicas whose own clocks disagree still share one
+//!   window).
 //! * `budget-daily:{cst_day}` — calls today (expires after two days).
 //!
-//! A call is taken optimistically, in one `MULTI` without a script: the guard is read, the
-//! call is logged and counted, and the transaction answers the window's size and today's
-//! count with it. A call the answer shows over a limit (or a guard that held) is then taken
-//! back. So a refusal or a guard that held costs a second round trip, while a granted call
-//! costs one, at about 40 % of a Lua script's Redis CPU (each `redis.call` from Lua costs more
-//! than the command it runs; docs/benchmarks.md). Never more than the limit is granted: each
-//! granted call saw itself within it. A call that is taken back may, for the moment it was
-//! counted, refuse another; a take-back that fails leaves a call counted that was not made.
-//! Both err on Fxiaoke's side.
+//! Each `redis.call` from Lua costs Redis more than the command it runs, so the script makes
+//! as few as a decision needs (docs/benchmarks.md): the time comes with the call instead of
+//! from `TIME`, the window is counted with `ZCOUNT` over its last 20 s, and calls that left it
+//! are pruned on one call in `PRUNE_EVERY` (and whenever the window is full), not on each.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, LazyLock};
 use std::time::Duration;
 
-use redis::Value;
+use redis::Script;
 
 use super::{BudgetAnswer, BudgetStore, Call, Guarded};
 use crate::clock::cst_day;
 use crate::store::{Redis, StoreError, StoreFuture, Tag};
 
-/// The window, in ms, and how long its log outlives its last call.
-const WINDOW_MS: i64 = 20_000;
-const LOG_TTL_MS: i64 = 21_000;
-/// How long a day's count is kept: past the day, for `/admin` and the gauge.
-const DAY_TTL_SECS: u64 = 172_800;
+/// One call in this many from a process also removes the calls that left the window (the
+/// log holds at most this many stale entries per replica beyond the window's own).
+const PRUNE_EVERY: u64 = 16;
+
+/// With a guard (KEYS[3]) that holds a value: nothing is taken, and the value is the answer
+/// (the file is recorded already: no call is needed). Then the daily budget (KEYS[2], limit
+/// ARGV[3], 0 = none), then the 20 s window (KEYS[1], limit ARGV[1]; calls after ARGV[5],
+/// which is `(` and the window's start). ARGV[2] names the call, ARGV[4] is now (ms), ARGV[6]
+/// is 1 to prune. Answers {ms to wait or 0, 1 if the day is spent (2: the guard held), calls
+/// left today or -1, the guard's value}.
+static BUDGET: LazyLock<Script> = LazyLock::new(|| {
+    Script::new(
+        r#"
+if #KEYS == 3 then
+  local held = redis.call('GET', KEYS[3])
+  if held then return {0, 2, 0, held} end
+end
+local now = tonumber(ARGV[4])
+local daily = tonumber(ARGV[3])
+local used = 0
+if daily > 0 then
+  used = tonumber(redis.call('GET', KEYS[2]) or '0')
+  if used >= daily then return {1, 1, 0, false} end
+end
+if ARGV[6] == '1' then redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 20000) end
+if redis.call('ZCOUNT', KEYS[1], ARGV[5], '+inf') >= tonumber(ARGV[1]) then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now - 20000)
+  local oldest = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+  return {math.max(1, tonumber(oldest[2]) + 20000 - now), 0, daily > 0 and daily - used or -1, false}
+end
+redis.call('ZADD', KEYS[1], now, ARGV[2])
+redis.call('PEXPIRE', KEYS[1], 21000)
+if daily > 0 then
+  redis.call('INCR', KEYS[2])
+  redis.call('EXPIRE', KEYS[2], 172800)
+  return {0, 0, daily - used - 1, false}
+end
+return {0, 0, -1, false}
+"#,
+    )
+});
 
 /// The budget shared by replicas; cheap to clone.
 #[derive(Debug, Clone)]
@@ -40,13 +72,6 @@ pub struct RedisBudget {
     /// number (unique without drawing randomness per call).
     me: Arc<str>,
     seq: Arc<AtomicU64>,
-}
-
-/// What the transaction answered.
-struct Taken {
-    held: Option<String>,
-    in_window: i64,
-    today: Option<i64>,
 }
 
 impl RedisBudget {
@@ -59,7 +84,7 @@ impl RedisBudget {
         }
     }
 
-    /// Takes `call`, unless `guard` holds a value; gives it back when the answer is no.
+    /// Takes `call`, unless `guard` holds a value: one round trip either way.
     async fn take_call(&self, call: Call<'_>, guard: Option<&str>) -> Result<Guarded, StoreError> {
         let Call {
             corp,
@@ -71,119 +96,39 @@ impl RedisBudget {
         let day = cst_day(unix_secs).0.to_string();
         let window = self.redis.key(Tag::Corp(corp), &["budget", interface]);
         let day = self.redis.key(Tag::Corp(corp), &["budget-daily", &day]);
-        let member = format!("{}:{}", self.me, self.seq.fetch_add(1, Ordering::Relaxed));
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed);
+        let member = format!("{}:{seq}", self.me);
         let now = self.redis.clock_ms();
-        let taken = self.log(&window, &day, &member, now, daily, guard).await?;
-        let over_day = matches!((taken.today, daily), (Some(n), Some(d)) if n > d as i64);
-        if taken.held.is_none() && !over_day && taken.in_window <= i64::from(per_20s) {
-            let left = match (taken.today, daily) {
-                (Some(n), Some(d)) => Some(d.saturating_sub(n as u64)),
-                _ => None,
-            };
-            return Ok(Guarded::Answer(BudgetAnswer::Taken(left)));
-        }
-        let oldest = self.give_back(&window, &day, &member, daily).await?;
-        Ok(match taken.held {
-            Some(value) => Guarded::Held(value),
-            None if over_day => Guarded::Answer(BudgetAnswer::DaySpent),
-            None => {
-                let wait = oldest.map_or(1, |at| (at + WINDOW_MS - now).max(1));
-                Guarded::Answer(BudgetAnswer::Window(Duration::from_millis(wait as u64)))
-            }
-        })
-    }
-
-    /// One transaction: the guard's value, then the call logged in the window and counted
-    /// today, with the sizes of both after it.
-    async fn log(
-        &self,
-        window: &str,
-        day: &str,
-        member: &str,
-        now: i64,
-        daily: Option<u64>,
-        guard: Option<&str>,
-    ) -> Result<Taken, StoreError> {
-        let mut tx = redis::pipe();
-        tx.atomic();
-        if let Some(g) = guard {
-            tx.cmd("GET").arg(g);
-        }
-        tx.cmd("ZREMRANGEBYSCORE")
-            .arg(window)
-            .arg("-inf")
-            .arg(now - WINDOW_MS)
-            .ignore()
-            .cmd("ZADD")
-            .arg(window)
-            .arg(now)
-            .arg(member)
-            .ignore()
-            .cmd("ZCARD")
-            .arg(window)
-            .cmd("PEXPIRE")
-            .arg(window)
-            .arg(LOG_TTL_MS)
-            .ignore();
-        if daily.is_some() {
-            tx.cmd("INCR")
-                .arg(day)
-                .cmd("EXPIRE")
-                .arg(day)
-                .arg(DAY_TTL_SECS)
-                .ignore();
-        }
-        let answers: Vec<Value> = self
+        let since = format!("({}", now - 20_000);
+        let prune = u8::from(seq % PRUNE_EVERY == 0);
+        let (wait, spent, left, held): (i64, i64, i64, Option<String>) = self
             .redis
             .run("budget", "window", |mut c| async move {
-                tx.query_async(&mut c).await
+                let mut script = BUDGET.key(&window);
+                script.key(&day);
+                if let Some(g) = guard {
+                    script.key(g);
+                }
+                script
+                    .arg(per_20s)
+                    .arg(&member)
+                    .arg(daily.unwrap_or(0))
+                    .arg(now)
+                    .arg(&since)
+                    .arg(prune)
+                    .invoke_async(&mut c)
+                    .await
             })
             .await?;
-        let mut it = answers.into_iter();
-        let mut next = || it.next().ok_or_else(|| malformed("too few answers"));
-        let held = match guard {
-            Some(_) => redis::from_redis_value(next()?).map_err(malformed)?,
-            None => None,
-        };
-        let in_window = redis::from_redis_value(next()?).map_err(malformed)?;
-        let today = match daily {
-            Some(_) => Some(redis::from_redis_value(next()?).map_err(malformed)?),
-            None => None,
-        };
-        Ok(Taken {
-            held,
-            in_window,
-            today,
+        Ok(match (held, spent) {
+            (Some(value), _) => Guarded::Held(value),
+            (None, 1) => Guarded::Answer(BudgetAnswer::DaySpent),
+            (None, _) if wait > 0 => {
+                Guarded::Answer(BudgetAnswer::Window(Duration::from_millis(wait as u64)))
+            }
+            (None, _) => Guarded::Answer(BudgetAnswer::Taken((left >= 0).then_some(left as u64))),
         })
     }
-
-    /// Takes the call back (the window and today), answering the window's oldest call time.
-    async fn give_back(
-        &self,
-        window: &str,
-        day: &str,
-        member: &str,
-        daily: Option<u64>,
-    ) -> Result<Option<i64>, StoreError> {
-        let mut tx = redis::pipe();
-        tx.atomic();
-        tx.cmd("ZREM").arg(window).arg(member).ignore();
-        if daily.is_some() {
-            tx.cmd("DECR").arg(day).ignore();
-        }
-        tx.cmd("ZRANGE").arg(window).arg(0).arg(0).arg("WITHSCORES");
-        let (oldest,): (Vec<(String, f64)>,) = self
-            .redis
-            .run("budget", "give_back", |mut c| async move {
-                tx.query_async(&mut c).await
-            })
-            .await?;
-        Ok(oldest.first().map(|(_, at)| *at as i64))
-    }
-}
-
-fn malformed(e: impl std::fmt::Display) -> StoreError {
-    StoreError::Redis(format!("budget transaction: unexpected answer: {e}"))
 }
 
 impl BudgetStore for RedisBudget {
