@@ -110,6 +110,48 @@ fn upload(
     b.body(body).expect("request")
 }
 
+/// The head and tail of a three-frame upload of `len` bytes (a JPEG; the counter between them
+/// makes each upload distinct without copying either).
+fn split_parts(len: usize) -> Arc<(Bytes, Bytes)> {
+    let file = len - 16;
+    let mut head = format!(
+        "--{BOUNDARY}\r\nContent-Disposition: form-data; name=\"media\"; filename=\"b.jpg\"\r\nContent-Type: image/jpeg\r\n\r\n"
+    )
+    .into_bytes();
+    head.extend_from_slice(&[0xFF, 0xD8, 0xFF, 0xE0]);
+    head.resize(head.len() + file / 2 - 4, 0x42);
+    let mut tail = vec![0x42u8; file - file / 2];
+    tail.extend_from_slice(format!("\r\n--{BOUNDARY}--\r\n").as_bytes());
+    Arc::new((Bytes::from(head), Bytes::from(tail)))
+}
+
+/// A multipart upload sent as head, a 16-byte counter, tail.
+fn split_upload(target: &Target, n: u64, parts: &(Bytes, Bytes)) -> http::Request<ReqBody> {
+    let mut counter = [0u8; 16];
+    counter[..8].copy_from_slice(&n.to_le_bytes());
+    let len = parts.0.len() + 16 + parts.1.len();
+    let body = StreamBody::new(futures_util::stream::iter(
+        [
+            parts.0.clone(),
+            Bytes::copy_from_slice(&counter),
+            parts.1.clone(),
+        ]
+        .into_iter()
+        .map(|b| Ok(Frame::data(b))),
+    ))
+    .boxed();
+    let mut b = http::Request::post(target.url())
+        .header(
+            "content-type",
+            format!("multipart/form-data; boundary={BOUNDARY}"),
+        )
+        .header("content-length", len);
+    if target.fx.is_none() {
+        b = b.header("authorization", format!("Bearer {}", procs::BENCH_KEY));
+    }
+    b.body(body).expect("request")
+}
+
 /// A large file of `shared.len() + 16` bytes, distinct by `n`: to fxgate as a File Service
 /// upload (raw body, `/media/upload/file`), to the baselines as a CRM document (multipart,
 /// `/media/upload?type=document`: the sink reads every byte of both and keeps none).
@@ -431,6 +473,10 @@ async fn store_calls(http: &Http, admin: &str) -> f64 {
 #[derive(Clone)]
 enum Load {
     Upload(Bytes, u64),
+    /// The same upload as three frames: the head (multipart head and the file's first half),
+    /// a 16-byte counter, the tail (the second half and the closing delimiter), the shape of
+    /// an independent harness's client (issue 31).
+    Split(Arc<(Bytes, Bytes)>, u64),
     /// A File Service upload (fxgate) or a CRM document (the baselines).
     File(Bytes),
     Json,
@@ -440,6 +486,7 @@ impl Load {
     fn request(&self, target: &Target, n: u64) -> (http::Request<ReqBody>, u64) {
         match self {
             Load::Upload(body, size) => (upload(target, n, body, None), *size),
+            Load::Split(parts, size) => (split_upload(target, n, parts), *size),
             Load::File(body) => (large_file(target, n, body), 16 + body.len() as u64),
             Load::Json => json_call(target, n),
         }
@@ -487,7 +534,16 @@ fn main() {
         .build()
         .expect("runtime");
     rt.block_on(async move {
-        let sink = procs::Sandbox::spawn(&["--discard", "--no-path-limit"]);
+        // FXGATE_BENCH_SINK=plain: a sink that reads each upload's frames and discards them
+        // unparsed (an independent harness's sink) instead of parsing the multipart body.
+        let plain = std::env::var("FXGATE_BENCH_SINK").is_ok_and(|s| s == "plain");
+        let sink_args: &[&str] = if plain {
+            &["--discard", "--plain", "--no-path-limit"]
+        } else {
+            &["--discard", "--no-path-limit"]
+        };
+        eprintln!("sink: {}", if plain { "plain (frames read and discarded)" } else { "multipart (parsed, bytes counted)" });
+        let sink = procs::Sandbox::spawn(sink_args);
         let mut conn = HttpConnector::new();
         conn.set_nodelay(true);
         let http: Http = Client::builder(TokioExecutor::new())
@@ -543,6 +599,7 @@ fn main() {
         }
 
         let big = Bytes::from(vec![0x42u8; 5 * MIB - 12]);
+        let split = split_parts(5 * MIB);
         let huge = Bytes::from(vec![0x42u8; 100 * MIB - 16]);
         let small = Bytes::from(vec![0x42u8; 10 * 1024 - 12]);
         let seed_n = Arc::new(AtomicU64::new(1));
@@ -561,6 +618,9 @@ fn main() {
             ("5 MiB upload, c=1", Load::Upload(big.clone(), 5 * MIB as u64), 1usize),
             ("5 MiB upload, c=16", Load::Upload(big.clone(), 5 * MIB as u64), 16),
             ("5 MiB upload, c=64", Load::Upload(big.clone(), 5 * MIB as u64), 64),
+            ("5 MiB upload in 3 frames, c=1", Load::Split(split.clone(), 5 * MIB as u64), 1),
+            ("5 MiB upload in 3 frames, c=16", Load::Split(split.clone(), 5 * MIB as u64), 16),
+            ("5 MiB upload in 3 frames, c=64", Load::Split(split.clone(), 5 * MIB as u64), 64),
             ("10 KiB upload, c=64", Load::Upload(small.clone(), 10 * 1024), 64),
             ("1 KiB JSON call (/cgi/crm/v2/data/query), c=64", Load::Json, 64),
             ("100 MiB file (File Service), c=1", Load::File(huge.clone()), 1),
@@ -734,6 +794,9 @@ fn report(rows: &[Row], slow: &[Row], sha: f64, secs: f64, rounds: usize) {
         "5 MiB upload, c=1",
         "5 MiB upload, c=16",
         "5 MiB upload, c=64",
+        "5 MiB upload in 3 frames, c=1",
+        "5 MiB upload in 3 frames, c=16",
+        "5 MiB upload in 3 frames, c=64",
         "100 MiB file (File Service), c=1",
     ] {
         let Some(f) = find(rows, "fxgate", w) else {

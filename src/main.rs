@@ -71,6 +71,9 @@ enum Command {
         /// Read and count uploads but neither hash nor keep them (a benchmark sink).
         #[arg(long)]
         discard: bool,
+        /// With --discard: read each upload's frames and discard them unparsed (benchmarks).
+        #[arg(long, requires = "discard")]
+        plain: bool,
         /// Lift Fxiaoke's per-interface limit (100 calls per 20 s per path) for benchmarks.
         #[arg(long)]
         no_path_limit: bool,
@@ -124,6 +127,7 @@ fn main() -> ExitCode {
             message_max_bytes,
             document_max_bytes,
             discard,
+            plain,
             no_path_limit,
         } => {
             fxgate::telemetry::init_logs(
@@ -143,6 +147,7 @@ fn main() -> ExitCode {
                 message_max_bytes,
                 document_max_bytes,
                 discard,
+                plain,
                 per_path_limit: (!no_path_limit).then_some(100),
                 clock: fxgate::clock::SystemClock::shared(),
             };

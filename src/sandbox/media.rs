@@ -47,6 +47,11 @@ pub(super) async fn upload(state: &State, req: Request<Incoming>, route: Route) 
         Ok(req) => req,
         Err(resp) => return resp,
     };
+    if state.opts.plain {
+        // Neither parsed nor checked: only as much work as reading costs.
+        read_rest(&mut req.into_body()).await;
+        return keep(state, Media::unread(route.label())).await;
+    }
     let boundary = req
         .headers()
         .get(header::CONTENT_TYPE)

@@ -53,6 +53,9 @@ pub struct SandboxOptions {
     pub document_max_bytes: u64,
     /// Read and count uploaded bytes, but neither hash nor keep them (a benchmark sink).
     pub discard: bool,
+    /// Read a media upload's body frame by frame and discard it without parsing it (with
+    /// `discard`: a benchmark sink as cheap as a plain hyper server that reads and discards).
+    pub plain: bool,
     /// Fxiaoke's per-interface limit on `/cgi/` business calls (100 per 20 s per path,
     /// answered 14001 beyond); `None` lifts it (benchmarks).
     pub per_path_limit: Option<u32>,
@@ -71,6 +74,7 @@ impl Default for SandboxOptions {
             message_max_bytes: 5 * 1024 * 1024,
             document_max_bytes: 20 * 1024 * 1024,
             discard: false,
+            plain: false,
             per_path_limit: Some(100),
             clock: SystemClock::shared(),
         }

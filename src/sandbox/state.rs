@@ -202,6 +202,18 @@ pub(super) struct Media {
 }
 
 impl Media {
+    /// What a plain sink answers for: a body read and discarded, unparsed.
+    pub(super) fn unread(route: &'static str) -> Self {
+        Self {
+            bytes: Bytes::new(),
+            sha256: [0; 32],
+            size: 0,
+            filename: String::new(),
+            content_type: None,
+            route,
+        }
+    }
+
     pub(super) fn describe(&self, id: &str) -> serde_json::Value {
         serde_json::json!({
             "mediaId": id,
