@@ -98,32 +98,53 @@ impl RedisStore {
     }
 }
 
+/// An entry as stored: compact JSON, its fields in this order (the order earlier releases
+/// wrote, so both read each other's entries and `ADD_HOLDER` finds `"holders":[` as before).
+#[derive(serde::Serialize)]
+struct Stored<'a> {
+    caller: &'a str,
+    content_type: &'a str,
+    created_at_ms: u64,
+    holders: &'a [String],
+    media_id: &'a str,
+    size: u64,
+}
+
+#[derive(serde::Deserialize)]
+struct Read {
+    caller: String,
+    content_type: String,
+    created_at_ms: u64,
+    holders: Vec<String>,
+    media_id: String,
+    size: u64,
+}
+
 fn encode(m: &MediaRef) -> String {
-    serde_json::json!({
-        "media_id": m.media_id,
-        "size": m.size,
-        "content_type": m.content_type,
-        "created_at_ms": m.created_at.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64),
-        "caller": m.caller,
-        "holders": m.holders,
-    })
-    .to_string()
+    let stored = Stored {
+        caller: &m.caller,
+        content_type: &m.content_type,
+        created_at_ms: m
+            .created_at
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64),
+        holders: &m.holders,
+        media_id: &m.media_id,
+        size: m.size,
+    };
+    // Strings and numbers only: serialising cannot fail.
+    serde_json::to_string(&stored).unwrap_or_default()
 }
 
 fn decode(s: &str) -> Option<MediaRef> {
-    let v: serde_json::Value = serde_json::from_str(s).ok()?;
+    let r: Read = serde_json::from_str(s).ok()?;
     Some(MediaRef {
-        media_id: v.get("media_id")?.as_str()?.to_string(),
-        size: v.get("size")?.as_u64()?,
-        content_type: v.get("content_type")?.as_str()?.to_string(),
-        created_at: UNIX_EPOCH + Duration::from_millis(v.get("created_at_ms")?.as_u64()?),
-        caller: v.get("caller")?.as_str()?.to_string(),
-        holders: v
-            .get("holders")?
-            .as_array()?
-            .iter()
-            .filter_map(|h| h.as_str().map(str::to_string))
-            .collect(),
+        media_id: r.media_id,
+        size: r.size,
+        content_type: r.content_type,
+        created_at: UNIX_EPOCH + Duration::from_millis(r.created_at_ms),
+        caller: r.caller,
+        holders: r.holders,
     })
 }
 
@@ -250,5 +271,39 @@ impl DedupeStore for RedisStore {
                 },
             )
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> MediaRef {
+        MediaRef {
+            media_id: "m\"1".into(),
+            size: 10_240,
+            content_type: "image/jpeg".into(),
+            created_at: UNIX_EPOCH + Duration::from_millis(1_764_000_000_123),
+            caller: "svc-\"holders\":[".into(),
+            holders: vec!["b".into(), "svc".into()],
+        }
+    }
+
+    #[test]
+    fn an_entry_is_written_as_earlier_releases_wrote_it_and_reads_back() {
+        let m = entry();
+        // What releases before the typed encoding wrote (a JSON map: its keys sorted).
+        let earlier = serde_json::json!({
+            "media_id": m.media_id,
+            "size": m.size,
+            "content_type": m.content_type,
+            "created_at_ms": 1_764_000_000_123u64,
+            "caller": m.caller,
+            "holders": m.holders,
+        })
+        .to_string();
+        assert_eq!(encode(&m), earlier);
+        assert_eq!(decode(&earlier), Some(m));
+        assert_eq!(decode("{\"media_id\":1}"), None);
     }
 }

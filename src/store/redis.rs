@@ -260,11 +260,27 @@ impl Redis {
     /// every key one script or transaction touches carries the same tag, so in a Cluster
     /// they share a slot.
     pub fn key(&self, tag: Tag<'_>, parts: &[&str]) -> String {
-        let mut k = format!("{}:{KEY_SCHEMA}", self.prefix);
-        match tag {
-            Tag::Corp(name) => k.push_str(&format!(":{{corp:{}}}", tag_safe(name))),
-            Tag::Client(name) => k.push_str(&format!(":{{client:{}}}", tag_safe(name))),
-            Tag::Own => {}
+        // Built in place, once per command: this runs on every request that touches Redis.
+        let (kind, name) = match tag {
+            Tag::Corp(name) => ("corp:", tag_safe(name)),
+            Tag::Client(name) => ("client:", tag_safe(name)),
+            Tag::Own => ("", "".into()),
+        };
+        let len = self.prefix.len()
+            + KEY_SCHEMA.len()
+            + 4
+            + kind.len()
+            + name.len()
+            + parts.iter().map(|p| p.len() + 1).sum::<usize>();
+        let mut k = String::with_capacity(len);
+        k.push_str(&self.prefix);
+        k.push(':');
+        k.push_str(KEY_SCHEMA);
+        if !kind.is_empty() {
+            k.push_str(":{");
+            k.push_str(kind);
+            k.push_str(&name);
+            k.push('}');
         }
         for p in parts {
             k.push(':');
