@@ -588,3 +588,48 @@ async fn a_chunked_body_sized_by_upload_length_is_taken_and_held_to_it() {
         "only the first: {alpha}"
     );
 }
+
+/// Uploads held up by a slow File Service hold a bounded amount each: the caller's reads go
+/// upstream in bursts of three (`transport::FILE_BURST`), so a held-up upload holds a burst
+/// being gathered, one queued and hyper's write queue, not more.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn uploads_held_up_by_a_slow_file_service_cost_at_most_600_kib_each() {
+    let (sandbox, gw) = pair(&[], |c| {
+        c.corp().file_service_user = some("FSUID_FILES");
+        c.corp().upstream_timeout = some("30s");
+    });
+    // Warm: the pools, the token, the allocator's first arenas.
+    let (status, _, body) = upload(&gw, "filename=w.pdf", 300_000, 1, &[]).await;
+    assert_eq!(status, 200, "{body}");
+    sandbox
+        .faults(Faults {
+            upload_read_kib_per_sec: 2048,
+            ..Faults::default()
+        })
+        .await;
+    let n = 32usize;
+    let before = gw.rss_kib();
+    let tasks = (0..n).map(|i| {
+        let gw_url = file_url(&gw, &format!("filename=f{i}.pdf"));
+        tokio::spawn(async move {
+            client()
+                .post(gw_url)
+                .bearer_auth(ALPHA_KEY)
+                .header("content-type", "application/pdf")
+                .body(jpeg(8 * MIB, i as u8))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    });
+    for r in futures_util::future::join_all(tasks).await {
+        assert_eq!(r.unwrap().unwrap(), 200);
+    }
+    let peak = gw.peak_rss_kib();
+    let each = (peak - before) / n as u64;
+    eprintln!("{n} File Service uploads held by a slow reader: RSS {before} KiB before, peak {peak} KiB: {each} KiB each");
+    assert!(
+        each <= 600,
+        "{each} KiB per File Service upload under back-pressure"
+    );
+}

@@ -201,9 +201,15 @@ fn check(
 async fn read(state: &State, mut body: Incoming, size: u64) -> Option<[u8; 32]> {
     let mut hash = Sha256::new();
     let mut seen = 0u64;
+    // A slow File Service (fault `upload_read_kib_per_sec`), as for the media upload.
+    let rate = state.faults.lock().upload_read_kib_per_sec;
     while let Some(frame) = body.frame().await {
         let frame = frame.ok()?;
         if let Some(data) = frame.data_ref() {
+            if rate > 0 {
+                let secs = data.len() as f64 / rate.saturating_mul(1024) as f64;
+                tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
+            }
             seen += data.len() as u64;
             if !state.opts.discard {
                 hash.update(data);

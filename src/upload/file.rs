@@ -135,6 +135,7 @@ async fn pump(
         send_timeout: up.corp.timing.upstream_timeout(),
         ticket: &mut up.ticket,
         hold_last: true,
+        burst: crate::upstream::transport::FILE_BURST,
     };
     match pump.run(head, file, digest).await? {
         Streamed::Complete { size: sent, .. } if sent != size => {

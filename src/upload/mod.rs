@@ -282,6 +282,7 @@ async fn stream(
         send_timeout: up.corp.timing.upstream_timeout(),
         ticket: &mut up.ticket,
         hold_last: false,
+        burst: 1,
     };
     let (size, digest) = match pump.run(head, &mut file, digest).await? {
         Streamed::Complete { size, digest, .. } => (size, Some(digest)),

@@ -2,6 +2,8 @@
 //! file that ends within `SMALL_FILE` is held whole (it sits in hyper's read buffer anyway) and
 //! hashed before anything goes upstream; a larger one is pumped into the upstream body as it
 //! arrives, under the file limit, the byte quota and a send deadline, while the body hashes it.
+//! The File Service's pump sends the caller's reads in bursts (`transport::FILE_BURST`), so
+//! each write upstream carries several of them.
 
 use std::time::Duration;
 
@@ -125,6 +127,9 @@ pub struct Pump<'a> {
     /// Keep the file's last chunk back until its hash is final (a raw upstream body has no
     /// closing delimiter to hold back instead).
     pub hold_last: bool,
+    /// Chunks sent together, so hyper writes them in one `writev` (1: each as it comes). The
+    /// upstream body must have room for as many (`transport::FILE_BURST`).
+    pub burst: usize,
 }
 
 impl<'a> Pump<'a> {
@@ -138,6 +143,7 @@ impl<'a> Pump<'a> {
     ) -> Result<Streamed, GatewayError> {
         let mut size = 0u64;
         let mut last: Option<Bytes> = None;
+        let mut burst: Vec<Bytes> = Vec::with_capacity(self.burst);
         let mut pending = head.chunks.into_iter();
         loop {
             // Room first, then the caller's next chunk: nothing is read that cannot be queued.
@@ -162,12 +168,20 @@ impl<'a> Pump<'a> {
             if let Some(t) = self.ticket.as_mut() {
                 t.grow_to(size).await?;
             }
-            if !self.hold_last {
-                slot.send(chunk);
-            } else if let Some(prev) = last.replace(chunk) {
+            let ready = if self.hold_last {
                 // The previous chunk goes; this one waits (the first waits with room unused).
-                slot.send(prev);
+                last.replace(chunk)
+            } else {
+                Some(chunk)
+            };
+            if let Some(c) = ready {
+                if !self.forward(slot, c, &mut burst).await? {
+                    return Ok(Streamed::UpstreamGone { size });
+                }
             }
+        }
+        if !self.send_burst(&mut burst).await? {
+            return Ok(Streamed::UpstreamGone { size });
         }
         let held = last.clone();
         let digest = tokio::time::timeout(self.send_timeout, async {
@@ -202,6 +216,40 @@ impl<'a> Pump<'a> {
             Err(_) => Err(self.timed_out()),
             Ok(r) => Ok(r.ok()),
         }
+    }
+
+    /// Sends `chunk` in `slot`, or (in bursts) gathers it and sends the burst once full;
+    /// `false` when the upstream request is gone.
+    async fn forward(
+        &self,
+        slot: SendPermit<'a>,
+        chunk: Bytes,
+        burst: &mut Vec<Bytes>,
+    ) -> Result<bool, GatewayError> {
+        if self.burst <= 1 {
+            slot.send(chunk);
+            return Ok(true);
+        }
+        // The burst waits outside the body; its room is claimed chunk by chunk when it goes.
+        drop(slot);
+        burst.push(chunk);
+        if burst.len() < self.burst {
+            return Ok(true);
+        }
+        self.send_burst(burst).await
+    }
+
+    /// Queues the chunks gathered for one write, each within `send_timeout`; `false` when the
+    /// upstream request is gone.
+    async fn send_burst(&self, burst: &mut Vec<Bytes>) -> Result<bool, GatewayError> {
+        for chunk in burst.drain(..) {
+            match tokio::time::timeout(self.send_timeout, self.tx.send_file(chunk)).await {
+                Err(_) => return Err(self.timed_out()),
+                Ok(Err(_)) => return Ok(false),
+                Ok(Ok(())) => {}
+            }
+        }
+        Ok(true)
     }
 
     fn timed_out(&self) -> GatewayError {

@@ -168,7 +168,8 @@ pub fn channel(len: Option<u64>) -> (BodySender, ChannelBody, DigestReceiver) {
     channel_of(len, CHANNEL_CHUNKS)
 }
 
-fn channel_of(len: Option<u64>, chunks: usize) -> (BodySender, ChannelBody, DigestReceiver) {
+/// `channel`, with room for `chunks` queued chunks (the File Service's bursts).
+pub fn channel_of(len: Option<u64>, chunks: usize) -> (BodySender, ChannelBody, DigestReceiver) {
     let (tx, rx) = mpsc::channel(chunks);
     let (digest_tx, digest_rx) = oneshot::channel();
     (
@@ -186,6 +187,14 @@ fn channel_of(len: Option<u64>, chunks: usize) -> (BodySender, ChannelBody, Dige
 }
 
 impl BodySender {
+    /// Queues the file's bytes, waiting while the channel is full.
+    pub async fn send_file(&self, chunk: Bytes) -> Result<(), UpstreamGone> {
+        self.tx
+            .send(Msg::File(chunk))
+            .await
+            .map_err(|_| UpstreamGone)
+    }
+
     /// Queues framing (not part of the file), waiting while the channel is full.
     pub async fn send(&self, chunk: Bytes) -> Result<(), UpstreamGone> {
         if chunk.is_empty() {

@@ -12,7 +12,7 @@ use super::envelope::{Envelope, Read, UpstreamCode};
 use super::timing::Timing;
 use super::token::store::TokenStore;
 use super::token::{ApiStyle, CorpToken, Endpoint, TokenProvider};
-use super::transport::{self, Egress, HttpClient};
+use super::transport::{Egress, Pools};
 use crate::body::Body;
 use crate::clock::Clock;
 use crate::config::CorpConfig;
@@ -30,7 +30,7 @@ pub struct Corp {
     /// Base URL without trailing slash (the sandbox's, for `base_url = "sandbox"`).
     pub base: String,
     /// One pool per serving thread: a pooled connection's task runs where the request does.
-    clients: PerWorker<HttpClient>,
+    clients: PerWorker<Pools>,
     /// Its legacy token (`corpAccessToken`), which media routes use.
     pub tokens: TokenProvider,
     /// Its OAuth token (`accessToken`), fetched when an OAuth-style call first needs it.
@@ -108,7 +108,7 @@ impl Corp {
             counted,
         );
         let timing = Arc::new(Timing::new(&cfg));
-        let clients = PerWorker::new(workers, || transport::pooled(&timing, &Egress::of(&cfg)));
+        let clients = PerWorker::new(workers, || Pools::new(&timing, &Egress::of(&cfg)));
         let provider = |flow| {
             let endpoint = Endpoint {
                 cfg: cfg.clone(),
@@ -190,7 +190,7 @@ impl Corp {
         label: &str,
         req: Request<Body>,
     ) -> Result<Response<Incoming>, GatewayError> {
-        self.timed(label, self.client().request(req)).await
+        self.timed(label, self.client().calls.request(req)).await
     }
 
     /// Waits for an answer's head (a request future already running, e.g. beside an upload's
@@ -328,8 +328,8 @@ impl Corp {
         }
     }
 
-    /// The pool, for calls that drive the request future themselves.
-    pub fn client(&self) -> &HttpClient {
+    /// The pools, for calls that drive the request future themselves.
+    pub fn client(&self) -> &Pools {
         self.clients.get()
     }
 

@@ -14,11 +14,12 @@ use http::{header, HeaderMap, HeaderName, HeaderValue, Request, Response, Uri};
 use hyper::body::Incoming;
 use serde_json::Value;
 
-use super::body::{channel, BodySender, DigestReceiver};
+use super::body::{channel_of, BodySender, DigestReceiver};
 use super::call::{JsonCall, Reply, Report, Take};
 use super::envelope::UpstreamCode;
 use super::media::AbortOnDrop;
 use super::token::{ApiStyle, CorpToken};
+use super::transport::FILE_BURST;
 use super::Corp;
 use crate::body::{full, Body};
 use crate::error::GatewayError;
@@ -215,7 +216,7 @@ impl Credential {
         let uri: Uri = format!("{}{sep}traceId={trace}&linkId={link}", self.url)
             .parse()
             .map_err(|_| invalid("the upload URL does not take a query"))?;
-        let (tx, body, digest) = channel(Some(size));
+        let (tx, body, digest) = channel_of(Some(size), FILE_BURST);
         let mut req = Request::post(uri)
             .header(header::CONTENT_LENGTH, size)
             .body(Body::new(body))
@@ -223,7 +224,7 @@ impl Credential {
                 detail: format!("building step 2: {e}"),
             })?;
         req.headers_mut().extend(self.headers);
-        let request = corp.client().request(req);
+        let request = corp.client().files.request(req);
         let task = AbortOnDrop::spawn(async move { Ok(request.await?) });
         let pending = FilePending {
             corp: corp.clone(),

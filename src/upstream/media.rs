@@ -149,7 +149,7 @@ impl MediaCall {
             });
         }
         // The request future runs beside the body pump; it resolves once Fxiaoke answers.
-        let request = self.corp.client().request(req);
+        let request = self.corp.client().calls.request(req);
         let task = AbortOnDrop(tokio::spawn(async move { Ok(request.await?) }));
         Ok((tx, digest, Pending::new(self, task.wait().boxed())))
     }
@@ -169,7 +169,7 @@ impl MediaCall {
         one.extend_from_slice(&self.suffix);
         let len = one.len() as u64;
         let req = self.request(full(one.freeze()), Some(len))?;
-        let request = self.corp.client().request(req);
+        let request = self.corp.client().calls.request(req);
         let answer = async move { Ok(request.await?) }.boxed();
         Ok(Pending::new(self, answer))
     }

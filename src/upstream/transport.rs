@@ -198,10 +198,41 @@ fn connector(timing: Arc<Timing>, egress: &Egress) -> HttpsConnector<TimedConnec
 /// (`server::ServeOptions::gateway`).
 const UPSTREAM_BUF: usize = 16 * 1024;
 
-/// Builds the pooled HTTPS/HTTP client.
-pub fn pooled(timing: &Arc<Timing>, egress: &Egress) -> HttpClient {
+/// The File Service's write queue: room for `FILE_BURST` of the caller's 40 KiB reads, so
+/// hyper writes a burst of them in one `writev` (`upload::pump`). Only step 2 of a File
+/// Service upload uses it; everything else keeps `UPSTREAM_BUF`.
+pub const FILE_BUF: usize = 128 * 1024;
+
+/// Reads of the caller's file the File Service pump sends together. Each write wakes the
+/// reader (on loopback, on the writer's CPU; on a VM, with an inter-processor interrupt): a
+/// 100 MiB upload cost 1.52-1.89 CPU-s/GiB in 40 KiB writes and 1.35-1.57 in bursts of
+/// three, alternating on one machine (docs/benchmarks.md); four did no better. The price: an
+/// upload held up by a slow File Service holds ~520 KiB instead of ~235 (tests/files.rs).
+pub const FILE_BURST: usize = 3;
+
+/// A serving thread's upstream pools: one for calls and uploads, one for File Service bodies.
+#[derive(Debug, Clone)]
+pub struct Pools {
+    /// Calls and media uploads (`UPSTREAM_BUF`).
+    pub calls: HttpClient,
+    /// Step 2 of File Service uploads (`FILE_BUF`).
+    pub files: HttpClient,
+}
+
+impl Pools {
+    /// Both pools, through `egress`.
+    pub fn new(timing: &Arc<Timing>, egress: &Egress) -> Self {
+        Self {
+            calls: pooled(timing, egress, UPSTREAM_BUF),
+            files: pooled(timing, egress, FILE_BUF),
+        }
+    }
+}
+
+/// Builds a pooled HTTPS/HTTP client whose connections queue up to `buf` bytes.
+fn pooled(timing: &Arc<Timing>, egress: &Egress, buf: usize) -> HttpClient {
     Client::builder(TokioExecutor::new())
-        .http1_max_buf_size(UPSTREAM_BUF)
+        .http1_max_buf_size(buf)
         .pool_idle_timeout(Duration::from_secs(60))
         .pool_max_idle_per_host(64)
         .build(connector(timing.clone(), egress))
