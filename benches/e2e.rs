@@ -98,6 +98,12 @@ fn upload(
             StreamBody::new(stream).boxed()
         }
     };
+    multipart_post(target, len, body)
+}
+
+/// A multipart upload of `len` bytes to `target`'s upload URL, with fxgate's key when it is
+/// fxgate.
+fn multipart_post(target: &Target, len: usize, body: ReqBody) -> http::Request<ReqBody> {
     let mut b = http::Request::post(target.url())
         .header(
             "content-type",
@@ -140,16 +146,7 @@ fn split_upload(target: &Target, n: u64, parts: &(Bytes, Bytes)) -> http::Reques
         .map(|b| Ok(Frame::data(b))),
     ))
     .boxed();
-    let mut b = http::Request::post(target.url())
-        .header(
-            "content-type",
-            format!("multipart/form-data; boundary={BOUNDARY}"),
-        )
-        .header("content-length", len);
-    if target.fx.is_none() {
-        b = b.header("authorization", format!("Bearer {}", procs::BENCH_KEY));
-    }
-    b.body(body).expect("request")
+    multipart_post(target, len, body)
 }
 
 /// A large file of `shared.len() + 16` bytes, distinct by `n`: to fxgate as a File Service

@@ -299,28 +299,10 @@ async fn an_upload_held_up_by_a_slow_upstream_costs_at_most_256_kib() {
             ..Faults::default()
         })
         .await;
-    let n = 48usize;
-    let size = 8 * 1024 * 1024;
-    let before = gw.rss_kib();
-    let tasks = (0..n).map(|i| {
-        let http = http.clone();
-        let url = format!("{}/media/upload?type=document&filename=f{i}.pdf", gw.url);
-        tokio::spawn(async move {
-            http.post(url)
-                .bearer_auth(ALPHA_KEY)
-                .header("content-type", "application/pdf")
-                .body(jpeg(size, i as u8))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        })
-    });
-    for r in futures_util::future::join_all(tasks).await {
-        assert_eq!(r.unwrap().unwrap(), 200);
-    }
-    let peak = gw.peak_rss_kib();
-    let each = (peak - before) / n as u64;
-    eprintln!("{n} uploads held by a slow reader: RSS {before} KiB before, peak {peak} KiB: {each} KiB each");
+    let urls = (0..48)
+        .map(|i| format!("{}/media/upload?type=document&filename=f{i}.pdf", gw.url))
+        .collect();
+    let each = rss_per_concurrent_upload(&gw, urls, 8 * 1024 * 1024).await;
     // hyper's defaults (a 400 KiB write queue, four chunks in the body channel, one held while
     // waiting for room) made this ~1.1 MiB.
     assert!(each <= 256, "{each} KiB per upload under back-pressure");

@@ -607,27 +607,10 @@ async fn uploads_held_up_by_a_slow_file_service_cost_at_most_600_kib_each() {
             ..Faults::default()
         })
         .await;
-    let n = 32usize;
-    let before = gw.rss_kib();
-    let tasks = (0..n).map(|i| {
-        let gw_url = file_url(&gw, &format!("filename=f{i}.pdf"));
-        tokio::spawn(async move {
-            client()
-                .post(gw_url)
-                .bearer_auth(ALPHA_KEY)
-                .header("content-type", "application/pdf")
-                .body(jpeg(8 * MIB, i as u8))
-                .send()
-                .await
-                .map(|r| r.status().as_u16())
-        })
-    });
-    for r in futures_util::future::join_all(tasks).await {
-        assert_eq!(r.unwrap().unwrap(), 200);
-    }
-    let peak = gw.peak_rss_kib();
-    let each = (peak - before) / n as u64;
-    eprintln!("{n} File Service uploads held by a slow reader: RSS {before} KiB before, peak {peak} KiB: {each} KiB each");
+    let urls = (0..32)
+        .map(|i| file_url(&gw, &format!("filename=f{i}.pdf")))
+        .collect();
+    let each = rss_per_concurrent_upload(&gw, urls, 8 * MIB).await;
     assert!(
         each <= 600,
         "{each} KiB per File Service upload under back-pressure"

@@ -945,3 +945,29 @@ pub fn check_config(dir: &std::path::Path, cfg: &FileConfig) -> (Option<i32>, St
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// Posts one distinct `size`-byte PDF to each of `urls` at once (as alpha), asserts every one
+/// succeeds, and answers how much the gateway's peak RSS grew per upload (KiB), logging it.
+pub async fn rss_per_concurrent_upload(gw: &Gateway, urls: Vec<String>, size: usize) -> u64 {
+    let n = urls.len();
+    let before = gw.rss_kib();
+    let tasks = urls.into_iter().enumerate().map(|(i, url)| {
+        tokio::spawn(async move {
+            client()
+                .post(url)
+                .bearer_auth(ALPHA_KEY)
+                .header("content-type", "application/pdf")
+                .body(jpeg(size, i as u8))
+                .send()
+                .await
+                .map(|r| r.status().as_u16())
+        })
+    });
+    for r in futures_util::future::join_all(tasks).await {
+        assert_eq!(r.unwrap().unwrap(), 200);
+    }
+    let peak = gw.peak_rss_kib();
+    let each = (peak - before) / n as u64;
+    eprintln!("{n} uploads held by a slow reader: RSS {before} KiB before, peak {peak} KiB: {each} KiB each");
+    each
+}
