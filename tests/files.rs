@@ -616,3 +616,36 @@ async fn uploads_held_up_by_a_slow_file_service_cost_at_most_600_kib_each() {
         "{each} KiB per File Service upload under back-pressure"
     );
 }
+
+/// A File Service that stops reading mid-file: the burst waiting for room is bounded by the
+/// corp's `upstream_timeout` as a single chunk would be, the caller gets 504 / 950401, nothing
+/// is recorded and the bytes come back.
+#[tokio::test]
+async fn a_file_service_that_stops_reading_is_504_within_the_timeout_and_records_nothing() {
+    let (sandbox, gw) = pair(&[], |c| {
+        c.corp().file_service_user = some("FSUID_FILES");
+        c.corp().upstream_timeout = some("1s");
+        c.client("alpha").bytes_per_day = some("1GiB");
+    });
+    sandbox
+        .faults(Faults {
+            upload_read_kib_per_sec: 4,
+            ..Faults::default()
+        })
+        .await;
+    let started = std::time::Instant::now();
+    let (status, _, body) = upload(&gw, "filename=stall.pdf", 32 * MIB, 9, &[]).await;
+    assert_eq!(
+        (status, &body["errorCode"]),
+        (504, &950401.into()),
+        "{body}"
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+    assert_eq!(sandbox.stats().await["file_uploads_completed"], 0);
+    let alpha = admin_entry(&gw.admin_clients().await, "alpha");
+    assert_eq!(alpha["usage"]["bytes_today"], 0, "refunded: {alpha}");
+}

@@ -239,17 +239,21 @@ impl<'a> Pump<'a> {
         self.send_burst(burst).await
     }
 
-    /// Queues the chunks gathered for one write, each within `send_timeout`; `false` when the
-    /// upstream request is gone.
+    /// Queues the chunks gathered for one write, all within one `send_timeout` (a burst
+    /// waits as long as one chunk may, not once per chunk); `false` when the upstream request
+    /// is gone.
     async fn send_burst(&self, burst: &mut Vec<Bytes>) -> Result<bool, GatewayError> {
-        for chunk in burst.drain(..) {
-            match tokio::time::timeout(self.send_timeout, self.tx.send_file(chunk)).await {
-                Err(_) => return Err(self.timed_out()),
-                Ok(Err(_)) => return Ok(false),
-                Ok(Ok(())) => {}
+        let send = async {
+            for chunk in burst.drain(..) {
+                if self.tx.send_file(chunk).await.is_err() {
+                    return false;
+                }
             }
-        }
-        Ok(true)
+            true
+        };
+        tokio::time::timeout(self.send_timeout, send)
+            .await
+            .map_err(|_| self.timed_out())
     }
 
     fn timed_out(&self) -> GatewayError {
