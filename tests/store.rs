@@ -235,19 +235,8 @@ async fn check_config_accepts_each_store_shape_and_names_the_bad_key_of_a_broken
     let dir = tempfile::tempdir().unwrap();
     let p = redis_pki(dir.path());
     std::fs::write(dir.path().join("password"), "pw\n").unwrap();
-    let check = |store: StoreFile| {
-        let path = dir.path().join("fxgate.toml");
-        std::fs::write(&path, standard("sandbox").with(|c| c.store = store).toml()).unwrap();
-        let out = std::process::Command::new(env!("CARGO_BIN_EXE_fxgate"))
-            .args(["check-config", "--config"])
-            .arg(&path)
-            .output()
-            .unwrap();
-        (
-            out.status.code(),
-            String::from_utf8_lossy(&out.stderr).into_owned(),
-        )
-    };
+    let check =
+        |store: StoreFile| check_config(dir.path(), &standard("sandbox").with(|c| c.store = store));
     let (code, err) = check(StoreFile {
         redis_ca_file: Some(p("ca.pem")),
         ..closed("redis://127.0.0.1:6379")
