@@ -78,6 +78,23 @@ fn per_request(c: &mut Criterion) {
     c.bench_function("sniff_png", |b| {
         b.iter(|| ImageType::sniff(std::hint::black_box(&head)))
     });
+    let media = fxgate::dedupe::MediaRef {
+        media_id: "bench-media-id-0123456789".into(),
+        size: 10_240,
+        content_type: "image/jpeg".into(),
+        created_at: std::time::SystemTime::now(),
+        caller: "bench".into(),
+        holders: vec!["bench".into()],
+    };
+    c.bench_function("dedupe_hit_answer", |b| {
+        b.iter(|| {
+            fxgate::upload::answer::hit_response(
+                std::hint::black_box(&media),
+                &[7u8; 32],
+                "0b672c61-5f95-455e-bd45-f5baac029988",
+            )
+        })
+    });
     c.bench_function("error_envelope", |b| {
         b.iter(|| {
             GatewayError::PayloadTooLarge {

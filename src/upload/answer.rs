@@ -16,10 +16,12 @@ use crate::upstream::envelope::Envelope;
 
 /// `Repr-Digest` / `Content-Digest` value of a SHA-256 (RFC 9530).
 pub fn repr_digest(sha256: &[u8; 32]) -> String {
-    format!(
-        "sha-256=:{}:",
-        base64::engine::general_purpose::STANDARD.encode(sha256)
-    )
+    // `sha-256=:` + 44 base64 characters + `:`, written once.
+    let mut v = String::with_capacity(54);
+    v.push_str("sha-256=:");
+    base64::engine::general_purpose::STANDARD.encode_string(sha256, &mut v);
+    v.push(':');
+    v
 }
 
 /// On HTTP/1.1 a body the caller is already sending must be read before answering, or closing
@@ -54,28 +56,48 @@ pub async fn finish_unread_body(req: Request<Incoming>, limit: u64) -> bool {
     body.is_end_stream()
 }
 
+/// A dedupe hit's answer. Its fields are in the order earlier releases wrote them (they built
+/// a `serde_json` map, which sorts its keys), so the bytes are the same; serialised straight
+/// from borrowed fields, a hit no longer builds and frees a map of owned strings.
+#[derive(serde::Serialize)]
+#[serde(rename_all = "camelCase")]
+struct Hit<'a> {
+    deduplicated: bool,
+    error_code: u8,
+    error_description: &'a str,
+    error_message: &'a str,
+    media_id: &'a str,
+    trace_id: &'a str,
+}
+
 /// The answer for a dedupe hit, shaped like Fxiaoke's.
 pub fn hit_response(media: &MediaRef, sha256: &[u8; 32], request_id: &str) -> Response<Body> {
-    let body = serde_json::json!({
-        "errorCode": 0,
-        "errorMessage": "success",
-        "errorDescription": "success",
-        "mediaId": media.media_id,
-        "traceId": request_id,
-        "deduplicated": true,
-    });
-    with_digest(&body, sha256)
+    let hit = Hit {
+        deduplicated: true,
+        error_code: 0,
+        error_description: "success",
+        error_message: "success",
+        media_id: &media.media_id,
+        trace_id: request_id,
+    };
+    // Strings and a number only: serialising cannot fail.
+    let body = serde_json::to_vec(&hit).unwrap_or_default();
+    json_with_digest(Bytes::from(body), sha256)
 }
 
 /// fxgate's own JSON answer about a file, with the file's SHA-256 as `Repr-Digest`.
 pub fn with_digest(body: &serde_json::Value, sha256: &[u8; 32]) -> Response<Body> {
-    let mut resp = Response::new(full(body.to_string()));
+    json_with_digest(Bytes::from(body.to_string()), sha256)
+}
+
+fn json_with_digest(body: Bytes, sha256: &[u8; 32]) -> Response<Body> {
+    let mut resp = Response::new(full(body));
     let headers = resp.headers_mut();
     headers.insert(
         header::CONTENT_TYPE,
         HeaderValue::from_static("application/json"),
     );
-    if let Ok(v) = HeaderValue::from_str(&repr_digest(sha256)) {
+    if let Ok(v) = HeaderValue::try_from(repr_digest(sha256)) {
         headers.insert("repr-digest", v);
     }
     resp
@@ -149,6 +171,41 @@ mod tests {
         };
         with_flag(&Bytes::from(raw.to_string()), &map, dedup)
             .map(|b| String::from_utf8(b.to_vec()).expect("utf-8"))
+    }
+
+    fn body_of(resp: Response<Body>) -> Bytes {
+        futures_util::FutureExt::now_or_never(http_body_util::BodyExt::collect(resp.into_body()))
+            .expect("ready")
+            .expect("whole")
+            .to_bytes()
+    }
+
+    #[test]
+    fn a_hit_answers_the_bytes_and_digest_earlier_releases_did() {
+        let media = MediaRef {
+            media_id: "m-\"1\"".into(),
+            size: 3,
+            content_type: "image/png".into(),
+            created_at: std::time::SystemTime::now(),
+            caller: "c".into(),
+            holders: vec!["c".into()],
+        };
+        let sha = [0xAB; 32];
+        let resp = hit_response(&media, &sha, "rid");
+        let digest = resp.headers()["repr-digest"].clone();
+        // What `serde_json::json!` wrote before, key order and escaping included.
+        let before = serde_json::json!({
+            "errorCode": 0,
+            "errorMessage": "success",
+            "errorDescription": "success",
+            "mediaId": media.media_id,
+            "traceId": "rid",
+            "deduplicated": true,
+        })
+        .to_string();
+        assert_eq!(body_of(resp), Bytes::from(before));
+        let b64 = base64::engine::general_purpose::STANDARD.encode(sha);
+        assert_eq!(digest, format!("sha-256=:{b64}:").as_str());
     }
 
     #[test]
