@@ -667,21 +667,13 @@ fn main() {
             hit_targets.push((t.0.clone(), t.1.clone(), Some(g.admin.clone())));
         }
         if "dedupe hit".contains(only.as_str()) || only.starts_with("10 KiB") {
-            for (t, pids, admin) in hit_targets {
-                let known = seed(&http, &t, &small).await;
-                let calls0 = match &admin {
-                    Some(a) => store_calls(&http, a).await,
-                    None => 0.0,
-                };
-                let base = t.base.clone();
+            for (t, pids, admin) in &hit_targets {
+                let known = seed(&http, t, &small).await;
+                let (base, side) = (t.base.clone(), side(t.name));
                 let row = drive(&http, t.name, "dedupe hit by digest (headers only), c=64", 64, secs,
-                    1_000_000, &pids, &side(t.name), Arc::new(move |_| (claim(&base, &known), 0)),
-                )
-                .await;
-                if let Some(a) = &admin {
-                    let calls = store_calls(&http, a).await - calls0;
-                    round_trips.push(("dedupe hit by digest", calls / row.requests.max(1) as f64));
-                }
+                    1_000_000, pids, &side, Arc::new(move |_| (claim(&base, &known), 0)),
+                );
+                let row = counting_round_trips(&http, admin.as_deref(), "dedupe hit by digest", &mut round_trips, row).await;
                 rows.push(row);
             }
         }
@@ -690,32 +682,19 @@ fn main() {
         // answering by itself after reading the same body (`return 200`): what a hit costs
         // beyond reading the request is the hash and the lookup.
         if CONTENT_HIT.contains(only.as_str()) || only.starts_with("10 KiB") {
-            let mut content = Vec::new();
-            if let Some(n) = &tuned {
+            let nginx_return = tuned.as_ref().map(|n| {
                 let base = format!("{}/return", n.url);
-                content.push((via("nginx-return", &base, Some(fx.clone())), n.pids(), None));
-            }
-            content.push((via("fxgate", &gw.url, None), gw.pids(), None));
-            if let (Some(t), Some(g)) = (&redis_target, &gw_redis) {
-                content.push((t.0.clone(), t.1.clone(), Some(g.admin.clone())));
-            }
-            for (t, pids, admin) in content {
+                (via("nginx-return", &base, Some(fx.clone())), n.pids(), None)
+            });
+            for (t, pids, admin) in nginx_return.iter().chain(&hit_targets) {
                 if t.fx.is_none() {
-                    seed(&http, &t, &small).await;
+                    seed(&http, t, &small).await;
                 }
-                let calls0 = match &admin {
-                    Some(a) => store_calls(&http, a).await,
-                    None => 0.0,
-                };
-                let (t2, s2) = (t.clone(), small.clone());
-                let row = drive(&http, t.name, CONTENT_HIT, 64, secs, 1_000_000, &pids, &side(t.name),
+                let (t2, s2, side) = (t.clone(), small.clone(), side(t.name));
+                let row = drive(&http, t.name, CONTENT_HIT, 64, secs, 1_000_000, pids, &side,
                     Arc::new(move |_| (upload(&t2, u64::MAX, &s2, None), 10 * 1024)),
-                )
-                .await;
-                if let Some(a) = &admin {
-                    let calls = store_calls(&http, a).await - calls0;
-                    round_trips.push(("dedupe hit by content", calls / row.requests.max(1) as f64));
-                }
+                );
+                let row = counting_round_trips(&http, admin.as_deref(), "dedupe hit by content", &mut round_trips, row).await;
                 rows.push(row);
             }
         }
@@ -754,6 +733,27 @@ fn main() {
         report(&rows, &slow_rows, sha[2], secs, rounds);
         report_redis(&rows, &round_trips);
     });
+}
+
+/// Runs `row` (a `drive` future) and, for a Redis-backed gateway (`admin`, its admin URL),
+/// records the Redis round trips it made per request under `what`.
+async fn counting_round_trips(
+    http: &Http,
+    admin: Option<&str>,
+    what: &'static str,
+    round_trips: &mut Vec<(&'static str, f64)>,
+    row: impl std::future::Future<Output = Row>,
+) -> Row {
+    let calls0 = match admin {
+        Some(a) => store_calls(http, a).await,
+        None => 0.0,
+    };
+    let row = row.await;
+    if let Some(a) = admin {
+        let calls = store_calls(http, a).await - calls0;
+        round_trips.push((what, calls / row.requests.max(1) as f64));
+    }
+    row
 }
 
 /// The known 10 KiB file sent whole again (a dedupe hit found by its content).
