@@ -91,6 +91,15 @@ mod millis {
     }
 }
 
+/// Reading `len` bytes of an upload body at `kib_per_sec` (the `upload_read_kib_per_sec`
+/// fault, per upload route): waits as long as that takes; 0 = no wait.
+pub(super) async fn pace_read(kib_per_sec: u64, len: usize) {
+    if kib_per_sec > 0 {
+        let secs = len as f64 / kib_per_sec.saturating_mul(1024) as f64;
+        tokio::time::sleep(Duration::from_secs_f64(secs)).await;
+    }
+}
+
 impl Faults {
     pub(super) fn apply(&mut self, new: Faults) {
         self.upload_delay = new.upload_delay;

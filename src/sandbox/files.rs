@@ -206,10 +206,7 @@ async fn read(state: &State, mut body: Incoming, size: u64) -> Option<[u8; 32]> 
     while let Some(frame) = body.frame().await {
         let frame = frame.ok()?;
         if let Some(data) = frame.data_ref() {
-            if rate > 0 {
-                let secs = data.len() as f64 / rate.saturating_mul(1024) as f64;
-                tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
-            }
+            super::faults::pace_read(rate, data.len()).await;
             seen += data.len() as u64;
             if !state.opts.discard {
                 hash.update(data);

@@ -152,10 +152,7 @@ async fn read_media(
     loop {
         match field.chunk().await {
             Ok(Some(chunk)) => {
-                if rate > 0 {
-                    let secs = chunk.len() as f64 / rate.saturating_mul(1024) as f64;
-                    tokio::time::sleep(std::time::Duration::from_secs_f64(secs)).await;
-                }
+                super::faults::pace_read(rate, chunk.len()).await;
                 size += chunk.len() as u64;
                 if head.len() < 16 {
                     head.extend_from_slice(&chunk[..chunk.len().min(16 - head.len())]);
